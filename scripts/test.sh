@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: install segloop with its test tools into ./.venv, then run
+# the linters and the whole test suite (unit, integration, browser). `.ci/run` calls this.
+# Extra arguments are passed to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+. .venv/bin/activate
+echo "== ruff"; ruff check src tests benchmarks
+echo "== mypy"; mypy
+echo "== pytest"
+exec python -m pytest -q "$@"

@@ -1,0 +1,3 @@
+from segloop.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Helpers shared by the CLI command modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from segloop.imaging.errors import GeometryError, ImagingError
+from segloop.store.errors import StoreError
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2 unless given."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the layers' validation errors into `CommandError` (one line, no traceback)."""
+    try:
+        yield
+    except (ImagingError, GeometryError, StoreError) as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def add_data_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=required,
+        metavar="DIR",
+        help="segloop data folder (created on first import)",
+    )
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def open_store(data: Path, must_exist: bool = True) -> Any:
+    """Open the local datastore in ``data``; refuse a folder that holds none when ``must_exist``."""
+    from segloop.store.local import open_datastore
+
+    if must_exist and not (data / "segloop.db").exists():
+        raise CommandError(f"{data}: no segloop data folder here (run `segloop import ... --data {data}` first)")
+    return open_datastore(data)

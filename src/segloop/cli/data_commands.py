@@ -1,0 +1,216 @@
+"""Data commands: ``import``, ``images``, ``export``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+import segloop
+from segloop.cli.common import CommandError, add_data_arg, open_store, print_json
+from segloop.imaging.nifti import write_nifti
+
+
+def _fmt_spacing(spacing: tuple[float, ...] | list[float]) -> str:
+    return "×".join(f"{s:.3g}" for s in spacing)
+
+
+def _fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def _progress_bar(quiet: bool) -> tuple[Any, Any]:
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if quiet or total < 20:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            desc = {"read": "reading", "store": "storing"}.get(stage, stage)
+            bar = bars[stage] = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return progress, close
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from segloop.store.ingest import IngestError, import_paths
+
+    store = open_store(args.data, must_exist=False)
+    progress, close = _progress_bar(args.json)
+    try:
+        report = import_paths(
+            store,
+            args.paths,
+            labels_dir=args.labels,
+            author=args.author,
+            draft=args.draft,
+            modality=args.modality,
+            progress=progress,
+        )
+    except IngestError as exc:
+        close()
+        for line in exc.problems:
+            print(f"segloop import: error: {line}", file=sys.stderr)
+        print(f"segloop import: nothing was imported ({len(exc.problems)} problem(s))", file=sys.stderr)
+        return 2
+    close()
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print_json(
+            [
+                {**item.record.to_dict(), "revision": item.revision.to_dict() if item.revision else None}
+                for item in report.images
+            ]
+        )
+        return 0
+    for item in report.images:
+        rec = item.record
+        label = f"  label r{item.revision.revision} ({item.revision.status})" if item.revision else ""
+        print(
+            f"{rec.id}  {_fmt_shape(rec.shape)}  {_fmt_spacing(rec.spacing)} mm  {rec.modality or '-'}{label}"
+        )
+    n_labels = sum(1 for i in report.images if i.revision)
+    print(f"imported {len(report.images)} image(s), {n_labels} label revision(s) into {args.data}", file=sys.stderr)
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    store = open_store(args.data)
+    images = store.list_images(label_state=args.state)
+    if args.json:
+        print_json([img.to_dict() for img in images])
+        return 0
+    if not images:
+        print("no images")
+        return 0
+    width = max(len(img.id) for img in images)
+    print(f"{'id':<{width}}  {'shape':<12} {'spacing (mm)':<16} {'modality':<8} {'label':<6} {'rev':>4}  author")
+    for img in images:
+        rev = "-" if img.latest_revision is None else str(img.latest_revision)
+        print(
+            f"{img.id:<{width}}  {_fmt_shape(img.shape):<12} {_fmt_spacing(img.spacing):<16} "
+            f"{img.modality or '-':<8} {img.label_state:<6} {rev:>4}  {img.latest_author or '-'}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format != "nifti":
+        raise CommandError(f"format {args.format!r} is not supported yet (supported: nifti)")
+    store = open_store(args.data)
+    record = store.get_image(args.image)
+    out: Path = args.output
+    single = out.name.lower().endswith((".nii", ".nii.gz"))
+    if single and args.what == "both":
+        raise CommandError(f"{out}: one file can hold the image or the label; pass --what image|label, or a folder")
+    written: list[Path] = []
+    if args.what in ("image", "both"):
+        path = out if single else out / f"{record.id}.nii.gz"
+        written.append(write_nifti(store.load_image(record.id), path))
+    if args.what in ("label", "both"):
+        if record.latest_revision is None:
+            raise CommandError(f"image {record.id!r} has no label revision to export")
+        rev = store.get_revision(record.id, args.revision)
+        label = store.load_label(record.id, rev.revision)
+        path = out if single else out / f"{record.id}_label-r{rev.revision}.nii.gz"
+        written.append(write_nifti(label, path))
+    for path in written:
+        print(path)
+    return 0
+
+
+def default_demo_dataset() -> Path:
+    """``../shared/data/Task04_Hippocampus`` beside the checkout (or beside the working folder)."""
+    checkout = Path(segloop.__file__).resolve().parents[2]
+    for base in (checkout.parent, Path.cwd().parent, Path.cwd()):
+        candidate = base / "shared" / "data" / "Task04_Hippocampus"
+        if candidate.is_dir():
+            return candidate
+    return checkout.parent / "shared" / "data" / "Task04_Hippocampus"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from segloop.store.ingest import IngestError, import_paths
+    from segloop.store.msd import open_msd
+
+    dataset: Path = args.dataset or default_demo_dataset()
+    if not dataset.is_dir():
+        raise CommandError(f"{dataset}: sample dataset not found (pass --dataset PATH to an MSD-layout folder)")
+    msd = open_msd(dataset, require_labels=False)
+    store = open_store(args.data, must_exist=False)
+    if store.count_images() == 0:
+        print(f"importing {msd.name} from {dataset} into {args.data} ...", file=sys.stderr)
+        progress, close = _progress_bar(False)
+        try:
+            report = import_paths(
+                store,
+                [dataset / "imagesTr"],
+                labels_dir=dataset / "labelsTr" if (dataset / "labelsTr").is_dir() else None,
+                author="reference",
+                modality=msd.modality or None,
+                progress=progress,
+            )
+        except IngestError as exc:
+            close()
+            for line in exc.problems:
+                print(f"segloop demo: error: {line}", file=sys.stderr)
+            return 2
+        close()
+        print(f"imported {len(report.images)} image(s)", file=sys.stderr)
+    else:
+        print(f"{args.data} already holds {store.count_images()} image(s); not importing again", file=sys.stderr)
+    schema = store.get_schema()
+    counts = {state: store.count_images(label_state=state) for state in ("none", "draft", "final")}
+    print(f"data folder: {args.data.resolve()}")
+    print(f"dataset:     {msd.name} ({dataset})")
+    print("classes:     " + ", ".join(f"{c.value}={c.name}" for c in schema.classes))
+    print(f"images:      {store.count_images()} (final labels: {counts['final']}, drafts: {counts['draft']}, unlabelled: {counts['none']})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="import NIfTI files, DICOM series folders or zips",
+        description="Import images. Every input is validated first; if any is bad, nothing is imported.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="NIfTI file, DICOM folder/file, folder or zip")
+    add_data_arg(p)
+    p.add_argument("--labels", type=Path, metavar="LABEL_DIR", help="folder of label maps matched by file name")
+    p.add_argument("--author", default="import", help="author recorded on imported label revisions")
+    p.add_argument("--draft", action="store_true", help="import labels as drafts instead of final references")
+    p.add_argument("--modality", help="modality to record when the files do not say (e.g. MR, CT)")
+    p.add_argument("--json", action="store_true", help="print the imported images as JSON")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("images", help="list images with their label state")
+    add_data_arg(p)
+    p.add_argument("--state", choices=["none", "draft", "final"], help="only images in this label state")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("export", help="write an image and/or a label revision to files")
+    p.add_argument("image", metavar="IMAGE", help="image id")
+    add_data_arg(p)
+    p.add_argument("--format", default="nifti", choices=["nifti"], help="output format")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="folder, or a .nii.gz file with --what")
+    p.add_argument("--what", choices=["image", "label", "both"], default="both")
+    p.add_argument("--revision", type=int, help="label revision number (default: latest)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="import the sample dataset and show what the data folder holds")
+    p.add_argument("--dataset", type=Path, help="MSD-layout dataset folder (default: ../shared/data/Task04_Hippocampus)")
+    p.add_argument("--data", type=Path, default=Path("data/demo"), metavar="DIR", help="data folder (default: data/demo)")
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,214 @@
+"""Importing images (and their reference labels) into a datastore, all or nothing.
+
+The pipeline: discover the inputs (NIfTI files, folders, DICOM series, zips) → read every image
+and every matching label → validate geometry and class values → only then store. Any error in
+any input aborts the whole import before the datastore is touched, and every problem is
+reported (one line each, naming the file), so a user fixes them all in one go.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segloop.imaging.discover import ImageSource, discover
+from segloop.imaging.errors import GeometryError, ImagingError
+from segloop.imaging.nifti import read_nifti
+from segloop.imaging.volume import Volume
+from segloop.store.base import Datastore
+from segloop.store.errors import ValidationError
+from segloop.store.msd import find_dataset_json, read_dataset_json, schema_from_names
+from segloop.store.records import ImageRecord, LabelRevision, LabelSchema, LabelStatus
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)`` with stage ``"read"`` or ``"store"``."""
+
+
+class IngestError(ValueError):
+    """An import was refused; ``problems`` holds one line per bad input. Nothing was stored."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        head = self.problems[0] if self.problems else "import failed"
+        more = f" (and {len(self.problems) - 1} more problem(s))" if len(self.problems) > 1 else ""
+        super().__init__(head + more)
+
+
+@dataclass(frozen=True)
+class ImportedImage:
+    record: ImageRecord
+    revision: LabelRevision | None
+
+
+@dataclass
+class ImportReport:
+    images: list[ImportedImage] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    source: ImageSource
+    volume: Volume
+    label: Volume | None
+
+
+def _label_candidates(labels_dir: Path, source: ImageSource) -> list[Path]:
+    names = [f"{source.name}.nii.gz", f"{source.name}.nii"]
+    if source.kind == "nifti" and source.paths:
+        names.insert(0, source.paths[0].name)
+    return [labels_dir / n for n in names]
+
+
+def _find_label(labels_dir: Path, source: ImageSource) -> Path | None:
+    for candidate in _label_candidates(labels_dir, source):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _as_label_values(label: Volume, path: Path) -> Volume:
+    arr = label.array
+    if arr.ndim != 3:
+        raise ImagingError(path, f"a label map must be 3-D, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        rounded = np.rint(arr)
+        if not np.array_equal(rounded, arr):
+            raise ImagingError(path, "label values must be whole numbers (class values), found fractions")
+        arr = rounded
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise ImagingError(path, f"label values must be in 0..65535, found {int(arr.min())}..{int(arr.max())}")
+    dtype = np.uint8 if (not arr.size or arr.max() <= 255) else np.uint16
+    return label.with_array(arr.astype(dtype, copy=False))
+
+
+def _resolve_schema(store: Datastore, labels_dir: Path | None, found_values: set[int], report: ImportReport) -> LabelSchema:
+    current = store.get_schema()
+    unset = not current.foreground
+    if labels_dir is not None:
+        ds_json = find_dataset_json(labels_dir)
+        if ds_json is not None:
+            _, schema, _ = read_dataset_json(ds_json)
+            if unset:
+                report.notes.append(f"label schema taken from {ds_json}: " + ", ".join(f"{c.value}={c.name}" for c in schema.classes))
+                return schema
+            if {(c.value, c.name.lower()) for c in schema.classes} != {(c.value, c.name.lower()) for c in current.classes}:
+                raise ValidationError(
+                    f"{ds_json}: its labels {[(c.value, c.name) for c in schema.classes]} differ from the data folder's "
+                    f"schema {[(c.value, c.name) for c in current.classes]}"
+                )
+            return current
+    if unset and found_values - {0}:
+        schema = schema_from_names({v: f"class_{v}" for v in sorted(found_values - {0})})
+        report.notes.append(
+            "no label schema yet and no dataset.json: classes named "
+            + ", ".join(f"{c.value}={c.name}" for c in schema.foreground)
+            + " (rename them with the schema API)"
+        )
+        return schema
+    return current
+
+
+def import_paths(
+    store: Datastore,
+    paths: Sequence[Path],
+    *,
+    labels_dir: Path | None = None,
+    author: str = "import",
+    draft: bool = False,
+    modality: str | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import images from ``paths`` (and labels from ``labels_dir``, matched by file name).
+
+    Labels become the first revision of their image (source ``manual``, status final unless
+    ``draft``). All inputs are read and validated before anything is stored.
+
+    Raises:
+        IngestError: one or more inputs are bad (``problems`` lists them all); nothing stored.
+    """
+    report = ImportReport()
+    problems: list[str] = []
+    if labels_dir is not None and not Path(labels_dir).is_dir():
+        raise IngestError([f"{labels_dir}: labels folder does not exist"])
+    workdir = Path(tempfile.mkdtemp(prefix="import-", dir=store.staging_dir()))
+    try:
+        found = discover([Path(p) for p in paths], workdir)
+        problems.extend(str(e) for e in found.errors)
+        report.skipped.extend(found.skipped)
+        if not found.sources and not problems:
+            problems.append(f"{', '.join(str(p) for p in paths)}: no images found")
+        pending: list[_Pending] = []
+        values: set[int] = set()
+        total = len(found.sources)
+        for n, source in enumerate(found.sources, 1):
+            try:
+                volume = source.read()
+                label: Volume | None = None
+                if labels_dir is not None:
+                    label_path = _find_label(Path(labels_dir), source)
+                    if label_path is None:
+                        report.notes.append(f"{source.name}: no label in {labels_dir}; imported unlabelled")
+                    else:
+                        label = _as_label_values(read_nifti(label_path), label_path)
+                        try:
+                            volume.check_same_grid(label, what=f"label {label_path.name}", of=f"image {source.name}")
+                        except GeometryError as exc:
+                            raise ImagingError(label_path, str(exc)) from exc
+                        values.update(int(v) for v in np.unique(label.array))
+                pending.append(_Pending(source, volume, label))
+            except ImagingError as exc:
+                problems.append(str(exc))
+            if progress:
+                progress("read", n, total)
+        if problems:
+            raise IngestError(problems)
+
+        schema = _resolve_schema(store, labels_dir, values, report)
+        if modality is None and labels_dir is not None:
+            ds_json = find_dataset_json(Path(labels_dir))
+            if ds_json is not None:
+                modality = read_dataset_json(ds_json)[2] or None
+        unknown = values - schema.values
+        if unknown:
+            raise IngestError(
+                [f"{labels_dir}: label values {sorted(unknown)} are not in the label schema {sorted(schema.values)}"]
+            )
+        if schema != store.get_schema():
+            store.set_schema(schema)
+
+        status: LabelStatus = "draft" if draft else "final"
+        added: list[str] = []
+        try:
+            for n, item in enumerate(pending, 1):
+                mod = modality or str(item.volume.metadata.get("modality") or "")
+                record = store.add_image(item.volume, name=item.source.name, source=_source_text(item.source, item.volume), modality=mod or None)
+                added.append(record.id)
+                revision = None
+                if item.label is not None:
+                    revision = store.save_label(record.id, item.label.array, author=author, source="manual", status=status)
+                    record = store.get_image(record.id)
+                report.images.append(ImportedImage(record, revision))
+                if progress:
+                    progress("store", n, len(pending))
+        except BaseException:
+            for image_id in added:  # all or nothing
+                store.delete_image(image_id)
+            raise
+        return report
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _source_text(source: ImageSource, volume: Volume) -> str:
+    """Where the image came from, without temporary extraction paths."""
+    if source.kind == "dicom":
+        uid = volume.metadata.get("series_uid") or ""
+        return f"dicom:{uid}" if uid else f"dicom:{source.name}"
+    return f"file:{source.paths[0].name if source.paths else source.name}"
