@@ -31,11 +31,13 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     try:
         img = nib.load(str(path))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise ImagingError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
         data = np.asarray(img.dataobj)
+    except ImagingError:
+        raise
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as exc:
         raise ImagingError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ImagingError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
     if data.ndim == 5 and data.shape[3] == 1:
         data = data[:, :, :, 0, :]
     if data.ndim == 4 and data.shape[3] == 1:

@@ -1,0 +1,842 @@
+"""Reading DICOM image series into `Volume` (pydicom; nibabel.nicom for Siemens mosaics).
+
+Two steps, so that discovery stays fast:
+
+1. `scan_dicom` reads only the headers (``stop_before_pixels``), sorts files into series and
+   checks their geometry. It returns `DicomSeries` objects, the files it skipped (non-image
+   DICOM objects such as SEG, RTSTRUCT, SR, PR, with the reason) and one `ImagingError` per
+   bad file or series.
+2. `DicomSeries.read` decodes the pixels and returns the `Volume`.
+
+Grouping rules
+--------------
+* Files are grouped by SeriesInstanceUID **and** geometry: FrameOfReferenceUID, Rows/Columns,
+  PixelSpacing (to 1e-3 mm), samples per pixel and ImageOrientationPatient (cosines equal
+  within 1e-3). So one UID shared by differently shaped/oriented stacks gives several volumes.
+* Where SeriesInstanceUID is blank, the folder (relative to the scanned root) and the
+  StudyInstanceUID stand in for it, together with the same geometry fields.
+* A group in which several files project to the same slice position is split by the first of
+  EchoNumbers, TemporalPositionIdentifier, AcquisitionNumber, TriggerTime, ImageType,
+  InstanceNumber-independent fields that makes every part free of duplicates; when none does,
+  the group is refused (stacking it would interleave volumes).
+* A Siemens mosaic file (ImageType contains MOSAIC) and an enhanced multi-frame file are each
+  one volume on their own, even where several share a SeriesInstanceUID.
+
+Geometry
+--------
+Slices are sorted along the slice normal ``n = row_cosine x column_cosine`` by the projection of
+ImagePositionPatient on ``n``. The array is ``(columns, rows, slices)`` so ``array[i, j, k]`` has
+``i`` along the IOP row direction (the first three IOP values) and ``j`` along the column
+direction. The affine's third column is the mean step between consecutive slice positions (so
+oblique and gantry-tilted series keep their true geometry); it is converted from DICOM LPS to
+RAS+ by negating its first two rows. A single-slice series gives ``Z = 1`` with the slice
+thickness (or SpacingBetweenSlices, or 1 mm) as its third spacing.
+
+Gap policy
+----------
+A series whose slice spacing is not uniform is **refused** with an `ImagingError` naming the
+series folder, the two positions around the gap and the expected spacing. The expected
+spacing is the median step between sorted positions; a step that differs from it by more than
+``GAP_TOLERANCE`` (10 %) of the spacing, or slice positions that do not lie on one line within
+the same tolerance, is an error. Missing slices are never interpolated.
+
+Pixel values
+------------
+RescaleSlope/RescaleIntercept are applied per slice. When they are all integral the result is
+an integer array (the stored dtype when there is no rescale, otherwise int16 or int32, the
+smallest that holds the values); otherwise float32. Colour (RGB) series are ``(X, Y, Z, 3)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from segloop.imaging.errors import ImagingError
+from segloop.imaging.volume import Volume
+
+GAP_TOLERANCE = 0.10
+"""Largest allowed deviation of a slice step from the series' spacing, as a fraction of it."""
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+_NON_IMAGE_SOP: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM Segmentation (SEG) — not an image; SEG import as a label comes later",
+    "1.2.840.10008.5.1.4.1.1.66.7": "DICOM Label Map Segmentation — not an image; SEG import comes later",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set (RTSTRUCT) — contours, not an image",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose (RTDOSE) — a dose grid, not an anatomical image",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan (RTPLAN) — not an image",
+    "1.2.840.10008.5.1.4.1.1.481.8": "RT Ion Plan — not an image",
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data — not an image",
+    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration (REG) — not an image",
+    "1.2.840.10008.5.1.4.1.1.66.2": "Spatial Fiducials (FID) — not an image",
+    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Spatial Registration (REG) — not an image",
+    "1.2.840.10008.5.1.4.1.1.66.5": "Surface Segmentation — not an image",
+    "1.2.840.10008.5.1.4.1.1.67": "Real World Value Mapping — not an image",
+    "1.2.840.10008.1.3.10": "DICOMDIR (media directory index) — not an image; its images are read from their own files",
+}
+_NON_IMAGE_SOP_PREFIX: tuple[tuple[str, str], ...] = (
+    ("1.2.840.10008.5.1.4.1.1.88.", "Structured Report (SR) — not an image"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "Presentation State (PR) — not an image"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "Waveform (ECG/audio) — not an image"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "Encapsulated document (PDF/CDA/STL) — not an image"),
+    ("1.2.840.10008.5.1.4.1.1.481.", "RT treatment object — not an image"),
+)
+_NON_IMAGE_MODALITY: dict[str, str] = {
+    "SEG": "DICOM Segmentation (SEG) — not an image; SEG import as a label comes later",
+    "RTSTRUCT": "RT Structure Set (RTSTRUCT) — contours, not an image",
+    "RTDOSE": "RT Dose (RTDOSE) — a dose grid, not an anatomical image",
+    "RTPLAN": "RT Plan (RTPLAN) — not an image",
+    "RTRECORD": "RT treatment record — not an image",
+    "SR": "Structured Report (SR) — not an image",
+    "PR": "Presentation State (PR) — not an image",
+    "KO": "Key Object Selection (KO) — not an image",
+    "DOC": "Encapsulated document (DOC) — not an image",
+    "REG": "Spatial Registration (REG) — not an image",
+    "FID": "Spatial Fiducials (FID) — not an image",
+    "ECG": "Waveform (ECG) — not an image",
+}
+_SPLIT_FIELDS = ("EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber", "TriggerTime", "ImageType")
+
+
+# --------------------------------------------------------------------------------------------
+# Header level
+# --------------------------------------------------------------------------------------------
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """Cheap test on the first bytes: a ``DICM`` marker at byte 128, or a raw (preamble-less)
+    data set starting with a group 0x0002 or 0x0008 tag."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
+@dataclass
+class DicomHeader:
+    """A DICOM file's header (no pixel data) and what was learned about it."""
+
+    path: Path
+    dataset: Dataset
+    has_pixel_data: bool
+
+    @property
+    def transfer_syntax(self) -> UID:
+        meta = getattr(self.dataset, "file_meta", None)
+        ts = meta.get("TransferSyntaxUID") if meta is not None else None
+        return UID(str(ts)) if ts else UID("1.2.840.10008.1.2")
+
+
+def read_dicom_header(path: str | Path) -> DicomHeader:
+    """Read one file's header without its pixel data.
+
+    Raises:
+        ImagingError: the file is not DICOM, or its header cannot be parsed.
+    """
+    path = Path(path)
+    if not looks_like_dicom(path):
+        raise ImagingError(path, "not a DICOM file (no DICM marker at byte 128 and no DICOM tag at the start)")
+    try:
+        with open(path, "rb") as fh:
+            try:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            except InvalidDicomError:
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                if "SOPClassUID" not in ds and "Rows" not in ds and "Modality" not in ds:
+                    raise ImagingError(path, "not a DICOM file (no DICOM data set could be parsed)") from None
+            # stop_before_pixels rewinds to the pixel data tag when there is one
+            tag = fh.read(4)
+    except ImagingError:
+        raise
+    except Exception as exc:  # pydicom raises many types on a corrupt header
+        raise ImagingError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
+    has_pixels = len(tag) == 4 and (
+        (tag[:2] == b"\xe0\x7f" and tag[2:] in (b"\x10\x00", b"\x08\x00", b"\x09\x00"))
+        or (tag[:2] == b"\x7f\xe0" and tag[2:] in (b"\x00\x10", b"\x00\x08", b"\x00\x09"))
+    )
+    return DicomHeader(path, ds, has_pixels)
+
+
+def non_image_reason(header: DicomHeader) -> str | None:
+    """Why this DICOM object is not an image to import (``None`` when it is an image)."""
+    ds = header.dataset
+    sop = str(ds.get("SOPClassUID", "") or "").strip()
+    if not sop:
+        meta = getattr(ds, "file_meta", None)
+        sop = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
+    if sop in _NON_IMAGE_SOP:
+        return _NON_IMAGE_SOP[sop]
+    for prefix, reason in _NON_IMAGE_SOP_PREFIX:
+        if sop.startswith(prefix) and sop != "1.2.840.10008.5.1.4.1.1.481.1":  # 481.1 is RT Image
+            return reason
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in _NON_IMAGE_MODALITY:
+        return _NON_IMAGE_MODALITY[modality]
+    if not header.has_pixel_data and "Rows" not in ds and "DirectoryRecordSequence" not in ds:
+        name = UID(sop).name if sop else "unknown SOP class"
+        return f"DICOM object without image data ({name}) — not an image"
+    if "DirectoryRecordSequence" in ds:
+        return _NON_IMAGE_SOP["1.2.840.10008.1.3.10"]
+    return None
+
+
+def _decoder_problem(ts: UID) -> str | None:
+    """A message when no installed decoder handles transfer syntax ``ts``."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return f"pixel data uses transfer syntax {ts.name} ({ts}), which pydicom cannot decode"
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        return f"pixel data uses transfer syntax {ts.name} ({ts}) and no decoder plugin is installed ({missing})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Series
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Slice:
+    path: Path
+    frame: int | None  # index into a multi-frame file; None for a single-frame file
+    position: np.ndarray  # (3,) ImagePositionPatient, LPS mm
+    slope: float
+    intercept: float
+
+
+@dataclass
+class DicomSeries:
+    """One volume's worth of DICOM data, found from headers only.
+
+    Attributes:
+        key: stable grouping key (no absolute paths), used for `name`.
+        layout: ``"slices"`` (one 2-D image per file), ``"mosaic"`` (one Siemens mosaic file)
+            or ``"multiframe"`` (one enhanced multi-frame file).
+        paths: the files, in slice order.
+        affine: ``(4, 4)`` voxel -> RAS+ affine for the array ``(columns, rows, slices)``;
+            for a mosaic it is computed when the file is read.
+        shape: ``(X, Y, Z)``.
+        metadata: modality, patient and series fields (see `read`).
+    """
+
+    key: str
+    layout: Literal["slices", "mosaic", "multiframe"]
+    paths: tuple[Path, ...]
+    shape: tuple[int, int, int]
+    affine: np.ndarray | None
+    metadata: dict[str, Any]
+    slices: tuple[_Slice, ...] = field(default=(), repr=False)
+    transfer_syntaxes: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Readable, stable display name: description + short hash of the series key."""
+        desc = (
+            self.metadata.get("series_description")
+            or self.metadata.get("protocol_name")
+            or self.metadata.get("modality")
+            or "dicom"
+        )
+        return f"{sanitize_name(str(desc))}_{hashlib.sha1(self.key.encode()).hexdigest()[:8]}"
+
+    @property
+    def folder(self) -> Path:
+        return self.paths[0].parent
+
+    def read(self) -> Volume:
+        """Decode the pixels into a `Volume`.
+
+        Returns:
+            Volume with array ``(columns, rows, slices)`` (``(X, Y, Z, 3)`` for RGB) and a
+            voxel -> RAS+ affine. Metadata: modality, patient_id, patient_name, study_uid,
+            series_uid, series_description, study_date, manufacturer, frame_of_reference_uid,
+            source_paths (the number of files), format="dicom", plus name, layout.
+
+        Raises:
+            ImagingError: pixel data missing or not decodable (naming the transfer syntax).
+        """
+        if self.layout == "mosaic":
+            return self._read_mosaic()
+        cache: dict[Path, np.ndarray] = {}
+        planes: list[np.ndarray] = []
+        for sl in self.slices:
+            if sl.path not in cache:
+                cache.clear()  # keep one decoded file in memory
+                cache[sl.path] = _decode(sl.path)
+            data = cache[sl.path]
+            plane = data if sl.frame is None else data[sl.frame]
+            expected = self.shape[1], self.shape[0]
+            if plane.shape[:2] != expected:
+                raise ImagingError(sl.path, f"pixel array shape {plane.shape} does not match Rows x Columns {expected}")
+            planes.append(plane)
+        array = _stack_and_rescale(planes, [s.slope for s in self.slices], [s.intercept for s in self.slices])
+        assert self.affine is not None
+        return Volume(array, self.affine.copy(), self._volume_metadata())
+
+    def _read_mosaic(self) -> Volume:
+        dicomwrappers = _dicomwrappers()
+        path = self.paths[0]
+        ds = _read_full(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                wrapper = dicomwrappers.wrapper_from_data(ds)
+                data = np.asarray(wrapper.get_unscaled_data())  # (rows, cols, slices)
+                nib_affine = np.asarray(wrapper.affine, dtype=np.float64)  # LPS, axes (row, col, slice)
+        except ImagingError:
+            raise
+        except Exception as exc:
+            ts = UID(str(ds.file_meta.TransferSyntaxUID)) if "TransferSyntaxUID" in ds.file_meta else None
+            if _is_decode_error(exc):
+                raise ImagingError(path, _decode_message(ts, exc)) from exc
+            raise ImagingError(path, f"cannot unpack Siemens mosaic ({type(exc).__name__}: {exc})") from exc
+        lps = nib_affine.copy()
+        lps[:, [0, 1]] = nib_affine[:, [1, 0]]
+        planes = [data[:, :, k] for k in range(data.shape[2])]
+        slope, intercept = _rescale(ds)
+        array = _stack_and_rescale(planes, [slope] * len(planes), [intercept] * len(planes))
+        return Volume(array, _LPS_TO_RAS @ lps, self._volume_metadata())
+
+    def _volume_metadata(self) -> dict[str, Any]:
+        meta = dict(self.metadata)
+        meta["source_paths"] = len(self.paths)
+        meta["format"] = "dicom"
+        meta["name"] = self.name
+        meta["layout"] = self.layout
+        return meta
+
+
+def sanitize_name(text: str, max_length: int = 48) -> str:
+    """``text`` reduced to ``[A-Za-z0-9._-]`` (runs of other characters become ``_``)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._-")
+    return clean[:max_length] or "dicom"
+
+
+def _str(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _header_metadata(ds: Dataset) -> dict[str, Any]:
+    return {
+        "modality": _str(ds, "Modality"),
+        "patient_id": _str(ds, "PatientID"),
+        "patient_name": _str(ds, "PatientName"),
+        "study_uid": _str(ds, "StudyInstanceUID"),
+        "series_uid": _str(ds, "SeriesInstanceUID"),
+        "series_description": _str(ds, "SeriesDescription"),
+        "protocol_name": _str(ds, "ProtocolName"),
+        "study_date": _str(ds, "StudyDate"),
+        "manufacturer": _str(ds, "Manufacturer"),
+        "frame_of_reference_uid": _str(ds, "FrameOfReferenceUID"),
+        "format": "dicom",
+    }
+
+
+def _floats(value: Any, n: int) -> np.ndarray | None:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        return 1.0, 0.0
+    return slope, intercept
+
+
+def _is_mosaic(ds: Dataset) -> bool:
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    return "MOSAIC" in image_type
+
+
+def _is_multiframe(ds: Dataset) -> bool:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1) > 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.name
+
+
+@dataclass
+class DicomScan:
+    """Result of `scan_dicom`."""
+
+    series: list[DicomSeries] = field(default_factory=list)
+    errors: list[ImagingError] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Plane:
+    """Geometry of one single-frame image file (from its header)."""
+
+    header: DicomHeader
+    iop: np.ndarray  # (6,)
+    spacing: np.ndarray  # (2,) PixelSpacing (row spacing, column spacing)
+    position: np.ndarray  # (3,)
+    rows: int
+    columns: int
+
+
+def scan_dicom(paths: Iterable[str | Path], root: str | Path | None = None) -> DicomScan:
+    """Read the headers of ``paths`` (DICOM files) and group them into series.
+
+    Args:
+        paths: DICOM files (any names).
+        root: folder the series keys are made relative to (keeps names stable when the same
+            data is found under a different absolute path); defaults to file names only.
+
+    Returns:
+        `DicomScan` with the series (sorted by name), one `ImagingError` per bad file or
+        series, and the skipped non-image objects with their reason.
+    """
+    root_path = Path(root) if root is not None else None
+    scan = DicomScan()
+    planes: list[_Plane] = []
+    for raw in sorted(Path(p) for p in paths):
+        try:
+            header = read_dicom_header(raw)
+        except ImagingError as exc:
+            scan.errors.append(exc)
+            continue
+        reason = non_image_reason(header)
+        if reason is not None:
+            scan.skipped.append((raw, reason))
+            continue
+        ds = header.dataset
+        if not header.has_pixel_data:
+            scan.errors.append(ImagingError(raw, f"DICOM image ({_sop_name(ds)}) has no pixel data"))
+            continue
+        problem = _decoder_problem(header.transfer_syntax)
+        if problem is not None:
+            scan.errors.append(ImagingError(raw, problem))
+            continue
+        try:
+            if _is_mosaic(ds):
+                scan.series.append(_mosaic_series(header, root_path))
+            elif _is_multiframe(ds):
+                scan.series.append(_multiframe_series(header, root_path))
+            else:
+                planes.append(_plane(header))
+        except ImagingError as exc:
+            scan.errors.append(exc)
+    for group in _group_planes(planes, root_path):
+        try:
+            scan.series.append(_slices_series(group, root_path))
+        except ImagingError as exc:
+            scan.errors.append(exc)
+    scan.series.sort(key=lambda s: (s.name, str(s.paths[0])))
+    return scan
+
+
+def _sop_name(ds: Dataset) -> str:
+    sop = _str(ds, "SOPClassUID")
+    return UID(sop).name if sop else "blank SOP class"
+
+
+def _plane(header: DicomHeader) -> _Plane:
+    ds = header.dataset
+    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    ipp = _floats(ds.get("ImagePositionPatient"), 3)
+    spacing = _floats(ds.get("PixelSpacing"), 2)
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    missing = [
+        name
+        for name, val in (
+            ("ImageOrientationPatient", iop),
+            ("ImagePositionPatient", ipp),
+            ("PixelSpacing", spacing),
+            ("Rows", rows),
+            ("Columns", cols),
+        )
+        if val is None
+    ]
+    if missing:
+        raise ImagingError(header.path, f"DICOM image without 3-D geometry (missing or invalid {', '.join(missing)})")
+    assert iop is not None and ipp is not None and spacing is not None
+    _check_iop(header.path, iop)
+    return _Plane(header, iop, spacing, ipp, int(rows), int(cols))
+
+
+def _check_iop(path: Path, iop: np.ndarray) -> None:
+    r, c = iop[:3], iop[3:]
+    if abs(np.linalg.norm(r) - 1) > 1e-2 or abs(np.linalg.norm(c) - 1) > 1e-2 or abs(np.dot(r, c)) > 1e-2:
+        raise ImagingError(path, f"ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
+
+
+def _normal(iop: np.ndarray) -> np.ndarray:
+    r = iop[:3] / np.linalg.norm(iop[:3])
+    c = iop[3:] / np.linalg.norm(iop[3:])
+    n = np.cross(r, c)
+    return np.asarray(n / np.linalg.norm(n))
+
+
+def _group_planes(planes: list[_Plane], root: Path | None) -> list[list[_Plane]]:
+    """Group single-frame images by series and geometry, then split duplicate positions."""
+    coarse: dict[tuple[str, ...], list[_Plane]] = defaultdict(list)
+    for p in planes:
+        ds = p.header.dataset
+        uid = _str(ds, "SeriesInstanceUID")
+        base = (
+            ("uid", uid)
+            if uid
+            else ("folder", _rel(p.header.path.parent, root), _str(ds, "StudyInstanceUID"), _str(ds, "Modality"))
+        )
+        key = (
+            *base,
+            _str(ds, "FrameOfReferenceUID"),
+            f"{p.rows}x{p.columns}",
+            ",".join(f"{v:.3f}" for v in p.spacing),
+            str(ds.get("SamplesPerPixel", 1)),
+        )
+        coarse[key].append(p)
+    groups: list[list[_Plane]] = []
+    for key in sorted(coarse):
+        # cluster by orientation (tolerance rather than rounding, which can split at a boundary)
+        clusters: list[list[_Plane]] = []
+        for p in coarse[key]:
+            for cl in clusters:
+                if np.allclose(cl[0].iop, p.iop, atol=1e-3):
+                    cl.append(p)
+                    break
+            else:
+                clusters.append([p])
+        for cl in clusters:
+            groups.extend(_split_duplicates(cl))
+    return groups
+
+
+def _positions(group: Sequence[_Plane]) -> np.ndarray:
+    n = _normal(group[0].iop)
+    return np.array([float(np.dot(n, p.position)) for p in group])
+
+
+def _has_duplicates(group: Sequence[_Plane], tol: float = 1e-3) -> bool:
+    d = np.sort(_positions(group))
+    return bool(len(d) > 1 and np.min(np.diff(d)) < tol)
+
+
+def _split_duplicates(group: list[_Plane]) -> list[list[_Plane]]:
+    if not _has_duplicates(group):
+        return [group]
+    for keyword in _SPLIT_FIELDS:
+        parts: dict[str, list[_Plane]] = defaultdict(list)
+        for p in group:
+            parts[str(p.header.dataset.get(keyword, ""))].append(p)
+        if len(parts) > 1 and not any(_has_duplicates(part) for part in parts.values()):
+            return [parts[k] for k in sorted(parts)]
+    # keep them together: _slices_series refuses the group with a precise message
+    return [group]
+
+
+def _slices_series(group: list[_Plane], root: Path | None) -> DicomSeries:
+    first = group[0]
+    ds = first.header.dataset
+    folder = first.header.path.parent
+    uid = _str(ds, "SeriesInstanceUID")
+    label = f"series {uid or '(blank SeriesInstanceUID)'} in {folder}"
+    n = _normal(first.iop)
+    d = _positions(group)
+    order = np.argsort(d, kind="stable")
+    group = [group[i] for i in order]
+    d = d[order]
+    if len(group) > 1:
+        steps = np.diff(d)
+        dup = np.flatnonzero(steps < 1e-3)
+        if dup.size:
+            i = int(dup[0])
+            raise ImagingError(
+                folder,
+                f"{label}: {group[i].header.path.name} and {group[i + 1].header.path.name} have the same slice "
+                f"position ({d[i]:.3f} mm along the normal); several volumes share these files "
+                "(echoes/time points?) and no header field separates them",
+            )
+        spacing = float(np.median(steps))
+        tol = GAP_TOLERANCE * spacing
+        bad = np.flatnonzero(np.abs(steps - spacing) > tol)
+        if bad.size:
+            i = int(bad[0])
+            missing = steps[i] / spacing - 1
+            hint = f"; about {round(missing)} slice(s) missing" if missing > 0.5 else ""
+            raise ImagingError(
+                folder,
+                f"{label}: slice spacing is not uniform — gap of {steps[i]:.3f} mm between slices at "
+                f"{d[i]:.3f} mm ({group[i].header.path.name}) and {d[i + 1]:.3f} mm "
+                f"({group[i + 1].header.path.name}) along the slice normal, expected {spacing:.3f} mm "
+                f"(tolerance {GAP_TOLERANCE:.0%}){hint}; {len(group)} slices found",
+            )
+        positions = np.array([p.position for p in group])
+        step = (positions[-1] - positions[0]) / (len(group) - 1)
+        predicted = positions[0] + np.arange(len(group))[:, None] * step
+        off = np.linalg.norm(positions - predicted, axis=1)
+        if off.max() > tol:
+            i = int(np.argmax(off))
+            raise ImagingError(
+                folder,
+                f"{label}: slice positions do not lie on one line ({group[i].header.path.name} is "
+                f"{off[i]:.3f} mm off, tolerance {tol:.3f} mm)",
+            )
+    else:
+        thick = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0
+        try:
+            thickness = float(thick) or 1.0
+        except (TypeError, ValueError):
+            thickness = 1.0
+        step = n * abs(thickness)
+    lps = np.eye(4)
+    lps[:3, 0] = first.iop[:3] * first.spacing[1]  # along a row: column index i, column spacing
+    lps[:3, 1] = first.iop[3:] * first.spacing[0]  # down a column: row index j, row spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = group[0].position
+    key_parts = [
+        uid or f"folder:{_rel(folder, root)}:{_str(ds, 'StudyInstanceUID')}",
+        _str(ds, "FrameOfReferenceUID"),
+        ",".join(f"{v:.3f}" for v in first.iop),
+        f"{first.rows}x{first.columns}",
+    ]
+    for keyword in _SPLIT_FIELDS:
+        values = {str(p.header.dataset.get(keyword, "")) for p in group}
+        if len(values) == 1 and _has_split_sibling(keyword):
+            key_parts.append(f"{keyword}={values.pop()}")
+    slices = tuple(_Slice(p.header.path, None, p.position, *_rescale(p.header.dataset)) for p in group)
+    return DicomSeries(
+        key="|".join(key_parts),
+        layout="slices",
+        paths=tuple(p.header.path for p in group),
+        shape=(first.columns, first.rows, len(group)),
+        affine=_LPS_TO_RAS @ lps,
+        metadata=_header_metadata(ds),
+        slices=slices,
+        transfer_syntaxes=tuple(sorted({str(p.header.transfer_syntax) for p in group})),
+    )
+
+
+def _has_split_sibling(keyword: str) -> bool:
+    # Echo/temporal fields separate volumes that share a UID; keep them in the key so names differ.
+    return keyword in ("EchoNumbers", "TemporalPositionIdentifier")
+
+
+def _file_key(header: DicomHeader, root: Path | None) -> str:
+    ds = header.dataset
+    return "|".join(
+        [_str(ds, "SeriesInstanceUID"), _str(ds, "SOPInstanceUID") or f"file:{_rel(header.path, root)}", _rel(header.path, root)]
+    )
+
+
+def _mosaic_series(header: DicomHeader, root: Path | None) -> DicomSeries:
+    dicomwrappers = _dicomwrappers()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapper = dicomwrappers.wrapper_from_data(header.dataset)
+            shape = tuple(int(v) for v in wrapper.image_shape)  # (rows, cols, slices)
+    except Exception as exc:
+        raise ImagingError(header.path, f"Siemens mosaic whose CSA header cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not getattr(wrapper, "is_mosaic", False) or len(shape) != 3:
+        raise ImagingError(header.path, "ImageType says MOSAIC but the CSA header gives no NumberOfImagesInMosaic")
+    ds = header.dataset
+    slope, intercept = _rescale(ds)
+    return DicomSeries(
+        key=_file_key(header, root),
+        layout="mosaic",
+        paths=(header.path,),
+        shape=(shape[1], shape[0], shape[2]),
+        affine=None,
+        metadata=_header_metadata(ds),
+        slices=(_Slice(header.path, None, np.zeros(3), slope, intercept),),
+        transfer_syntaxes=(str(header.transfer_syntax),),
+    )
+
+
+def _dicomwrappers() -> Any:
+    """``nibabel.nicom.dicomwrappers``, imported without its "experimental" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import dicomwrappers
+    return dicomwrappers
+
+
+def _first_item(ds: Dataset | None, sequence: str) -> Dataset | None:
+    if ds is None:
+        return None
+    seq = ds.get(sequence)
+    return seq[0] if seq else None
+
+
+def _multiframe_series(header: DicomHeader, root: Path | None) -> DicomSeries:
+    """An enhanced multi-frame file (per-frame functional groups give each frame's position)."""
+    ds = header.dataset
+    path = header.path
+    n_frames = int(ds.NumberOfFrames)
+    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != n_frames:
+        raise ImagingError(
+            path,
+            f"multi-frame image ({_sop_name(ds)}, {n_frames} frames) without per-frame geometry "
+            "(PerFrameFunctionalGroupsSequence) — cannot place its frames in 3-D",
+        )
+
+    def lookup(frame: Dataset, sequence: str, keyword: str) -> Any:
+        for source in (_first_item(frame, sequence), _first_item(shared, sequence)):
+            if source is not None and keyword in source:
+                return source.get(keyword)
+        return ds.get(keyword)
+
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    iop = _floats(lookup(per_frame[0], "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = _floats(lookup(per_frame[0], "PixelMeasuresSequence", "PixelSpacing"), 2)
+    if iop is None or spacing is None:
+        raise ImagingError(path, "multi-frame image without ImageOrientationPatient/PixelSpacing in its functional groups")
+    _check_iop(path, iop)
+    planes: list[_Plane] = []
+    slices: list[_Slice] = []
+    for i, frame in enumerate(per_frame):
+        ipp = _floats(lookup(frame, "PlanePositionSequence", "ImagePositionPatient"), 3)
+        f_iop = _floats(lookup(frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+        if ipp is None:
+            raise ImagingError(path, f"frame {i + 1} has no ImagePositionPatient")
+        if f_iop is not None and not np.allclose(f_iop, iop, atol=1e-3):
+            raise ImagingError(path, f"frame {i + 1} has a different orientation than frame 1; not one volume")
+        slope = lookup(frame, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = lookup(frame, "PixelValueTransformationSequence", "RescaleIntercept")
+        planes.append(_Plane(header, iop, spacing, ipp, rows, cols))
+        slices.append(_Slice(path, i, ipp, float(slope if slope not in (None, "") else 1), float(intercept or 0)))
+    # reuse the slice-stack checks (sorting, duplicates, gaps, line) on the frames
+    base = _slices_series(planes, root)
+    normal = _normal(iop)
+    order = np.argsort([float(np.dot(normal, s.position)) for s in slices], kind="stable")
+    return DicomSeries(
+        key=_file_key(header, root),
+        layout="multiframe",
+        paths=(path,),
+        shape=(cols, rows, n_frames),
+        affine=base.affine,
+        metadata=_header_metadata(ds),
+        slices=tuple(slices[i] for i in order),
+        transfer_syntaxes=(str(header.transfer_syntax),),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pixels
+# --------------------------------------------------------------------------------------------
+
+
+def _read_full(path: Path) -> Dataset:
+    try:
+        with open(path, "rb") as fh:
+            has_preamble = fh.read(132)[128:132] == b"DICM"
+        return pydicom.dcmread(path, force=not has_preamble)
+    except Exception as exc:
+        raise ImagingError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def _is_decode_error(exc: Exception) -> bool:
+    return not isinstance(exc, (ImagingError, MemoryError))
+
+
+def _decode_message(ts: UID | None, exc: Exception) -> str:
+    syntax = f"{ts.name} ({ts})" if ts is not None else "unknown transfer syntax"
+    return f"cannot decode pixel data (transfer syntax {syntax}): {type(exc).__name__}: {exc}"
+
+
+def _decode(path: Path) -> np.ndarray:
+    """The raw stored values of ``path``: ``(rows, cols[, 3])`` or ``(frames, rows, cols[, 3])``."""
+    ds = _read_full(path)
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImagingError(path, f"DICOM image ({_sop_name(ds)}) has no pixel data")
+    meta = getattr(ds, "file_meta", None)
+    ts = UID(str(meta.TransferSyntaxUID)) if meta is not None and "TransferSyntaxUID" in meta else None
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as exc:
+        raise ImagingError(path, _decode_message(ts, exc)) from exc
+
+
+def _stack_and_rescale(planes: Sequence[np.ndarray], slopes: Sequence[float], intercepts: Sequence[float]) -> np.ndarray:
+    """Stack 2-D planes ``(rows, cols[, 3])`` into ``(cols, rows, slices[, 3])`` with rescale applied."""
+    stacked = np.stack([np.swapaxes(p, 0, 1) for p in planes], axis=2)
+    slope = np.asarray(slopes, dtype=np.float64)
+    inter = np.asarray(intercepts, dtype=np.float64)
+    if np.all(slope == 1) and np.all(inter == 0):
+        return np.ascontiguousarray(stacked)
+    shape = (1, 1, len(planes)) + (1,) * (stacked.ndim - 3)
+    integral = np.all(slope == np.round(slope)) and np.all(inter == np.round(inter))
+    if integral and np.issubdtype(stacked.dtype, np.integer):
+        values = stacked.astype(np.int64) * slope.astype(np.int64).reshape(shape) + inter.astype(np.int64).reshape(shape)
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        for dtype in (np.int16, np.int32):
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                return values.astype(dtype)
+        return values
+    return (stacked.astype(np.float64) * slope.reshape(shape) + inter.reshape(shape)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Convenience
+# --------------------------------------------------------------------------------------------
+
+
+def read_dicom_series(paths: str | Path | Iterable[str | Path]) -> Volume:
+    """Read exactly one DICOM volume from a folder, a file, or a list of files.
+
+    Raises:
+        ImagingError: the first problem found, or when the files hold no volume or several.
+    """
+    if isinstance(paths, (str, Path)):
+        base = Path(paths)
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        where: Path = base
+    else:
+        files = [Path(p) for p in paths]
+        where = files[0].parent if files else Path(".")
+    if not files:
+        raise ImagingError(where, "no files")
+    scan = scan_dicom(files)
+    if scan.errors:
+        raise scan.errors[0]
+    if not scan.series:
+        reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:3])
+        raise ImagingError(where, f"no DICOM image series found ({reasons or 'nothing readable'})")
+    if len(scan.series) > 1:
+        names = ", ".join(s.name for s in scan.series)
+        raise ImagingError(where, f"{len(scan.series)} DICOM volumes found ({names}); expected one")
+    return scan.series[0].read()
