@@ -96,6 +96,9 @@ class LabelRevision:
     created_at: datetime
     path: Path = field(compare=False)
     voxel_counts: dict[int, int] = field(default_factory=dict, compare=False)
+    # Who marked the revision final, and when (None while it is a draft).
+    finalized_by: str | None = field(default=None, compare=False)
+    finalized_at: datetime | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = _jsonable(asdict(self))
