@@ -152,7 +152,9 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     """
     path = Path(path)
     if not looks_like_dicom(path):
-        raise ImagingError(path, "not a DICOM file (no DICM marker at byte 128 and no DICOM tag at the start)")
+        raise ImagingError(
+            path, "not a DICOM file (no DICM marker at byte 128 and no DICOM tag at the start)"
+        )
     try:
         with open(path, "rb") as fh:
             try:
@@ -208,7 +210,9 @@ def _decoder_problem(ts: UID) -> str | None:
         return f"pixel data uses transfer syntax {ts.name} ({ts}), which pydicom cannot decode"
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies)
-        return f"pixel data uses transfer syntax {ts.name} ({ts}) and no decoder plugin is installed ({missing})"
+        return (
+            f"pixel data uses transfer syntax {ts.name} ({ts}) and no decoder plugin is installed ({missing})"
+        )
     return None
 
 
@@ -289,7 +293,9 @@ class DicomSeries:
             plane = data if sl.frame is None else data[sl.frame]
             expected = self.shape[1], self.shape[0]
             if plane.shape[:2] != expected:
-                raise ImagingError(sl.path, f"pixel array shape {plane.shape} does not match Rows x Columns {expected}")
+                raise ImagingError(
+                    sl.path, f"pixel array shape {plane.shape} does not match Rows x Columns {expected}"
+                )
             planes.append(plane)
         array = _stack_and_rescale(planes, [s.slope for s in self.slices], [s.intercept for s in self.slices])
         assert self.affine is not None
@@ -488,7 +494,9 @@ def _plane(header: DicomHeader) -> _Plane:
         if val is None
     ]
     if missing:
-        raise ImagingError(header.path, f"DICOM image without 3-D geometry (missing or invalid {', '.join(missing)})")
+        raise ImagingError(
+            header.path, f"DICOM image without 3-D geometry (missing or invalid {', '.join(missing)})"
+        )
     assert iop is not None and ipp is not None and spacing is not None
     _check_iop(header.path, iop)
     return _Plane(header, iop, spacing, ipp, int(rows), int(cols))
@@ -516,7 +524,12 @@ def _group_planes(planes: list[_Plane], root: Path | None) -> list[list[_Plane]]
         base = (
             ("uid", uid)
             if uid
-            else ("folder", _rel(p.header.path.parent, root), _str(ds, "StudyInstanceUID"), _str(ds, "Modality"))
+            else (
+                "folder",
+                _rel(p.header.path.parent, root),
+                _str(ds, "StudyInstanceUID"),
+                _str(ds, "Modality"),
+            )
         )
         key = (
             *base,
@@ -655,7 +668,11 @@ def _has_split_sibling(keyword: str) -> bool:
 def _file_key(header: DicomHeader, root: Path | None) -> str:
     ds = header.dataset
     return "|".join(
-        [_str(ds, "SeriesInstanceUID"), _str(ds, "SOPInstanceUID") or f"file:{_rel(header.path, root)}", _rel(header.path, root)]
+        [
+            _str(ds, "SeriesInstanceUID"),
+            _str(ds, "SOPInstanceUID") or f"file:{_rel(header.path, root)}",
+            _rel(header.path, root),
+        ]
     )
 
 
@@ -667,9 +684,13 @@ def _mosaic_series(header: DicomHeader, root: Path | None) -> DicomSeries:
             wrapper = dicomwrappers.wrapper_from_data(header.dataset)
             shape = tuple(int(v) for v in wrapper.image_shape)  # (rows, cols, slices)
     except Exception as exc:
-        raise ImagingError(header.path, f"Siemens mosaic whose CSA header cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise ImagingError(
+            header.path, f"Siemens mosaic whose CSA header cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
     if not getattr(wrapper, "is_mosaic", False) or len(shape) != 3:
-        raise ImagingError(header.path, "ImageType says MOSAIC but the CSA header gives no NumberOfImagesInMosaic")
+        raise ImagingError(
+            header.path, "ImageType says MOSAIC but the CSA header gives no NumberOfImagesInMosaic"
+        )
     ds = header.dataset
     slope, intercept = _rescale(ds)
     return DicomSeries(
@@ -723,7 +744,9 @@ def _multiframe_series(header: DicomHeader, root: Path | None) -> DicomSeries:
     iop = _floats(lookup(per_frame[0], "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
     spacing = _floats(lookup(per_frame[0], "PixelMeasuresSequence", "PixelSpacing"), 2)
     if iop is None or spacing is None:
-        raise ImagingError(path, "multi-frame image without ImageOrientationPatient/PixelSpacing in its functional groups")
+        raise ImagingError(
+            path, "multi-frame image without ImageOrientationPatient/PixelSpacing in its functional groups"
+        )
     _check_iop(path, iop)
     planes: list[_Plane] = []
     slices: list[_Slice] = []
@@ -733,11 +756,15 @@ def _multiframe_series(header: DicomHeader, root: Path | None) -> DicomSeries:
         if ipp is None:
             raise ImagingError(path, f"frame {i + 1} has no ImagePositionPatient")
         if f_iop is not None and not np.allclose(f_iop, iop, atol=1e-3):
-            raise ImagingError(path, f"frame {i + 1} has a different orientation than frame 1; not one volume")
+            raise ImagingError(
+                path, f"frame {i + 1} has a different orientation than frame 1; not one volume"
+            )
         slope = lookup(frame, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = lookup(frame, "PixelValueTransformationSequence", "RescaleIntercept")
         planes.append(_Plane(header, iop, spacing, ipp, rows, cols))
-        slices.append(_Slice(path, i, ipp, float(slope if slope not in (None, "") else 1), float(intercept or 0)))
+        slices.append(
+            _Slice(path, i, ipp, float(slope if slope not in (None, "") else 1), float(intercept or 0))
+        )
     # reuse the slice-stack checks (sorting, duplicates, gaps, line) on the frames
     base = _slices_series(planes, root)
     normal = _normal(iop)
@@ -790,7 +817,9 @@ def _decode(path: Path) -> np.ndarray:
         raise ImagingError(path, _decode_message(ts, exc)) from exc
 
 
-def _stack_and_rescale(planes: Sequence[np.ndarray], slopes: Sequence[float], intercepts: Sequence[float]) -> np.ndarray:
+def _stack_and_rescale(
+    planes: Sequence[np.ndarray], slopes: Sequence[float], intercepts: Sequence[float]
+) -> np.ndarray:
     """Stack 2-D planes ``(rows, cols[, 3])`` into ``(cols, rows, slices[, 3])`` with rescale applied."""
     stacked = np.stack([np.swapaxes(p, 0, 1) for p in planes], axis=2)
     slope = np.asarray(slopes, dtype=np.float64)
@@ -800,7 +829,9 @@ def _stack_and_rescale(planes: Sequence[np.ndarray], slopes: Sequence[float], in
     shape = (1, 1, len(planes)) + (1,) * (stacked.ndim - 3)
     integral = np.all(slope == np.round(slope)) and np.all(inter == np.round(inter))
     if integral and np.issubdtype(stacked.dtype, np.integer):
-        values = stacked.astype(np.int64) * slope.astype(np.int64).reshape(shape) + inter.astype(np.int64).reshape(shape)
+        values = stacked.astype(np.int64) * slope.astype(np.int64).reshape(shape) + inter.astype(
+            np.int64
+        ).reshape(shape)
         lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
         for dtype in (np.int16, np.int32):
             info = np.iinfo(dtype)
