@@ -1,0 +1,176 @@
+"""What a job handler sees: its parameters, the store, and ways to report progress and logs.
+
+The same `JobContext` API is used whether the job runs in a child process (the default: the
+reports travel over a multiprocessing queue to the runner, which persists and publishes them) or
+in a thread of the runner's process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from segloop.jobs.records import JobCancelled
+
+Message = tuple[Any, ...]
+Sink = Callable[[Message], None]
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class JobContext:
+    def __init__(
+        self,
+        job_id: str,
+        kind: str,
+        params: dict[str, Any],
+        root: Path,
+        sink: Sink,
+        cancel: CancelFlag,
+        store: Any | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.kind = kind
+        self.params = params
+        self.root = Path(root)
+        self._sink = sink
+        self._cancel = cancel
+        self._store = store
+
+    @property
+    def store(self) -> Any:
+        """The data folder's datastore (opened on first use in a child process)."""
+        if self._store is None:
+            from segloop.store.local import open_datastore
+
+            self._store = open_datastore(self.root)
+        return self._store
+
+    def progress(self, fraction: float | None, message: str = "", *, force: bool = False, **detail: Any) -> None:
+        """Report progress: ``fraction`` in [0, 1] (None: unknown), a short message, and
+        structured detail (epoch, loss, val_dice, eta_seconds...). ``force`` bypasses throttling
+        (use it for epoch ends)."""
+        if fraction is not None:
+            fraction = min(1.0, max(0.0, float(fraction)))
+        self._sink(("progress", fraction, message, detail, force))
+
+    def metrics(self, data: dict[str, Any]) -> None:
+        """Append one record to the job's metrics stream (e.g. per-epoch loss and Dice)."""
+        self._sink(("metrics", data))
+
+    def log(self, line: str) -> None:
+        self._sink(("log", str(line)))
+
+    def event(self, type_: str, data: dict[str, Any]) -> None:
+        """Publish a live event (``label.revision``, ``model.version``...)."""
+        self._sink(("event", type_, data))
+
+    def cancelled(self) -> bool:
+        return bool(self._cancel.is_set())
+
+    def check_cancelled(self) -> None:
+        if self.cancelled():
+            raise JobCancelled("cancelled")
+
+
+class _SinkLogHandler(logging.Handler):
+    def __init__(self, ctx: JobContext) -> None:
+        super().__init__(level=logging.INFO)
+        self.ctx = ctx
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.ctx.log(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def resolve_handler(path: str) -> Callable[[JobContext], dict[str, Any] | None]:
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    handler: Callable[[JobContext], dict[str, Any] | None] = getattr(module, attr)
+    return handler
+
+
+def execute(
+    job_id: str,
+    kind: str,
+    handler_path: str,
+    params: dict[str, Any],
+    root: Path,
+    sink: Sink,
+    cancel: CancelFlag,
+    store: Any | None = None,
+    capture_logs: bool = False,
+) -> None:
+    """Run one handler and report its outcome as the last message on ``sink``:
+    ``("done", result)``, ``("cancelled", message)`` or ``("failed", error, traceback)``."""
+    ctx = JobContext(job_id, kind, params, root, sink, cancel, store)
+    log_handler: logging.Handler | None = None
+    if capture_logs:
+        log_handler = _SinkLogHandler(ctx)
+        logging.getLogger().addHandler(log_handler)
+        logging.getLogger().setLevel(logging.INFO)
+    t0 = time.monotonic()
+    try:
+        handler = resolve_handler(handler_path)
+        result = handler(ctx)
+        if ctx.cancelled():
+            sink(("cancelled", "cancelled"))
+        else:
+            sink(("done", result or {}, time.monotonic() - t0))
+    except JobCancelled as exc:
+        sink(("cancelled", str(exc) or "cancelled"))
+    except Exception as exc:
+        if _is_cancellation(exc):
+            sink(("cancelled", str(exc) or "cancelled"))
+        else:
+            sink(("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    finally:
+        if log_handler is not None:
+            logging.getLogger().removeHandler(log_handler)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    # segloop.ml.training.TrainingCancelled, without importing torch here
+    return type(exc).__name__ == "TrainingCancelled"
+
+
+def child_main(
+    job_id: str,
+    kind: str,
+    handler_path: str,
+    params: dict[str, Any],
+    root: str,
+    queue: Any,
+    cancel: Any,
+    threads: int | None,
+    nice: int,
+) -> None:
+    """Entry point of a job's child process (spawned)."""
+    import os
+
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    if threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+            torch.set_num_interop_threads(1)
+        except Exception:  # torch missing or threads already fixed: run with the defaults
+            pass
+    execute(job_id, kind, handler_path, params, Path(root), queue.put, cancel, capture_logs=True)
+    queue.close()
+    queue.join_thread()
