@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import unicodedata
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
@@ -90,6 +91,9 @@ def slugify(name: str, max_length: int = MAX_ID_LENGTH - 8) -> str:
         if lowered.endswith(suffix) and len(text) > len(suffix):
             text = text[: -len(suffix)]
             break
+    # accents off (é -> e), then path segments joined by dashes, dropping "." and ".."
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    text = "-".join(part for part in re.split(r"[/\\]+", text) if part.strip() not in ("", ".", ".."))
     slug = _BAD_ID_CHARS.sub("-", text)
     slug = re.sub(r"-{2,}", "-", slug).lstrip(".-").rstrip(".-")
     slug = slug[:max_length].rstrip(".-")
