@@ -63,11 +63,11 @@ def write_nifti(volume: Volume, path: str | Path, dtype: np.dtype | type | None 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = volume.array if dtype is None else volume.array.astype(dtype, copy=False)
+    if data.dtype == np.bool_:  # NIfTI has no boolean type
+        data = data.astype(np.uint8)
     img = nib.Nifti1Image(data, volume.affine)
     img.header.set_qform(volume.affine, code=1)
     img.header.set_sform(volume.affine, code=1)
-    if data.dtype == np.bool_:
-        img = nib.Nifti1Image(data.astype(np.uint8), volume.affine, img.header)
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     os.close(fd)
