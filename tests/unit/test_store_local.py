@@ -647,3 +647,45 @@ def test_failed_add_model_version_keeps_current(
         store.add_model_version("m", store.staging_dir() / "missing.pt", config={}, trained_on=[], metrics={})
     assert outside.is_file() and ckpt.is_file()
     assert _snapshot(store) == before
+
+
+def test_checkpoint_in_a_staging_subfolder_is_accepted(store: LocalDatastore) -> None:
+    store.create_model("m", {})
+    sub = store.staging_dir() / "run-1"
+    sub.mkdir()
+    ckpt = sub / "last.pt"
+    ckpt.write_bytes(b"w")
+    version = store.add_model_version("m", ckpt, config={}, trained_on=[], metrics={})
+    assert version.checkpoint.read_bytes() == b"w" and not ckpt.exists()
+
+
+# --- maintenance ---------------------------------------------------------------------------------------
+
+
+def test_sweep_removes_only_old_unreferenced_files(store: LocalDatastore) -> None:
+    rec = store.add_image(_image(), "img", "upload")
+    rev = store.save_label(rec.id, _label(), author="a")
+    store.create_model("m", {})
+    version = store.add_model_version("m", _checkpoint(store), config={}, trained_on=[], metrics={})
+    orphans = [
+        store.root / "labels" / rec.id / "r000002-deadbeef.nii.gz",  # crash between rename and commit
+        store.root / "labels" / "deleted-image" / "r000001-00.nii.gz",
+        store.root / "images" / "ghost.nii.gz",
+        store.root / "models" / "m" / "v0002.pt",
+        store.staging_dir() / ".tmp-0123.nii.gz",
+    ]
+    for path in orphans:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    trainer_file = _checkpoint(store)  # not ours: the sweep never touches it
+    assert store.sweep() == []  # everything is young
+    old = 1_000_000_000
+    for path in [*orphans, rev.path, version.checkpoint, store.image_path(rec.id), trainer_file]:
+        os.utime(path, (old, old))
+    os.utime(store.root / "labels" / "deleted-image", (old, old))
+    removed = store.sweep()
+    assert sorted(removed) == sorted(orphans)
+    assert not any(p.exists() for p in orphans)
+    assert rev.path.is_file() and version.checkpoint.is_file() and store.image_path(rec.id).is_file()
+    assert trainer_file.is_file()
+    assert np.array_equal(store.load_label(rec.id).array, _label())

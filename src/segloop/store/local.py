@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 import unicodedata
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +36,7 @@ from sqlalchemy import CursorResult, Engine, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from segloop.imaging.errors import GeometryError
+from segloop.imaging.errors import GeometryError, ImagingError
 from segloop.imaging.nifti import read_nifti
 from segloop.imaging.volume import Volume
 from segloop.store.errors import ConflictError, NotFoundError, ValidationError
@@ -427,9 +428,12 @@ class LocalDatastore:
 
     def load_image(self, image_id: str) -> Volume:
         """The image with the affine it was added with and its metadata (plus id and name)."""
-        record = self.get_image(image_id)
-        path = self.image_path(image_id)
+        with self._read() as s:
+            row = self._image_row(s, image_id)
+            record, path = _image_record(row), self._abs(row.path)
         vol = read_nifti(path)
+        if vol.shape != record.shape:
+            raise ImagingError(path, f"stored shape {vol.shape} differs from the recorded {record.shape}")
         meta = {**record.metadata, "image_id": record.id, "name": record.name, "modality": record.modality}
         return Volume(vol.array, np.array(record.affine, dtype=np.float64), meta)
 
@@ -691,7 +695,7 @@ class LocalDatastore:
         if src.is_symlink() or not src.is_file():
             raise ValidationError(f"checkpoint {str(src)!r} is not a regular file")
         src = src.resolve()
-        if src.parent != self.staging_dir().resolve():
+        if not src.is_relative_to(self.staging_dir().resolve()):
             raise ValidationError(
                 f"checkpoint {str(src)!r} must be in the staging folder {str(self.staging_dir())!r}"
             )
@@ -746,6 +750,53 @@ class LocalDatastore:
                 raise NotFoundError(f"model {name!r} has no version {version}")
             model.current_version = version
         return self.get_model(name)
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    def sweep(self, older_than_s: float = 3600.0) -> list[Path]:
+        """Remove what crashes leave behind, if older than ``older_than_s``: this store's
+        temporary files in ``staging/`` and image, label and checkpoint files that no row
+        refers to. Returns the removed paths. Younger files may belong to a save in flight."""
+        cutoff = time.time() - older_than_s
+        removed: list[Path] = []
+
+        def old(path: Path) -> bool:
+            try:
+                return path.lstat().st_mtime < cutoff
+            except OSError:
+                return False
+
+        staging = self.staging_dir()
+        for entry in staging.iterdir():
+            if entry.name.startswith((".tmp-", ".deleted-")) and old(entry):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+        with self._write() as s:  # no row can appear or vanish while we look
+            referenced = set(s.scalars(select(ImageRow.path)).all())
+            referenced |= set(s.scalars(select(LabelRevisionRow.path)).all())
+            referenced |= set(s.scalars(select(ModelVersionRow.checkpoint)).all())
+            image_ids = set(s.scalars(select(ImageRow.id)).all())
+            for sub in ("images", "labels", "models"):
+                for path in sorted((self.root / sub).rglob("*")):
+                    if (
+                        path.is_file()
+                        and path.relative_to(self.root).as_posix() not in referenced
+                        and old(path)
+                    ):
+                        path.unlink(missing_ok=True)
+                        removed.append(path)
+            for folder in (self.root / "labels").iterdir():
+                if (
+                    folder.is_dir()
+                    and folder.name not in image_ids
+                    and not any(folder.iterdir())
+                    and old(folder)
+                ):
+                    folder.rmdir()
+        return removed
 
 
 def open_datastore(root: Path | str, *, url: str | None = None) -> LocalDatastore:
