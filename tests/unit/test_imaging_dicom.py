@@ -326,7 +326,20 @@ def test_enhanced_multiframe_file_is_one_volume(tmp_path: Path, dicom_root: Path
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("rtstruct.dcm", "RT Structure Set"), ("test-SR.dcm", "Structured Report"), ("liver_1frame.dcm", "SEG")],
+    [
+        ("rtstruct.dcm", "RT Structure Set"),
+        ("test-SR.dcm", "Structured Report"),
+        ("liver_1frame.dcm", "SEG"),
+        ("rtdose.dcm", "RT Dose"),
+        (
+            "SC_rgb_rle.dcm",
+            "2-D image without patient geometry (Secondary Capture Image Storage, modality OT",
+        ),
+        (
+            "examples_ybr_color.dcm",
+            "2-D image without patient geometry (Ultrasound Multi-frame Image Storage",
+        ),
+    ],
 )
 def test_non_image_objects_are_skipped_with_a_reason(name: str, reason: str) -> None:
     from pydicom.data import get_testdata_file
@@ -445,3 +458,15 @@ def test_series_name_is_sanitized() -> None:
     name = series.name
     assert name.startswith("T1_post_gd")
     assert all(ch.isalnum() or ch in "._-" for ch in name) and name.isascii()
+
+
+def test_cross_sectional_image_without_geometry_is_an_error() -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG-lossy.dcm")  # a CT image without ImagePositionPatient
+    assert path is not None
+    scan = scan_dicom([path])
+    assert scan.series == [] and scan.skipped == []
+    assert [str(e) for e in scan.errors] == [
+        f"{path}: DICOM image without 3-D geometry (missing or invalid ImageOrientationPatient, ImagePositionPatient)"
+    ]

@@ -8,6 +8,20 @@ Two steps, so that discovery stays fast:
    bad file or series.
 2. `DicomSeries.read` decodes the pixels and returns the `Volume`.
 
+Skipped, not errors
+-------------------
+* Non-image objects, by SOP class (or Modality where the SOP class is blank): SEG, RTSTRUCT,
+  RTDOSE, RTPLAN and other RT objects (RT Image excepted), SR, PR, KO, waveforms, encapsulated
+  documents, registrations, DICOMDIR.
+* 2-D images without patient geometry (no ImagePositionPatient/ImageOrientationPatient/
+  PixelSpacing) whose modality is not CT, MR, PT, NM or ST: screenshots, dose reports,
+  radiographs. For those five modalities missing geometry is an error.
+
+Errors (`ImagingError`, naming the file or the series folder): not a DICOM file, unreadable
+header, an image without pixel data, a transfer syntax no installed decoder handles, pixel data
+that fails to decode (at `DicomSeries.read`, naming the transfer syntax), duplicate or uneven
+slice positions (below), a multi-frame file without per-frame geometry.
+
 Grouping rules
 --------------
 * Files are grouped by SeriesInstanceUID **and** geometry: FrameOfReferenceUID, Rows/Columns,
@@ -108,6 +122,8 @@ _NON_IMAGE_MODALITY: dict[str, str] = {
     "FID": "Spatial Fiducials (FID) — not an image",
     "ECG": "Waveform (ECG) — not an image",
 }
+CROSS_SECTIONAL_MODALITIES = frozenset({"CT", "MR", "PT", "NM", "ST"})
+"""Modalities whose images must carry 3-D geometry: without it they are errors, not skipped."""
 _SPLIT_FIELDS = ("EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber", "TriggerTime", "ImageType")
 
 
@@ -170,6 +186,17 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
         raise
     except Exception as exc:  # pydicom raises many types on a corrupt header
         raise ImagingError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return DicomHeader(path, ds, True)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+        # deflated: pydicom parsed an inflated copy, so the file position says nothing; read it all
+        try:
+            full = pydicom.dcmread(path, force=True)
+        except Exception as exc:
+            raise ImagingError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+        has = any(k in full for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+        return DicomHeader(path, ds, has)
     has_pixels = len(tag) == 4 and (
         (tag[:2] == b"\xe0\x7f" and tag[2:] in (b"\x10\x00", b"\x08\x00", b"\x09\x00"))
         or (tag[:2] == b"\x7f\xe0" and tag[2:] in (b"\x00\x10", b"\x00\x08", b"\x00\x09"))
@@ -192,7 +219,13 @@ def non_image_reason(header: DicomHeader) -> str | None:
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality in _NON_IMAGE_MODALITY:
         return _NON_IMAGE_MODALITY[modality]
-    if not header.has_pixel_data and "Rows" not in ds and "DirectoryRecordSequence" not in ds:
+    is_image_class = UID(sop).name.endswith("Image Storage") if sop else False
+    if (
+        not header.has_pixel_data
+        and not is_image_class
+        and "Rows" not in ds
+        and "DirectoryRecordSequence" not in ds
+    ):
         name = UID(sop).name if sop else "unknown SOP class"
         return f"DICOM object without image data ({name}) — not an image"
     if "DirectoryRecordSequence" in ds:
@@ -460,6 +493,18 @@ def scan_dicom(paths: Iterable[str | Path], root: str | Path | None = None) -> D
                 scan.series.append(_multiframe_series(header, root_path))
             else:
                 planes.append(_plane(header))
+        except _NoGeometry as exc:
+            modality = _str(ds, "Modality").upper()
+            if modality in CROSS_SECTIONAL_MODALITIES:
+                scan.errors.append(exc)
+            else:
+                scan.skipped.append(
+                    (
+                        raw,
+                        f"2-D image without patient geometry ({_sop_name(ds)}, modality {modality or 'unknown'}; "
+                        "e.g. a screenshot, dose report or radiograph) — not a 3-D volume",
+                    )
+                )
         except ImagingError as exc:
             scan.errors.append(exc)
     for group in _group_planes(planes, root_path):
@@ -474,6 +519,10 @@ def scan_dicom(paths: Iterable[str | Path], root: str | Path | None = None) -> D
 def _sop_name(ds: Dataset) -> str:
     sop = _str(ds, "SOPClassUID")
     return UID(sop).name if sop else "blank SOP class"
+
+
+class _NoGeometry(ImagingError):
+    """An image without ImagePositionPatient/ImageOrientationPatient/PixelSpacing."""
 
 
 def _plane(header: DicomHeader) -> _Plane:
@@ -494,7 +543,7 @@ def _plane(header: DicomHeader) -> _Plane:
         if val is None
     ]
     if missing:
-        raise ImagingError(
+        raise _NoGeometry(
             header.path, f"DICOM image without 3-D geometry (missing or invalid {', '.join(missing)})"
         )
     assert iop is not None and ipp is not None and spacing is not None
@@ -728,7 +777,7 @@ def _multiframe_series(header: DicomHeader, root: Path | None) -> DicomSeries:
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None or len(per_frame) != n_frames:
-        raise ImagingError(
+        raise _NoGeometry(
             path,
             f"multi-frame image ({_sop_name(ds)}, {n_frames} frames) without per-frame geometry "
             "(PerFrameFunctionalGroupsSequence) — cannot place its frames in 3-D",
