@@ -30,9 +30,9 @@ Grouping rules
 * Where SeriesInstanceUID is blank, the folder (relative to the scanned root) and the
   StudyInstanceUID stand in for it, together with the same geometry fields.
 * A group in which several files project to the same slice position is split by the first of
-  EchoNumbers, TemporalPositionIdentifier, AcquisitionNumber, TriggerTime, ImageType,
-  InstanceNumber-independent fields that makes every part free of duplicates; when none does,
-  the group is refused (stacking it would interleave volumes).
+  EchoNumbers, TemporalPositionIdentifier, AcquisitionNumber, TriggerTime, ImageType that
+  leaves every part free of duplicates; when none does, the group is refused (stacking it
+  would interleave volumes).
 * A Siemens mosaic file (ImageType contains MOSAIC) and an enhanced multi-frame file are each
   one volume on their own, even where several share a SeriesInstanceUID.
 
