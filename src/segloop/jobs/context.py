@@ -73,6 +73,11 @@ class JobContext:
         """Publish a live event (``label.revision``, ``model.version``...)."""
         self._sink(("event", type_, data))
 
+    @property
+    def cancel_flag(self) -> CancelFlag:
+        """The cancel flag itself (a `threading.Event` or a multiprocessing one): ``is_set()``."""
+        return self._cancel
+
     def cancelled(self) -> bool:
         return bool(self._cancel.is_set())
 
@@ -164,6 +169,7 @@ def child_main(
             os.nice(nice)
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        os.environ["SEGLOOP_JOB_THREADS"] = str(threads)
         try:
             import torch
 

@@ -7,7 +7,9 @@ lazily (a child process pays for torch, the server's process need not).
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+import threading
+from typing import Any, cast
 
 from segloop.jobs.context import JobContext
 from segloop.jobs.records import JobRejected
@@ -29,38 +31,47 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
     from segloop.ml.training import TrainConfig, train
 
     p = ctx.params
-    config = TrainConfig.from_dict(dict(p.get("config") or {}))
+    cfg = dict(p.get("config") or {})
+    threads = os.environ.get("SEGLOOP_JOB_THREADS")
+    if cfg.get("num_threads") is None and threads:
+        cfg["num_threads"] = int(threads)  # the runner's CPU budget for a job, not the ml default
+    config = TrainConfig.from_dict(cfg)
     revisions = p.get("revisions")
     if revisions is not None:
         revisions = [(str(i), int(r)) for i, r in revisions]
     ctx.log(f"training {p['model']!r} with {config.to_dict()}")
-    last_epoch = [-1]
+    state: dict[str, Any] = {"epoch": None, "loss": None}
 
     def progress(tp: Any) -> None:
-        epochs = max(1, int(getattr(tp, "epochs", 1) or 1))
-        epoch = int(getattr(tp, "epoch", 0) or 0)
-        steps = int(getattr(tp, "steps", 0) or 0)
-        step = int(getattr(tp, "step", 0) or 0)
-        # epochs are counted from 1 by the ml layer; clamp so either convention stays in [0, 1]
-        done_epochs = max(0, min(epochs, epoch - 1 if epoch >= 1 else epoch))
-        fraction = (done_epochs + (step / steps if steps else 0.0)) / epochs
+        steps = int(tp.steps or 0)
+        fraction = (tp.step / steps) if steps else None
         detail = _finite(
             {
-                "epoch": epoch,
-                "epochs": epochs,
-                "step": step,
+                "epoch": tp.epoch,
+                "epochs": tp.epochs,
+                "step": tp.step,
                 "steps": steps,
-                "loss": getattr(tp, "loss", None),
-                "val_dice": getattr(tp, "val_dice", None),
-                "eta_seconds": getattr(tp, "eta_seconds", None),
+                "loss": tp.loss,
+                "val_dice": tp.val_dice,
+                "eta_seconds": tp.eta_seconds,
             }
         )
-        epoch_end = detail.get("val_dice") is not None or (steps and step >= steps)
-        ctx.progress(fraction, str(getattr(tp, "message", "") or ""), force=bool(epoch_end), **detail)
-        if epoch_end and epoch != last_epoch[0]:
-            last_epoch[0] = epoch
-            ctx.metrics({k: detail[k] for k in ("epoch", "loss", "val_dice", "eta_seconds")})
-            ctx.log(f"epoch {epoch}/{epochs} loss={detail.get('loss')} val_dice={detail.get('val_dice')}")
+        message = str(tp.message or "")
+        validation = message.startswith("validation")
+        new_epoch = state["epoch"] is not None and tp.epoch != state["epoch"]
+        if new_epoch and not state.get("validated"):
+            # the previous epoch ended without validation: record its last loss
+            ctx.metrics({"epoch": state["epoch"], "loss": state["loss"], "val_dice": None})
+        if new_epoch:
+            state["validated"] = False
+        if validation:
+            state["validated"] = True
+            ctx.metrics({k: detail[k] for k in ("epoch", "step", "loss", "val_dice", "eta_seconds")})
+            ctx.log(f"epoch {tp.epoch}/{tp.epochs}: loss {detail['loss']}, {message}")
+        state["epoch"] = tp.epoch
+        if tp.loss is not None:
+            state["loss"] = detail["loss"]
+        ctx.progress(fraction, message, force=validation or new_epoch or message == "saving", **detail)
 
     version = train(
         ctx.store,
@@ -69,7 +80,7 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
         fine_tune=p.get("fine_tune"),
         revisions=revisions,
         progress=progress,
-        cancel=ctx.cancelled,
+        cancel=cast(threading.Event, ctx.cancel_flag),
         device=p.get("device"),
     )
     info = version.to_dict()

@@ -1,0 +1,116 @@
+"""``segloop serve``: run the REST API server (uvicorn) on a data folder."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+
+from segloop.cli.common import CommandError, add_data_arg
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 2G)") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the REST API server on a data folder",
+        description=(
+            "Serve the segloop REST API (/api/v1, OpenAPI at /api/v1/openapi.json) on DIR. Bound to "
+            "127.0.0.1 it may run without authentication; any other address needs --auth FILE."
+        ),
+    )
+    add_data_arg(p, required=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--auth", type=Path, metavar="FILE", help="auth config JSON (users with roles, API tokens)")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="TLS certificate (with --tls-key: HTTPS)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="TLS private key")
+    p.add_argument("--max-upload", type=_size, default="2G", metavar="SIZE", help="largest upload body (default 2G)")
+    p.add_argument("--inference-workers", type=int, default=1, metavar="N", help="inference threads (default 1)")
+    p.add_argument("--inference-queue", type=int, default=4, metavar="N",
+                   help="inference requests that may wait before 429 (default 4)")
+    p.add_argument("--inference-threads", type=int, metavar="N", help="torch threads of the server process")
+    p.add_argument("--session-idle", type=float, default=900.0, metavar="SECONDS",
+                   help="close interactive sessions idle this long (default 900)")
+    p.add_argument("--max-sessions", type=int, default=8, metavar="N", help="open interactive sessions (default 8)")
+    p.add_argument("--jobs", type=int, default=2, metavar="N", help="background jobs running at once (default 2)")
+    p.add_argument("--job-mode", choices=("process", "thread"), default="process",
+                   help="run jobs in child processes (default) or threads")
+    p.add_argument("--job-threads", type=int, metavar="N", help="torch threads per job (default: cores - 1)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--hash-password", action="store_true",
+                   help="read a password (prompt or stdin) and print its scrypt hash for the auth file, then exit")
+    p.add_argument("--new-token", metavar="ROLE", choices=("annotator", "reviewer", "admin"),
+                   help="print a new API token and its auth-file entry, then exit")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from segloop.server.auth import hash_password, new_token
+
+    if args.hash_password:
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise CommandError("empty password")
+        print(hash_password(password))
+        return 0
+    if args.new_token:
+        token, digest = new_token()
+        print(f"token (give it to the client; it is not stored): {token}")
+        print("auth file entry (under \"tokens\"):")
+        print(json.dumps({"name": "token-name", "role": args.new_token, "sha256": digest}))
+        return 0
+    if args.data is None:
+        raise CommandError("--data DIR is required")
+
+    import uvicorn
+
+    from segloop.server import ServerSettings, SettingsError, create_app
+
+    settings = ServerSettings(
+        data=args.data,
+        host=args.host,
+        port=args.port,
+        auth_file=args.auth,
+        max_upload_bytes=args.max_upload,
+        inference_workers=args.inference_workers,
+        inference_queue=args.inference_queue,
+        inference_threads=args.inference_threads,
+        session_idle_seconds=args.session_idle,
+        max_sessions=args.max_sessions,
+        job_mode=args.job_mode,
+        max_running_jobs=args.jobs,
+        job_threads=args.job_threads,
+        device=args.device,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from exc
+    auth = "open (loopback only)" if settings.open else "required"
+    print(f"segloop {settings.url}/api/v1  data: {settings.data}  auth: {auth}", file=sys.stderr, flush=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0

@@ -1,0 +1,256 @@
+"""The FastAPI application: `create_app(settings)`.
+
+Routes (all under ``/api/v1``; OpenAPI at ``/api/v1/openapi.json``, docs at ``/api/v1/docs``):
+
+======  =============================================  =========  ==========================================
+method  path                                           role       what
+======  =============================================  =========  ==========================================
+GET     /health, /version                              none       liveness, load summary / version
+POST    /auth/login; GET /auth/me                      none/any   session token; who am I
+GET     /schema; PUT /schema                           ann/admin  label schema
+GET     /images?label_state=&offset=&limit=            annotator  paged list
+POST    /images (multipart ``file``, repeatable)       reviewer   streamed upload, validated, all or nothing
+GET     /images/{id}; DELETE /images/{id}              ann/admin  metadata; delete
+GET     /images/{id}/volume                            annotator  gzip NIfTI
+GET     /images/{id}/labels                            annotator  revisions
+POST    /images/{id}/labels (multipart)                annotator  new revision; stale base → 409 + current
+GET     /images/{id}/labels/{rev|latest}[/info]        annotator  gzip NIfTI / JSON
+POST    /images/{id}/labels/{rev}/final                reviewer   mark final
+GET     /architectures                                 annotator  trainable networks
+GET     /models, /models/{name}                        annotator  versions and metrics
+POST    /models/{name}/select, /rollback               admin      current version
+POST    /models/{name}/train                           admin      training job (202); one per model → 409
+POST    /models/{name}/infer                           annotator  automatic label (gzip NIfTI), optional save
+POST    /models/{name}/evaluate                        reviewer   evaluation job over final labels
+POST    /sessions; GET/DELETE /sessions/{id}           annotator  interactive session
+POST    /sessions/{id}/clicks, /undo; GET .../label    annotator  updated mask (gzip NIfTI)
+POST    /sessions/{id}/save                            annotator  save as revision (source interactive)
+GET     /next?strategy=random|sequential&count=        annotator  next image(s) to annotate
+GET     /activelearning/strategies                     annotator  what /next offers
+POST    /evaluations; GET /evaluations[/{id}]          annotator  evaluate a revision or a model; history
+GET     /evaluations/{id}/discrepancy                  annotator  discrepancy map (gzip NIfTI)
+GET     /jobs, /jobs/{id}, /jobs/{id}/log              annotator  jobs (shared by all clients)
+POST    /jobs                                          reviewer   infer-batch / evaluate job
+POST    /jobs/{id}/cancel                              owner/adm  cancel
+GET     /events (SSE); WS /events/ws                   annotator  live events
+======  =============================================  =========  ==========================================
+
+Back-pressure: inference, clicks and single-image evaluations share a pool of
+``inference_workers`` threads with ``inference_queue`` waiting places; beyond that → 429 with
+``Retry-After``. Jobs run in child processes (`segloop.jobs.JobRunner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from segloop import __version__
+from segloop.jobs import EventBus, JobRunner
+from segloop.server import routes, routes_ml
+from segloop.server.auth import Authenticator, AuthError, Principal
+from segloop.server.errors import error_body, install_error_handlers
+from segloop.server.settings import ServerSettings
+from segloop.server.state import LiveHub, ServerState, get_state, require, websocket_principal
+from segloop.server.workers import Busy, PredictorCache, SessionManager, WorkerPool
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("job.state", "job.progress", "job.metrics", "model.version", "label.revision", "image.added",
+               "image.deleted", "schema.changed", "evaluation")
+
+
+def _open_state(settings: ServerSettings) -> ServerState:
+    from segloop.store.local import open_datastore
+
+    settings.data.mkdir(parents=True, exist_ok=True)
+    store = open_datastore(settings.data)
+    bus = EventBus()
+    runner = JobRunner(
+        settings.data,
+        bus=bus,
+        mode=settings.job_mode,
+        max_running=settings.max_running_jobs,
+        child_threads=settings.job_threads,
+        store=store if settings.job_mode == "thread" else None,
+    )
+    return ServerState(
+        settings=settings,
+        store=store,
+        runner=runner,
+        bus=bus,
+        hub=LiveHub(bus),
+        auth=Authenticator(settings.auth),
+        pool=WorkerPool(settings.inference_workers, settings.inference_queue),
+        predictors=PredictorCache(store, settings.device),
+        sessions=SessionManager(settings.session_idle_seconds, settings.max_sessions),
+    )
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the app. Raises `SettingsError` (e.g. a non-loopback host without auth)."""
+    settings.resolve()
+    state = _open_state(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.inference_threads:
+            import torch
+
+            torch.set_num_threads(settings.inference_threads)
+        state.hub.start(asyncio.get_running_loop())
+        state.runner.start()
+        if state.runner.interrupted_on_start:
+            log.warning("marked %d job(s) interrupted (the server stopped while they ran)",
+                        len(state.runner.interrupted_on_start))
+        state.background.append(asyncio.create_task(_expire_sessions(state)))
+        try:
+            yield
+        finally:
+            for task in state.background:
+                task.cancel()
+            state.hub.stop()
+            await asyncio.to_thread(state.runner.stop)
+            state.pool.shutdown()
+            close = getattr(state.store, "close", None)
+            if callable(close):
+                close()
+
+    app = FastAPI(
+        title="segloop",
+        version=__version__,
+        description="AI-assisted segmentation of 3D medical images: images, label revisions, models, "
+        "interactive sessions, evaluation and background jobs with live events.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.segloop = state
+    install_error_handlers(app)
+
+    @app.exception_handler(Busy)
+    async def _busy(_: Any, exc: Busy) -> JSONResponse:
+        return JSONResponse(
+            error_body("busy", str(exc), retry_after=exc.retry_after),
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    app.include_router(routes.router)
+    app.include_router(routes_ml.router)
+    _event_routes(app)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> dict[str, Any]:
+        return {"name": "segloop", "version": __version__, "api": "/api/v1", "docs": "/api/v1/docs"}
+
+    return app
+
+
+async def _expire_sessions(state: ServerState) -> None:
+    interval = max(1.0, min(30.0, state.sessions.idle_seconds / 4))
+    while True:
+        await asyncio.sleep(interval)
+        for sid in state.sessions.expire():
+            log.info("interactive session %s expired", sid)
+
+
+def _parse_types(types: str | None) -> set[str] | None:
+    if not types:
+        return None
+    wanted = {t.strip() for t in types.split(",") if t.strip()}
+    return wanted or None
+
+
+def _event_routes(app: FastAPI) -> None:
+    @app.get(
+        "/api/v1/events",
+        tags=["events"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    )
+    async def sse(
+        state: Annotated[ServerState, Depends(get_state)],
+        _: Annotated[Principal, Depends(require("annotator"))],
+        types: Annotated[str | None, Query(max_length=500, description="comma-separated event types")] = None,
+        last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+    ) -> StreamingResponse:
+        """Live events as Server-Sent Events (``event: <type>``, ``data: <json>``, ``id: <seq>``):
+        job.state, job.progress, job.metrics, model.version, label.revision, image.added/deleted,
+        schema.changed, evaluation. Reconnect with ``Last-Event-ID`` to replay recent events."""
+        wanted = _parse_types(types)
+        try:
+            after = int(last_event_id) if last_event_id else None
+        except ValueError:
+            after = None
+
+        async def stream() -> AsyncIterator[bytes]:
+            async with state.hub.client() as q:
+                yield b": segloop events\n\n"
+                if after is not None:
+                    for event in state.bus.recent(after):
+                        if wanted is None or event["type"] in wanted:
+                            yield _sse(event)
+                while True:
+                    try:
+                        event = await asyncio.wait_for(q.get(), timeout=15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if wanted is None or event["type"] in wanted or event["type"] == "stream.lagged":
+                        yield _sse(event)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    @app.websocket("/api/v1/events/ws")
+    async def ws(websocket: WebSocket) -> None:
+        """Live events over WebSocket: one JSON text message per event. Auth: ``access_token``
+        query parameter or Authorization header; ``types`` filters as for SSE."""
+        try:
+            websocket_principal(websocket)
+        except AuthError as exc:
+            await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.message[:120])
+            return
+        state: ServerState = websocket.app.state.segloop
+        wanted = _parse_types(websocket.query_params.get("types"))
+        await websocket.accept()
+        async with state.hub.client() as q:
+            await websocket.send_json({"type": "stream.open", "seq": 0, "data": {"version": __version__}})
+
+            async def drain_incoming() -> None:
+                while True:
+                    await websocket.receive_text()  # pings from the client; ignored
+
+            reader = asyncio.create_task(drain_incoming())
+            try:
+                while True:
+                    getter = asyncio.create_task(q.get())
+                    done, _ = await asyncio.wait({getter, reader}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+                    if reader in done:
+                        getter.cancel()
+                        break
+                    if getter not in done:
+                        getter.cancel()
+                        await websocket.send_json({"type": "stream.keepalive", "seq": 0, "data": {}})
+                        continue
+                    event = getter.result()
+                    if wanted is None or event["type"] in wanted or event["type"] == "stream.lagged":
+                        await websocket.send_text(json.dumps(event, default=str))
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                reader.cancel()
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n".encode()

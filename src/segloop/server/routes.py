@@ -1,0 +1,400 @@
+"""The native REST API under ``/api/v1`` (see `segloop.server.app` for the route table)."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from segloop import __version__
+from segloop.imaging.nifti import nifti_bytes, read_nifti
+from segloop.server.auth import Principal
+from segloop.server.errors import ApiError
+from segloop.server.state import ServerState, current_principal, get_state, require
+from segloop.server.uploads import receive_multipart
+from segloop.store.ingest import IngestError, import_paths
+from segloop.store.records import LabelClass, LabelSchema
+
+router = APIRouter(prefix="/api/v1")
+
+NIFTI = "application/gzip"
+NIFTI_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {NIFTI: {"schema": {"type": "string", "format": "binary"}}}, "description": "gzip NIfTI-1"}
+}
+MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+LABEL_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "base_revision": {"type": "integer"},
+                        "status": {"type": "string", "enum": ["draft", "final"]},
+                    },
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+
+State = Annotated[ServerState, Depends(get_state)]
+Viewer = Annotated[Principal, Depends(require("annotator"))]
+Annotator = Annotated[Principal, Depends(require("annotator"))]
+Reviewer = Annotated[Principal, Depends(require("reviewer"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+ImageId = Annotated[str, PathParam(min_length=1, max_length=256)]
+ModelName = Annotated[str, PathParam(min_length=1, max_length=128)]
+
+
+def finite(x: Any) -> Any:
+    """JSON cannot carry inf/NaN: they become null (e.g. HD95 of a class absent on one side)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return finite(x.item())
+    if isinstance(x, dict):
+        return {str(k): finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    return x
+
+
+# --- health, version, auth ---------------------------------------------------------------------
+
+
+@router.get("/health", tags=["meta"])
+def health(state: State) -> dict[str, Any]:
+    """Liveness and a summary of the server's load (no auth needed)."""
+    return {
+        "status": "ok",
+        "version": __version__,
+        "auth": "open" if state.auth.open else "required",
+        "jobs_running": state.runner.running_count(),
+        "inference": {
+            "workers": state.pool.workers,
+            "queue": state.pool.queue,
+            "in_flight": state.pool.in_flight,
+        },
+        "sessions": len(state.sessions),
+        "event_clients": state.hub.client_count,
+    }
+
+
+@router.get("/version", tags=["meta"])
+def version() -> dict[str, Any]:
+    import platform
+
+    return {"name": "segloop", "version": __version__, "api": "v1", "python": platform.python_version()}
+
+
+class LoginBody(BaseModel):
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+@router.post("/auth/login", tags=["auth"])
+def login(body: LoginBody, state: State) -> dict[str, Any]:
+    """Exchange a user name and password for a session token (``Authorization: Bearer``)."""
+    if state.auth.open:
+        raise ApiError(409, "auth_disabled", "this server runs without authentication (loopback only)")
+    token, principal, expiry = state.auth.login(body.username, body.password)
+    return {"token": token, "user": principal.to_dict(), "expires_at": expiry}
+
+
+@router.get("/auth/me", tags=["auth"])
+def me(principal: Annotated[Principal, Depends(current_principal)]) -> dict[str, Any]:
+    return principal.to_dict()
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+class ClassBody(BaseModel):
+    value: int = Field(ge=0, le=65535)
+    name: str = Field(min_length=1, max_length=128)
+    color: tuple[int, int, int] = (255, 0, 0)
+
+
+class SchemaBody(BaseModel):
+    classes: list[ClassBody] = Field(max_length=255)
+
+
+@router.get("/schema", tags=["schema"])
+def get_schema(state: State, _: Viewer) -> dict[str, Any]:
+    return state.store.get_schema().to_dict()
+
+
+@router.put("/schema", tags=["schema"])
+def set_schema(body: SchemaBody, state: State, _: Admin) -> dict[str, Any]:
+    for c in body.classes:
+        if not all(0 <= v <= 255 for v in c.color):
+            raise ApiError(422, "invalid", f"class {c.name!r}: colour components must be 0-255")
+    schema = LabelSchema(tuple(LabelClass(c.value, c.name, (c.color[0], c.color[1], c.color[2])) for c in body.classes))
+    state.store.set_schema(schema)
+    state.bus.publish("schema.changed", schema.to_dict())
+    return state.store.get_schema().to_dict()
+
+
+# --- images --------------------------------------------------------------------------------------
+
+LabelStateQ = Literal["none", "draft", "final"]
+
+
+@router.get("/images", tags=["images"])
+def list_images(
+    state: State,
+    _: Viewer,
+    label_state: LabelStateQ | None = None,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Images, oldest first, optionally only those whose latest label is none/draft/final."""
+    items = state.store.list_images(label_state=label_state, offset=offset, limit=limit)
+    return {
+        "items": [finite(r.to_dict()) for r in items],
+        "total": state.store.count_images(label_state=label_state),
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+def _strip(text: str, folder: Path) -> str:
+    return text.replace(str(folder) + "/", "").replace(str(folder), "upload")
+
+
+@router.post("/images", tags=["images"], status_code=201, openapi_extra=MULTIPART_BODY)
+async def upload_images(request: Request, state: State, principal: Reviewer) -> dict[str, Any]:
+    """Upload images: multipart field ``file`` (repeatable) holding a NIfTI file, DICOM files or a
+    zip of a series. The body streams to disk; every file is validated (the same rules as
+    ``segloop import``) before anything is stored. Bad input → 4xx naming the problem, nothing stored."""
+    staging = Path(state.store.staging_dir())
+    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=staging))
+    try:
+        received = await receive_multipart(request, folder, state.settings.max_upload_bytes)
+        files = received.files_of("file")
+        if not files:
+            raise ApiError(422, "invalid_upload", "no file part named 'file' in the upload")
+        try:
+            report = await run_in_threadpool(import_paths, state.store, [folder], author=principal.name)
+        except IngestError as exc:
+            problems = [_strip(p, folder) for p in exc.problems]
+            raise ApiError(422, "invalid_upload", problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), problems=problems) from exc
+        images = [finite(item.record.to_dict()) for item in report.images]
+        for img in images:
+            state.bus.publish("image.added", {"image_id": img["id"], "name": img["name"]})
+        return {
+            "images": images,
+            "skipped": [{"file": _strip(str(p), folder), "reason": r} for p, r in report.skipped],
+            "notes": [_strip(n, folder) for n in report.notes],
+        }
+    finally:
+        await run_in_threadpool(shutil.rmtree, folder, True)
+
+
+@router.get("/images/{image_id}", tags=["images"])
+def get_image(image_id: ImageId, state: State, _: Viewer) -> dict[str, Any]:
+    return finite(state.store.get_image(image_id).to_dict())
+
+
+@router.get("/images/{image_id}/volume", tags=["images"], response_class=Response, responses=NIFTI_RESPONSE)
+def get_volume(image_id: ImageId, state: State, _: Viewer) -> Response:
+    """The image as gzip-compressed NIfTI bytes."""
+    path = Path(state.store.image_path(image_id))
+    if path.name.lower().endswith(".nii.gz") and path.is_file():
+        return FileResponse(path, media_type=NIFTI, filename=f"{image_id}.nii.gz")
+    data = nifti_bytes(state.store.load_image(image_id))
+    return Response(data, media_type=NIFTI, headers={"Content-Disposition": f'attachment; filename="{image_id}.nii.gz"'})
+
+
+@router.delete("/images/{image_id}", tags=["images"])
+def delete_image(image_id: ImageId, state: State, _: Admin) -> dict[str, Any]:
+    state.store.delete_image(image_id)
+    state.sessions.close_image(image_id)
+    state.bus.publish("image.deleted", {"image_id": image_id})
+    return {"deleted": image_id}
+
+
+# --- labels --------------------------------------------------------------------------------------
+
+
+@router.get("/images/{image_id}/labels", tags=["labels"])
+def list_labels(image_id: ImageId, state: State, _: Viewer) -> dict[str, Any]:
+    state.store.get_image(image_id)
+    return {"items": [r.to_dict() for r in state.store.list_revisions(image_id)]}
+
+
+def _revision_number(text: str) -> int | None:
+    if text == "latest":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise ApiError(422, "invalid", f"revision must be a number or 'latest', not {text!r}") from None
+    if n < 1:
+        raise ApiError(422, "invalid", "revision numbers start at 1")
+    return n
+
+
+RevisionParam = Annotated[str, PathParam(pattern=r"^(latest|[0-9]{1,9})$", description="a revision number or 'latest'")]
+
+
+@router.get("/images/{image_id}/labels/{revision}", tags=["labels"], response_class=Response, responses=NIFTI_RESPONSE)
+def get_label(image_id: ImageId, revision: RevisionParam, state: State, _: Viewer) -> Response:
+    """One label revision as gzip NIfTI; headers carry its number, status and author."""
+    rev = state.store.get_revision(image_id, _revision_number(revision))
+    headers = {
+        "X-Segloop-Revision": str(rev.revision),
+        "X-Segloop-Status": rev.status,
+        "Content-Disposition": f'attachment; filename="{image_id}-r{rev.revision}.nii.gz"',
+    }
+    path = Path(rev.path)
+    if path.name.lower().endswith(".nii.gz") and path.is_file():
+        return FileResponse(path, media_type=NIFTI, headers=headers)
+    return Response(nifti_bytes(state.store.load_label(image_id, rev.revision)), media_type=NIFTI, headers=headers)
+
+
+@router.get("/images/{image_id}/labels/{revision}/info", tags=["labels"])
+def get_label_info(image_id: ImageId, revision: RevisionParam, state: State, _: Viewer) -> dict[str, Any]:
+    return state.store.get_revision(image_id, _revision_number(revision)).to_dict()
+
+
+def _parse_base(text: str | None) -> int | None:
+    if text is None or text.strip() in ("", "null", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(422, "invalid", f"base_revision must be an integer, not {text!r}") from None
+
+
+@router.post("/images/{image_id}/labels", tags=["labels"], status_code=201, openapi_extra=LABEL_BODY)
+async def save_label(image_id: ImageId, request: Request, state: State, principal: Annotator) -> dict[str, Any]:
+    """Save a new label revision (multipart: ``file`` NIfTI on the image's grid, ``base_revision``
+    = the revision it was edited from, ``status`` draft|final). A stale ``base_revision`` → 409
+    with ``current_revision``; nothing is overwritten."""
+    await run_in_threadpool(state.store.get_image, image_id)
+    folder = Path(tempfile.mkdtemp(prefix="label-", dir=Path(state.store.staging_dir())))
+    try:
+        received = await receive_multipart(request, folder, state.settings.max_upload_bytes)
+        files = received.files_of("file")
+        if len(files) != 1:
+            raise ApiError(422, "invalid_upload", "send exactly one label file in the part named 'file'")
+        status = received.fields.get("status", "draft") or "draft"
+        if status not in ("draft", "final"):
+            raise ApiError(422, "invalid", f"status must be 'draft' or 'final', not {status!r}")
+        if status == "final" and not principal.has("reviewer"):
+            raise ApiError(403, "forbidden", "saving a final label needs the reviewer role")
+        base = _parse_base(received.fields.get("base_revision"))
+
+        def work() -> Any:
+            try:
+                volume = read_nifti(files[0])
+            except Exception as exc:
+                raise ApiError(422, "invalid_image", _strip(str(exc), folder)) from exc
+            return state.store.save_label(
+                image_id, volume, author=principal.name, source="manual", status=status, base_revision=base
+            )
+
+        rev = await run_in_threadpool(work)
+    finally:
+        await run_in_threadpool(shutil.rmtree, folder, True)
+    data = rev.to_dict()
+    state.bus.publish("label.revision", data)
+    return data
+
+
+@router.post("/images/{image_id}/labels/{revision}/final", tags=["labels"])
+def mark_final(image_id: ImageId, revision: Annotated[int, PathParam(ge=1, le=10**9)], state: State, principal: Reviewer) -> dict[str, Any]:
+    """Mark a revision final (reviewer)."""
+    rev = state.store.mark_final(image_id, revision, author=principal.name)
+    data = rev.to_dict()
+    state.bus.publish("label.revision", data)
+    return data
+
+
+# --- next image (active learning) ----------------------------------------------------------------
+
+STRATEGIES = {
+    "random": "a uniformly random unlabeled image (score: null)",
+    "sequential": "unlabeled images in import order (score: null)",
+}
+PENDING_STRATEGIES = ("entropy", "mc-dropout", "tta")
+
+
+@router.get("/activelearning/strategies", tags=["active learning"])
+def strategies(_: Viewer) -> dict[str, Any]:
+    """What `GET /next` offers in this version. Uncertainty strategies come with `segloop.activelearning`."""
+    return {
+        "available": [{"name": k, "description": v} for k, v in STRATEGIES.items()],
+        "pending": list(PENDING_STRATEGIES),
+        "note": "uncertainty-based strategies (entropy, MC dropout, TTA) are not implemented yet; "
+        "random and sequential do not use the model",
+    }
+
+
+@router.get("/next", tags=["active learning"])
+def next_images(
+    state: State,
+    _: Viewer,
+    strategy: str = "sequential",
+    count: Annotated[int, Query(ge=1, le=100)] = 1,
+    seed: Annotated[int | None, Query(ge=0, le=2**31)] = None,
+) -> dict[str, Any]:
+    """The next image(s) to annotate: those without any label yet. Only ``random`` and
+    ``sequential`` exist for now; they rank nothing and return ``score: null``."""
+    if strategy not in STRATEGIES:
+        pending = strategy in PENDING_STRATEGIES
+        raise ApiError(
+            422,
+            "unknown_strategy" if not pending else "strategy_unavailable",
+            (
+                f"strategy {strategy!r} is not available in this version (it arrives with active learning); "
+                if pending
+                else f"unknown strategy {strategy!r}; "
+            )
+            + f"available: {', '.join(STRATEGIES)}",
+            available=list(STRATEGIES),
+        )
+    total = state.store.count_images(label_state="none")
+    if strategy == "sequential":
+        records = state.store.list_images(label_state="none", offset=0, limit=count)
+    else:
+        rng = random.Random(seed)
+        picks = sorted(rng.sample(range(total), min(count, total)))
+        records = [r for i in picks for r in state.store.list_images(label_state="none", offset=i, limit=1)]
+        rng.shuffle(records)
+    return {
+        "strategy": strategy,
+        "items": [{"image": finite(r.to_dict()), "score": None} for r in records],
+        "remaining_unlabeled": total,
+        "note": "random/sequential only; uncertainty strategies are not implemented yet",
+    }

@@ -1,0 +1,97 @@
+"""Server settings (one dataclass; the CLI fills it from its flags)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segloop.server.auth import AuthConfig, AuthConfigError, is_loopback
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work together (e.g. a public address without auth)."""
+
+
+@dataclass
+class ServerSettings:
+    """Everything `create_app` needs.
+
+    Attributes:
+        data: the data folder (store + ``jobs.db``), created when missing.
+        host, port: where uvicorn binds; ``host`` also decides whether auth is required.
+        auth_file / auth: the auth configuration (file path, or an already loaded config).
+        max_upload_bytes: largest accepted request body for uploads (images, labels); larger → 413.
+        inference_workers: threads running inference/clicks/evaluations in the server process.
+        inference_queue: requests allowed to wait for a worker; beyond that → 429 + Retry-After.
+        inference_threads: torch intra-op threads of the server process (None: all cores).
+        session_idle_seconds: an interactive session unused this long is closed.
+        max_sessions: open interactive sessions at most; one more → 429.
+        job_mode: "process" (each job in a spawned child process) or "thread".
+        max_running_jobs: background jobs running at once (others wait queued).
+        job_threads: torch threads of a job's child process (None: cores - 1, at least 1).
+        device: torch device for inference and jobs (None: CUDA when available).
+        tls_cert, tls_key: serve HTTPS with this certificate and key.
+    """
+
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth_file: Path | None = None
+    auth: AuthConfig | None = None
+    max_upload_bytes: int = 2 * 1024**3
+    inference_workers: int = 1
+    inference_queue: int = 4
+    inference_threads: int | None = None
+    session_idle_seconds: float = 900.0
+    max_sessions: int = 8
+    job_mode: str = "process"
+    max_running_jobs: int = 2
+    job_threads: int | None = None
+    device: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self) -> ServerSettings:
+        """Load the auth file and check the combination; raises `SettingsError`."""
+        self.data = Path(self.data)
+        if self.auth is None and self.auth_file is not None:
+            try:
+                self.auth = AuthConfig.load(self.auth_file)
+            except AuthConfigError as exc:
+                raise SettingsError(str(exc)) from exc
+        if self.auth is None and not is_loopback(self.host):
+            raise SettingsError(
+                f"refusing to listen on {self.host} without authentication: pass --auth FILE "
+                "(users with roles and/or API tokens), or bind to 127.0.0.1"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("TLS needs both --tls-cert and --tls-key")
+        for p in (self.tls_cert, self.tls_key):
+            if p is not None and not Path(p).is_file():
+                raise SettingsError(f"{p}: TLS file does not exist")
+        if self.max_upload_bytes < 1:
+            raise SettingsError("max upload size must be positive")
+        if self.inference_workers < 1 or self.inference_queue < 0:
+            raise SettingsError("inference workers must be >= 1 and the queue >= 0")
+        if self.job_mode not in ("process", "thread"):
+            raise SettingsError("job mode must be 'process' or 'thread'")
+        return self
+
+    @property
+    def open(self) -> bool:
+        return self.auth is None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @staticmethod
+    def default_job_threads() -> int:
+        return max(1, (os.cpu_count() or 1) - 1)

@@ -1,0 +1,124 @@
+"""The server's shared state and the dependencies routes use to reach it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request, WebSocket
+
+from segloop.jobs import EventBus, JobRunner
+from segloop.jobs.events import Event
+from segloop.server.auth import Authenticator, AuthError, Principal
+from segloop.server.settings import ServerSettings
+from segloop.server.workers import PredictorCache, SessionManager, WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class LiveHub:
+    """Fans the thread-side `EventBus` out to asyncio queues, one per WebSocket/SSE client.
+
+    A slow client's queue is bounded: when full, its oldest event is dropped and a
+    ``stream.lagged`` marker is sent, so one stuck browser cannot grow the server's memory."""
+
+    def __init__(self, bus: EventBus, queue_size: int = 1000) -> None:
+        self.bus = bus
+        self.queue_size = queue_size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clients: set[asyncio.Queue[Event]] = set()
+        self._token: int | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._token = self.bus.subscribe(self._from_thread)
+
+    def stop(self) -> None:
+        if self._token is not None:
+            self.bus.unsubscribe(self._token)
+            self._token = None
+
+    def _from_thread(self, event: Event) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closing
+            loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: Event) -> None:
+        for q in list(self._clients):
+            if q.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait({"type": "stream.lagged", "seq": event["seq"], "time": event["time"], "data": {}})
+                    continue
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[asyncio.Queue[Event]]:
+        q: asyncio.Queue[Event] = asyncio.Queue(self.queue_size)
+        self._clients.add(q)
+        try:
+            yield q
+        finally:
+            self._clients.discard(q)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    store: Any
+    runner: JobRunner
+    bus: EventBus
+    hub: LiveHub
+    auth: Authenticator
+    pool: WorkerPool
+    predictors: PredictorCache
+    sessions: SessionManager
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> Any:
+        return self.runner.db
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.segloop
+    return state
+
+
+def current_principal(
+    request: Request,
+    access_token: str | None = Query(None, description="API or session token, for clients that cannot set headers"),
+) -> Principal:
+    state = get_state(request)
+    return state.auth.authenticate(request.headers.get("authorization"), access_token)
+
+
+def require(role: str) -> Callable[..., Principal]:
+    """Dependency: the caller, who must hold ``role`` (or a higher one)."""
+
+    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not principal.has(role):
+            raise AuthError(403, "forbidden", f"this needs the {role} role; {principal.name} is {principal.role}")
+        return principal
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+def websocket_principal(websocket: WebSocket) -> Principal:
+    state: ServerState = websocket.app.state.segloop
+    return state.auth.authenticate(
+        websocket.headers.get("authorization"), websocket.query_params.get("access_token")
+    )

@@ -1,0 +1,206 @@
+"""Work that must stay off the event loop: a bounded inference pool, loaded predictors, and
+interactive sessions.
+
+- `WorkerPool`: ``workers`` threads plus at most ``queue`` waiting requests. One more request is
+  refused at once with `Busy` (HTTP 429 + ``Retry-After`` estimated from recent durations)
+  instead of piling up in memory.
+- `PredictorCache`: loaded model versions (LRU), so a click does not reload a checkpoint.
+- `SessionManager`: open interactive sessions (the pre-processed image stays in the session);
+  a session unused for ``idle_seconds`` is closed by `expire`, which the app calls periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WorkerPool:
+    def __init__(self, workers: int, queue: int, name: str = "segloop-infer") -> None:
+        self.workers = workers
+        self.queue = queue
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._avg_seconds = 2.0
+
+    @property
+    def capacity(self) -> int:
+        return self.workers + self.queue
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def retry_after(self) -> int:
+        with self._lock:
+            waiting = max(1, self._in_flight - self.workers + 1)
+            return max(1, math.ceil(self._avg_seconds * waiting / self.workers))
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            if self._in_flight >= self.capacity:
+                full = True
+            else:
+                full = False
+                self._in_flight += 1
+        if full:
+            ra = self.retry_after()
+            raise Busy(
+                f"all {self.workers} inference worker(s) are busy and {self.queue} request(s) are waiting; retry later",
+                ra,
+            )
+        t0 = time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        finally:
+            dt = time.monotonic() - t0
+            with self._lock:
+                self._in_flight -= 1
+                self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * dt
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class PredictorCache:
+    """Loaded predictors keyed by (model, version); ``version=None`` resolves to the current one."""
+
+    def __init__(self, store: Any, device: str | None, size: int = 3) -> None:
+        self.store = store
+        self.device = device
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, int], Any] = OrderedDict()
+
+    def get(self, model: str, version: int | None = None) -> Any:
+        from segloop.ml.predictor import Predictor
+
+        if version is None:
+            record = self.store.get_model(model)
+            version = record.current_version
+        if version is not None:
+            with self._lock:
+                hit = self._items.get((model, version))
+                if hit is not None:
+                    self._items.move_to_end((model, version))
+                    return hit
+        predictor = Predictor.load(self.store, model, version, device=self.device)
+        with self._lock:
+            self._items[(model, predictor.version)] = predictor
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return predictor
+
+    def forget(self, model: str) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == model]:
+                self._items.pop(key, None)
+
+
+@dataclass
+class SessionEntry:
+    id: str
+    image_id: str
+    model: str
+    version: int
+    owner: str
+    session: Any
+    created_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+    def info(self, idle_seconds: float) -> dict[str, Any]:
+        details = self.session.info() if hasattr(self.session, "info") else {}
+        return {
+            "id": self.id,
+            "image_id": self.image_id,
+            "model": self.model,
+            "version": self.version,
+            "owner": self.owner,
+            "clicks": details.get("clicks", []),
+            "undo_depth": details.get("undo_depth", 0),
+            "expires_in_seconds": max(0.0, round(idle_seconds - (time.monotonic() - self.last_used), 1)),
+        }
+
+
+class SessionManager:
+    def __init__(self, idle_seconds: float, max_sessions: int) -> None:
+        self.idle_seconds = idle_seconds
+        self.max_sessions = max_sessions
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SessionEntry] = {}
+
+    def reserve(self) -> None:
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise Busy(
+                    f"{self.max_sessions} interactive sessions are open; close one or wait for idle ones to expire",
+                    max(1, int(self.idle_seconds / 10)),
+                )
+
+    def add(self, image_id: str, model: str, version: int, owner: str, session: Any) -> SessionEntry:
+        entry = SessionEntry(secrets.token_hex(12), image_id, model, version, owner, session)
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise Busy(f"{self.max_sessions} interactive sessions are open; close one", 5)
+            self._sessions[entry.id] = entry
+        return entry
+
+    def get(self, session_id: str) -> SessionEntry | None:
+        with self._lock:
+            entry = self._sessions.get(session_id)
+            if entry is not None:
+                entry.last_used = time.monotonic()
+            return entry
+
+    def close(self, session_id: str) -> SessionEntry | None:
+        with self._lock:
+            entry = self._sessions.pop(session_id, None)
+        if entry is not None:
+            entry.closed = True
+        return entry
+
+    def close_image(self, image_id: str) -> int:
+        with self._lock:
+            ids = [s.id for s in self._sessions.values() if s.image_id == image_id]
+        for sid in ids:
+            self.close(sid)
+        return len(ids)
+
+    def expire(self) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            stale = [
+                s.id for s in self._sessions.values() if now - s.last_used > self.idle_seconds and not s.lock.locked()
+            ]
+        for sid in stale:
+            self.close(sid)
+        return stale
+
+    def list(self) -> list[SessionEntry]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
