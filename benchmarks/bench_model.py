@@ -1,0 +1,266 @@
+"""Benchmark of the shared model (layer 3) on Task04_Hippocampus, CPU.
+
+Split (fixed, documented): the 260 case ids (file names in imagesTr, e.g. ``hippocampus_001``)
+are sorted, shuffled with ``numpy.random.default_rng(0).permutation``, and the first 208 (80%)
+are the training set, the last 52 (20%) the test set. Within the training set, `train` holds out
+10% (seeded the same way) for validation / model selection.
+
+Measured, all in one process:
+
+1. training from scratch on CPU within ``--minutes`` of wall time (default 20), peak RSS;
+2. automatic segmentation of the test set: Dice / IoU / HD95 per class (mean over the 2 classes);
+3. interactive: after 1, 2, 3 virtual-user clicks per class (each round: one click per class,
+   in that class's largest error region, both added together), test Dice per class;
+4. latency on a 256x256x128 volume (real hippocampus crops tiled): whole-volume sliding-window
+   inference time, and p50 / p95 of one click -> updated mask (warm, in-process), peak RSS.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_model.py                 # full run (~25 min on 2 cores)
+    .venv/bin/python benchmarks/bench_model.py --quick         # smoke run (~3 min)
+    .venv/bin/python benchmarks/bench_model.py --minutes 10 --out benchmarks/results/model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segloop.imaging.nifti import read_nifti
+from segloop.imaging.volume import Volume
+from segloop.metrics import dice
+from segloop.ml.evaluate import evaluate_model
+from segloop.ml.predictor import Predictor
+from segloop.ml.training import TrainConfig, TrainProgress, train
+from segloop.ml.virtual_user import next_click
+from segloop.store.local import open_datastore
+from segloop.store.records import LabelClass, LabelSchema
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "Task04_Hippocampus"
+CLASSES = {1: "Anterior", 2: "Posterior"}
+
+
+def split_ids(data: Path) -> tuple[list[str], list[str]]:
+    """The documented 80/20 split: sorted ids, seeded permutation (seed 0), first 80% train."""
+    ids = sorted(p.name[: -len(".nii.gz")] for p in (data / "imagesTr").glob("*.nii.gz"))
+    order = np.random.default_rng(0).permutation(len(ids))
+    n_train = int(round(0.8 * len(ids)))
+    return sorted(ids[i] for i in order[:n_train]), sorted(ids[i] for i in order[n_train:])
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def fill_store(root: Path, data: Path, ids: list[str]) -> tuple[Any, dict[str, str]]:
+    store = open_datastore(root)
+    store.set_schema(
+        LabelSchema(
+            (
+                LabelClass(0, "background", (0, 0, 0)),
+                LabelClass(1, CLASSES[1], (255, 0, 0)),
+                LabelClass(2, CLASSES[2], (0, 255, 0)),
+            )
+        )
+    )
+    id_of: dict[str, str] = {}
+    for case in ids:
+        image = read_nifti(data / "imagesTr" / f"{case}.nii.gz")
+        label = read_nifti(data / "labelsTr" / f"{case}.nii.gz")
+        rec = store.add_image(image, case, f"msd:{case}", modality="MR")
+        store.save_label(rec.id, np.asarray(label.array).astype(np.uint8), author="msd", status="final")
+        id_of[case] = rec.id
+    return store, id_of
+
+
+def interactive_dice(store: Any, pred: Predictor, image_ids: list[str], rounds: int, seed: int) -> dict[str, Any]:
+    """Mean test Dice per class after 0..rounds virtual-user clicks per class."""
+    rng = np.random.default_rng(seed)
+    per_round: list[list[list[float]]] = [[] for _ in range(rounds + 1)]
+    for image_id in image_ids:
+        image = store.load_image(image_id)
+        ref = np.asarray(store.load_label(image_id).array)
+        session = pred.session(image)
+        label = session.prediction.label.array
+        per_round[0].append([dice(label, ref, c) for c in CLASSES])
+        for r in range(1, rounds + 1):
+            clicks = [c for c in (next_click(label, ref, [v], rng) for v in CLASSES) if c is not None]
+            if clicks:
+                label = session.add_clicks(clicks).label.array
+            per_round[r].append([dice(label, ref, c) for c in CLASSES])
+    out = {}
+    for r, rows in enumerate(per_round):
+        m = np.mean(np.array(rows), axis=0)
+        out[str(r)] = {CLASSES[1]: float(m[0]), CLASSES[2]: float(m[1]), "mean": float(m.mean())}
+    return out
+
+
+def latency(store: Any, pred: Predictor, image_id: str, reps: int, seed: int) -> dict[str, Any]:
+    """Whole-volume sliding-window time vs. one-click latency on a 256x256x128 volume."""
+    base = store.load_image(image_id)
+    ref = np.asarray(store.load_label(image_id).array)
+    target = (256, 256, 128)
+    tiles = [int(np.ceil(t / s)) for t, s in zip(target, base.shape, strict=True)]
+    big = np.tile(np.asarray(base.array, dtype=np.float32), tiles)[: target[0], : target[1], : target[2]]
+    big_ref = np.tile(ref, tiles)[: target[0], : target[1], : target[2]]
+    volume = Volume(big, base.affine)
+    reset_peak_rss()
+    pred.predict(volume)  # warm-up (allocations, kernels)
+    t0 = time.perf_counter()
+    auto = pred.predict(volume)
+    full_s = time.perf_counter() - t0
+    session = pred.session(volume, initial=auto.label)
+    rng = np.random.default_rng(seed)
+    fg = np.argwhere(big_ref > 0)
+    times = []
+    for n in range(reps + 2):
+        point = fg[int(rng.integers(len(fg)))]
+        value = int(big_ref[tuple(point)])
+        from segloop.ml.clicks import Click
+
+        t0 = time.perf_counter()
+        session.add_clicks([Click(value, (int(point[0]), int(point[1]), int(point[2])))])
+        if n >= 2:  # the first two are warm-up
+            times.append(time.perf_counter() - t0)
+    return {
+        "shape": list(target),
+        "whole_volume_s": full_s,
+        "click_p50_s": float(np.percentile(times, 50)),
+        "click_p95_s": float(np.percentile(times, 95)),
+        "clicks_timed": len(times),
+        "click_p95_over_whole": float(np.percentile(times, 95) / full_s),
+        "peak_rss_inference_mb": peak_rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=None, help="training wall budget (default 20, quick 1)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 min training, 12 test images, 5 clicks timed")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "model.json")
+    ap.add_argument("--workdir", type=Path, default=None, help="datastore folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", type=Path, default=DATA)
+    args = ap.parse_args(argv)
+    minutes = args.minutes if args.minutes is not None else (1.0 if args.quick else 20.0)
+    torch.set_num_threads(args.threads)
+    train_ids, test_ids = split_ids(args.data)
+    test_eval = test_ids[:12] if args.quick else test_ids
+    tmp = tempfile.TemporaryDirectory(prefix="segloop-bench-") if args.workdir is None else None
+    root = Path(tmp.name) if tmp else args.workdir
+    t0 = time.perf_counter()
+    store, id_of = fill_store(root, args.data, train_ids + test_eval)
+    import_s = time.perf_counter() - t0
+    print(f"imported {len(id_of)} cases in {import_s:.0f}s; train {len(train_ids)}, test {len(test_ids)}", flush=True)
+
+    config = TrainConfig(
+        epochs=100_000,
+        steps_per_epoch=50,
+        val_every=2,
+        val_split=0.1,
+        batch_size=4,
+        lr=2e-3,
+        max_minutes=minutes,
+        num_threads=args.threads,
+        seed=0,
+    )
+    last = [0.0]
+
+    def progress(p: TrainProgress) -> None:
+        now = time.perf_counter()
+        if p.message.startswith("validation") or now - last[0] > 60:
+            last[0] = now
+            vd = {k: round(v, 3) for k, v in (p.val_dice or {}).items()}
+            print(f"  epoch {p.epoch} step {p.step} loss {p.loss if p.loss is None else round(p.loss, 4)} val {vd} {p.message}", flush=True)
+
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    version = train(store, "hippo", config, revisions=[(id_of[c], 1) for c in train_ids], progress=progress, device="cpu")
+    train_s = time.perf_counter() - t0
+    train_rss = peak_rss_mb()
+    print(f"trained v{version.version}: {version.metrics['steps']} steps in {train_s:.0f}s, val {version.metrics['val_dice']}", flush=True)
+
+    pred = Predictor.load(store, "hippo", device="cpu")
+    t0 = time.perf_counter()
+    report = evaluate_model(store, "hippo", image_ids=[id_of[c] for c in test_eval], predictor=pred)
+    eval_s = time.perf_counter() - t0
+    inter = interactive_dice(store, pred, [id_of[c] for c in test_eval], 3, seed=0)
+    lat = latency(store, pred, id_of[test_eval[0]], 5 if args.quick else 30, seed=0)
+
+    result = {
+        "task": "Task04_Hippocampus",
+        "split": "sorted ids, numpy default_rng(0).permutation, first 80% train (208), rest test (52)",
+        "test_images": len(test_eval),
+        "train": {
+            "minutes_budget": minutes,
+            "seconds": train_s,
+            "steps": version.metrics["steps"],
+            "best_epoch": version.metrics["best_epoch"],
+            "val_dice": version.metrics["val_dice"],
+            "peak_rss_mb": train_rss,
+            "config": version.config,
+        },
+        "auto": {"mean": report["mean"], "mean_dice": report["mean_dice"], "seconds_per_image": eval_s / len(test_eval)},
+        "interactive_dice": inter,
+        "latency": lat,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__, "python": platform.python_version()},
+        "quick": args.quick,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+
+    rows = [
+        ("training (CPU, wall)", f"{train_s / 60:.1f} min, {version.metrics['steps']} steps", ""),
+        ("peak RSS training", f"{train_rss:.0f} MB", ""),
+        ("auto Dice Anterior / Posterior", f"{report['mean'][CLASSES[1]]['dice']:.3f} / {report['mean'][CLASSES[2]]['dice']:.3f}", ""),
+        ("auto mean Dice (2 classes)", f"{report['mean_dice']:.3f}", ">= 0.85"),
+        ("auto HD95 Anterior / Posterior (mm)", f"{report['mean'][CLASSES[1]]['hd95']} / {report['mean'][CLASSES[2]]['hd95']}", ""),
+    ]
+    for r in ("1", "2", "3"):
+        rows.append((f"mean Dice after {r} click(s)/class", f"{inter[r]['mean']:.3f}", ">= 0.90" if r == "3" else ""))
+    rows += [
+        ("whole-volume inference 256x256x128", f"{lat['whole_volume_s']:.2f} s", ""),
+        ("one click p50 / p95", f"{lat['click_p50_s'] * 1000:.0f} / {lat['click_p95_s'] * 1000:.0f} ms", "p95 <= 1/4 whole"),
+        ("click p95 / whole volume", f"{lat['click_p95_over_whole']:.3f}", "<= 0.25"),
+        ("peak RSS inference", f"{lat['peak_rss_inference_mb']:.0f} MB", ""),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'metric':<{w}}  {'value':<24}  target")
+    print(f"{'-' * w}  {'-' * 24}  ------")
+    for name, value, target in rows:
+        print(f"{name:<{w}}  {value:<24}  {target}")
+    print(f"\nwrote {args.out}")
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Automatic and interactive segmentation with a trained model version.
+
+- `Predictor.predict`: whole-volume automatic segmentation (MONAI sliding windows, zero guidance).
+- `Predictor.session` -> `InteractiveSession`: the image is pre-processed once (normalised,
+  resampled to the model grid) and cached; each `add_clicks` runs the network only on a region
+  of interest (ROI) around the new clicks (at least one model patch, centred on them), with the
+  guidance of *all* clicks so far, and merges the result into the current probabilities with a
+  weight that is 1 inside the ROI and tapers linearly to 0 over its outer eighth (sides touching
+  the volume edge do not taper), so the mask stays smooth at the ROI border. The clicked voxels
+  themselves always take the clicked class (a click is never ignored).
+- Results (`Prediction`) are on the image's own grid: labels (uint8 class values) and softmax
+  probabilities ``(C, X, Y, Z)``, C = number of classes incl. background, in the model's class order.
+
+Set ``Predictor.mc_dropout = True`` to keep dropout active at inference (MC-dropout uncertainty);
+each call then gives a different sample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from segloop.imaging.volume import Volume
+from segloop.ml.clicks import Click, validate_clicks
+from segloop.ml.guidance import encode_guidance
+from segloop.ml.inference import predict_probabilities, set_mc_dropout
+from segloop.ml.modelspec import ModelSpec, load_checkpoint
+from segloop.ml.preprocess import normalize_intensity, resample, resampled_shape, zoom_factors
+from segloop.store.base import Datastore
+from segloop.store.errors import NotFoundError
+
+
+@dataclass
+class Prediction:
+    """A segmentation on the image's grid.
+
+    Attributes:
+        label: uint8 class values, ``(X, Y, Z)``, same affine as the image.
+        probabilities: float32 ``(C, X, Y, Z)``; channel ``n`` is class ``class_values[n]``.
+        model, version: the model version that produced it.
+        seconds: wall time of the call that produced it.
+        class_values: class value of each probability channel.
+        clicks: the clicks it honours (interactive sessions).
+    """
+
+    label: Volume
+    probabilities: np.ndarray
+    model: str
+    version: int
+    seconds: float
+    class_values: tuple[int, ...] = ()
+    clicks: tuple[Click, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class PreparedImage:
+    """An image pre-processed for the model (cached by sessions)."""
+
+    volume: Volume
+    data: np.ndarray  # (C_img, Xm, Ym, Zm) float32 on the model grid
+    factors: tuple[float, float, float] | None  # image index * factor = model index; None: same grid
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        s = self.data.shape[1:]
+        return (int(s[0]), int(s[1]), int(s[2]))
+
+
+class Predictor:
+    """A loaded model version, ready to segment images."""
+
+    def __init__(self, net: torch.nn.Module, spec: ModelSpec, model: str, version: int, device: torch.device) -> None:
+        self.net = net
+        self.spec = spec
+        self.model = model
+        self.version = version
+        self.device = device
+        self.mc_dropout = False
+
+    @classmethod
+    def load(
+        cls,
+        store: Datastore,
+        model: str,
+        version: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> Predictor:
+        """Load ``model`` at ``version`` (default: the current version) from ``store``.
+
+        Raises:
+            NotFoundError: unknown model or version, or a model without any trained version.
+        """
+        record = store.get_model(model)
+        if version is None and record.current_version is None:
+            raise NotFoundError(f"model {model!r} has no trained version yet")
+        v = record.version(version)
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        ckpt = load_checkpoint(v.checkpoint, map_location=dev)
+        spec = ModelSpec.from_config(v.config or ckpt["config"])
+        net = spec.build()
+        net.load_state_dict(ckpt["state_dict"])
+        net.to(dev)
+        net.eval()
+        return cls(net, spec, model, v.version, dev)
+
+    @property
+    def class_values(self) -> tuple[int, ...]:
+        return tuple(self.spec.class_values)
+
+    def prepare(self, image: Volume) -> PreparedImage:
+        """Normalise and resample ``image`` to the model grid. ValueError on a channel mismatch."""
+        if image.channels != self.spec.image_channels:
+            raise ValueError(
+                f"the image has {image.channels} channel(s), model {self.model!r} version {self.version} "
+                f"expects {self.spec.image_channels}"
+            )
+        data = normalize_intensity(image.array)
+        factors = zoom_factors(image.spacing, self.spec.spacing)
+        if factors is not None:
+            data = resample(data, resampled_shape(image.shape, factors), order=1)
+        return PreparedImage(image, data, factors)
+
+    def _probabilities(self, data: np.ndarray, guidance: np.ndarray | None) -> np.ndarray:
+        set_mc_dropout(self.net, self.mc_dropout)
+        return predict_probabilities(self.net, data, guidance, self.spec.patch_size, self.spec.num_classes, self.device)
+
+    def to_image_grid(self, probs: np.ndarray, prepared: PreparedImage) -> np.ndarray:
+        """Model-grid probabilities ``(C, Xm, Ym, Zm)`` -> image grid ``(C, X, Y, Z)``."""
+        if prepared.factors is None:
+            return probs
+        return resample(probs, prepared.volume.shape, order=1)
+
+    def labels_from(self, probs: np.ndarray) -> np.ndarray:
+        """Class values (uint8) of the most probable class per voxel."""
+        lut = np.asarray(self.spec.class_values, dtype=np.uint8)
+        return lut[probs.argmax(axis=0)]
+
+    def predict(self, image: Volume) -> Prediction:
+        """Automatic (click-free) segmentation of the whole volume."""
+        t0 = time.perf_counter()
+        prepared = self.prepare(image)
+        probs = self.to_image_grid(self._probabilities(prepared.data, None), prepared)
+        return Prediction(
+            Volume(self.labels_from(probs), image.affine.copy(), {"source": f"model:{self.model}@{self.version}"}),
+            probs.astype(np.float32, copy=False),
+            self.model,
+            self.version,
+            time.perf_counter() - t0,
+            self.class_values,
+        )
+
+    def session(self, image: Volume, initial: Volume | None = None) -> InteractiveSession:
+        """Start an interactive session on ``image``; ``initial`` (a label on its grid) replaces the automatic start."""
+        return InteractiveSession(self, image, initial)
+
+
+def _taper(size: int, lo_edge: bool, hi_edge: bool) -> np.ndarray:
+    w = np.ones(size, dtype=np.float32)
+    t = max(1, size // 8)
+    ramp = (np.arange(t, dtype=np.float32) + 1) / (t + 1)
+    if not lo_edge and size > 2 * t:
+        w[:t] = ramp
+    if not hi_edge and size > 2 * t:
+        w[size - t :] = ramp[::-1]
+    return w
+
+
+class InteractiveSession:
+    """Click-by-click refinement of one image (see the module docstring).
+
+    Attributes:
+        prediction: the latest `Prediction`.
+        clicks: all clicks so far, in image voxel indices.
+    """
+
+    def __init__(self, predictor: Predictor, image: Volume, initial: Volume | None = None) -> None:
+        self.predictor = predictor
+        self.prepared = predictor.prepare(image)
+        self.image = image
+        spec = predictor.spec
+        t0 = time.perf_counter()
+        if initial is None:
+            probs = predictor.to_image_grid(predictor._probabilities(self.prepared.data, None), self.prepared)
+            self._probs = np.ascontiguousarray(probs, dtype=np.float32)
+        else:
+            lab = np.asarray(initial.array)
+            if lab.shape != image.shape:
+                raise ValueError(f"initial label shape {lab.shape} does not match image shape {image.shape}")
+            unknown = sorted(set(np.unique(lab).tolist()) - set(spec.class_values))
+            if unknown:
+                raise ValueError(f"initial label has values {unknown} the model does not know ({spec.class_values})")
+            self._probs = np.zeros((spec.num_classes, *image.shape), dtype=np.float32)
+            for n, v in enumerate(spec.class_values):
+                self._probs[n][lab == v] = 1.0
+        self._label = predictor.labels_from(self._probs)
+        self.clicks: list[Click] = []
+        self._history: list[tuple[int, tuple[slice, ...], np.ndarray, np.ndarray]] = []
+        self.prediction = self._snapshot(time.perf_counter() - t0)
+
+    def _snapshot(self, seconds: float) -> Prediction:
+        p = self.predictor
+        return Prediction(
+            Volume(self._label.copy(), self.image.affine.copy(), {"source": f"model:{p.model}@{p.version}"}),
+            self._probs.copy(),
+            p.model,
+            p.version,
+            seconds,
+            p.class_values,
+            tuple(self.clicks),
+        )
+
+    def _roi(self, points: Sequence[Sequence[float]]) -> tuple[list[int], list[int]]:
+        """Model-grid box ``[lo, hi)`` around ``points``: at least one patch, clipped to the volume."""
+        shape = self.prepared.model_shape
+        patch = self.predictor.spec.patch_size
+        pts = np.asarray(points, dtype=np.float64)
+        lo, hi = [], []
+        for ax in range(3):
+            n, dim = patch[ax], shape[ax]
+            a = int(np.floor(pts[:, ax].min())) - n // 2
+            b = int(np.ceil(pts[:, ax].max())) + 1 + (n - n // 2)
+            if b - a > dim:
+                a, b = 0, dim
+            elif a < 0:
+                a, b = 0, min(dim, b - a)
+            elif b > dim:
+                a, b = max(0, a - (b - dim)), dim
+            lo.append(a)
+            hi.append(b)
+        return lo, hi
+
+    def add_clicks(self, clicks: Iterable[Click]) -> Prediction:
+        """Add clicks (image voxel indices) and refine the mask around them.
+
+        Raises:
+            ValueError: a click outside the volume or of a class the model does not know.
+        """
+        t0 = time.perf_counter()
+        p = self.predictor
+        spec = p.spec
+        new = validate_clicks(clicks, spec.class_values, self.image.shape)
+        if not new:
+            return self.prediction
+        f = self.prepared.factors or (1.0, 1.0, 1.0)
+        lo_m, hi_m = self._roi([[c.point[a] * f[a] for a in range(3)] for c in new])
+        all_clicks = self.clicks + new
+        roi_shape = [b - a for a, b in zip(lo_m, hi_m, strict=True)]
+        guidance = encode_guidance(all_clicks, roi_shape, spec.class_values, spec.guidance_sigma, offset=lo_m, scale=f)
+        data = self.prepared.data[:, lo_m[0] : hi_m[0], lo_m[1] : hi_m[1], lo_m[2] : hi_m[2]]
+        probs_m = p._probabilities(np.ascontiguousarray(data), guidance)
+        # Box on the image grid.
+        shape = self.image.shape
+        if self.prepared.factors is None:
+            lo, hi, probs = lo_m, hi_m, probs_m
+        else:
+            lo = [max(0, int(np.floor(a / s))) for a, s in zip(lo_m, f, strict=True)]
+            hi = [min(d, int(np.ceil(b / s))) for b, s, d in zip(hi_m, f, shape, strict=True)]
+            probs = resample(probs_m, [b - a for a, b in zip(lo, hi, strict=True)], order=1)
+        box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+        w = np.ones(1, dtype=np.float32)
+        for ax in range(3):
+            t = _taper(hi[ax] - lo[ax], lo[ax] == 0, hi[ax] == shape[ax])
+            w = w[..., None] * t if ax else t
+        old_p = self._probs[(slice(None), *box)].copy()
+        old_l = self._label[box].copy()
+        self._history.append((len(self.clicks), box, old_p, old_l))
+        merged = w * probs + (1.0 - w) * old_p
+        for c in all_clicks:
+            rel = [c.point[a] - lo[a] for a in range(3)]
+            if all(0 <= r < hi[a] - lo[a] for a, r in enumerate(rel)):
+                merged[:, rel[0], rel[1], rel[2]] = 0.0
+                merged[spec.class_values.index(c.value), rel[0], rel[1], rel[2]] = 1.0
+        self._probs[(slice(None), *box)] = merged
+        self._label[box] = p.labels_from(merged)
+        self.clicks = all_clicks
+        self.prediction = self._snapshot(time.perf_counter() - t0)
+        return self.prediction
+
+    def undo(self) -> Prediction:
+        """Take back the last `add_clicks` call (no-op without one)."""
+        t0 = time.perf_counter()
+        if not self._history:
+            return self.prediction
+        n, box, old_p, old_l = self._history.pop()
+        self._probs[(slice(None), *box)] = old_p
+        self._label[box] = old_l
+        self.clicks = self.clicks[:n]
+        self.prediction = self._snapshot(time.perf_counter() - t0)
+        return self.prediction
+
+    def info(self) -> dict[str, Any]:
+        return {"clicks": [c.to_dict() for c in self.clicks], "undo_depth": len(self._history)}

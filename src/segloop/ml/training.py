@@ -1,0 +1,647 @@
+"""Training a model version from the store's labels (automatic + interactive, DeepEdit style).
+
+Recipe (see `TrainConfig` for the knobs):
+
+1. Pairs: the given ``revisions`` or, by default, each image's latest *final* revision.
+   A fixed validation split: pairs sorted by image id, shuffled with ``seed``, the first
+   ``round(n * val_split)`` (at least 1 when ``val_split > 0``) are validation images.
+2. Pre-processing (`segloop.ml.preprocess`): robust per-image z-score; resampling to the
+   model spacing (median spacing of the training images unless given) when an image differs.
+3. Patches of ``patch_size`` (default: the median training image shape rounded up to the
+   network's divisor, at most 96 per axis), centred on a foreground voxel of a random class with
+   probability ``fg_ratio``, anywhere otherwise; zero-padded where the image is smaller.
+4. Augmentation per patch: flips along ``flip_axes``, intensity scale/shift, gamma, Gaussian
+   blur or unsharp-mask sharpening.
+5. Guidance: with probability ``click_prob`` a batch gets simulated clicks: the network (eval
+   mode, no gradient) predicts, the virtual user places one click per class in that class's
+   largest error region, and this repeats 1..``max_click_iters`` times; the training step then
+   sees the accumulated clicks. Other batches see zero guidance (automatic segmentation).
+6. Loss: soft Dice over the foreground classes + focal loss (gamma 2) with ``class_weights``;
+   AdamW; learning rate decays polynomially (power 0.9) over the run, where the run's progress
+   is the larger of step/total and elapsed/``max_minutes``.
+7. Validation every ``val_every`` epochs: automatic (click-free) sliding-window prediction of the
+   validation images, Dice per class; the best state (mean Dice) is what gets saved.
+8. Checkpoint: ``torch.save`` to a temporary file in ``store.staging_dir()``, then
+   ``store.add_model_version`` (moves it in atomically). Any error or a cancel before that leaves
+   the store untouched, so the previous version stays current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from segloop.ml.clicks import Click
+from segloop.ml.guidance import encode_guidance
+from segloop.ml.inference import predict_probabilities, set_mc_dropout
+from segloop.ml.modelspec import ModelSpec, load_checkpoint
+from segloop.ml.networks import network_config, size_divisor
+from segloop.ml.preprocess import normalize_intensity, resample, resampled_shape, zoom_factors
+from segloop.ml.virtual_user import next_click
+from segloop.store.base import Datastore
+from segloop.store.errors import NotFoundError
+from segloop.store.records import ModelVersion
+
+MAX_AUTO_PATCH = 96
+
+
+class TrainingCancelled(Exception):
+    """Raised by `train` when its ``cancel`` event is set; nothing was written to the store."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (all JSON-friendly; `from_dict` / `to_dict`)."""
+
+    arch: str = "unet"
+    network: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 50
+    steps_per_epoch: int | None = None  # None: ceil(train images / batch size)
+    batch_size: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_split: float = 0.2
+    val_every: int = 1
+    patch_size: list[int] | None = None  # None: from the training images' median shape
+    spacing: list[float] | None = None  # None: median spacing of the training images
+    fg_ratio: float = 0.67
+    click_prob: float = 0.5
+    max_click_iters: int = 3
+    guidance_sigma: float = 2.0
+    class_weights: list[float] | None = None  # focal-loss weight per class (background first)
+    focal_weight: float = 1.0
+    flip_axes: list[int] = field(default_factory=lambda: [0])
+    seed: int = 0
+    num_threads: int | None = None  # None: min(2, CPU count)
+    max_minutes: float | None = None  # stop (and keep the best state) after this wall time
+    log_dir: str | None = None  # TensorBoard logs, when tensorboard is installed
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"bad training config: {name} {why} (got {getattr(self, name)!r})")
+
+        network_config(self.network, self.arch)  # raises ValueError for unknown arch / params
+        for name in ("epochs", "batch_size", "val_every", "max_click_iters"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "must be a positive integer")
+        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
+            bad("steps_per_epoch", "must be a positive integer or null")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            bad("lr", "must be in (0, 1)")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            bad("weight_decay", "must be >= 0")
+        if not (isinstance(self.val_split, (int, float)) and 0 <= self.val_split < 1):
+            bad("val_split", "must be in [0, 1)")
+        for name in ("fg_ratio", "click_prob"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                bad(name, "must be in [0, 1]")
+        if not self.guidance_sigma > 0:
+            bad("guidance_sigma", "must be > 0")
+        if self.patch_size is not None and (
+            len(self.patch_size) != 3 or not all(isinstance(p, int) and p > 0 for p in self.patch_size)
+        ):
+            bad("patch_size", "must be three positive integers")
+        if self.patch_size is not None:
+            div = size_divisor(network_config(self.network, self.arch))
+            if any(p % div for p in self.patch_size):
+                bad("patch_size", f"must be multiples of {div} for this network")
+        if self.spacing is not None and (len(self.spacing) != 3 or not all(float(s) > 0 for s in self.spacing)):
+            bad("spacing", "must be three positive numbers (mm)")
+        if self.class_weights is not None and not all(float(w) >= 0 for w in self.class_weights):
+            bad("class_weights", "must be non-negative")
+        if any(a not in (0, 1, 2) for a in self.flip_axes):
+            bad("flip_axes", "must list axes among 0, 1, 2")
+        if self.num_threads is not None and self.num_threads < 1:
+            bad("num_threads", "must be positive")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            bad("max_minutes", "must be > 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"bad training config: unknown field(s) {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"bad training config: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One progress report. ``step``/``steps`` count optimiser steps over the whole run."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float | None
+    val_dice: dict[str, float] | None
+    eta_seconds: float | None
+    message: str = ""
+
+
+ProgressCallback = Callable[[TrainProgress], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class _Case:
+    image_id: str
+    revision: int
+    image: np.ndarray  # (C, X, Y, Z) float32 normalised, on the model grid
+    label: np.ndarray  # (X, Y, Z) uint8 class indices (0..K-1)
+    fg: list[np.ndarray]  # per foreground class index, (N, 3) voxel coordinates (subsampled)
+
+
+def _load_pairs(store: Datastore, revisions: Sequence[tuple[str, int]] | None) -> list[tuple[str, int]]:
+    if revisions is not None:
+        pairs = [(str(i), int(r)) for i, r in revisions]
+        for image_id, rev in pairs:
+            store.get_revision(image_id, rev)  # NotFoundError when it does not exist
+    else:
+        pairs = [(r.image_id, r.revision) for r in store.final_labels()]
+    return sorted(set(pairs))
+
+
+def _split(pairs: list[tuple[str, int]], val_split: float, seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    if not pairs:
+        raise ValueError("no labelled images to train on: mark some label revisions final (or pass revisions)")
+    n_val = max(1, int(round(len(pairs) * val_split))) if val_split > 0 else 0
+    if len(pairs) - n_val < 1:
+        raise ValueError(
+            f"{len(pairs)} labelled image(s) is too few for a validation split of {val_split}: "
+            f"need at least {n_val + 1} (or use val_split 0)"
+        )
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val = sorted(pairs[i] for i in order[:n_val])
+    train = sorted(pairs[i] for i in order[n_val:])
+    return train, val
+
+
+def _prepare_case(
+    image_id: str, revision: int, image: Any, label: Any, spec: ModelSpec, rng: np.random.Generator
+) -> _Case:
+    arr = normalize_intensity(image.array)
+    lab = np.asarray(label.array)
+    lut = {v: i for i, v in enumerate(spec.class_values)}
+    values = np.unique(lab)
+    unknown = [int(v) for v in values if int(v) not in lut]
+    if unknown:
+        raise ValueError(f"image {image_id} revision {revision}: label values {unknown} are not in the schema")
+    idx = np.zeros(lab.shape, dtype=np.uint8)
+    for v in values:
+        idx[lab == v] = lut[int(v)]
+    factors = zoom_factors(image.spacing, spec.spacing)
+    if factors is not None:
+        shape = resampled_shape(image.shape, factors)
+        arr = resample(arr, shape, order=1)
+        idx = resample(idx, shape, order=0)
+    fg = []
+    for k in range(1, spec.num_classes):
+        pts = np.argwhere(idx == k)
+        if len(pts) > 4000:
+            pts = pts[rng.choice(len(pts), 4000, replace=False)]
+        fg.append(pts.astype(np.int32))
+    return _Case(image_id, revision, arr, idx, fg)
+
+
+def _crop(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Crop the last three axes at ``start`` (may be negative / overflow), zero-padding outside."""
+    out = np.zeros((*array.shape[:-3], *size), dtype=array.dtype)
+    src: list[slice] = []
+    dst: list[slice] = []
+    for s, n, dim in zip(start, size, array.shape[-3:], strict=True):
+        a, b = max(0, s), min(dim, s + n)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - s, a - s + max(0, b - a)))
+    lead = (slice(None),) * (array.ndim - 3)
+    out[lead + tuple(dst)] = array[lead + tuple(src)]
+    return out
+
+
+def _patch_start(center: Sequence[int], shape: Sequence[int], size: Sequence[int], rng: np.random.Generator) -> list[int]:
+    start = []
+    for c, dim, n in zip(center, shape, size, strict=True):
+        if dim >= n:
+            start.append(int(np.clip(c - n // 2, 0, dim - n)))
+        else:  # the image is smaller: place it at a random offset inside the patch
+            start.append(-int(rng.integers(0, n - dim + 1)))
+    return start
+
+
+def _augment(img: np.ndarray, lab: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    for ax in cfg.flip_axes:
+        if rng.random() < 0.5:
+            img = np.flip(img, axis=ax + 1)
+            lab = np.flip(lab, axis=ax)
+    img = np.ascontiguousarray(img)
+    lab = np.ascontiguousarray(lab)
+    if rng.random() < 0.3:  # gamma on the patch's own range
+        lo, hi = float(img.min()), float(img.max())
+        if hi > lo:
+            g = float(np.exp(rng.uniform(np.log(0.7), np.log(1.5))))
+            img = ((img - lo) / (hi - lo)) ** g * (hi - lo) + lo
+    r = rng.random()
+    if r < 0.2:
+        img = np.stack([ndimage.gaussian_filter(c, float(rng.uniform(0.5, 1.0))) for c in img])
+    elif r < 0.3:
+        alpha = float(rng.uniform(0.2, 0.6))
+        img = np.stack([c + alpha * (c - ndimage.gaussian_filter(c, 1.0)) for c in img])
+    if rng.random() < 0.8:
+        img = img * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.1, 0.1))
+    return img.astype(np.float32, copy=False), lab
+
+
+def _sample_batch(
+    cases: list[_Case], cfg: TrainConfig, patch: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    imgs, labs = [], []
+    for _ in range(cfg.batch_size):
+        case = cases[int(rng.integers(len(cases)))]
+        shape = case.label.shape
+        nonempty = [p for p in case.fg if len(p)]
+        if nonempty and rng.random() < cfg.fg_ratio:
+            pts = nonempty[int(rng.integers(len(nonempty)))]
+            center = pts[int(rng.integers(len(pts)))]
+        else:
+            center = np.array([rng.integers(0, s) for s in shape])
+        start = _patch_start(center, shape, patch, rng)
+        img, lab = _augment(_crop(case.image, start, patch), _crop(case.label, start, patch), cfg, rng)
+        imgs.append(img)
+        labs.append(lab)
+    return np.stack(imgs), np.stack(labs)
+
+
+def _simulate_clicks(
+    net: torch.nn.Module,
+    imgs: np.ndarray,
+    labs: np.ndarray,
+    spec: ModelSpec,
+    cfg: TrainConfig,
+    device: torch.device,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Guidance ``(B, K, X, Y, Z)`` from clicks placed iteratively in the current errors."""
+    k = spec.num_classes
+    b = imgs.shape[0]
+    shape = imgs.shape[2:]
+    clicks: list[list[Click]] = [[] for _ in range(b)]
+    guidance = np.zeros((b, k, *shape), dtype=np.float32)
+    values = list(range(k))  # class indices (the network's own numbering)
+    iters = int(rng.integers(1, cfg.max_click_iters + 1))
+    was_training = net.training
+    set_mc_dropout(net, False)
+    try:
+        for _ in range(iters):
+            with torch.no_grad():
+                x = torch.from_numpy(np.concatenate([imgs, guidance], axis=1)).to(device)
+                pred = net(x).argmax(dim=1).cpu().numpy()
+            for i in range(b):
+                for c in values[1:]:
+                    click = next_click(pred[i], labs[i], [c], rng)
+                    if click is not None:
+                        clicks[i].append(click)
+                guidance[i] = encode_guidance(clicks[i], shape, values, cfg.guidance_sigma)
+    finally:
+        net.train(was_training)
+    return guidance
+
+
+# ---------------------------------------------------------------------------------------------
+# loss
+
+
+class _DiceFocal(torch.nn.Module):
+    def __init__(self, num_classes: int, class_weights: Sequence[float] | None, focal_weight: float) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss, FocalLoss
+
+        self.dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+        weight = list(class_weights) if class_weights is not None else [1.0] * num_classes
+        if len(weight) != num_classes:
+            raise ValueError(f"class_weights has {len(weight)} entries, the schema has {num_classes} classes")
+        self.focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, weight=weight)
+        self.focal_weight = focal_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.focal_weight * self.focal(logits, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _dice_per_class(pred: np.ndarray, ref: np.ndarray, k: int) -> list[float]:
+    out = []
+    for c in range(1, k):
+        p, r = pred == c, ref == c
+        tot = int(p.sum()) + int(r.sum())
+        out.append(1.0 if tot == 0 else 2.0 * int((p & r).sum()) / tot)
+    return out
+
+
+def _validate(net: torch.nn.Module, cases: list[_Case], spec: ModelSpec, device: torch.device) -> dict[str, float]:
+    was_training = net.training
+    set_mc_dropout(net, False)
+    scores = []
+    try:
+        for case in cases:
+            probs = predict_probabilities(net, case.image, None, spec.patch_size, spec.num_classes, device)
+            scores.append(_dice_per_class(probs.argmax(axis=0), case.label, spec.num_classes))
+    finally:
+        net.train(was_training)
+    mean = np.mean(np.array(scores), axis=0)
+    return {spec.class_names[c + 1]: float(mean[c]) for c in range(spec.num_classes - 1)}
+
+
+def _auto_patch(shapes: Sequence[Sequence[int]], divisor: int) -> tuple[int, int, int]:
+    med = np.median(np.array(shapes), axis=0)
+    p = [int(min(MAX_AUTO_PATCH, math.ceil(m / divisor) * divisor)) for m in med]
+    p = [max(divisor, v) for v in p]
+    return (p[0], p[1], p[2])
+
+
+def _tensorboard(log_dir: str | None, store: Datastore, model: str) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    path = Path(log_dir) if log_dir else store.staging_dir().parent / "tensorboard" / f"{model}-{int(time.time())}"
+    return SummaryWriter(str(path))
+
+
+def train(
+    store: Datastore,
+    model: str,
+    config: TrainConfig,
+    *,
+    fine_tune: int | None = None,
+    revisions: Sequence[tuple[str, int]] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    device: str | torch.device | None = None,
+) -> ModelVersion:
+    """Train (or fine-tune) ``model`` and add the result to the store as its new current version.
+
+    Args:
+        store: the datastore (images, labels, models).
+        model: model name; created with ``config`` when it does not exist yet.
+        config: hyper-parameters.
+        fine_tune: start from this version's weights (its network, classes, patch size and spacing
+            are kept) instead of from scratch.
+        revisions: ``(image_id, revision)`` pairs to train on; default each image's latest final revision.
+        progress: called after every step and validation.
+        cancel: set it to stop; the run raises `TrainingCancelled` and writes nothing.
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
+
+    Returns:
+        The new `ModelVersion`: config, ``trained_on`` pairs, validation metrics.
+
+    Raises:
+        ValueError: bad config, no labelled images, too few for the split, mismatched channels.
+        NotFoundError: unknown fine-tune version or revision.
+        TrainingCancelled: ``cancel`` was set.
+    """
+    config.validate()
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    schema = store.get_schema()
+    if not schema.foreground:
+        raise ValueError("the label schema has no foreground class to train on")
+    pairs = _load_pairs(store, revisions)
+    train_pairs, val_pairs = _split(pairs, config.val_split, config.seed)
+
+    base_state: dict[str, Any] | None = None
+    base_spec: ModelSpec | None = None
+    if fine_tune is not None:
+        version = store.get_model(model).version(fine_tune)
+        ckpt = load_checkpoint(version.checkpoint)
+        base_spec = ModelSpec.from_config(version.config or ckpt["config"])
+        base_state = ckpt["state_dict"]
+        schema_values = sorted(schema.values)
+        if sorted(base_spec.class_values) != schema_values:
+            raise ValueError(
+                f"cannot fine-tune version {fine_tune}: it predicts classes {base_spec.class_values}, "
+                f"the schema now has {schema_values}"
+            )
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads or max(1, min(2, os.cpu_count() or 1)))
+    try:
+        return _train(store, model, config, dev, schema, train_pairs, val_pairs, base_spec, base_state, fine_tune, progress, cancel)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(
+    store: Datastore,
+    model: str,
+    config: TrainConfig,
+    dev: torch.device,
+    schema: Any,
+    train_pairs: list[tuple[str, int]],
+    val_pairs: list[tuple[str, int]],
+    base_spec: ModelSpec | None,
+    base_state: dict[str, Any] | None,
+    fine_tune: int | None,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> ModelVersion:
+    t0 = time.monotonic()
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled("training cancelled; no version was written")
+
+    def report(**kw: Any) -> None:
+        if progress is not None:
+            progress(TrainProgress(**kw))
+
+    # Load everything first (bad data fails before any training work).
+    raw = []
+    for image_id, rev in train_pairs + val_pairs:
+        check_cancel()
+        raw.append((image_id, rev, store.load_image(image_id), store.load_label(image_id, rev)))
+    channels = {v.channels for _, _, v, _ in raw}
+    if len(channels) != 1:
+        raise ValueError(f"training images have different channel counts: {sorted(channels)}")
+    image_channels = channels.pop()
+
+    if base_spec is not None:
+        spec = base_spec
+        if spec.image_channels != image_channels:
+            raise ValueError(f"the images have {image_channels} channel(s), version {fine_tune} expects {spec.image_channels}")
+    else:
+        net_cfg = network_config(config.network, config.arch)
+        values = [0] + sorted(c.value for c in schema.foreground)
+        names = ["background"] + [schema.by_value(v).name for v in values[1:]]
+        spacing = config.spacing
+        if spacing is None:
+            spacing = np.median(np.array([v.spacing for _, _, v, _ in raw]), axis=0).tolist()
+        sp = tuple(float(s) for s in spacing)
+        if config.patch_size is not None:
+            patch = (config.patch_size[0], config.patch_size[1], config.patch_size[2])
+        else:
+            shapes = []
+            for _, _, v, _ in raw[: len(train_pairs)]:
+                f = zoom_factors(v.spacing, sp)
+                shapes.append(resampled_shape(v.shape, f) if f else v.shape)
+            patch = _auto_patch(shapes, size_divisor(net_cfg))
+        spec = ModelSpec(net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), config.guidance_sigma)
+    spec.check_patch()
+    if config.class_weights is not None and len(config.class_weights) != spec.num_classes:
+        raise ValueError(f"class_weights has {len(config.class_weights)} entries, the model has {spec.num_classes} classes")
+
+    cases = [_prepare_case(i, r, img, lab, spec, rng) for i, r, img, lab in raw]
+    del raw
+    train_cases, val_cases = cases[: len(train_pairs)], cases[len(train_pairs) :]
+
+    net = spec.build().to(dev)
+    if base_state is not None:
+        net.load_state_dict(base_state)
+    loss_fn = _DiceFocal(spec.num_classes, config.class_weights, config.focal_weight).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(train_cases) / config.batch_size))
+    total = config.epochs * steps_per_epoch
+    budget = config.max_minutes * 60.0 if config.max_minutes else None
+    writer = _tensorboard(config.log_dir, store, model)
+
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score = -1.0
+    best_val: dict[str, float] | None = None
+    best_epoch = 0
+    last_val: dict[str, float] | None = None
+    history: list[dict[str, Any]] = []
+    step = 0
+    epoch = 0
+    stopped_early = False
+    net.train()
+    try:
+        for epoch in range(1, config.epochs + 1):
+            losses = []
+            for _ in range(steps_per_epoch):
+                check_cancel()
+                elapsed = time.monotonic() - t0
+                frac = step / total
+                if budget:
+                    frac = max(frac, elapsed / budget)
+                for g in opt.param_groups:
+                    g["lr"] = config.lr * max(0.0, 1.0 - frac) ** 0.9
+                imgs, labs = _sample_batch(train_cases, config, spec.patch_size, rng)
+                if rng.random() < config.click_prob:
+                    guidance = _simulate_clicks(net, imgs, labs, spec, config, dev, rng)
+                else:
+                    guidance = np.zeros((imgs.shape[0], spec.num_classes, *imgs.shape[2:]), dtype=np.float32)
+                x = torch.from_numpy(np.concatenate([imgs, guidance], axis=1)).to(dev)
+                y = torch.from_numpy(labs[:, None].astype(np.int64)).to(dev)
+                opt.zero_grad(set_to_none=True)
+                out = net(x)
+                if isinstance(out, (list, tuple)):
+                    out = out[0]
+                loss = loss_fn(out, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at step {step + 1} (loss {loss.item()}); try a lower lr")
+                loss.backward()
+                opt.step()
+                step += 1
+                losses.append(float(loss.item()))
+                if writer is not None:
+                    writer.add_scalar("loss/train", losses[-1], step)
+                elapsed = time.monotonic() - t0
+                eta = elapsed / step * (total - step)
+                if budget:
+                    eta = min(eta, max(0.0, budget - elapsed))
+                report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=losses[-1],
+                       val_dice=last_val, eta_seconds=eta, message="training")
+                if budget and elapsed >= budget:
+                    stopped_early = True
+                    break
+            entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None}
+            if val_cases and (epoch % config.val_every == 0 or epoch == config.epochs or stopped_early):
+                check_cancel()
+                last_val = _validate(net, val_cases, spec, dev)
+                score = float(np.mean(list(last_val.values())))
+                entry["val_dice"] = last_val
+                if writer is not None:
+                    for name, d in last_val.items():
+                        writer.add_scalar(f"val_dice/{name}", d, step)
+                if score > best_score:
+                    best_score, best_val, best_epoch = score, dict(last_val), epoch
+                    best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                elapsed = time.monotonic() - t0
+                report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=entry["loss"],
+                       val_dice=last_val, eta_seconds=elapsed / step * (total - step) if not stopped_early else 0.0,
+                       message=f"validation: mean Dice {score:.3f}")
+            history.append(entry)
+            if stopped_early:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+
+    check_cancel()
+    state = best_state if best_state is not None else {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    spec.extra = {"train": config.to_dict(), "fine_tuned_from": fine_tune}
+    version_config = spec.to_config()
+    metrics: dict[str, Any] = {
+        "val_dice": best_val,
+        "val_mean_dice": best_score if best_val is not None else None,
+        "best_epoch": best_epoch if best_val is not None else None,
+        "epochs_run": epoch,
+        "steps": step,
+        "seconds": round(time.monotonic() - t0, 1),
+        "stopped_at_time_budget": stopped_early,
+        "train_images": len(train_cases),
+        "val_images": [list(p) for p in val_pairs],
+        "history": history,
+    }
+    report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=None, val_dice=best_val,
+           eta_seconds=0.0, message="saving")
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{model}-", suffix=".pt", dir=store.staging_dir())
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        torch.save({"format": "segloop-model/1", "state_dict": state, "config": version_config}, tmp)
+        check_cancel()
+        try:
+            store.get_model(model)
+        except NotFoundError:
+            store.create_model(model, {"network": spec.network, "classes": version_config["classes"]})
+        return store.add_model_version(
+            model,
+            tmp,
+            config=version_config,
+            trained_on=train_pairs + val_pairs,
+            metrics=metrics,
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

@@ -1,0 +1,72 @@
+"""Click parsing and guidance encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segloop.ml.clicks import Click, parse_clicks
+from segloop.ml.guidance import encode_guidance
+from segloop.store.records import LabelClass, LabelSchema
+
+SCHEMA = LabelSchema((LabelClass(0, "background"), LabelClass(1, "Anterior"), LabelClass(2, "Posterior")))
+
+
+def test_parse_clicks_names_values_background() -> None:
+    spec = [
+        {"class": "anterior", "points": [[1, 2, 3], [0, 0, 0]]},
+        {"class": 2, "points": [[4, 4, 4]]},
+        {"class": "background", "points": [[9, 9, 9]]},
+        {"class": "2", "points": []},
+    ]
+    clicks = parse_clicks(spec, SCHEMA, (10, 10, 10))
+    assert clicks == [Click(1, (1, 2, 3)), Click(1, (0, 0, 0)), Click(2, (4, 4, 4)), Click(0, (9, 9, 9))]
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ([{"class": "hippocampus", "points": [[1, 1, 1]]}], "unknown class 'hippocampus'"),
+        ([{"class": 5, "points": [[1, 1, 1]]}], "unknown class 5"),
+        ([{"class": 1, "points": [[10, 1, 1]]}], r"\[10, 1, 1\] is outside"),
+        ([{"class": 1, "points": [[-1, 1, 1]]}], "outside"),
+        ([{"class": 1, "points": [[1, 1]]}], "not \\[i, j, k\\]"),
+        ([{"class": 1, "points": [[1.5, 1, 1]]}], "integer"),
+        ([{"points": [[1, 1, 1]]}], "entry 0"),
+        ({"class": 1}, "must be a list"),
+    ],
+)
+def test_parse_clicks_errors(spec: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_clicks(spec, SCHEMA, (10, 10, 10))  # type: ignore[arg-type]
+
+
+def test_zeros_without_clicks() -> None:
+    g = encode_guidance([], (5, 6, 7), [0, 1, 2])
+    assert g.shape == (3, 5, 6, 7) and g.dtype == np.float32 and not g.any()
+
+
+def test_gaussian_blob_per_class() -> None:
+    g = encode_guidance([Click(1, (5, 5, 5)), Click(0, (1, 1, 1))], (11, 11, 11), [0, 1, 2], sigma=2.0)
+    assert g[1, 5, 5, 5] == pytest.approx(1.0)
+    assert g[1, 6, 5, 5] == pytest.approx(np.exp(-1 / 8))
+    assert g[1, 7, 7, 5] == pytest.approx(np.exp(-8 / 8))
+    assert g[1, 0, 0, 0] == 0.0  # beyond 3 sigma
+    assert g[0, 1, 1, 1] == pytest.approx(1.0)
+    assert not g[2].any()
+    assert g.max() <= 1.0
+
+
+def test_overlapping_clicks_take_max_and_crop_offset() -> None:
+    g = encode_guidance([Click(1, (4, 4, 4)), Click(1, (5, 4, 4))], (10, 10, 10), [0, 1], sigma=1.0)
+    assert g[1, 4, 4, 4] == pytest.approx(1.0) and g[1, 5, 4, 4] == pytest.approx(1.0)
+    crop = encode_guidance([Click(1, (4, 4, 4))], (4, 4, 4), [0, 1], sigma=1.0, offset=(3, 3, 3))
+    full = encode_guidance([Click(1, (4, 4, 4))], (10, 10, 10), [0, 1], sigma=1.0)
+    assert np.allclose(crop, full[:, 3:7, 3:7, 3:7])
+    scaled = encode_guidance([Click(1, (2, 2, 2))], (10, 10, 10), [0, 1], sigma=1.0, scale=(2.0, 2.0, 2.0))
+    assert scaled[1, 4, 4, 4] == pytest.approx(1.0)
+
+
+def test_unknown_values_ignored_and_outside_clipped() -> None:
+    g = encode_guidance([Click(7, (1, 1, 1)), Click(1, (50, 50, 50))], (5, 5, 5), [0, 1])
+    assert not g.any()
