@@ -163,6 +163,18 @@ def child_main(
 ) -> None:
     """Entry point of a job's child process (spawned)."""
     import os
+    import threading
+
+    parent = os.getppid()
+
+    def orphan_watch() -> None:
+        # the server died without stopping us (SIGKILL, OOM): do not train on for nobody
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=orphan_watch, name="segloop-orphan-watch", daemon=True).start()
 
     if nice:
         with contextlib.suppress(OSError):
