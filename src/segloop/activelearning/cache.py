@@ -1,0 +1,149 @@
+"""Score cache: one small SQLite database (``activelearning.db``) beside the data folder's own.
+
+Rows are keyed by (image id, model name, model version, strategy, params as canonical JSON);
+a new model version therefore misses the cache and its scores are recomputed, while old rows
+stay valid for their version (and can be pruned with `ScoreCache.prune`). Descriptors for
+diversity (independent of the model) are kept in a second table keyed by image id and its
+file's modification stamp.
+
+The cache is a separate database file on purpose: scoring writes only here, in one short
+transaction per batch, and never takes the store's write lock, so saving labels is never blocked.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+CACHE_FILE = "activelearning.db"
+
+_meta = MetaData()
+_scores = Table(
+    "al_scores",
+    _meta,
+    Column("image_id", String, primary_key=True),
+    Column("model", String, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("strategy", String, primary_key=True),
+    Column("params", String, primary_key=True),
+    Column("score", Float, nullable=False),
+    Column("computed_at", String, nullable=False),
+)
+_descriptors = Table(
+    "al_descriptors",
+    _meta,
+    Column("image_id", String, primary_key=True),
+    Column("stamp", String, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+)
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """Canonical JSON of strategy parameters (sorted keys, no spaces)."""
+    return json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str)
+
+
+class ScoreCache:
+    """Thread- and process-safe score cache in ``<folder>/activelearning.db``."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.path = Path(folder) / CACHE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(self._engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        self._lock = threading.Lock()
+        _meta.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def get(self, model: str, version: int, strategy: str, params: Mapping[str, Any], image_ids: Iterable[str]) -> dict[str, float]:
+        """Cached scores of ``image_ids`` (those present) as ``{image_id: score}``."""
+        ids = list(image_ids)
+        if not ids:
+            return {}
+        key = params_key(params)
+        out: dict[str, float] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = conn.execute(
+                    select(_scores.c.image_id, _scores.c.score).where(
+                        _scores.c.model == model,
+                        _scores.c.version == int(version),
+                        _scores.c.strategy == strategy,
+                        _scores.c.params == key,
+                        _scores.c.image_id.in_(chunk),
+                    )
+                )
+                out.update({str(i): float(s) for i, s in rows})
+        return out
+
+    def put(self, model: str, version: int, strategy: str, params: Mapping[str, Any], scores: Mapping[str, float]) -> None:
+        """Store scores (one short transaction; existing rows are replaced)."""
+        if not scores:
+            return
+        key = params_key(params)
+        now = datetime.now(UTC).isoformat()
+        rows = [
+            {"image_id": i, "model": model, "version": int(version), "strategy": strategy, "params": key,
+             "score": float(s), "computed_at": now}
+            for i, s in scores.items()
+        ]
+        stmt = sqlite_insert(_scores)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["image_id", "model", "version", "strategy", "params"],
+            set_={"score": stmt.excluded.score, "computed_at": stmt.excluded.computed_at},
+        )
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    def prune(self, model: str, keep_version: int) -> int:
+        """Delete the rows of ``model``'s other versions; returns how many were deleted."""
+        with self._lock, self._engine.begin() as conn:
+            res = conn.execute(delete(_scores).where(_scores.c.model == model, _scores.c.version != int(keep_version)))
+            return int(res.rowcount or 0)
+
+    def get_descriptor(self, image_id: str, stamp: str) -> np.ndarray | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(_descriptors.c.vector).where(_descriptors.c.image_id == image_id, _descriptors.c.stamp == stamp)
+            ).first()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def put_descriptor(self, image_id: str, stamp: str, vector: np.ndarray) -> None:
+        stmt = sqlite_insert(_descriptors).values(
+            image_id=image_id, stamp=stamp, vector=np.asarray(vector, dtype=np.float32).tobytes()
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["image_id"], set_={"stamp": stmt.excluded.stamp, "vector": stmt.excluded.vector}
+        )
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(stmt)

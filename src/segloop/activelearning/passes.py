@@ -1,0 +1,86 @@
+"""Forward passes of the shared model for uncertainty scoring (torch; built on `segloop.ml`'s public functions).
+
+All arrays are on the *model* grid: the image is prepared once with `Predictor.prepare`
+(normalised, resampled to the model spacing) and every pass runs on that ``(C_img, X, Y, Z)``
+array, giving probabilities ``(C, X, Y, Z)``. Scores are means over voxels, so nothing is
+resampled back to the image grid (cheaper, and the same ranking up to interpolation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from segloop.ml.inference import predict_probabilities, set_mc_dropout
+from segloop.ml.predictor import Predictor
+
+
+def has_dropout(predictor: Predictor) -> bool:
+    """Whether the network has active dropout layers (needed for MC dropout)."""
+    kinds = (torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
+    return any(isinstance(m, kinds) and float(getattr(m, "p", 0.0)) > 0 for m in predictor.net.modules())
+
+
+def _run(predictor: Predictor, data: np.ndarray) -> np.ndarray:
+    spec = predictor.spec
+    return predict_probabilities(predictor.net, data, None, spec.patch_size, spec.num_classes, predictor.device)
+
+
+def automatic_probabilities(predictor: Predictor, data: np.ndarray) -> np.ndarray:
+    """One deterministic click-free pass: ``(C_img, X, Y, Z)`` -> ``(C, X, Y, Z)``."""
+    set_mc_dropout(predictor.net, False)
+    return _run(predictor, data)
+
+
+def mc_dropout_samples(predictor: Predictor, data: np.ndarray, passes: int, seed: int) -> np.ndarray:
+    """``passes`` click-free passes with dropout active: ``(N, C, X, Y, Z)``.
+
+    The torch RNG is seeded with ``seed`` inside a forked RNG state, so results are
+    reproducible and the caller's RNG is untouched. The network is left in eval mode.
+    """
+    out = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            set_mc_dropout(predictor.net, True)
+            for _ in range(passes):
+                out.append(_run(predictor, data))
+    finally:
+        set_mc_dropout(predictor.net, False)
+    return np.stack(out)
+
+
+def tta_samples(
+    predictor: Predictor,
+    data: np.ndarray,
+    passes: int,
+    seed: int,
+    flip_axes: Sequence[int] = (0,),
+    intensity: float = 0.1,
+) -> np.ndarray:
+    """Test-time augmentation: pass 0 is the plain image, the others random flips along
+    ``flip_axes`` and an intensity scale ``U(1-intensity, 1+intensity)`` and shift
+    ``U(-intensity, intensity)`` (on the normalised image); each output is flipped back.
+
+    Returns:
+        ``(N, C, X, Y, Z)``.
+    """
+    rng = np.random.default_rng(seed)
+    set_mc_dropout(predictor.net, False)
+    out = [_run(predictor, data)]
+    for _ in range(passes - 1):
+        axes = [a for a in flip_axes if rng.random() < 0.5]
+        if flip_axes and not axes:  # always change something geometric when allowed
+            axes = [int(flip_axes[int(rng.integers(len(flip_axes)))])]
+        x = data
+        if axes:
+            x = np.flip(x, axis=tuple(a + 1 for a in axes))
+        if intensity > 0:
+            x = x * np.float32(rng.uniform(1 - intensity, 1 + intensity)) + np.float32(rng.uniform(-intensity, intensity))
+        p = _run(predictor, np.ascontiguousarray(x, dtype=np.float32))
+        if axes:
+            p = np.ascontiguousarray(np.flip(p, axis=tuple(a + 1 for a in axes)))
+        out.append(p)
+    return np.stack(out)

@@ -1,0 +1,214 @@
+"""Active-learning strategies and the pool ranking (`rank_pool`).
+
+A strategy gives each candidate image a score (higher = annotate sooner); `rank_pool` scores
+the pool (by default every image whose label state is not ``final``), in batches, using the
+score cache for model-based strategies, and orders it, optionally diversity-aware.
+
+Strategies (`get_strategy(name, **params)`):
+
+- ``random`` (``seed``): a uniform score per image derived from (seed, image id): stable.
+- ``sequential``: import order (first imported first).
+- ``entropy`` (``foreground_only``, ``dilation``): mean normalised voxel-wise predictive entropy
+  of the automatic prediction (SAIM's criterion); optionally only over the predicted
+  foreground dilated by ``dilation`` voxels.
+- ``mc-dropout`` (``passes``, ``metric`` = ``mi`` | ``variance``, ``seed``, ``foreground_only``,
+  ``dilation``): epistemic uncertainty over stochastic passes with dropout active.
+- ``tta`` (``passes``, ``metric`` = ``disagreement`` | ``variance`` | ``entropy``, ``seed``,
+  ``intensity``, ``foreground_only``, ``dilation``): aleatoric uncertainty over flipped /
+  intensity-perturbed passes (flips along the axes the model was trained to flip).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from segloop.activelearning import scores as S
+from segloop.imaging.volume import Volume
+
+
+class Strategy:
+    """Base class: ``params`` (validated, JSON-friendly) and `score` of one image."""
+
+    name: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"unknown parameter(s) for strategy {self.name!r}: {', '.join(unknown)} (known: {known})")
+        self.params: dict[str, Any] = {**self.defaults, **params}
+        self._check()
+
+    def _check(self) -> None:
+        """Validate ``self.params``; raise ValueError naming the bad one."""
+
+    def _int(self, key: str, minimum: int) -> int:
+        v = self.params[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise ValueError(f"strategy {self.name!r}: {key} must be an integer >= {minimum}, got {v!r}")
+        self.params[key] = int(v)
+        return int(v)
+
+    def _choice(self, key: str, choices: Sequence[str]) -> None:
+        if self.params[key] not in choices:
+            raise ValueError(f"strategy {self.name!r}: {key} must be one of {', '.join(choices)}, got {self.params[key]!r}")
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+
+@dataclass
+class ScoringContext:
+    """What a strategy may use to score one image.
+
+    Attributes:
+        load: image id -> `Volume` (reads the store).
+        predictor: the shared model (`segloop.ml.predictor.Predictor`) for model-based strategies.
+        order: image id -> import position (0 = first imported).
+    """
+
+    load: Callable[[str], Volume]
+    predictor: Any = None
+    order: dict[str, int] = field(default_factory=dict)
+    _volumes: dict[str, Volume] = field(default_factory=dict)
+
+    def volume(self, image_id: str) -> Volume:
+        """The image, loaded once per context (kept for the descriptor of the same batch)."""
+        if image_id not in self._volumes:
+            self._volumes[image_id] = self.load(image_id)
+        return self._volumes[image_id]
+
+    def forget(self, image_id: str) -> None:
+        self._volumes.pop(image_id, None)
+
+
+def _stable_uniform(seed: int, image_id: str) -> float:
+    return float(np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(image_id.encode())]).random())
+
+
+class RandomStrategy(Strategy):
+    name = "random"
+    defaults: ClassVar[dict[str, Any]] = {"seed": 0}
+
+    def _check(self) -> None:
+        self._int("seed", 0)
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        return _stable_uniform(self.params["seed"], image_id)
+
+
+class SequentialStrategy(Strategy):
+    name = "sequential"
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        return -float(ctx.order.get(image_id, len(ctx.order)))
+
+
+class _ModelStrategy(Strategy):
+    needs_model = True
+
+    def _check_region(self) -> None:
+        if not isinstance(self.params["foreground_only"], bool):
+            raise ValueError(f"strategy {self.name!r}: foreground_only must be true or false")
+        self._int("dilation", 0)
+
+    def _prepared(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
+        if ctx.predictor is None:
+            raise ValueError(f"strategy {self.name!r} needs a trained model")
+        return np.asarray(ctx.predictor.prepare(ctx.volume(image_id)).data)
+
+    def _seed(self, image_id: str) -> int:
+        return (int(self.params.get("seed", 0)) * 1_000_003 + zlib.crc32(image_id.encode())) & 0x7FFFFFFF
+
+
+class EntropyStrategy(_ModelStrategy):
+    name = "entropy"
+    defaults: ClassVar[dict[str, Any]] = {"foreground_only": False, "dilation": 2}
+
+    def _check(self) -> None:
+        self._check_region()
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        from segloop.activelearning.passes import automatic_probabilities
+
+        probs = automatic_probabilities(ctx.predictor, self._prepared(image_id, ctx))
+        return S.mean_entropy(probs, self.params["foreground_only"], self.params["dilation"])
+
+
+class McDropoutStrategy(_ModelStrategy):
+    name = "mc-dropout"
+    defaults: ClassVar[dict[str, Any]] = {"passes": 8, "metric": "mi", "seed": 0, "foreground_only": False, "dilation": 2}
+
+    def _check(self) -> None:
+        self._check_region()
+        self._int("passes", 2)
+        self._int("seed", 0)
+        self._choice("metric", ("mi", "variance"))
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        from segloop.activelearning.passes import has_dropout, mc_dropout_samples
+
+        data = self._prepared(image_id, ctx)
+        if not has_dropout(ctx.predictor):
+            raise ValueError(f"model {ctx.predictor.model!r} has no dropout layers: mc-dropout needs them")
+        samples = mc_dropout_samples(ctx.predictor, data, self.params["passes"], self._seed(image_id))
+        return S.sample_score(samples, self.params["metric"], self.params["foreground_only"], self.params["dilation"])
+
+
+class TtaStrategy(_ModelStrategy):
+    name = "tta"
+    defaults: ClassVar[dict[str, Any]] = {
+        "passes": 6, "metric": "disagreement", "seed": 0, "intensity": 0.1, "foreground_only": False, "dilation": 2,
+    }
+
+    def _check(self) -> None:
+        self._check_region()
+        self._int("passes", 2)
+        self._int("seed", 0)
+        self._choice("metric", ("disagreement", "variance", "entropy"))
+        v = self.params["intensity"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"strategy 'tta': intensity must be in [0, 1), got {v!r}")
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        from segloop.activelearning.passes import tta_samples
+
+        data = self._prepared(image_id, ctx)
+        train_cfg = ctx.predictor.spec.extra.get("train") or {}
+        flip_axes = [int(a) for a in train_cfg.get("flip_axes", [0])]
+        samples = tta_samples(
+            ctx.predictor, data, self.params["passes"], self._seed(image_id), flip_axes, float(self.params["intensity"])
+        )
+        return S.sample_score(samples, self.params["metric"], self.params["foreground_only"], self.params["dilation"])
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (RandomStrategy, SequentialStrategy, EntropyStrategy, McDropoutStrategy, TtaStrategy)
+}
+
+
+def strategy_names() -> list[str]:
+    """The registered strategy names."""
+    return list(STRATEGIES)
+
+
+def get_strategy(name: str, **params: Any) -> Strategy:
+    """A strategy instance by name.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones) or bad parameters.
+    """
+    cls = STRATEGIES.get(str(name).strip().lower())
+    if cls is None:
+        raise ValueError(f"unknown active-learning strategy {name!r} (known: {', '.join(STRATEGIES)})")
+    return cls(**params)
