@@ -1,0 +1,246 @@
+"""DICOM SEG in and out (segloop.imaging.dicom_seg) on the real dcmqi CT + SEG pair."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from segloop.imaging import ImagingError, Volume, read_dicom_series
+from segloop.imaging.dicom_seg import (
+    ANATOMICAL_STRUCTURE,
+    TISSUE,
+    read_dicom_seg,
+    segment_codes,
+    write_dicom_seg,
+)
+
+CLASSES = [(1, "Liver", (220, 40, 40)), (2, "anterior", (30, 200, 60)), (3, "Kidney", (20, 40, 250))]
+
+
+@pytest.fixture(scope="module")
+def dcmqi(shared_data: Path) -> Path:
+    return shared_data / "dicom" / "ct_seg_dcmqi"
+
+
+@pytest.fixture(scope="module")
+def ct(dcmqi: Path) -> Volume:
+    return read_dicom_series(dcmqi / "ct-3slice")
+
+
+@pytest.fixture(scope="module")
+def slice_of_sop(dcmqi: Path, ct: Volume) -> dict[str, int]:
+    """SOPInstanceUID -> slice index k, from each file's z position (independent of the code under test)."""
+    out = {}
+    z0, dz = ct.affine[2, 3], ct.affine[2, 2]
+    for f in sorted((dcmqi / "ct-3slice").iterdir()):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        out[str(ds.SOPInstanceUID)] = round((float(ds.ImagePositionPatient[2]) - z0) / dz)
+    assert sorted(out.values()) == [0, 1, 2]
+    return out
+
+
+def _highdicom_masks(
+    path: Path, slice_of_sop: dict[str, int], shape: tuple[int, int, int]
+) -> dict[int, np.ndarray]:
+    """Per segment number, the boolean mask on the CT grid, as highdicom decodes the SEG."""
+    seg = hd.seg.segread(path)
+    sops = list(slice_of_sop)
+    pix = seg.get_pixels_by_source_instance(source_sop_instance_uids=sops, ignore_spatial_locations=True)
+    numbers = [int(n) for n in seg.segment_numbers]
+    out = {n: np.zeros(shape, dtype=bool) for n in numbers}
+    for i, sop in enumerate(sops):
+        for s, n in enumerate(numbers):
+            out[n][:, :, slice_of_sop[sop]] = pix[i, :, :, s].T > 0
+    return out
+
+
+def _label(ct: Volume) -> np.ndarray:
+    lab = np.zeros(ct.shape, dtype=np.uint8)
+    lab[100:220, 150:300, 0] = 1
+    lab[250:300, 50:90, 1:] = 2
+    lab[10:20, 400:420, 2] = 3
+    lab[5, 7, 1] = 3
+    return lab
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("dciodvfy missing: run scripts/orthanc.sh install (Debian dicom3tools)")
+        pytest.skip("dciodvfy (Debian dicom3tools) not installed; scripts/orthanc.sh install")
+    proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+# --- reading the real SEGs ------------------------------------------------------------------
+
+
+def test_liver_seg_maps_onto_ct_grid_like_highdicom(
+    dcmqi: Path, ct: Volume, slice_of_sop: dict[str, int]
+) -> None:
+    result = read_dicom_seg(dcmqi / "liver.dcm", ct)
+    expected = _highdicom_masks(dcmqi / "liver.dcm", slice_of_sop, ct.shape)
+    assert result.label.same_grid(ct)
+    assert np.array_equal(result.label.array == 1, expected[1])
+    assert set(np.unique(result.label.array)) == {0, 1}
+    assert result.overlap_voxels == 0
+    assert [(s.number, s.label, s.type.value) for s in result.segments] == [(1, "Liver", "T-62000")]
+    assert result.segments[0].voxels == int(expected[1].sum()) > 0
+    assert result.referenced_series_uid == ct.metadata["series_uid"]
+
+
+def test_overlapping_segments_highest_number_wins(
+    dcmqi: Path, ct: Volume, slice_of_sop: dict[str, int]
+) -> None:
+    path = dcmqi / "partial_overlaps.dcm"
+    result = read_dicom_seg(path, ct)
+    masks = _highdicom_masks(path, slice_of_sop, ct.shape)
+    expected = np.zeros(ct.shape, dtype=np.uint8)
+    for n in sorted(masks):
+        expected[masks[n]] = n
+    coverage = sum(m.astype(int) for m in masks.values())
+    assert np.array_equal(result.label.array, expected)
+    assert result.overlap_voxels == int((coverage > 1).sum()) > 0
+    assert [s.label for s in result.segments] == ["GREEN", "ORANGE", "PURPLE", "LIGHT_BLUE", "DARK_BLUE"]
+    assert [s.voxels for s in result.segments] == [int(masks[n].sum()) for n in sorted(masks)]
+    assert result.notes and "highest segment number" in result.notes[0]
+    with pytest.raises(ImagingError, match="more than one segment"):
+        read_dicom_seg(path, ct, on_overlap="error")
+
+
+def test_seg_on_another_series_is_refused_naming_uids(dcmqi: Path, shared_data: Path) -> None:
+    other = read_dicom_series(shared_data / "dicom" / "mr_brain_tcia_pgbm" / "Study1" / "13_HCropVolume")
+    seg_uid = str(pydicom.dcmread(dcmqi / "liver.dcm", stop_before_pixels=True).SOPInstanceUID)
+    with pytest.raises(ImagingError) as err:
+        read_dicom_seg(dcmqi / "liver.dcm", other)
+    assert seg_uid in str(err.value) and other.metadata["series_uid"] in str(err.value)
+
+
+def test_seg_with_mismatched_geometry_is_refused(dcmqi: Path, ct: Volume) -> None:
+    shifted = ct.copy()
+    shifted.affine[2, 3] += 0.5  # half a slice off
+    with pytest.raises(ImagingError, match=r"lies on no slice of image series 1\.2\.392"):
+        read_dicom_seg(dcmqi / "liver.dcm", shifted)
+    resampled = Volume(ct.array[::2, ::2], ct.affine @ np.diag([2.0, 2.0, 1.0, 1.0]), dict(ct.metadata))
+    with pytest.raises(ImagingError, match="frames are 512 x 512"):
+        read_dicom_seg(dcmqi / "liver.dcm", resampled)
+
+
+def test_not_a_seg_is_refused(dcmqi: Path, ct: Volume) -> None:
+    with pytest.raises(ImagingError, match="not a DICOM Segmentation"):
+        read_dicom_seg(dcmqi / "ct-3slice" / "01.dcm", ct)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory, dcmqi: Path, ct: Volume) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("seg") / "label.seg.dcm"
+    files = sorted((dcmqi / "ct-3slice").iterdir(), reverse=True)  # order must not matter
+    _, infos = write_dicom_seg(ct.with_array(_label(ct)), CLASSES, files, out, algorithm=("unet", "3"))
+    return out, infos
+
+
+def test_written_seg_passes_dciodvfy(written: tuple[Path, list]) -> None:
+    assert _dciodvfy_errors(written[0]) == []
+
+
+def test_written_seg_loads_back_through_highdicom(
+    written: tuple[Path, list], ct: Volume, slice_of_sop: dict[str, int]
+) -> None:
+    path, _ = written
+    lab = _label(ct)
+    masks = _highdicom_masks(path, slice_of_sop, ct.shape)
+    assert sorted(masks) == [1, 2, 3]
+    for number, value in ((1, 1), (2, 2), (3, 3)):
+        assert np.array_equal(masks[number], lab == value)
+    seg = hd.seg.segread(path)
+    assert str(seg.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.66.4"
+    refs = {str(uid[2]) for uid in seg.get_source_image_uids()}
+    assert refs == set(slice_of_sop)
+    assert str(seg.FrameOfReferenceUID) == ct.metadata["frame_of_reference_uid"]
+    assert str(seg.StudyInstanceUID) == ct.metadata["study_uid"]
+
+
+def test_written_seg_segments_names_colours_codes(written: tuple[Path, list]) -> None:
+    path, infos = written
+    seg = pydicom.dcmread(path)
+    items = list(seg.SegmentSequence)
+    assert [str(i.SegmentLabel) for i in items] == ["Liver", "anterior", "Kidney"]
+    for item, (_, _, rgb) in zip(items, CLASSES, strict=True):
+        back = hd.color.CIELabColor.from_dicom_value(
+            tuple(int(v) for v in item.RecommendedDisplayCIELabValue)
+        ).to_rgb()
+        assert np.abs(np.subtract(back, rgb)).max() <= 2
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+    assert items[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert items[0].SegmentedPropertyCategoryCodeSequence[0].CodeValue == ANATOMICAL_STRUCTURE.value
+    assert items[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == TISSUE.value  # generic rule
+    assert items[2].SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"
+    assert [i.value for i in infos] == [1, 2, 3]
+
+
+def test_round_trip_through_own_reader(written: tuple[Path, list], ct: Volume) -> None:
+    back = read_dicom_seg(written[0], ct)
+    assert np.array_equal(back.label.array, _label(ct))
+    assert back.overlap_voxels == 0
+
+
+def test_flipped_label_grid_maps_by_geometry(
+    tmp_path: Path, dcmqi: Path, ct: Volume, slice_of_sop: dict[str, int]
+) -> None:
+    """A label stored with the slice axis reversed (same voxels in space) gives the same SEG content."""
+    lab = _label(ct)
+    flip = np.eye(4)
+    flip[2, 2], flip[2, 3] = -1, ct.shape[2] - 1
+    flipped = Volume(lab[:, :, ::-1].copy(), ct.affine @ flip, dict(ct.metadata))
+    # the flipped volume's slice step is negative; a SEG must still place each slice on its instance
+    out = tmp_path / "flipped.dcm"
+    write_dicom_seg(flipped, CLASSES, dcmqi / "ct-3slice", out)
+    masks = _highdicom_masks(out, slice_of_sop, ct.shape)
+    assert np.array_equal(masks[3], lab == 3)
+
+
+def test_label_not_on_series_grid_is_refused_naming_series(tmp_path: Path, dcmqi: Path, ct: Volume) -> None:
+    uid = ct.metadata["series_uid"]
+    lab = _label(ct)
+    two = Volume(lab[:, :, :2].copy(), ct.affine, dict(ct.metadata))
+    with pytest.raises(ImagingError, match=f"does not match source series {uid}.*3 instances, the label 2"):
+        write_dicom_seg(two, CLASSES, dcmqi / "ct-3slice", tmp_path / "x.dcm")
+    shifted = ct.with_array(lab)
+    shifted.affine[2, 3] += 0.4
+    with pytest.raises(
+        ImagingError, match=f"source series {uid}: no instance at the position of label slice 0"
+    ):
+        write_dicom_seg(shifted, CLASSES, dcmqi / "ct-3slice", tmp_path / "x.dcm")
+    wrong = Volume(lab, ct.affine, {**ct.metadata, "series_uid": "1.2.3.4"})
+    with pytest.raises(ImagingError, match=r"series 1\.2\.3\.4 not found"):
+        write_dicom_seg(wrong, CLASSES, dcmqi / "ct-3slice", tmp_path / "x.dcm")
+    assert not (tmp_path / "x.dcm").exists()
+
+
+def test_values_without_class_and_empty_labels_are_refused(tmp_path: Path, dcmqi: Path, ct: Volume) -> None:
+    lab = _label(ct)
+    with pytest.raises(ImagingError, match=r"label values \[3\] have no class"):
+        write_dicom_seg(ct.with_array(lab), CLASSES[:2], dcmqi / "ct-3slice")
+    with pytest.raises(ImagingError, match="empty"):
+        write_dicom_seg(ct.with_array(np.zeros_like(lab)), CLASSES, dcmqi / "ct-3slice")
+
+
+def test_segment_code_rule() -> None:
+    category, prop = segment_codes("liver")
+    assert (category.value, prop.value) == (ANATOMICAL_STRUCTURE.value, "10200004")
+    assert segment_codes("Adrenal_Gland")[1].meaning.lower() == "adrenal gland"
+    assert segment_codes("left kidney") == (TISSUE, TISSUE)  # laterality is not a type concept: generic
+    assert segment_codes("Artery")[0] == TISSUE  # a tissue type (CID 7166)
+    assert segment_codes("posterior") == (TISSUE, TISSUE)  # not a concept -> generic
