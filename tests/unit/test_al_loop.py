@@ -1,0 +1,69 @@
+"""ActiveLearningLoop: select -> virtual user -> save -> background retrain -> switch only when better."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from segloop.loop import ActiveLearningLoop, VirtualAnnotator
+from segloop.ml.training import train
+from tests.unit.al_synthetic import make_store, tiny_train_config
+
+
+@pytest.fixture()
+def setup(tmp_path: Any) -> dict[str, Any]:
+    store, train_ids, pool_ids, refs = make_store(tmp_path / "data", n_train=3, n_pool=4)
+    train(store, "seg", tiny_train_config(), revisions=[(i, 1) for i in train_ids[:2]], device="cpu")
+    return {"store": store, "train": train_ids, "pool": pool_ids, "refs": refs}
+
+
+def test_round_saves_virtual_user_labels_and_retrains_in_background(setup: dict[str, Any]) -> None:
+    store, refs = setup["store"], setup["refs"]
+    events: list[str] = []
+    user = VirtualAnnotator(refs, clicks_per_class=2, satisfied_dice=None, seed=0)
+    loop = ActiveLearningLoop(
+        store, "seg", "entropy", user, train_config=tiny_train_config(epochs=1), retrain_every=2,
+        validation_ids=[setup["train"][2]], device="cpu", on_event=lambda kind, data: events.append(kind),
+    )
+    assert loop.current_version == 1 and loop.new_labels() == 0
+    result = loop.run_round(2)
+    assert len(result.annotations) == 2 and result.ranking.version == 1
+    for ann in result.annotations:
+        rev = store.get_revision(ann.image_id)
+        assert rev.status == "final" and rev.author == "virtual-user" and rev.source == "interactive"
+        assert ann.clicks == sum(ann.clicks_per_class.values()) <= 2 * 2
+        assert store.load_label(ann.image_id).array.shape == refs[ann.image_id].shape
+    # what is saved is the session's result, not the reference
+    assert any(not np.array_equal(store.load_label(a.image_id).array, refs[a.image_id]) for a in result.annotations)
+    assert "training_started" in events  # K=2 labels arrived: a training started by itself
+    # annotation goes on while it trains
+    nxt = loop.select(1).ids()[0]
+    assert loop.annotate(nxt).model_version == 1
+    outcome = loop.wait_for_training()
+    assert outcome is not None and outcome.error is None and outcome.version == 2
+    assert outcome.fine_tuned_from == 1 and outcome.trained_on == 4  # 2 reference + 2 virtual user (not the validation image)
+    assert outcome.old_score is not None and outcome.new_score is not None
+    assert outcome.accepted == (outcome.new_score >= outcome.old_score)
+    assert store.get_model("seg").current_version == loop.current_version == (2 if outcome.accepted else 1)
+    loop.close()
+
+
+def test_worse_version_is_not_switched_to(setup: dict[str, Any]) -> None:
+    store = setup["store"]
+    user = VirtualAnnotator(setup["refs"], clicks_per_class=1)
+    loop = ActiveLearningLoop(
+        store, "seg", "random", user, train_config=tiny_train_config(epochs=1), retrain_every=1, auto_train=False,
+        fine_tune=False, validation_ids=[setup["train"][2]], min_improvement=2.0, device="cpu",
+    )
+    loop.annotate(setup["pool"][0])
+    assert loop.new_labels() == 1 and not loop.training_running
+    assert loop.start_training()
+    outcome = loop.wait_for_training()
+    assert outcome is not None and outcome.version == 2 and outcome.fine_tuned_from is None
+    assert not outcome.accepted  # a Dice gain of 2.0 is impossible
+    assert loop.current_version == 1 and store.get_model("seg").current_version == 1
+    assert not loop.start_training()  # nothing new since
+    with pytest.raises(ValueError, match="retrain_every"):
+        ActiveLearningLoop(store, "seg", "random", user, train_config=tiny_train_config(), retrain_every=0)

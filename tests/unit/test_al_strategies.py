@@ -1,0 +1,135 @@
+"""Strategies and pool ranking with a tiny trained model in a real LocalDatastore."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from segloop.activelearning import get_strategy, rank_pool, strategy_names
+from segloop.activelearning.cache import ScoreCache
+from segloop.activelearning.ranking import RankingCancelled
+from segloop.imaging.volume import Volume
+from segloop.ml.predictor import Predictor
+from segloop.ml.training import train
+from tests.unit.al_synthetic import SHAPE, make_store, synthetic_case, tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    store, train_ids, pool_ids, refs = make_store(tmp_path_factory.mktemp("alstore"))
+    rng = np.random.default_rng(42)
+    clean, _ = synthetic_case(rng, noise=0.05)
+    noisy = rng.normal(0, 1.0, SHAPE).astype(np.float32)  # no structure at all: the model cannot be sure
+    clean_id = store.add_image(Volume(clean * 100.0, np.eye(4)), "clean", "test").id
+    noisy_id = store.add_image(Volume(noisy * 100.0, np.eye(4)), "noisy", "test").id
+    train(store, "seg", tiny_train_config(epochs=6), device="cpu")
+    predictor = Predictor.load(store, "seg", device="cpu")
+    return {"store": store, "train": train_ids, "pool": pool_ids, "clean": clean_id, "noisy": noisy_id,
+            "predictor": predictor}
+
+
+def test_registry() -> None:
+    assert strategy_names() == ["random", "sequential", "entropy", "mc-dropout", "tta"]
+    with pytest.raises(ValueError, match=r"unknown active-learning strategy 'bald'.*random, sequential, entropy"):
+        get_strategy("bald")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        get_strategy("entropy", passes=3)
+    with pytest.raises(ValueError, match="passes must be an integer >= 2"):
+        get_strategy("mc-dropout", passes=1)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        get_strategy("tta", metric="mi")
+    assert get_strategy("MC-Dropout", passes=3).params["passes"] == 3
+
+
+def test_pool_random_sequential(trained: dict[str, Any]) -> None:
+    store = trained["store"]
+    pool = trained["pool"] + [trained["clean"], trained["noisy"]]
+    seq = rank_pool(store, "sequential", cache=False)
+    assert seq.ids() == pool  # import order; final-labelled images are not in the pool
+    assert [i.rank for i in seq.items] == list(range(1, len(pool) + 1))
+    r1 = rank_pool(store, get_strategy("random", seed=1), cache=False)
+    r1b = rank_pool(store, get_strategy("random", seed=1), cache=False)
+    r2 = rank_pool(store, get_strategy("random", seed=2), cache=False)
+    assert r1.ids() == r1b.ids() and sorted(r1.ids()) == sorted(pool)
+    assert r1.ids() != r2.ids()
+    assert [i.score for i in r1.items] == sorted((i.score for i in r1.items), reverse=True)
+    assert rank_pool(store, "sequential", limit=2, cache=False).ids() == pool[:2]
+    with pytest.raises(ValueError, match="needs a trained model"):
+        rank_pool(store, "entropy")
+
+
+def test_entropy_certain_image_ranks_last_and_is_cached(trained: dict[str, Any]) -> None:
+    store, pred = trained["store"], trained["predictor"]
+    pool = [trained["clean"], trained["noisy"]]
+    ranking = rank_pool(store, "entropy", predictor=pred, pool=pool)
+    assert ranking.ids() == [trained["noisy"], trained["clean"]]
+    assert ranking.scored == 2 and ranking.version == 1
+    assert all(0.0 <= i.score <= 1.0 for i in ranking.items)
+    again = rank_pool(store, "entropy", predictor=pred, pool=pool)
+    assert again.scored == 0 and all(i.cached for i in again.items)
+    assert again.scores() == pytest.approx(ranking.scores())
+    # foreground-restricted entropy is a different cache entry, and higher (the boundary is where doubt is)
+    fg = rank_pool(store, get_strategy("entropy", foreground_only=True), predictor=pred, pool=[trained["clean"]])
+    assert fg.scored == 1 and fg.items[0].score > ranking.scores()[trained["clean"]]
+    # a new model version: recomputed
+    v1 = store.get_model("seg").version(1)
+    staged = store.staging_dir() / "copy.pt"
+    shutil.copy(v1.checkpoint, staged)
+    store.add_model_version("seg", staged, config=v1.config, trained_on=v1.trained_on, metrics={}, make_current=False)
+    pred2 = Predictor.load(store, "seg", version=2, device="cpu")
+    third = rank_pool(store, "entropy", predictor=pred2, pool=pool)
+    assert third.scored == 2 and third.version == 2
+    assert third.scores() == pytest.approx(ranking.scores(), abs=1e-5)  # same weights, same scores
+    cache = ScoreCache(store.root)
+    assert cache.prune("seg", keep_version=2) == 3
+    cache.close()
+
+
+@pytest.mark.parametrize(("name", "params"), [("mc-dropout", {"passes": 3}), ("mc-dropout", {"passes": 3, "metric": "variance"}),
+                                              ("tta", {"passes": 3}), ("tta", {"passes": 3, "metric": "variance"})])
+def test_stochastic_strategies(trained: dict[str, Any], name: str, params: dict[str, Any]) -> None:
+    store, pred = trained["store"], trained["predictor"]
+    pool = [trained["clean"], trained["noisy"]]
+    a = rank_pool(store, get_strategy(name, **params), predictor=pred, pool=pool, cache=False)
+    b = rank_pool(store, get_strategy(name, **params), predictor=pred, pool=pool, cache=False)
+    assert a.scores() == pytest.approx(b.scores())  # seeded: reproducible
+    assert all(np.isfinite(s) and s >= 0 for s in a.scores().values())
+    assert a.ids()[0] == trained["noisy"]
+    assert not any(m.training for m in pred.net.modules())  # network left in eval mode
+
+
+def test_diversity_avoids_duplicates(trained: dict[str, Any]) -> None:
+    store, pred = trained["store"], trained["predictor"]
+    noisy = store.load_image(trained["noisy"])
+    dup = store.add_image(noisy, "noisy-copy", "test").id
+    try:
+        pool = [trained["noisy"], dup, *trained["pool"]]
+        plain = rank_pool(store, "entropy", predictor=pred, pool=pool, limit=2)
+        assert set(plain.ids()) == {trained["noisy"], dup}  # identical images, identical top scores
+        diverse = rank_pool(store, "entropy", predictor=pred, pool=pool, limit=2, diversity=0.5)
+        assert trained["noisy"] in diverse.ids() and dup not in diverse.ids()
+        assert len(rank_pool(store, "entropy", predictor=pred, pool=pool, diversity=0.5).items) == len(pool)
+    finally:
+        store.delete_image(dup)
+
+
+def test_scoring_does_not_block_saving_and_can_be_cancelled(trained: dict[str, Any]) -> None:
+    store, pred = trained["store"], trained["predictor"]
+    target = trained["pool"][0]
+    saved: list[int] = []
+
+    def save_during_scoring(done: int, total: int) -> None:
+        if not saved:  # another annotator saves while the pool is being scored
+            _, label = synthetic_case(np.random.default_rng(0))
+            saved.append(store.save_label(target, label, author="someone", status="draft").revision)
+
+    ranking = rank_pool(store, "entropy", predictor=pred, batch_size=1, progress=save_during_scoring, cache=False)
+    assert saved and target in ranking.ids()  # a draft is still in the pool
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RankingCancelled):
+        rank_pool(store, "entropy", predictor=pred, cancel=cancel, cache=False)
