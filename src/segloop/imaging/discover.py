@@ -19,7 +19,9 @@ Rules
   metadata files with suffix ``.md .txt .rst .json .csv .tsv .yaml .yml .html .htm``.
   Any other file that is not NIfTI, DICOM or zip is listed in ``skipped`` with the reason,
   as are non-image DICOM objects (SEG, RTSTRUCT, SR, PR, ...).
-* Names: NIfTI -> file name without ``.nii``/``.nii.gz``; DICOM -> series description +
+* NRRD files (``.nrrd``) are images (`segloop.imaging.nrrd`); 3D Slicer segmentations
+  (``.seg.nrrd``) are label maps, listed in ``skipped``.
+* Names: NIfTI -> file name without ``.nii``/``.nii.gz``; NRRD -> without ``.nrrd``; DICOM -> series description +
   ``_`` + 8 hex digits of the series key (see `DicomSeries.name`), sanitized to
   ``[A-Za-z0-9._-]``. Where two sources would get the same name, later ones (in input order,
   then path order) get ``_2``, ``_3``...
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 import nibabel as nib
+import nrrd
 
 from segloop.imaging.archive import (
     DEFAULT_MAX_MEMBERS,
@@ -44,6 +47,7 @@ from segloop.imaging.archive import (
 from segloop.imaging.dicom import DicomSeries, looks_like_dicom, sanitize_name, scan_dicom
 from segloop.imaging.errors import ImagingError
 from segloop.imaging.nifti import is_nifti_path, read_nifti
+from segloop.imaging.nrrd import is_seg_nrrd_path, read_nrrd
 from segloop.imaging.volume import Volume
 
 QUIET_SUFFIXES = frozenset({".md", ".txt", ".rst", ".json", ".csv", ".tsv", ".yaml", ".yml", ".html", ".htm"})
@@ -57,13 +61,13 @@ class ImageSource:
 
     Attributes:
         name: stable display name (``[A-Za-z0-9._-]``).
-        kind: ``"nifti"`` or ``"dicom"``.
+        kind: ``"nifti"``, ``"nrrd"`` or ``"dicom"``.
         paths: the file(s) holding it (DICOM: in slice order).
         series: the DICOM series (``None`` for NIfTI).
     """
 
     name: str
-    kind: Literal["nifti", "dicom"]
+    kind: Literal["nifti", "dicom", "nrrd"]
     paths: tuple[Path, ...]
     series: DicomSeries | None = field(default=None, repr=False)
 
@@ -75,6 +79,8 @@ class ImageSource:
         """
         if self.kind == "nifti":
             volume = read_nifti(self.paths[0])
+        elif self.kind == "nrrd":
+            volume = read_nrrd(self.paths[0])
         else:
             assert self.series is not None
             volume = self.series.read()
@@ -94,6 +100,10 @@ class Discovery:
 def _quiet(path: Path) -> bool:
     name = path.name
     return name.startswith(".") or name.lower() in QUIET_NAMES or path.suffix.lower() in QUIET_SUFFIXES
+
+
+def _is_nrrd(path: Path) -> bool:
+    return path.name.lower().endswith(".nrrd")
 
 
 def _nifti_name(path: Path) -> str:
@@ -127,6 +137,7 @@ class _Walker:
         elif path.is_file():
             if not (
                 is_nifti_path(path)
+                or _is_nrrd(path)
                 or is_zip_path(path)
                 or looks_like_dicom(path)
                 or path.suffix.lower() in DICOM_SUFFIXES
@@ -159,6 +170,15 @@ class _Walker:
         for f in files:
             if is_nifti_path(f):
                 self._add_nifti(f)
+            elif is_seg_nrrd_path(f):
+                self.result.skipped.append(
+                    (
+                        f,
+                        "3D Slicer segmentation (.seg.nrrd) — a label map, not an image; import it as a label",
+                    )
+                )
+            elif _is_nrrd(f):
+                self._add_nrrd(f)
             elif is_zip_path(f):
                 self._add_zip(f, depth)
             elif f.suffix.lower() in DICOM_SUFFIXES or looks_like_dicom(f):
@@ -186,6 +206,19 @@ class _Walker:
             )
             return
         self.result.sources.append(ImageSource(_nifti_name(path), "nifti", (path,)))
+
+    def _add_nrrd(self, path: Path) -> None:
+        try:
+            nrrd.read_header(str(path))  # header only; data is decoded in read()
+        except Exception as exc:
+            self.result.errors.append(
+                ImagingError(path, f"not a readable NRRD file ({type(exc).__name__}: {exc})")
+            )
+            return
+        stem = path.name[: -len(".nrrd")]
+        self.result.sources.append(
+            ImageSource(sanitize_name(stem, max_length=128) if stem else "nrrd", "nrrd", (path,))
+        )
 
     def _add_zip(self, path: Path, depth: int) -> None:
         if depth >= self.max_zip_depth:
