@@ -244,3 +244,109 @@ def test_segment_code_rule() -> None:
     assert segment_codes("left kidney") == (TISSUE, TISSUE)  # laterality is not a type concept: generic
     assert segment_codes("Artery")[0] == TISSUE  # a tissue type (CID 7166)
     assert segment_codes("posterior") == (TISSUE, TISSUE)  # not a concept -> generic
+
+
+# --- datastore: SEG import as a label revision, export of a revision ------------------------
+
+
+@pytest.fixture
+def store_with_ct(tmp_path: Path, dcmqi: Path):  # type: ignore[no-untyped-def]
+    from segloop.store.ingest import import_paths
+    from segloop.store.local import open_datastore
+
+    store = open_datastore(tmp_path / "store")
+    report = import_paths(store, [dcmqi / "ct-3slice"])
+    yield store, report.images[0].record
+    store.close()
+
+
+def test_import_seg_creates_revision_and_schema(store_with_ct, dcmqi: Path, ct: Volume) -> None:  # type: ignore[no-untyped-def]
+    from segloop.store.seg_import import SEG_SOURCE, import_dicom_seg
+
+    store, record = store_with_ct
+    imported = import_dicom_seg(store, dcmqi / "liver.dcm", author="radiologist")
+    assert imported.image.id == record.id
+    assert (imported.revision.revision, imported.revision.source, imported.revision.status) == (
+        1,
+        SEG_SOURCE,
+        "final",
+    )
+    assert [(c.value, c.name) for c in store.get_schema().foreground] == [(1, "Liver")]
+    stored = store.load_label(record.id)
+    expected = read_dicom_seg(dcmqi / "liver.dcm", ct).label.array
+    assert np.array_equal(stored.array, expected) and expected.any()
+    assert imported.schema_changed and imported.overlap_voxels == 0
+
+
+def test_import_seg_with_unknown_segments_stores_nothing_unless_extending(
+    store_with_ct, dcmqi: Path, ct: Volume
+) -> None:  # type: ignore[no-untyped-def]
+    from segloop.store.errors import ValidationError
+    from segloop.store.seg_import import import_dicom_seg
+
+    store, record = store_with_ct
+    import_dicom_seg(store, dcmqi / "liver.dcm")
+    schema = store.get_schema()
+    with pytest.raises(ValidationError, match=r"GREEN.*not classes of the label schema \['Liver'\]"):
+        import_dicom_seg(store, dcmqi / "partial_overlaps.dcm")
+    assert store.get_schema() == schema and len(store.list_revisions(record.id)) == 1
+    imported = import_dicom_seg(store, dcmqi / "partial_overlaps.dcm", extend_schema=True, status="draft")
+    assert imported.revision.revision == 2 and imported.revision.parent == 1
+    assert imported.value_of_segment == {1: 2, 2: 3, 3: 4, 4: 5, 5: 6}
+    assert imported.overlap_voxels == read_dicom_seg(dcmqi / "partial_overlaps.dcm", ct).overlap_voxels > 0
+    stored = store.load_label(record.id).array
+    seg_numbers = read_dicom_seg(dcmqi / "partial_overlaps.dcm", ct).label.array
+    assert np.array_equal(stored, np.where(seg_numbers > 0, seg_numbers + 1, 0))
+    assert [c.name for c in store.get_schema().foreground] == [
+        "Liver",
+        "GREEN",
+        "ORANGE",
+        "PURPLE",
+        "LIGHT_BLUE",
+        "DARK_BLUE",
+    ]
+
+
+def test_import_seg_for_series_not_in_store_is_refused(tmp_path: Path, dcmqi: Path) -> None:
+    from segloop.store.local import open_datastore
+    from segloop.store.seg_import import import_dicom_seg
+
+    store = open_datastore(tmp_path / "empty")
+    with pytest.raises(
+        ImagingError,
+        match=r"references series 1\.2\.392\.200103\.20080913\.113635\.1\..*not in the datastore",
+    ):
+        import_dicom_seg(store, dcmqi / "liver.dcm")
+    assert store.get_schema().foreground == ()
+    store.close()
+
+
+def test_export_revision_as_seg(
+    store_with_ct, tmp_path: Path, dcmqi: Path, ct: Volume, shared_data: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from segloop.store.seg_import import export_dicom_seg
+
+    store, record = store_with_ct
+    from segloop.store.records import LabelClass, LabelSchema
+
+    store.set_schema(
+        LabelSchema((LabelClass(1, "Liver", (200, 80, 60)), LabelClass(2, "Kidney", (0, 0, 255))))
+    )
+    lab = _label(ct)
+    lab[lab == 3] = 2
+    store.save_label(record.id, lab, author="a", source="model:unet@4", status="final")
+    out = tmp_path / "export.dcm"
+    ds, infos = export_dicom_seg(store, record.id, None, dcmqi, out)  # the folder also holds the SEGs
+    assert [(i.value, i.label) for i in infos] == [(1, "Liver"), (2, "Kidney")]
+    assert ds.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName) == "unet"
+    assert np.array_equal(read_dicom_seg(out, ct).label.array, lab)
+    assert _dciodvfy_errors(out) == []
+    with pytest.raises(ImagingError, match=f"source DICOM series {ct.metadata['series_uid']} not found"):
+        export_dicom_seg(
+            store,
+            record.id,
+            1,
+            shared_data / "dicom" / "mr_brain_tcia_pgbm" / "Study1" / "13_HCropVolume",
+            tmp_path / "x.dcm",
+        )
