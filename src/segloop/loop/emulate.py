@@ -1,0 +1,607 @@
+"""Emulation of the active-learning loop with a virtual user (the SAIM protocol), resumable.
+
+Protocol on a labelled dataset in MSD layout (``imagesTr/``, ``labelsTr/``, ``dataset.json``):
+
+1. Checks before any work: every image has a label on the same grid with known class values;
+   the strategies exist; the initial fraction leaves at least 2 training images and 1
+   validation image; the pool holds enough images for ``rounds x per_round``; the training
+   config is valid.
+2. Fixed splits from ``seed``: the cases (sorted by name) are shuffled; the first
+   ``test_fraction`` are the test split, the rest the pool. The first ``initial`` pool images
+   get their reference labels; the first 20% of them (at least 1) are the validation images
+   that decide whether a new version replaces the current one (`ActiveLearningLoop`).
+3. Pre-training once (shared by every arm) on the initial images with reference labels.
+4. Each arm (a strategy, or ``full``) has its own data folder ``OUT/arms/<arm>/data``. Each
+   round: the strategy selects ``per_round`` images; the virtual user annotates each (automatic
+   prediction + up to ``clicks`` clicks per class; its *result* is saved as a final revision,
+   never the reference); the model is fine-tuned (or trained from scratch); the current version
+   is evaluated on the test split. ``full`` trains once on every pool image's reference label.
+5. After every round: ``OUT/rounds.csv``, ``OUT/report.json`` and ``OUT/curves.png`` are
+   rewritten (atomically) from the finished rounds.
+
+Resuming: ``OUT/config.json`` pins the settings (a different setting is refused);
+``OUT/arms/<arm>/rounds.json`` lists the finished rounds, which are never redone;
+``OUT/arms/<arm>/round-NN.json`` records a round's selection and the annotations already saved,
+so an interrupted round continues with the same images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segloop.activelearning.strategies import get_strategy
+from segloop.loop.evaluation import evaluate_pairs, overlap_per_class
+from segloop.store.base import Datastore
+
+MODEL = "emulated"
+FULL = "full"
+VALIDATION_FRACTION = 0.2
+Log = Callable[[str], None]
+
+
+class EmulationError(ValueError):
+    """Bad input or settings for an emulation; raised before any work starts."""
+
+
+@dataclass
+class EmulationConfig:
+    """Settings of one emulation (JSON-friendly; pinned in ``OUT/config.json``).
+
+    ``initial`` is a fraction of the pool (``"10%"``, ``0.1``) or a count (``"12"``, ``12``).
+    ``train`` overrides `segloop.ml.training.TrainConfig` fields for every training.
+    Minutes are wall-time budgets per training (None: the config's epochs decide).
+    """
+
+    dataset: str
+    out: str
+    strategy: str = "entropy"
+    compare: list[str] = field(default_factory=list)
+    initial: str = "10%"
+    per_round: int = 10
+    rounds: int = 5
+    clicks: int = 3
+    seed: int = 0
+    test_fraction: float = 0.2
+    fine_tune: bool = True
+    minutes_per_round: float | None = 2.0
+    pretrain_minutes: float | None = None  # None: 3 x minutes_per_round
+    full_minutes: float | None = None  # None: 3 x minutes_per_round
+    train: dict[str, Any] = field(default_factory=dict)
+    satisfied_dice: float | None = 0.95
+    diversity: float = 0.0
+    max_cases: int | None = None  # use only the first N cases (sorted by name) for quick checks
+    device: str | None = None
+
+    @property
+    def arms(self) -> list[str]:
+        return list(dict.fromkeys(a.strip().lower() for a in (self.compare or [self.strategy]) if a.strip()))
+
+    def pinned(self) -> dict[str, Any]:
+        """The settings a resumed run must share (everything but the device)."""
+        d = asdict(self)
+        d.pop("device", None)
+        d["dataset"] = str(Path(self.dataset).resolve())
+        d["out"] = str(Path(self.out).resolve())
+        return d
+
+
+@dataclass
+class Plan:
+    """Validated inputs: the cases, the splits (case names) and the label schema."""
+
+    config: EmulationConfig
+    schema: Any
+    images: dict[str, Path]
+    labels: dict[str, Path]
+    test: list[str]
+    pool: list[str]
+    initial: list[str]
+    validation: list[str]
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {c.value: c.name for c in self.schema.foreground}
+
+
+# --------------------------------------------------------------------------------------------
+# checks and splits
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def parse_initial(text: str | float | int, pool_size: int) -> int:
+    """Number of initially labelled pool images from ``"10%"``, ``0.1`` or ``"12"``."""
+    s = str(text).strip()
+    try:
+        if s.endswith("%"):
+            return int(math.ceil(float(s[:-1]) / 100.0 * pool_size - 1e-9))
+        v = float(s)
+    except ValueError:
+        raise EmulationError(f"--initial must be a percentage (10%), a fraction (0.1) or a count (12), got {text!r}") from None
+    if 0 < v < 1:
+        return int(math.ceil(v * pool_size - 1e-9))
+    if v != int(v) or v < 0:
+        raise EmulationError(f"--initial must be a percentage, a fraction in (0, 1) or a whole count, got {text!r}")
+    return int(v)
+
+
+def build_train_config(config: EmulationConfig, minutes: float | None, seed: int) -> Any:
+    from segloop.ml.training import TrainConfig
+
+    data: dict[str, Any] = {"val_split": 0.0, **config.train, "seed": seed}
+    if minutes is not None:
+        data["max_minutes"] = minutes
+        data.setdefault("epochs", 100_000)  # the time budget decides
+    try:
+        return TrainConfig.from_dict(data)
+    except ValueError as exc:
+        raise EmulationError(str(exc)) from exc
+
+
+def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
+    """Check everything and fix the splits (reads label files, writes nothing).
+
+    Raises:
+        EmulationError: any problem, with a message naming it.
+    """
+    import nibabel as nib
+
+    from segloop.store.errors import ValidationError
+    from segloop.store.msd import open_msd
+
+    arms = config.arms
+    if not arms:
+        raise EmulationError("no strategy to emulate")
+    for arm in arms:
+        if arm != FULL:
+            try:
+                get_strategy(arm)
+            except ValueError as exc:
+                raise EmulationError(f"{exc} (or 'full' in --compare)") from exc
+    for name, value, low in (("--per-round", config.per_round, 1), ("--rounds", config.rounds, 0), ("--clicks", config.clicks, 0)):
+        if not isinstance(value, int) or value < low:
+            raise EmulationError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0 < config.test_fraction < 1:
+        raise EmulationError(f"--test-fraction must be in (0, 1), got {config.test_fraction}")
+    for name, minutes in (("--minutes-per-round", config.minutes_per_round), ("--pretrain-minutes", config.pretrain_minutes),
+                          ("--full-minutes", config.full_minutes)):
+        if minutes is not None and not minutes > 0:
+            raise EmulationError(f"{name} must be > 0, got {minutes}")
+    build_train_config(config, config.minutes_per_round, config.seed)  # a bad --train-config fails here
+
+    root = Path(config.dataset)
+    if not root.is_dir():
+        raise EmulationError(f"{root}: dataset folder does not exist")
+    try:
+        ds = open_msd(root, require_labels=True)
+    except ValidationError as exc:
+        raise EmulationError(str(exc)) from exc
+    pairs = sorted(ds.pairs, key=lambda p: case_name(p[0]))
+    if config.max_cases is not None:
+        pairs = pairs[: config.max_cases]
+    if not ds.schema.foreground:
+        raise EmulationError(f"{root / 'dataset.json'}: no foreground class in its labels")
+    problems: list[str] = []
+    allowed = ds.schema.values
+    for img, lab in pairs:
+        assert lab is not None
+        try:
+            a: Any = nib.load(str(img))
+            b: Any = nib.load(str(lab))
+            sa, sb = a.shape[:3], b.shape[:3]
+            if sa != sb or not np.allclose(a.affine, b.affine, atol=1e-3):
+                problems.append(f"{lab}: label grid {sb} does not match image {img.name} grid {sa} (shape or affine)")
+                continue
+            values = {int(v) for v in np.unique(np.asarray(b.dataobj))}
+            if values - allowed:
+                problems.append(f"{lab}: label values {sorted(values - allowed)} are not in dataset.json's labels {sorted(allowed)}")
+        except Exception as exc:  # unreadable file
+            problems.append(f"{img.name}: cannot read image/label ({type(exc).__name__}: {exc})")
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise EmulationError(problems[0] + more)
+
+    names = [case_name(img) for img, _ in pairs]
+    order = np.random.default_rng(config.seed).permutation(len(names))
+    shuffled = [names[i] for i in order]
+    n_test = max(1, int(round(len(names) * config.test_fraction)))
+    test, pool = sorted(shuffled[:n_test]), shuffled[n_test:]
+    n_init = parse_initial(config.initial, len(pool))
+    n_val = max(1, int(round(n_init * VALIDATION_FRACTION)))
+    if n_init - n_val < 2:
+        raise EmulationError(
+            f"--initial {config.initial} gives {n_init} labelled image(s) of a pool of {len(pool)}: too few to train "
+            f"(need at least {n_val + 2}: 2 to train and {n_val} to validate)"
+        )
+    needed = n_init + config.rounds * config.per_round
+    if needed > len(pool):
+        raise EmulationError(
+            f"the pool has {len(pool)} images: --initial ({n_init}) + --rounds x --per-round "
+            f"({config.rounds} x {config.per_round}) needs {needed}"
+        )
+    initial = pool[:n_init]
+    return Plan(
+        config, ds.schema, {case_name(i): i for i, _ in pairs}, {case_name(i): lab for i, lab in pairs if lab is not None},
+        test, pool, initial, initial[:n_val],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+class Emulation:
+    """Runs (or resumes) the arms of one emulation; see the module docstring."""
+
+    def __init__(self, config: EmulationConfig, log: Log | None = None) -> None:
+        self.config = config
+        self.log: Log = log or (lambda _msg: None)
+        self.plan = plan(config, self.log)  # all checks before any work
+        self.out = Path(config.out)
+        self._refs: dict[str, np.ndarray] = {}
+        self._test: list[tuple[Any, np.ndarray]] | None = None
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def reference(self, name: str) -> np.ndarray:
+        from segloop.imaging.nifti import read_nifti
+
+        if name not in self._refs:
+            self._refs[name] = np.asarray(read_nifti(self.plan.labels[name]).array).astype(np.uint8)
+        return self._refs[name]
+
+    def test_pairs(self) -> list[tuple[Any, np.ndarray]]:
+        from segloop.imaging.nifti import read_nifti
+
+        if self._test is None:
+            self._test = [(read_nifti(self.plan.images[n]), self.reference(n)) for n in self.plan.test]
+        return self._test
+
+    def evaluate(self, predictor: Any) -> dict[str, Any]:
+        return evaluate_pairs(predictor, self.test_pairs())
+
+    def _fill_store(self, store: Datastore, labelled: Sequence[str], names: Sequence[str]) -> None:
+        from segloop.imaging.nifti import read_nifti
+
+        store.set_schema(self.plan.schema)
+        wanted = set(labelled)
+        for name in names:
+            rec = store.add_image(read_nifti(self.plan.images[name]), name, f"file:{self.plan.images[name].name}")
+            if rec.id != name:
+                raise EmulationError(f"case name {name!r} is not usable as an image id (got {rec.id!r})")
+            if name in wanted:
+                store.save_label(name, self.reference(name), author="reference", source="manual", status="final")
+
+    def _fresh_store(self, folder: Path) -> Datastore:
+        from segloop.store.local import open_datastore
+
+        if folder.exists():
+            shutil.rmtree(folder)  # an unfinished set-up: start it again
+        return open_datastore(folder)
+
+    # --- pre-training (shared) ------------------------------------------------------------------
+
+    def pretrain(self) -> dict[str, Any]:
+        from segloop.ml.predictor import Predictor
+        from segloop.ml.training import train
+        from segloop.store.local import open_datastore
+
+        done_file = self.out / "pretrain" / "done.json"
+        done = _read_json(done_file, None)
+        if done is not None:
+            return dict(done)
+        cfg = self.config
+        t0 = time.monotonic()
+        minutes = cfg.pretrain_minutes or (3 * cfg.minutes_per_round if cfg.minutes_per_round else None)
+        self.log(f"pre-training on {len(self.plan.initial)} initial images ({len(self.plan.validation)} held out for validation)")
+        store = self._fresh_store(self.out / "pretrain" / "data")
+        self._fill_store(store, self.plan.initial, self.plan.initial)
+        held = set(self.plan.validation)
+        pairs = [(r.image_id, r.revision) for r in store.final_labels() if r.image_id not in held]
+        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed), revisions=pairs, device=cfg.device)
+        metrics = self.evaluate(Predictor.load(store, MODEL, version.version, device=cfg.device))
+        done = {"checkpoint": str(version.checkpoint), "config": version.config, "trained_on": [list(p) for p in version.trained_on],
+                "train_metrics": {k: v for k, v in version.metrics.items() if k != "history"}, "test": metrics,
+                "seconds": time.monotonic() - t0}
+        _write_json(done_file, done)
+        open_datastore(self.out / "pretrain" / "data").close()
+        self.log(f"pre-trained: test mean Dice {metrics['mean_dice']:.3f} ({done['seconds']:.0f} s)")
+        return done
+
+    # --- arms -------------------------------------------------------------------------------------
+
+    def arm_dir(self, arm: str) -> Path:
+        return self.out / "arms" / arm
+
+    def arm_rounds(self, arm: str) -> list[dict[str, Any]]:
+        return list(_read_json(self.arm_dir(arm) / "rounds.json", []))
+
+    def _open_arm(self, arm: str, pre: dict[str, Any]) -> Datastore:
+        from segloop.store.local import open_datastore
+
+        folder = self.arm_dir(arm)
+        if (folder / "setup.json").is_file():
+            return open_datastore(folder / "data")
+        store = self._fresh_store(folder / "data")
+        self._fill_store(store, self.plan.initial, self.plan.pool)
+        staged = store.staging_dir() / "pretrained.pt"
+        shutil.copy(pre["checkpoint"], staged)
+        store.create_model(MODEL, {"network": pre["config"]["network"], "classes": pre["config"]["classes"]})
+        store.add_model_version(MODEL, staged, config=pre["config"], trained_on=[tuple(p) for p in pre["trained_on"]],
+                                metrics=pre["train_metrics"])
+        _write_json(folder / "setup.json", {"arm": arm})
+        return store
+
+    def _record(self, arm: str, rnd: int, labelled: int, test: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        names = list(self.plan.class_names.values())
+        return {
+            "arm": arm, "round": rnd, "labelled": labelled, "labelled_fraction": labelled / len(self.plan.pool),
+            "test_dice": {n: test["mean"][n]["dice"] for n in names}, "test_iou": {n: test["mean"][n]["iou"] for n in names},
+            "test_mean_dice": test["mean_dice"], "test_mean_iou": test["mean_iou"], **extra,
+        }
+
+    def run_arm(self, arm: str, pre: dict[str, Any]) -> list[dict[str, Any]]:
+        if arm == FULL:
+            return self.run_full()
+        from segloop.loop.active_loop import ActiveLearningLoop
+        from segloop.loop.annotator import VirtualAnnotator
+
+        cfg = self.config
+        folder = self.arm_dir(arm)
+        rounds = self.arm_rounds(arm)
+        if not rounds:
+            rounds = [self._record(arm, 0, len(self.plan.initial), pre["test"], clicks=0, clicks_total=0,
+                                   annotation_dice=None, annotation_dice_per_class=None, model_version=1,
+                                   accepted=True, train_seconds=pre["seconds"], seconds=pre["seconds"], selected=[])]
+        if len(rounds) > cfg.rounds:
+            return rounds
+        store = self._open_arm(arm, pre)
+        _write_json(folder / "rounds.json", rounds)
+        self.write_outputs()
+        strategy = get_strategy(arm, seed=cfg.seed) if "seed" in get_strategy(arm).params else get_strategy(arm)
+        user = VirtualAnnotator(self.reference, cfg.clicks, cfg.satisfied_dice, seed=cfg.seed)
+        names = self.plan.class_names
+        for rnd in range(len(rounds), cfg.rounds + 1):
+            t0 = time.monotonic()
+            loop = ActiveLearningLoop(
+                store, MODEL, strategy, user, train_config=build_train_config(cfg, cfg.minutes_per_round, cfg.seed + rnd),
+                retrain_every=cfg.per_round, fine_tune=cfg.fine_tune, validation_ids=self.plan.validation,
+                diversity=cfg.diversity, auto_train=False, device=cfg.device,
+            )
+            loop.set_version(int(rounds[-1]["model_version"]))
+            sel_file = folder / f"round-{rnd:02d}.json"
+            sel = _read_json(sel_file, None)
+            if sel is None:
+                ranking = loop.select(cfg.per_round)
+                sel = {"selected": ranking.ids(), "scores": ranking.scores(), "select_seconds": ranking.seconds, "annotations": {}}
+                _write_json(sel_file, sel)
+                self.log(f"[{arm}] round {rnd}: selected {', '.join(sel['selected'])} ({ranking.seconds:.1f} s)")
+            for image_id in sel["selected"]:
+                if image_id in sel["annotations"]:
+                    continue
+                if store.get_image(image_id).label_state == "final":  # saved before an interruption
+                    ann_clicks: int | None = None
+                else:
+                    ann_clicks = loop.annotate(image_id).clicks
+                saved = store.load_label(image_id).array
+                overlap = overlap_per_class(saved, self.reference(image_id), names)
+                sel["annotations"][image_id] = {"clicks": ann_clicks, "dice": {n: v["dice"] for n, v in overlap.items()}}
+                _write_json(sel_file, sel)
+            t_train = time.monotonic()
+            loop.start_training(force=True)
+            outcome = loop.wait_for_training()
+            if outcome is None or outcome.error is not None:
+                raise RuntimeError(f"[{arm}] round {rnd}: training failed: {outcome.error if outcome else 'not started'}")
+            train_seconds = time.monotonic() - t_train
+            test = self.evaluate(loop.predictor())
+            anns = [sel["annotations"][i] for i in sel["selected"]]
+            clicks = int(sum(a["clicks"] or 0 for a in anns))
+            per_class = {n: float(np.mean([a["dice"][n] for a in anns])) for n in names.values()}
+            labelled = len(self.plan.initial) + rnd * cfg.per_round
+            rec = self._record(
+                arm, rnd, labelled, test, clicks=clicks, clicks_total=int(rounds[-1]["clicks_total"]) + clicks,
+                annotation_dice=float(np.mean(list(per_class.values()))), annotation_dice_per_class=per_class,
+                model_version=loop.current_version, accepted=outcome.accepted, trained_version=outcome.version,
+                val_dice_new=outcome.new_score, val_dice_old=outcome.old_score, train_seconds=train_seconds,
+                seconds=float(sel.get("select_seconds", 0.0)) + time.monotonic() - t0, selected=sel["selected"],
+            )
+            rounds.append(rec)
+            _write_json(folder / "rounds.json", rounds)
+            self.log(
+                f"[{arm}] round {rnd}: {rec['labelled_fraction']:.0%} labelled, test Dice {rec['test_mean_dice']:.3f}, "
+                f"annotation Dice {rec['annotation_dice']:.3f} with {clicks} clicks, "
+                f"{'switched to' if outcome.accepted else 'kept'} v{loop.current_version} ({rec['seconds']:.0f} s)"
+            )
+            self.write_outputs()
+        return rounds
+
+    def run_full(self) -> list[dict[str, Any]]:
+        from segloop.ml.predictor import Predictor
+        from segloop.ml.training import train
+
+        rounds = self.arm_rounds(FULL)
+        if rounds:
+            return rounds
+        cfg = self.config
+        t0 = time.monotonic()
+        self.log(f"[full] training on all {len(self.plan.pool)} pool images with reference labels")
+        store = self._fresh_store(self.arm_dir(FULL) / "data")
+        self._fill_store(store, self.plan.pool, self.plan.pool)
+        held = set(self.plan.validation)
+        pairs = [(r.image_id, r.revision) for r in store.final_labels() if r.image_id not in held]
+        minutes = cfg.full_minutes or (3 * cfg.minutes_per_round if cfg.minutes_per_round else None)
+        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed), revisions=pairs, device=cfg.device)
+        test = self.evaluate(Predictor.load(store, MODEL, version.version, device=cfg.device))
+        seconds = time.monotonic() - t0
+        rec = self._record(FULL, 0, len(self.plan.pool), test, clicks=0, clicks_total=0, annotation_dice=None,
+                           annotation_dice_per_class=None, model_version=version.version, accepted=True,
+                           train_seconds=seconds, seconds=seconds, selected=[])
+        _write_json(self.arm_dir(FULL) / "rounds.json", [rec])
+        self.log(f"[full] test Dice {rec['test_mean_dice']:.3f} ({seconds:.0f} s)")
+        self.write_outputs()
+        return [rec]
+
+    def run(self) -> dict[str, Any]:
+        """Run or resume every arm; returns the report (also written to ``OUT/report.json``)."""
+        pinned = self.config.pinned()
+        cfg_file = self.out / "config.json"
+        previous = _read_json(cfg_file, None)
+        if previous is not None and previous != pinned:
+            diff = sorted(k for k in set(previous) | set(pinned) if previous.get(k) != pinned.get(k))
+            raise EmulationError(
+                f"{self.out} holds an emulation with other settings ({', '.join(diff)} differ): "
+                "resume it with the same options or use another --out"
+            )
+        if previous is not None:
+            self.log(f"resuming the emulation in {self.out}")
+        _write_json(cfg_file, pinned)
+        _write_json(self.out / "splits.json", {"test": self.plan.test, "pool": self.plan.pool,
+                                               "initial": self.plan.initial, "validation": self.plan.validation})
+        pre = self.pretrain() if any(a != FULL for a in self.config.arms) else {}
+        for arm in self.config.arms:
+            self.run_arm(arm, pre)
+        return self.write_outputs()
+
+    # --- outputs ------------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        arms = {arm: self.arm_rounds(arm) for arm in self.config.arms}
+        full = arms.get(FULL)
+        full_dice = full[0]["test_mean_dice"] if full else None
+        summary: dict[str, Any] = {}
+        for arm, rounds in arms.items():
+            if not rounds:
+                continue
+            last = rounds[-1]
+            s: dict[str, Any] = {"rounds_done": len(rounds) - 1 if arm != FULL else None,
+                                 "final_test_mean_dice": last["test_mean_dice"],
+                                 "final_labelled_fraction": last["labelled_fraction"],
+                                 "seconds": float(sum(r["seconds"] for r in rounds))}
+            if arm != FULL:
+                s["auc"] = area_under_curve([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds])
+                s["last_annotation_dice"] = last["annotation_dice"]
+                s["clicks_total"] = last["clicks_total"]
+                if full_dice:
+                    s["relative_to_full"] = last["test_mean_dice"] / full_dice
+                    hit = [r["labelled_fraction"] for r in rounds if r["test_mean_dice"] >= 0.95 * full_dice]
+                    s["fraction_reaching_95pct_of_full"] = hit[0] if hit else None
+            summary[arm] = s
+        return {"config": self.config.pinned(), "classes": list(self.plan.class_names.values()),
+                "splits": {"test": len(self.plan.test), "pool": len(self.plan.pool), "initial": len(self.plan.initial),
+                           "validation": len(self.plan.validation)},
+                "summary": summary, "arms": arms}
+
+    def write_outputs(self) -> dict[str, Any]:
+        """Rewrite ``rounds.csv``, ``report.json`` and ``curves.png`` from the finished rounds."""
+        report = self.report()
+        names = report["classes"]
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["arm", "round", "labelled", "labelled_fraction", "test_mean_dice", "test_mean_iou",
+                    *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names], "clicks", "clicks_total",
+                    "annotation_dice", "model_version", "accepted", "seconds"])
+        for rounds in report["arms"].values():
+            for r in rounds:
+                w.writerow([r["arm"], r["round"], r["labelled"], f"{r['labelled_fraction']:.4f}", f"{r['test_mean_dice']:.4f}",
+                            f"{r['test_mean_iou']:.4f}", *[f"{r['test_dice'][n]:.4f}" for n in names],
+                            *[f"{r['test_iou'][n]:.4f}" for n in names], r["clicks"], r["clicks_total"],
+                            "" if r["annotation_dice"] is None else f"{r['annotation_dice']:.4f}", r["model_version"],
+                            int(bool(r["accepted"])), f"{r['seconds']:.1f}"])
+        _write_atomic(self.out / "rounds.csv", buf.getvalue().encode())
+        _write_json(self.out / "report.json", report)
+        plot_curves(report, self.out / "curves.png")
+        return report
+
+
+def area_under_curve(fractions: Sequence[float], dice: Sequence[float]) -> float | None:
+    """Trapezoid area under Dice vs. labelled fraction, divided by the fraction span (a mean Dice)."""
+    if len(fractions) < 2:
+        return float(dice[0]) if dice else None
+    x, y = np.asarray(fractions, dtype=float), np.asarray(dice, dtype=float)
+    span = float(x[-1] - x[0])
+    if span <= 0:
+        return float(y.mean())
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / span)
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    """Test mean Dice vs. labelled fraction, one line per arm; ``full`` as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    try:
+        for arm, rounds in report["arms"].items():
+            if not rounds:
+                continue
+            if arm == FULL:
+                d = rounds[0]["test_mean_dice"]
+                ax.axhline(d, color="black", linestyle="--", linewidth=1, label=f"full ({d:.3f})")
+                ax.axhline(0.95 * d, color="grey", linestyle=":", linewidth=1, label="95% of full")
+                continue
+            ax.plot([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds], marker="o", label=arm)
+        cfg = report["config"]
+        ax.set_xlabel("labelled fraction of the pool")
+        ax.set_ylabel("test mean Dice")
+        ax.set_title(f"{Path(cfg['dataset']).name}: {cfg['per_round']}/round, {cfg['clicks']} clicks/class, seed {cfg['seed']}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    _write_atomic(path, buf.getvalue())
+
+
+def run_emulation(config: EmulationConfig, log: Log | None = None) -> dict[str, Any]:
+    """Check, then run or resume an emulation (see the module docstring); returns the report."""
+    return Emulation(config, log).run()

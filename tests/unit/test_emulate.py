@@ -1,0 +1,151 @@
+"""`segloop emulate` on a tiny synthetic MSD folder: outputs, resume, refusals before any work."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segloop.cli.common import CommandError
+from segloop.loop.emulate import EmulationConfig, EmulationError, area_under_curve, parse_initial, run_emulation
+from tests.unit.al_synthetic import synthetic_case
+
+N_CASES = 14
+TRAIN = {"network": {"channels": [8, 16], "num_res_units": 1, "dropout": 0.1}, "epochs": 2, "steps_per_epoch": 2,
+         "batch_size": 2, "patch_size": [16, 24, 16], "lr": 1e-2, "max_click_iters": 1, "num_threads": 1}
+
+
+def make_msd(root: Path, n: int = N_CASES) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    for i in range(n):
+        image, label = synthetic_case(rng)
+        nib.save(nib.Nifti1Image(image * 50, affine), root / "imagesTr" / f"case_{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case_{i:03d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"name": "Tiny", "modality": {"0": "MRI"},
+                                                   "labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}))
+    return root
+
+
+def config(ds: Path, out: Path, **kw: Any) -> EmulationConfig:
+    base: dict[str, Any] = dict(dataset=str(ds), out=str(out), strategy="entropy", compare=["random", "entropy", "full"],
+                                initial="5", per_round=2, rounds=2, clicks=2, seed=0, minutes_per_round=None,
+                                train=TRAIN, device="cpu")
+    base.update(kw)
+    return EmulationConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("emu")
+    ds = make_msd(root / "ds")
+    out = root / "out"
+    report = run_emulation(config(ds, out))
+    return ds, out, report
+
+
+def test_outputs_exist_and_agree(finished: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, out, report = finished
+    for name in ("rounds.csv", "report.json", "curves.png", "config.json", "splits.json"):
+        assert (out / name).is_file()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(splits["test"]) == 3 and len(splits["pool"]) == 11 and len(splits["initial"]) == 5
+    assert not set(splits["test"]) & set(splits["pool"])
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    assert [(r["arm"], r["round"]) for r in rows] == [("random", "0"), ("random", "1"), ("random", "2"),
+                                                      ("entropy", "0"), ("entropy", "1"), ("entropy", "2"), ("full", "0")]
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    for arm in ("random", "entropy"):
+        rounds = report["arms"][arm]
+        assert [r["labelled"] for r in rounds] == [5, 7, 9]
+        assert rounds[0]["test_mean_dice"] == report["arms"]["random"][0]["test_mean_dice"]  # shared pre-training
+        picked = [i for r in rounds[1:] for i in r["selected"]]
+        assert len(set(picked)) == 4 and not set(picked) & set(splits["initial"]) and set(picked) <= set(splits["pool"])
+        for r in rounds[1:]:
+            assert 0 <= r["clicks"] <= 2 * 2 * 2  # images x classes x budget
+            assert 0.0 <= r["annotation_dice"] <= 1.0 and set(r["annotation_dice_per_class"]) == {"Anterior", "Posterior"}
+            assert set(r["test_dice"]) == {"Anterior", "Posterior"}
+        assert rounds[-1]["clicks_total"] == sum(r["clicks"] for r in rounds)
+        csv_dice = [float(r["test_mean_dice"]) for r in rows if r["arm"] == arm]
+        assert csv_dice == pytest.approx([r["test_mean_dice"] for r in rounds], abs=1e-4)
+        assert report["summary"][arm]["auc"] is not None
+    assert report["arms"]["full"][0]["labelled_fraction"] == 1.0
+    # the virtual user's labels are saved, not the references
+    store_labels = out / "arms" / "entropy" / "data" / "labels"
+    assert any(store_labels.iterdir())
+
+
+def test_resume_skips_finished_rounds(finished: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    import segloop.ml.training as training
+
+    ds, out, report = finished
+    calls: list[Any] = []
+    real = training.train
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        calls.append(kw.get("fine_tune"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "train", counting)
+    again = run_emulation(config(ds, out))  # everything finished: nothing is redone
+    assert calls == [] and again["arms"] == report["arms"]
+    # pretend the entropy arm was interrupted during round 2 (after its annotations were saved)
+    rounds_file = out / "arms" / "entropy" / "rounds.json"
+    rounds = json.loads(rounds_file.read_text())
+    rounds_file.write_text(json.dumps(rounds[:2]))
+    resumed = run_emulation(config(ds, out))
+    assert len(calls) == 1  # only round 2's training
+    new = resumed["arms"]["entropy"]
+    assert new[:2] == rounds[:2] and new[2]["selected"] == rounds[2]["selected"]
+    assert new[2]["clicks"] == rounds[2]["clicks"]
+    with pytest.raises(EmulationError, match="other settings.*clicks"):
+        run_emulation(config(ds, out, clicks=3))
+
+
+def test_bad_inputs_refused_before_any_work(tmp_path: Path) -> None:
+    ds = make_msd(tmp_path / "ds", n=8)
+    out = tmp_path / "out"
+    with pytest.raises(EmulationError, match=r"unknown active-learning strategy 'bald'"):
+        run_emulation(config(ds, out, compare=["random", "bald"]))
+    with pytest.raises(EmulationError, match="too few to train"):
+        run_emulation(config(ds, out, initial="1"))
+    with pytest.raises(EmulationError, match="needs"):
+        run_emulation(config(ds, out, initial="4", rounds=5))
+    with pytest.raises(EmulationError, match="bad training config"):
+        run_emulation(config(ds, out, train={"epochs": 0}))
+    lab = ds / "labelsTr" / "case_003.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 24, 15), np.uint8), np.eye(4)), lab)
+    with pytest.raises(EmulationError, match=r"case_003.*does not match"):
+        run_emulation(config(ds, out))
+    lab.unlink()
+    with pytest.raises(EmulationError, match=r"no label for 1 image\(s\): case_003"):
+        run_emulation(config(ds, out))
+    assert not out.exists()  # nothing was started
+
+
+def test_cli_reports_errors_as_one_line(tmp_path: Path) -> None:
+    from segloop.cli.emulate_command import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["emulate", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                              "--strategy", "entropy", "--from-scratch"])
+    assert args.fine_tune is False and args.per_round == 10
+    with pytest.raises(CommandError, match="dataset folder does not exist"):
+        args.func(args)
+
+
+def test_helpers() -> None:
+    assert parse_initial("10%", 208) == 21 and parse_initial("0.1", 50) == 5 and parse_initial("12", 99) == 12
+    with pytest.raises(EmulationError):
+        parse_initial("ten", 10)
+    assert area_under_curve([0.1, 0.2, 0.3], [0.5, 0.7, 0.7]) == pytest.approx(0.65)
