@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+# Real components for the integration tiers, from Debian's packages (idempotent, quiet):
+# Orthanc + its DICOMweb plugin and dicom3tools (dciodvfy).
+bash scripts/orthanc.sh install
 . .venv/bin/activate
 echo "== ruff"; ruff check src tests benchmarks
 echo "== mypy"; mypy
