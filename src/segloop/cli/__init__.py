@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "segloop.cli.data_commands",
     "segloop.cli.ml_commands",
     "segloop.cli.serve_command",
+    "segloop.cli.emulate_command",
 )
 
 
