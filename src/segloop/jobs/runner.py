@@ -77,7 +77,7 @@ class JobRunner:
         handlers: dict[str, str] | None = None,
         validator: Validator | None = None,
         child_threads: int | None = None,
-        nice: int = 5,
+        nice: int = 10,
         poll_interval: float = 0.5,
         progress_interval: float = 0.25,
         store: Any | None = None,

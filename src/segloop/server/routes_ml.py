@@ -154,7 +154,45 @@ def _label_response(pred: Any, extra: dict[str, str] | None = None) -> Response:
         "X-Segloop-Clicks": str(len(getattr(pred, "clicks", ()) or ())),
     }
     headers.update(extra or {})
-    return Response(nifti_bytes(pred.label, dtype=np.uint8), media_type=NIFTI, headers=headers)
+    return Response(label_nifti_gz(pred.label), media_type=NIFTI, headers=headers)
+
+
+def label_nifti_gz(label: Volume) -> bytes:
+    """A label map as gzip NIfTI-1, fast: header from nibabel, voxels written directly.
+
+    ``nibabel``'s generic writer (`nifti_bytes`) spends ~70 ms on a 256x256x128 mask checking
+    scaling; a uint8 label needs none, and this path is what every click returns."""
+    import gzip
+
+    import nibabel as nib
+
+    data = np.asarray(label.array)
+    if data.dtype != np.uint8:
+        if data.size and (data.min() < 0 or data.max() > 255):
+            return nifti_bytes(label)
+        data = data.astype(np.uint8)
+    img = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), label.affine)
+    hdr = img.header
+    hdr.set_data_shape(data.shape)
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_qform(label.affine, code=1)
+    hdr.set_sform(label.affine, code=1)
+    hdr["vox_offset"] = 352
+    hdr["scl_slope"] = np.nan
+    hdr["scl_inter"] = np.nan
+    return gzip.compress(hdr.binaryblock + b"\x00\x00\x00\x00" + _fortran_bytes(data), compresslevel=1)
+
+
+def _fortran_bytes(data: np.ndarray) -> bytes:
+    """``data.tobytes(order="F")``, 3x faster on large 3-D arrays: the transpose is done in
+    blocks of 32 along j, which keeps it in cache (45 ms → 14 ms for 256x256x128 uint8)."""
+    if data.ndim != 3 or data.flags.f_contiguous:
+        return data.tobytes(order="F")
+    out = np.empty(data.shape[::-1], dtype=data.dtype)
+    src = data.transpose(2, 1, 0)
+    for j0 in range(0, data.shape[1], 32):
+        out[:, j0 : j0 + 32, :] = src[:, j0 : j0 + 32, :]
+    return out.tobytes()
 
 
 @router.post("/models/{name}/infer", tags=["models"], response_class=Response, responses=NIFTI_RESPONSE)
@@ -271,13 +309,12 @@ async def add_clicks(session_id: SessionId, body: ClicksBody, state: State, prin
 
     entry = _session(state, session_id, principal)
     spec = [{"class": g.class_, "points": g.points} for g in body.clicks]
-    schema = state.store.get_schema()
-    try:
-        clicks = parse_clicks(spec, schema, entry.session.image.shape)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_clicks", str(exc)) from exc
 
-    def work() -> bytes:
+    def work() -> Any:
+        try:
+            clicks = parse_clicks(spec, state.store.get_schema(), entry.session.image.shape)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_clicks", str(exc)) from exc
         with entry.lock:
             if entry.closed:
                 raise ApiError(404, "not_found", f"session {session_id!r} was closed")

@@ -12,7 +12,9 @@ interactive sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import secrets
 import threading
 import time
@@ -32,13 +34,21 @@ class Busy(Exception):
 
 
 class WorkerPool:
-    def __init__(self, workers: int, queue: int, name: str = "segloop-infer") -> None:
+    def __init__(self, workers: int, queue: int, name: str = "segloop-infer", nice: int = 10) -> None:
         self.workers = workers
         self.queue = queue
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self.nice = nice
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=self._lower_priority)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._avg_seconds = 2.0
+
+    def _lower_priority(self) -> None:
+        """Run compute at a lower CPU priority than the event loop (Linux: per-thread nice; the
+        torch threads this thread starts inherit it), so listing and downloads stay fast."""
+        if self.nice and hasattr(os, "setpriority"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
 
     @property
     def capacity(self) -> int:
