@@ -236,3 +236,22 @@ def test_gzip_label_file_is_read_in_full(segloop: Segloop, tmp_path: Path) -> No
     assert res.code != 0
     assert "c.nii.gz" in res.err
     assert not any(k.startswith(("images/", "labels/")) for k in snapshot(data))
+
+
+def test_demo_imports_once_and_reports_the_folder(segloop: Segloop, hippo_subset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    first = segloop("demo", "--dataset", hippo_subset, "--data", data, "--no-train", "--no-serve")
+    assert first.code == 0, first.err
+    assert "images:      4 (final labels: 4, drafts: 0, unlabelled: 0)" in first.out
+    assert "classes:     0=background, 1=Anterior, 2=Posterior" in first.out
+    before = snapshot(data)
+    again = segloop("demo", "--dataset", hippo_subset, "--data", data, "--no-train", "--no-serve")
+    assert again.code == 0, again.err
+    assert "not importing again" in again.err
+    assert snapshot(data) == before
+
+
+def test_demo_without_dataset_is_a_clear_error(segloop: Segloop, tmp_path: Path) -> None:
+    res = segloop("demo", "--dataset", tmp_path / "missing", "--data", tmp_path / "d", "--no-serve")
+    assert res.code == 2
+    assert "sample dataset not found" in res.err

@@ -177,7 +177,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"dataset:     {msd.name} ({dataset})")
     print("classes:     " + ", ".join(f"{c.value}={c.name}" for c in schema.classes))
     print(f"images:      {store.count_images()} (final labels: {counts['final']}, drafts: {counts['draft']}, unlabelled: {counts['none']})")
-    return 0
+
+    from segloop.cli import build_parser
+
+    parser = build_parser()
+    models = store.list_models()
+    if not models and not args.no_train:
+        print(
+            f"training model {args.model!r} on the final labels for up to {args.train_minutes:g} min "
+            "(the saved labels retrain it later; `segloop train` for a longer run) ...",
+            file=sys.stderr,
+        )
+        train_args = parser.parse_args(
+            ["train", args.model, "--data", str(args.data), "--max-minutes", str(args.train_minutes)]
+        )
+        code = int(train_args.func(train_args) or 0)
+        if code:
+            return code
+        models = store.list_models()
+    for m in models:
+        current = m.version() if m.current_version is not None else None
+        dice = (current.metrics.get("val_dice") if current else None) or {}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) if dice else "no validation yet"
+        print(f"model:       {m.name} v{m.current_version} (validation Dice: {shown})")
+    if args.no_serve:
+        return 0
+    serve_args = parser.parse_args(["serve", "--data", str(args.data), "--host", args.host, "--port", str(args.port)])
+    print(f"open http://{args.host}:{args.port}/ in a browser (API: http://{args.host}:{args.port}/api/v1/docs); Ctrl+C stops", flush=True)
+    return int(serve_args.func(serve_args) or 0)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -210,7 +237,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", type=int, help="label revision number (default: latest)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="import the sample dataset and show what the data folder holds")
+    p = sub.add_parser(
+        "demo",
+        help="import the sample dataset, train a first model and serve it",
+        description="Import the sample dataset (once), train a first model when there is none, then serve the "
+        "data folder on 127.0.0.1 and print the URL.",
+    )
     p.add_argument("--dataset", type=Path, help="MSD-layout dataset folder (default: ../shared/data/Task04_Hippocampus)")
     p.add_argument("--data", type=Path, default=Path("data/demo"), metavar="DIR", help="data folder (default: data/demo)")
+    p.add_argument("--model", default="hippocampus", help="name of the model trained by the demo")
+    p.add_argument("--train-minutes", type=float, default=5.0, metavar="M", help="training budget (default 5)")
+    p.add_argument("--no-train", action="store_true", help="do not train a model")
+    p.add_argument("--no-serve", action="store_true", help="stop after importing (and training)")
+    p.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="server port (default 8000)")
     p.set_defaults(func=cmd_demo)
