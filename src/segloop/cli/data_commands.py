@@ -106,28 +106,76 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segments(store: Any) -> list[tuple[int, str, tuple[int, int, int]]]:
+    return [(c.value, c.name, tuple(c.color)) for c in store.get_schema().foreground]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.format != "nifti":
-        raise CommandError(f"format {args.format!r} is not supported yet (supported: nifti)")
     store = open_store(args.data)
     record = store.get_image(args.image)
     out: Path = args.output
-    single = out.name.lower().endswith((".nii", ".nii.gz"))
+    if args.format == "dicom-seg":
+        return _export_dicom_seg(args, store, record.id, out)
+    ext = {"nifti": (".nii", ".nii.gz"), "nrrd": (".nrrd",)}[args.format]
+    single = out.name.lower().endswith(ext)
     if single and args.what == "both":
         raise CommandError(f"{out}: one file can hold the image or the label; pass --what image|label, or a folder")
+
+    def write(volume: Any, stem: str, label: bool) -> Path:
+        if args.format == "nrrd":
+            from segloop.imaging.nrrd import write_nrrd
+
+            path = out if single else out / f"{stem}{'.seg' if label else ''}.nrrd"
+            return write_nrrd(volume, path, segments=_segments(store) if label else None)
+        return write_nifti(volume, out if single else out / f"{stem}.nii.gz")
+
     written: list[Path] = []
     if args.what in ("image", "both"):
-        path = out if single else out / f"{record.id}.nii.gz"
-        written.append(write_nifti(store.load_image(record.id), path))
+        written.append(write(store.load_image(record.id), record.id, label=False))
     if args.what in ("label", "both"):
         if record.latest_revision is None:
             raise CommandError(f"image {record.id!r} has no label revision to export")
         rev = store.get_revision(record.id, args.revision)
-        label = store.load_label(record.id, rev.revision)
-        path = out if single else out / f"{record.id}_label-r{rev.revision}.nii.gz"
-        written.append(write_nifti(label, path))
+        written.append(write(store.load_label(record.id, rev.revision), f"{record.id}_label-r{rev.revision}", label=True))
     for path in written:
         print(path)
+    return 0
+
+
+def _export_dicom_seg(args: argparse.Namespace, store: Any, image_id: str, out: Path) -> int:
+    from segloop.store.seg_import import export_dicom_seg
+
+    if args.source_dicom is None:
+        raise CommandError("--format dicom-seg needs --source-dicom DIR: the folder holding the image's DICOM series")
+    if args.what == "image":
+        raise CommandError("--format dicom-seg writes a label; the image stays in its DICOM series")
+    rev = store.get_revision(image_id, args.revision)
+    path = out if out.suffix.lower() == ".dcm" else out / f"{image_id}_label-r{rev.revision}.seg.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _, segments = export_dicom_seg(store, image_id, rev.revision, args.source_dicom, path)
+    print(path)
+    print(f"{len(segments)} segment(s): " + ", ".join(s.label for s in segments), file=sys.stderr)
+    return 0
+
+
+def cmd_import_label(args: argparse.Namespace) -> int:
+    """Import a DICOM SEG as a label revision of the image whose series it references."""
+    from segloop.store.seg_import import import_dicom_seg
+
+    store = open_store(args.data)
+    result = import_dicom_seg(
+        store,
+        args.seg,
+        author=args.author,
+        status="draft" if args.draft else "final",
+        image_id=args.image,
+        extend_schema=args.extend_schema,
+    )
+    rev = result.revision
+    print(f"{result.image.id}  label r{rev.revision} ({rev.status}, source {rev.source})")
+    if result.overlap_voxels:
+        print(f"note: {result.overlap_voxels} voxel(s) were in several segments; the highest segment number was kept",
+              file=sys.stderr)
     return 0
 
 
@@ -231,11 +279,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write an image and/or a label revision to files")
     p.add_argument("image", metavar="IMAGE", help="image id")
     add_data_arg(p)
-    p.add_argument("--format", default="nifti", choices=["nifti"], help="output format")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="folder, or a .nii.gz file with --what")
+    p.add_argument("--format", default="nifti", choices=["nifti", "nrrd", "dicom-seg"],
+                   help="nifti (default), nrrd (labels as Slicer .seg.nrrd), dicom-seg (label only)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="folder, or one file (.nii.gz / .nrrd / .dcm) with --what")
     p.add_argument("--what", choices=["image", "label", "both"], default="both")
     p.add_argument("--revision", type=int, help="label revision number (default: latest)")
+    p.add_argument("--source-dicom", type=Path, metavar="DIR",
+                   help="with dicom-seg: folder holding the image's source DICOM series (for the SEG's references)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import-seg",
+        help="import a DICOM SEG as a label revision of the image it references",
+        description="The image is found by the SeriesInstanceUID the SEG references (import the series first). "
+        "Overlapping segments: the highest segment number wins, and the overlap is reported.",
+    )
+    p.add_argument("seg", type=Path, metavar="SEG.dcm")
+    add_data_arg(p)
+    p.add_argument("--image", help="image id (default: found from the SEG's referenced series)")
+    p.add_argument("--author", default="import")
+    p.add_argument("--draft", action="store_true", help="store as a draft instead of final")
+    p.add_argument("--extend-schema", action="store_true", help="add segments missing from the label schema as new classes")
+    p.set_defaults(func=cmd_import_label)
 
     p = sub.add_parser(
         "demo",
