@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from segloop.cli.common import CommandError
-from segloop.loop.emulate import EmulationConfig, EmulationError, area_under_curve, parse_initial, run_emulation
+from segloop.loop.emulate import (
+    EmulationConfig,
+    EmulationError,
+    area_under_curve,
+    parse_initial,
+    run_emulation,
+)
 from tests.unit.al_synthetic import synthetic_case
 
 N_CASES = 14

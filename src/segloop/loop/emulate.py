@@ -416,6 +416,7 @@ class Emulation:
             loop.set_version(int(rounds[-1]["model_version"]))
             sel_file = folder / f"round-{rnd:02d}.json"
             sel = _read_json(sel_file, None)
+            earlier = float(sel.get("select_seconds", 0.0)) if sel is not None else 0.0  # selection time of a resumed round
             if sel is None:
                 ranking = loop.select(cfg.per_round)
                 sel = {"selected": ranking.ids(), "scores": ranking.scores(), "select_seconds": ranking.seconds, "annotations": {}}
@@ -448,7 +449,8 @@ class Emulation:
                 annotation_dice=float(np.mean(list(per_class.values()))), annotation_dice_per_class=per_class,
                 model_version=loop.current_version, accepted=outcome.accepted, trained_version=outcome.version,
                 val_dice_new=outcome.new_score, val_dice_old=outcome.old_score, train_seconds=train_seconds,
-                seconds=float(sel.get("select_seconds", 0.0)) + time.monotonic() - t0, selected=sel["selected"],
+                seconds=earlier + time.monotonic() - t0, select_seconds=float(sel.get("select_seconds", 0.0)),
+                selected=sel["selected"],
             )
             rounds.append(rec)
             _write_json(folder / "rounds.json", rounds)
