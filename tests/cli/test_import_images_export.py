@@ -255,3 +255,11 @@ def test_demo_without_dataset_is_a_clear_error(segloop: Segloop, tmp_path: Path)
     res = segloop("demo", "--dataset", tmp_path / "missing", "--data", tmp_path / "d", "--no-serve")
     assert res.code == 2
     assert "sample dataset not found" in res.err
+
+
+def test_import_does_not_keep_the_absolute_source_path(segloop: Segloop, hippo_subset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "D"
+    assert segloop("import", hippo_subset / "imagesTr", "--data", data).code == 0
+    images = segloop("images", "--data", data, "--json").json()
+    assert images and all(str(tmp_path) not in str(img["metadata"]) for img in images)
+    assert {img["metadata"]["source_file"] for img in images} == {p.name for p in (hippo_subset / "imagesTr").iterdir()}

@@ -188,6 +188,11 @@ def import_paths(
         try:
             for n, item in enumerate(pending, 1):
                 mod = modality or str(item.volume.metadata.get("modality") or "")
+                # Keep the file name, not where it was read from: import folders and upload
+                # staging paths are nobody's business once the image is in the datastore.
+                src = item.volume.metadata.pop("source_path", None)
+                if src:
+                    item.volume.metadata["source_file"] = Path(str(src)).name
                 record = store.add_image(item.volume, name=item.source.name, source=_source_text(item.source, item.volume), modality=mod or None)
                 added.append(record.id)
                 revision = None
