@@ -1,0 +1,1107 @@
+// segloop web app: worklist and upload, viewer, correction (clicks, brush), save with conflict
+// handling, revision history, models and training with live curves, evaluation, export.
+
+import "./style.css";
+import * as api from "./api";
+import type { Evaluation, ImageRecord, Job, LabelClass, ModelRecord, Revision, Schema } from "./api";
+import { Editor, type ClickBackend, type ClickGroup } from "./editor";
+import { gunzipIfNeeded, gzip, readLabel, writeLabel } from "./nifti";
+import { $, $input, $select, drawChart, esc, fmt, guard, notify, showError, when, type Series } from "./ui";
+import { PRESETS, Viewer, type LutEntry, type ViewMode } from "./viewer";
+import { HELP, SHELL } from "./shell";
+
+type Tool = "navigate" | "positive" | "negative" | "brush" | "eraser" | "fill";
+
+interface Session { id: string; model: string; version: number; initial: number | null }
+
+const S = {
+  me: { name: "", roles: [] as string[] },
+  schema: { classes: [] as LabelClass[] } as Schema,
+  images: [] as ImageRecord[],
+  total: 0,
+  offset: 0,
+  pageSize: 100,
+  filter: "" as "" | "none" | "draft" | "final",
+  strategy: "",
+  queue: new Map<string, { rank: number; score: number | null }>(),
+  image: null as ImageRecord | null,
+  revisions: [] as Revision[],
+  shownRevision: null as number | null, // the revision whose mask is the editor's base
+  viewRevision: null as number | null, // the revision the view equals (loaded or just saved)
+  baseRevision: null as number | null, // the latest revision when editing began (for 409)
+  models: [] as ModelRecord[],
+  model: "",
+  session: null as Session | null,
+  tool: "navigate" as Tool,
+  classValue: 1,
+  brush: 3,
+  sphere: false,
+  watchedJob: null as string | null,
+  jobMetrics: [] as Array<Record<string, unknown>>,
+  jobs: [] as Job[],
+  lastEval: null as Evaluation | null,
+  stats: { openMs: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0 },
+};
+(window as unknown as { segloop: unknown }).segloop = S;
+
+document.querySelector("#app")!.innerHTML = SHELL;
+const canvas = $("#gl") as HTMLCanvasElement;
+const viewer = new Viewer(canvas);
+const editor = new Editor(viewer);
+// read-only hooks for the browser tests and for debugging in the console
+(window as unknown as { segloopDebug: unknown }).segloopDebug = {
+  counts(): Record<number, number> {
+    const out: Record<number, number> = {};
+    for (const v of editor.current()) out[v] = (out[v] ?? 0) + 1;
+    return out;
+  },
+  value(i: number, j: number, k: number): number {
+    const [nx, ny] = viewer.dims;
+    return editor.current()[i + nx * (j + ny * k)];
+  },
+  dirty: () => editor.dirty,
+};
+
+// --- helpers --------------------------------------------------------------------------------------
+
+function lutEntries(): LutEntry[] {
+  return S.schema.classes.map((c) => ({ value: c.value, name: c.name, color: c.color }));
+}
+function foreground(): LabelClass[] {
+  return S.schema.classes.filter((c) => c.value !== 0);
+}
+function className(v: number): string {
+  return S.schema.classes.find((c) => c.value === v)?.name ?? String(v);
+}
+function can(role: string): boolean {
+  const order = ["annotator", "reviewer", "admin"];
+  return S.me.roles.some((r) => order.indexOf(r) >= order.indexOf(role));
+}
+async function fetchLabel(imageId: string, rev: number | "latest"): Promise<Uint8Array> {
+  const { data } = await api.binary("GET", `/images/${encodeURIComponent(imageId)}/labels/${rev}`);
+  return (await readLabel(data)).data;
+}
+function shortTime(iso: string): string {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString(undefined, { month: "numeric", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+function setStatus(text: string): void {
+  $("#status").textContent = text;
+}
+function download(blob: Blob, name: string): void {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  setTimeout(() => {
+    URL.revokeObjectURL(a.href);
+    a.remove();
+  }, 1000);
+}
+
+// --- worklist -------------------------------------------------------------------------------------
+
+async function loadWorklist(): Promise<void> {
+  const q = new URLSearchParams({ offset: String(S.offset), limit: String(S.pageSize) });
+  if (S.filter) q.set("label_state", S.filter);
+  const page = await api.get<{ items: ImageRecord[]; total: number }>(`/images?${q}`);
+  S.images = page.items;
+  S.total = page.total;
+  if (S.strategy) {
+    const next = await api.get<{ items: Array<{ image: ImageRecord; score: number | null }>; remaining_unlabeled: number }>(
+      `/next?strategy=${encodeURIComponent(S.strategy)}&count=100`);
+    S.queue = new Map(next.items.map((it, i) => [it.image.id, { rank: i + 1, score: it.score }]));
+    // the queue is the worklist while a strategy is chosen: ranked unlabeled images first
+    S.images = next.items.map((it) => it.image);
+    S.total = next.remaining_unlabeled;
+  } else S.queue = new Map();
+  renderWorklist();
+}
+
+function renderWorklist(): void {
+  const rows = S.images.map((im) => {
+    const q = S.queue.get(im.id);
+    const cls = im.id === S.image?.id ? "sel" : "";
+    return `<tr class="${cls}" data-id="${esc(im.id)}" tabindex="0">
+      ${S.strategy ? `<td class="num">${q?.rank ?? ""}</td>` : ""}
+      <td class="name" title="${esc(im.name)}">${esc(im.name)}</td>
+      <td><span class="badge ${im.label_state}">${im.label_state}</span></td>
+      <td class="author">${esc(im.latest_author ?? "")}</td>
+      ${S.strategy ? `<td class="num">${q?.score === null || q?.score === undefined ? "–" : fmt(q.score)}</td>` : ""}</tr>`;
+  });
+  $("#worklist thead").innerHTML = `<tr>${S.strategy ? "<th>#</th>" : ""}<th>Image</th><th>Label</th><th>By</th>${S.strategy ? "<th>Score</th>" : ""}</tr>`;
+  $("#worklist tbody").innerHTML = rows.join("") || `<tr><td colspan="5" class="empty">No images. Drop NIfTI files, DICOM folders or zips here.</td></tr>`;
+  const end = Math.min(S.offset + S.images.length, S.total);
+  $("#wl-count").textContent = S.strategy ? `${S.total} unlabeled, ranked by ${S.strategy}` : `${S.total ? S.offset + 1 : 0}–${end} of ${S.total}`;
+  ($("#wl-prev") as HTMLButtonElement).disabled = !!S.strategy || S.offset === 0;
+  ($("#wl-next") as HTMLButtonElement).disabled = !!S.strategy || end >= S.total;
+}
+
+$("#worklist tbody").addEventListener("click", (e) => {
+  const tr = (e.target as HTMLElement).closest("tr[data-id]") as HTMLElement | null;
+  if (tr) void openImage(tr.dataset.id!);
+});
+$("#worklist tbody").addEventListener("keydown", (e) => {
+  const tr = (e.target as HTMLElement).closest("tr[data-id]") as HTMLElement | null;
+  if (tr && e.key === "Enter") void openImage(tr.dataset.id!);
+});
+$select("#wl-filter").addEventListener("change", () => {
+  S.filter = $select("#wl-filter").value as typeof S.filter;
+  S.offset = 0;
+  void guard("Loading the worklist", loadWorklist);
+});
+$select("#strategy").addEventListener("change", () => {
+  S.strategy = $select("#strategy").value;
+  void guard("Loading the queue", loadWorklist);
+});
+$("#wl-prev").addEventListener("click", () => {
+  S.offset = Math.max(0, S.offset - S.pageSize);
+  void guard("Loading the worklist", loadWorklist);
+});
+$("#wl-next").addEventListener("click", () => {
+  S.offset += S.pageSize;
+  void guard("Loading the worklist", loadWorklist);
+});
+
+async function nextImage(): Promise<void> {
+  const strategy = S.strategy || "sequential";
+  const r = await api.get<{ items: Array<{ image: ImageRecord }>; remaining_unlabeled: number }>(`/next?strategy=${encodeURIComponent(strategy)}&count=1`);
+  if (!r.items.length) {
+    notify("Every image has a label. Nothing left in the queue.", "ok");
+    return;
+  }
+  await openImage(r.items[0].image.id);
+}
+$("#next").addEventListener("click", () => void guard("Finding the next image", nextImage));
+
+// --- upload ---------------------------------------------------------------------------------------
+
+interface UploadUnit { name: string; files: File[] }
+
+async function unitsFromDrop(dt: DataTransfer): Promise<UploadUnit[]> {
+  const units: UploadUnit[] = [];
+  const entries = Array.from(dt.items).map((it) => it.webkitGetAsEntry?.()).filter((x): x is FileSystemEntry => !!x);
+  if (!entries.length) return Array.from(dt.files).map((f) => ({ name: f.name, files: [f] }));
+  const readAll = async (dir: FileSystemDirectoryEntry): Promise<File[]> => {
+    const out: File[] = [];
+    const walk = async (d: FileSystemDirectoryEntry): Promise<void> => {
+      const reader = d.createReader();
+      for (;;) {
+        const batch = await new Promise<FileSystemEntry[]>((res, rej) => reader.readEntries(res, rej));
+        if (!batch.length) break;
+        for (const e of batch) {
+          if (e.isDirectory) await walk(e as FileSystemDirectoryEntry);
+          else out.push(await new Promise<File>((res, rej) => (e as FileSystemFileEntry).file(res, rej)));
+        }
+      }
+    };
+    await walk(dir);
+    return out;
+  };
+  for (const e of entries) {
+    if (e.isDirectory) units.push({ name: `${e.name}/`, files: await readAll(e as FileSystemDirectoryEntry) });
+    else units.push({ name: e.name, files: [await new Promise<File>((res, rej) => (e as FileSystemFileEntry).file(res, rej))] });
+  }
+  return units;
+}
+
+async function uploadUnits(units: UploadUnit[]): Promise<void> {
+  if (!can("reviewer")) {
+    notify("Uploading images needs the reviewer role; ask an administrator.", "error");
+    return;
+  }
+  const list = $("#uploads");
+  let added = 0;
+  for (const u of units) {
+    const row = document.createElement("div");
+    row.className = "upload";
+    row.innerHTML = `<div class="uname" title="${esc(u.name)}">${esc(u.name)} <small>(${u.files.length} file${u.files.length > 1 ? "s" : ""})</small></div>
+      <progress max="1" value="0"></progress><div class="ustate">waiting</div>`;
+    list.prepend(row);
+    const bar = row.querySelector("progress")!;
+    const st = row.querySelector(".ustate") as HTMLElement;
+    const form = new FormData();
+    for (const f of u.files) form.append("file", f, (f as File & { webkitRelativePath?: string }).webkitRelativePath || f.name);
+    try {
+      st.textContent = "uploading";
+      const res = await api.upload("/images", form, (p) => {
+        bar.value = p;
+        if (p >= 1) st.textContent = "checking on the server…";
+      });
+      bar.value = 1;
+      const n = (res?.images ?? []).length;
+      added += n;
+      const skipped = (res?.skipped ?? []) as Array<{ file: string; reason: string }>;
+      st.className = "ustate ok";
+      st.textContent = `added ${n} image${n === 1 ? "" : "s"}` + (skipped.length ? `; ${skipped.length} file(s) skipped` : "");
+      if (skipped.length) st.title = skipped.map((s) => `${s.file}: ${s.reason}`).join("\n");
+    } catch (e) {
+      st.className = "ustate err";
+      const err = e as api.ApiError;
+      st.innerHTML = `${esc(err.plain ?? String(e))} <button class="link">Details</button><pre hidden>${esc(err.detail ?? "")}</pre>`;
+      st.querySelector("button")!.addEventListener("click", () => {
+        const pre = st.querySelector("pre")!;
+        pre.hidden = !pre.hidden;
+      });
+    }
+  }
+  if (added) await loadWorklist();
+}
+
+const drop = $("#left");
+drop.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  drop.classList.add("dragging");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("dragging");
+  if (!e.dataTransfer) return;
+  void unitsFromDrop(e.dataTransfer).then(uploadUnits).catch((err) => showError(err, "Upload"));
+});
+$input("#file-input").addEventListener("change", () => {
+  const files = Array.from($input("#file-input").files ?? []);
+  $input("#file-input").value = "";
+  void uploadUnits(files.map((f) => ({ name: f.name, files: [f] })));
+});
+$input("#folder-input").addEventListener("change", () => {
+  const files = Array.from($input("#folder-input").files ?? []);
+  $input("#folder-input").value = "";
+  if (files.length) void uploadUnits([{ name: `${files[0].webkitRelativePath.split("/")[0]}/`, files }]);
+});
+
+// --- opening an image -----------------------------------------------------------------------------
+
+async function closeSession(): Promise<void> {
+  const s = S.session;
+  S.session = null;
+  if (s) await api.request("DELETE", `/sessions/${s.id}`).catch(() => undefined);
+}
+
+function confirmDiscard(): boolean {
+  return !editor.dirty || window.confirm("Your changes to this label are not saved. Discard them?");
+}
+
+async function openImage(id: string, force = false): Promise<void> {
+  if (!force && !confirmDiscard()) return;
+  await guard("Opening the image", async () => {
+    const t0 = performance.now();
+    setStatus(`Loading ${id}…`);
+    await closeSession();
+    const [rec, vol] = await Promise.all([
+      api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`),
+      api.binary("GET", `/images/${encodeURIComponent(id)}/volume`),
+    ]);
+    const raw = await gunzipIfNeeded(vol.data);
+    await viewer.loadImage(raw, rec.name, lutEntries());
+    S.image = rec;
+    applyPreset($select("#wl-preset").value);
+    S.stats.openMs = Math.round(performance.now() - t0);
+    await loadRevisionIntoEditor(rec.latest_revision);
+    await viewer.setCompare(null);
+    $select("#compare").value = "";
+    document.body.dataset.imageId = rec.id;
+    renderWorklist();
+    renderImageInfo();
+    await Promise.all([loadRevisions(), loadEvaluations()]);
+    setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — shown in ${S.stats.openMs} ms`);
+  });
+}
+
+/** Show a revision (or an empty label) as the editable label; drops history and session. */
+async function loadRevisionIntoEditor(rev: number | null): Promise<void> {
+  if (!S.image) return;
+  await closeSession();
+  const mask = rev ? await fetchLabel(S.image.id, rev) : new Uint8Array(viewer.voxels);
+  S.shownRevision = rev;
+  S.viewRevision = rev;
+  S.baseRevision = S.image.latest_revision;
+  editor.reset(mask);
+  renderEditState();
+}
+
+function renderImageInfo(): void {
+  const im = S.image;
+  $("#image-info").innerHTML = im
+    ? `<b>${esc(im.name)}</b> · ${esc(im.modality ?? "")} · ${im.shape.join("×")} · label: <span class="badge ${im.label_state}">${im.label_state}</span>`
+    : "No image open";
+}
+
+// --- revisions ------------------------------------------------------------------------------------
+
+async function loadRevisions(): Promise<void> {
+  if (!S.image) return;
+  const r = await api.get<{ items: Revision[] }>(`/images/${encodeURIComponent(S.image.id)}/labels`);
+  S.revisions = r.items;
+  const rows = [...r.items].reverse().map((v) => `<tr data-rev="${v.revision}" class="${v.revision === S.viewRevision ? "sel" : ""}">
+      <td>r${v.revision} <span class="badge ${v.status}">${v.status}</span></td>
+      <td class="who" title="${esc(v.author)} · ${esc(v.source)}">${esc(v.author)}<br><small>${esc(v.source)}</small></td><td title="${esc(v.created_at)}">${shortTime(v.created_at)}</td>
+      <td class="btns"><button class="small load">Load</button><button class="small cmp" title="Show as the comparison layer">Overlay</button></td></tr>`);
+  $("#revisions tbody").innerHTML = rows.join("") || `<tr><td colspan="6" class="empty">No label yet.</td></tr>`;
+  const opts = [`<option value="">none</option>`]
+    .concat([...r.items].reverse().map((v) => `<option value="rev:${v.revision}">revision ${v.revision} (${v.status}, ${esc(v.author)})</option>`))
+    .concat(S.models.filter((m) => m.current_version).map((m) => `<option value="model:${esc(m.name)}">prediction of ${esc(m.name)}</option>`));
+  if (S.lastEval?.discrepancy_url) opts.push(`<option value="eval:${S.lastEval.id}">discrepancy (last evaluation)</option>`);
+  const cur = $select("#compare").value;
+  $select("#compare").innerHTML = opts.join("");
+  if ([...$select("#compare").options].some((o) => o.value === cur)) $select("#compare").value = cur;
+  // evaluation form choices
+  const revOpts = [...r.items].reverse().map((v) => `<option value="${v.revision}">r${v.revision} · ${v.status} · ${esc(v.author)}</option>`).join("");
+  $select("#ev-pred").innerHTML = revOpts + S.models.filter((m) => m.current_version).map((m) => `<option value="model:${esc(m.name)}">model ${esc(m.name)} v${m.current_version}</option>`).join("");
+  $select("#ev-ref").innerHTML = `<option value="">latest final revision</option>` + revOpts;
+  if (r.items.length > 1) $select("#ev-pred").value = String(r.items[r.items.length - 1].revision);
+}
+
+$("#revisions tbody").addEventListener("click", (e) => {
+  const t = e.target as HTMLElement;
+  const tr = t.closest("tr[data-rev]") as HTMLElement | null;
+  if (!tr) return;
+  const rev = Number(tr.dataset.rev);
+  if (t.classList.contains("load")) {
+    if (!confirmDiscard()) return;
+    void guard(`Loading revision ${rev}`, async () => {
+      await loadRevisionIntoEditor(rev);
+      await loadRevisions();
+      notify(`Revision ${rev} loaded. Saving will create a new revision on top of r${S.baseRevision}.`, "info");
+    });
+  } else if (t.classList.contains("cmp")) {
+    $select("#compare").value = `rev:${rev}`;
+    void guard("Showing the comparison", updateCompare);
+  }
+});
+
+// --- comparison layer -----------------------------------------------------------------------------
+
+async function updateCompare(): Promise<void> {
+  const v = $select("#compare").value;
+  if (!S.image || !v) {
+    await viewer.setCompare(null);
+    $("#compare-legend").innerHTML = "";
+    return;
+  }
+  const [kind, arg] = [v.slice(0, v.indexOf(":")), v.slice(v.indexOf(":") + 1)];
+  if (kind === "rev") {
+    await viewer.setCompare(await fetchLabel(S.image.id, Number(arg)), outlineColors());
+    $("#compare-legend").textContent = `revision ${arg}, drawn in lighter colours`;
+  } else if (kind === "model") {
+    const t0 = performance.now();
+    const { data, headers } = await api.binary("POST", `/models/${encodeURIComponent(arg)}/infer`, { image_id: S.image.id });
+    await viewer.setCompare((await readLabel(data)).data, outlineColors());
+    $("#compare-legend").textContent = `prediction of ${arg} v${headers.get("X-Segloop-Version") ?? "?"} (${Math.round(performance.now() - t0)} ms)`;
+  } else if (kind === "eval") {
+    const ev = S.lastEval;
+    if (!ev?.discrepancy_url) return;
+    const { data } = await api.binary("GET", `/evaluations/${ev.id}/discrepancy`);
+    const legend = (ev.result.legend ?? []) as Array<{ value: number; name: string; color: [number, number, number] }>;
+    await viewer.setCompare((await readLabel(data)).data, legend.map((l) => ({ value: l.value, name: l.name, color: l.color })));
+    $("#compare-legend").innerHTML = legend.map((l) => `<span class="sw" style="background:rgb(${l.color.join(",")})"></span>${esc(l.name)}`).join(" ");
+  }
+}
+function outlineColors(): LutEntry[] {
+  // the comparison layer uses the class colours, lightened, so both layers can be told apart
+  return lutEntries().map((e) => ({ ...e, color: e.color.map((c) => Math.round(c + (255 - c) * 0.55)) as [number, number, number] }));
+}
+$select("#compare").addEventListener("change", () => void guard("Showing the comparison", updateCompare));
+$input("#compare-opacity").addEventListener("input", () => viewer.setCompareOpacity(Number($input("#compare-opacity").value)));
+
+// --- label display, window/level, view ------------------------------------------------------------
+
+$input("#opacity").addEventListener("input", () => {
+  viewer.setLabelOpacity(Number($input("#opacity").value));
+  $input("#show-label").checked = true;
+});
+$input("#show-label").addEventListener("change", () => viewer.setLabelVisible($input("#show-label").checked));
+
+function applyPreset(key: string): void {
+  const w = viewer.applyPreset(key);
+  $input("#wl-center").value = fmt(w.center, 1);
+  $input("#wl-width").value = fmt(w.width, 1);
+}
+$select("#wl-preset").innerHTML = Object.entries(PRESETS)
+  .map(([k, p]) => `<option value="${k}">${k === "auto" ? "Full range" : p!.label}</option>`).join("");
+$select("#wl-preset").value = "mr-auto";
+$select("#wl-preset").addEventListener("change", () => applyPreset($select("#wl-preset").value));
+for (const id of ["#wl-center", "#wl-width"]) {
+  $input(id).addEventListener("change", () => viewer.setWindow(Number($input("#wl-center").value), Math.max(1e-6, Number($input("#wl-width").value))));
+}
+document.querySelectorAll<HTMLButtonElement>("[data-view]").forEach((b) =>
+  b.addEventListener("click", () => setView(b.dataset.view as ViewMode)));
+function setView(mode: ViewMode): void {
+  viewer.setMode(mode);
+  document.querySelectorAll<HTMLButtonElement>("[data-view]").forEach((x) => x.classList.toggle("on", x.dataset.view === mode));
+}
+$("#zoom-in").addEventListener("click", () => viewer.zoom(1.25));
+$("#zoom-out").addEventListener("click", () => viewer.zoom(0.8));
+$("#zoom-reset").addEventListener("click", () => viewer.resetView());
+viewer.onLocation = (text) => {
+  $("#location").textContent = text;
+};
+
+// --- tools and classes ----------------------------------------------------------------------------
+
+function renderClasses(): void {
+  $("#classes").innerHTML = foreground().map((c, i) =>
+    `<button class="cls ${c.value === S.classValue ? "on" : ""}" data-value="${c.value}" title="key ${i + 1}">
+      <span class="sw" style="background:rgb(${c.color.join(",")})"></span>${i + 1} ${esc(c.name)}</button>`).join("")
+    || `<span class="muted">The label schema has no classes.</span>`;
+  $("#classes").querySelectorAll<HTMLButtonElement>("button").forEach((b) =>
+    b.addEventListener("click", () => setClass(Number(b.dataset.value))));
+}
+function setClass(v: number): void {
+  S.classValue = v;
+  renderClasses();
+}
+function setTool(t: Tool): void {
+  S.tool = t;
+  document.querySelectorAll<HTMLButtonElement>("[data-tool]").forEach((b) => b.classList.toggle("on", b.dataset.tool === t));
+  canvas.style.cursor = t === "navigate" ? "default" : "crosshair";
+  document.body.dataset.tool = t;
+}
+document.querySelectorAll<HTMLButtonElement>("[data-tool]").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool as Tool)));
+$input("#brush-size").addEventListener("input", () => setBrush(Number($input("#brush-size").value)));
+function setBrush(n: number): void {
+  S.brush = Math.max(1, Math.min(30, n));
+  $input("#brush-size").value = String(S.brush);
+  $("#brush-size-v").textContent = String(S.brush);
+}
+$input("#sphere").addEventListener("change", () => {
+  S.sphere = $input("#sphere").checked;
+});
+
+// --- interactive session (clicks) -----------------------------------------------------------------
+
+async function ensureSession(): Promise<Session> {
+  if (S.session) return S.session;
+  if (!S.image) throw new Error("open an image first");
+  const model = S.models.find((m) => m.name === S.model);
+  if (!model || !model.current_version) {
+    throw new Error("Clicks need a trained model. Choose one in the model list at the top (or train one under Models).");
+  }
+  setStatus(`Preparing ${model.name} on this image…`);
+  const body: Record<string, unknown> = { image_id: S.image.id, model: model.name };
+  if (S.shownRevision) body.initial_revision = S.shownRevision;
+  const info = await api.post<{ id: string; version: number }>("/sessions", body);
+  S.session = { id: info.id, model: model.name, version: info.version, initial: S.shownRevision };
+  return S.session;
+}
+
+async function sessionCall(path: string, body?: unknown): Promise<Uint8Array> {
+  const s = await ensureSession();
+  try {
+    const { data } = await api.binary("POST", `/sessions/${s.id}${path}`, body ?? {});
+    return (await readLabel(data)).data;
+  } catch (e) {
+    if (e instanceof api.ApiError && e.status === 404) {
+      // the session expired on the server: open a new one and replay this image's clicks
+      S.session = null;
+      notify("The interactive session had expired; it was reopened.", "info");
+      await ensureSession();
+      const { data } = await api.binary("POST", `/sessions/${S.session!.id}${path}`, body ?? {});
+      return (await readLabel(data)).data;
+    }
+    throw e;
+  }
+}
+
+const backend: ClickBackend = {
+  click: (group: ClickGroup) => sessionCall("/clicks", { clicks: [group] }),
+  undo: () => sessionCall("/undo"),
+};
+
+async function placeClick(vox: [number, number, number], positive: boolean): Promise<void> {
+  const group: ClickGroup = { class: positive ? S.classValue : "background", points: [vox] };
+  document.body.dataset.lastClick = vox.join(",");
+  const t0 = performance.now();
+  let tServer = 0;
+  const timed: ClickBackend = {
+    click: async (g) => {
+      const m = await backend.click(g);
+      tServer = performance.now();
+      return m;
+    },
+    undo: backend.undo,
+  };
+  setStatus(`${positive ? "Adding" : "Removing"} ${positive ? className(S.classValue) : "background"} at voxel ${vox.join(", ")}…`);
+  await editor.click(group, timed);
+  await viewer.refresh();
+  await new Promise((r) => requestAnimationFrame(() => r(null)));
+  const shown = performance.now();
+  S.stats.clickServerMs = Math.round(tServer - t0);
+  S.stats.clickShownMs = Math.round(shown - t0);
+  S.stats.clicks++;
+  document.body.dataset.clicks = String(S.stats.clicks);
+  setStatus(`${positive ? "Positive" : "Negative"} click at voxel ${vox.join(", ")}: server ${S.stats.clickServerMs} ms, on screen after ${S.stats.clickShownMs} ms`);
+}
+
+async function runModel(): Promise<void> {
+  if (!S.image) throw new Error("open an image first");
+  if (!S.model) throw new Error("choose a model first");
+  if (!confirmDiscard()) return;
+  await closeSession();
+  const model = S.models.find((m) => m.name === S.model);
+  if (!model?.current_version) throw new Error(`model ${S.model} has no trained version yet`);
+  const t0 = performance.now();
+  setStatus(`Running ${S.model}…`);
+  const info = await api.post<{ id: string; version: number }>("/sessions", { image_id: S.image.id, model: S.model });
+  S.session = { id: info.id, model: S.model, version: info.version, initial: null };
+  const { data } = await api.binary("GET", `/sessions/${info.id}/label`);
+  const mask = (await readLabel(data)).data;
+  S.shownRevision = null;
+  S.viewRevision = null;
+  S.baseRevision = S.image.latest_revision;
+  editor.reset(mask);
+  editor.dirty = true;
+  renderEditState();
+  setStatus(`${S.model} v${info.version}: automatic segmentation in ${Math.round(performance.now() - t0)} ms. Correct it with clicks or the brush, then save.`);
+}
+$("#run-model").addEventListener("click", () => void guard("Running the model", runModel));
+$select("#model").addEventListener("change", () => {
+  S.model = $select("#model").value;
+  void closeSession();
+});
+
+// --- mouse on the canvas: clicks and brush (captured before NiiVue's own handlers) ---------------
+
+let painting: { last: [number, number, number]; axis: number; value: number } | null = null;
+const wrap = $("#viewer-wrap");
+wrap.addEventListener("mousedown", (e) => {
+  if (S.tool === "navigate" || e.button !== 0 || e.shiftKey) return;
+  const hit = viewer.voxelAt(e);
+  if (!hit) return;
+  e.stopPropagation();
+  e.preventDefault();
+  canvas.focus();
+  if (S.tool === "positive" || S.tool === "negative") {
+    void guard("The click could not be applied", () => placeClick(hit.vox, S.tool === "positive"));
+    return;
+  }
+  const axis = viewer.normalAxis(hit.axCorSag);
+  if (S.tool === "fill") {
+    editor.fill(hit.vox, S.classValue, axis);
+    return;
+  }
+  const value = S.tool === "eraser" ? 0 : S.classValue;
+  painting = { last: hit.vox, axis, value };
+  editor.beginStroke();
+  editor.paint(hit.vox, S.brush, value, S.sphere, axis);
+}, true);
+wrap.addEventListener("mousemove", (e) => {
+  if (!painting) return;
+  e.stopPropagation();
+  const hit = viewer.voxelAt(e);
+  if (!hit) return;
+  editor.paintLine(painting.last, hit.vox, S.brush, painting.value, S.sphere, painting.axis);
+  painting.last = hit.vox;
+}, true);
+const endPaint = (e: Event) => {
+  if (!painting) return;
+  e.stopPropagation();
+  painting = null;
+  editor.endStroke();
+};
+wrap.addEventListener("mouseup", endPaint, true);
+wrap.addEventListener("mouseleave", endPaint, true);
+wrap.addEventListener("wheel", (e) => {
+  if (!e.ctrlKey) return; // plain wheel: NiiVue scrolls slices
+  e.preventDefault();
+  e.stopPropagation();
+  viewer.zoom(e.deltaY < 0 ? 1.1 : 1 / 1.1);
+}, { capture: true, passive: false });
+
+// --- undo / redo / save ---------------------------------------------------------------------------
+
+function renderEditState(): void {
+  ($("#undo") as HTMLButtonElement).disabled = !editor.canUndo;
+  ($("#redo") as HTMLButtonElement).disabled = !editor.canRedo;
+  const shown = !editor.dirty && S.viewRevision ? `revision ${S.viewRevision}`
+    : S.shownRevision ? `edited from revision ${S.shownRevision}` : S.session ? `prediction of ${S.session.model}` : "empty label";
+  $("#edit-state").textContent = `${shown}${editor.dirty ? " · unsaved changes" : ""} · ${editor.historyText}`;
+  document.body.dataset.dirty = editor.dirty ? "1" : "0";
+}
+editor.onChange = renderEditState;
+async function undo(): Promise<void> {
+  await editor.undo(S.session ? backend : null);
+}
+async function redo(): Promise<void> {
+  await editor.redo(S.session ? backend : null);
+}
+$("#undo").addEventListener("click", () => void guard("Undo", undo));
+$("#redo").addEventListener("click", () => void guard("Redo", redo));
+
+async function save(status: "draft" | "final", base: number | null = S.baseRevision): Promise<void> {
+  if (!S.image) throw new Error("open an image first");
+  if (status === "final" && !can("reviewer")) throw new Error("Saving a final label needs the reviewer role.");
+  let rev: Revision;
+  try {
+    if (S.session && editor.overrideCount === 0 && S.session.initial === S.shownRevision) {
+      rev = await api.post<Revision>(`/sessions/${S.session.id}/save`, { base_revision: base, status });
+    } else {
+      const like = viewer.header!;
+      const blob = await gzip(writeLabel(like, editor.current()));
+      const form = new FormData();
+      form.append("file", blob, "label.nii.gz");
+      if (base !== null) form.append("base_revision", String(base));
+      form.append("status", status);
+      const res = await api.request("POST", `/images/${encodeURIComponent(S.image.id)}/labels`, form);
+      rev = (await res.json()) as Revision;
+    }
+  } catch (e) {
+    if (e instanceof api.ApiError && e.status === 409 && e.code === "stale_revision") {
+      await showConflict(status, Number(e.body?.current_revision));
+      return;
+    }
+    throw e;
+  }
+  S.baseRevision = rev.revision;
+  S.viewRevision = rev.revision;
+  S.image = { ...S.image, latest_revision: rev.revision, label_state: rev.status, latest_author: rev.author };
+  editor.dirty = false;
+  renderEditState();
+  renderImageInfo();
+  document.body.dataset.savedRevision = String(rev.revision);
+  notify(`Saved as revision ${rev.revision} (${rev.status}).`, "ok");
+  await Promise.all([loadRevisions(), loadWorklist()]);
+}
+$("#save-draft").addEventListener("click", () => void guard("Saving", () => save("draft")));
+$("#save-final").addEventListener("click", () => void guard("Saving", () => save("final")));
+
+async function showConflict(status: "draft" | "final", current: number): Promise<void> {
+  if (!S.image) return;
+  const info = await api.get<Revision>(`/images/${encodeURIComponent(S.image.id)}/labels/${current}/info`);
+  const dlg = $("#conflict") as HTMLDialogElement;
+  const counts = Object.entries(info.voxel_counts ?? {}).filter(([k]) => k !== "0")
+    .map(([k, n]) => `${esc(className(Number(k)))}: ${n} voxels`).join(", ");
+  $("#conflict-text").innerHTML = `<p><b>${esc(info.author)}</b> saved revision <b>${info.revision}</b>
+    (${esc(info.status)}, ${esc(info.source)}) at ${when(info.created_at)}, after you started editing revision ${S.baseRevision ?? "–"}.</p>
+    <p class="muted">${counts || "no labelled voxels"}</p>`;
+  dlg.dataset.current = String(current);
+  dlg.dataset.status = status;
+  document.body.dataset.conflict = String(current);
+  dlg.showModal();
+}
+$("#conflict-show").addEventListener("click", () => {
+  const cur = ($("#conflict") as HTMLDialogElement).dataset.current;
+  $select("#compare").value = `rev:${cur}`;
+  void guard("Showing their revision", async () => {
+    await loadRevisions();
+    $select("#compare").value = `rev:${cur}`;
+    await updateCompare();
+  });
+});
+$("#conflict-keep").addEventListener("click", () => {
+  const dlg = $("#conflict") as HTMLDialogElement;
+  dlg.close();
+  delete document.body.dataset.conflict;
+  void guard("Saving", () => save(dlg.dataset.status as "draft" | "final", Number(dlg.dataset.current)));
+});
+$("#conflict-reload").addEventListener("click", () => {
+  const dlg = $("#conflict") as HTMLDialogElement;
+  dlg.close();
+  delete document.body.dataset.conflict;
+  void guard("Reloading", async () => {
+    if (!S.image) return;
+    S.image = await api.get<ImageRecord>(`/images/${encodeURIComponent(S.image.id)}`);
+    await loadRevisionIntoEditor(S.image.latest_revision);
+    await loadRevisions();
+    notify(`Showing revision ${S.image.latest_revision}; your changes were discarded.`, "info");
+  });
+});
+$("#conflict-cancel").addEventListener("click", () => {
+  ($("#conflict") as HTMLDialogElement).close();
+  delete document.body.dataset.conflict;
+});
+
+// --- export ---------------------------------------------------------------------------------------
+
+$("#export-view").addEventListener("click", () => void guard("Export", async () => {
+  if (!S.image) throw new Error("open an image first");
+  download(await gzip(writeLabel(viewer.header!, editor.current())), `${S.image.id}-label.nii.gz`);
+}));
+$("#export-rev").addEventListener("click", () => void guard("Export", async () => {
+  if (!S.image?.latest_revision) throw new Error("this image has no saved label yet");
+  const { data } = await api.binary("GET", `/images/${encodeURIComponent(S.image.id)}/labels/latest`);
+  download(new Blob([data]), `${S.image.id}-r${S.image.latest_revision}.nii.gz`);
+}));
+
+// --- models ---------------------------------------------------------------------------------------
+
+async function loadModels(): Promise<void> {
+  S.models = (await api.get<{ items: ModelRecord[] }>("/models")).items;
+  const trained = S.models.filter((m) => m.current_version);
+  if (!S.model || !trained.some((m) => m.name === S.model)) S.model = trained[0]?.name ?? "";
+  $select("#model").innerHTML = trained.length
+    ? trained.map((m) => `<option value="${esc(m.name)}">${esc(m.name)} v${m.current_version}</option>`).join("")
+    : `<option value="">no trained model</option>`;
+  $select("#model").value = S.model;
+  renderModels();
+}
+
+function versionDice(v: Record<string, unknown>): string {
+  const m = (v.metrics ?? {}) as Record<string, unknown>;
+  const d = m.val_dice ?? m.dice ?? m.mean_dice;
+  if (typeof d === "number") return fmt(d);
+  if (d && typeof d === "object") {
+    const vals = Object.values(d as Record<string, number>).filter((x) => typeof x === "number");
+    return vals.length ? fmt(vals.reduce((a, b) => a + b, 0) / vals.length) : "–";
+  }
+  return "–";
+}
+
+function renderModels(): void {
+  $("#models").innerHTML = S.models.map((m) => {
+    const rows = [...m.versions].reverse().map((v) => `<tr class="${v.version === m.current_version ? "sel" : ""}">
+        <td class="num">v${v.version}</td><td title="${esc(v.created_at)}">${shortTime(v.created_at)}</td><td class="num" title="${esc(JSON.stringify(v.metrics ?? {}))}">${versionDice(v)}</td>
+        <td>${v.version === m.current_version ? "✓ in use" : `<button class="small sel-v" data-model="${esc(m.name)}" data-version="${v.version}">Use</button>`}</td></tr>`).join("");
+    return `<div class="model"><div class="mhead"><b>${esc(m.name)}</b> ${m.training_job ? '<span class="badge draft">training</span>' : ""}
+      <button class="small rollback" data-model="${esc(m.name)}" ${m.versions.length < 2 ? "disabled" : ""}>Roll back</button></div>
+      <table class="grid"><thead><tr><th>Version</th><th>Created</th><th title="validation Dice (mean over classes)">Val. Dice</th><th></th></tr></thead><tbody>${rows}</tbody></table></div>`;
+  }).join("") || `<p class="muted">No models yet. Train one below.</p>`;
+  $("#models").querySelectorAll<HTMLButtonElement>(".sel-v").forEach((b) => b.addEventListener("click", () =>
+    void guard("Selecting the version", async () => {
+      await api.post(`/models/${encodeURIComponent(b.dataset.model!)}/select`, { version: Number(b.dataset.version) });
+      await loadModels();
+    })));
+  $("#models").querySelectorAll<HTMLButtonElement>(".rollback").forEach((b) => b.addEventListener("click", () =>
+    void guard("Rolling back", async () => {
+      await api.post(`/models/${encodeURIComponent(b.dataset.model!)}/rollback`);
+      await loadModels();
+    })));
+}
+
+async function loadArchitectures(): Promise<void> {
+  const r = await api.get<{ items: Array<{ name: string }> }>("/architectures");
+  $select("#tr-arch").innerHTML = r.items.map((a) => `<option>${esc(a.name)}</option>`).join("");
+  if (r.items.some((a) => a.name === "unet")) $select("#tr-arch").value = "unet";
+}
+
+function trainConfig(): Record<string, unknown> {
+  const num = (id: string) => $input(id).value.trim();
+  const cfg: Record<string, unknown> = { arch: $select("#tr-arch").value };
+  const ints: Array<[string, string]> = [["epochs", "#tr-epochs"], ["batch_size", "#tr-batch"], ["steps_per_epoch", "#tr-steps"]];
+  for (const [k, id] of ints) {
+    const v = num(id);
+    if (!v) continue;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${k.replace(/_/g, " ")} must be a whole number of at least 1`);
+    cfg[k] = n;
+  }
+  const lr = Number(num("#tr-lr"));
+  if (!(lr > 0 && lr < 1)) throw new Error("learning rate must be between 0 and 1 (e.g. 0.002)");
+  cfg.lr = lr;
+  const vs = Number(num("#tr-val"));
+  if (!(vs >= 0 && vs < 1)) throw new Error("validation fraction must be between 0 and 1 (e.g. 0.2)");
+  cfg.val_split = vs;
+  if (num("#tr-minutes")) {
+    const mm = Number(num("#tr-minutes"));
+    if (!(mm > 0)) throw new Error("time limit must be a positive number of minutes");
+    cfg.max_minutes = mm;
+  }
+  return cfg;
+}
+
+$("#train-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  void guard("Starting training", async () => {
+    const name = $input("#tr-name").value.trim();
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name)) throw new Error("model name: letters, digits, '.', '_' or '-'");
+    const body: Record<string, unknown> = { config: trainConfig() };
+    const existing = S.models.find((m) => m.name === name);
+    if ($input("#tr-finetune").checked && existing?.current_version) body.fine_tune = existing.current_version;
+    const job = await api.post<Job>(`/models/${encodeURIComponent(name)}/train`, body);
+    watchJob(job.id, []);
+    notify(`Training of ${name} started.`, "ok");
+    await loadJobs();
+  });
+});
+
+// --- jobs and live curves -------------------------------------------------------------------------
+
+async function loadJobs(): Promise<void> {
+  S.jobs = (await api.get<{ items: Job[] }>("/jobs?limit=8")).items;
+  if (!S.watchedJob) {
+    const train = S.jobs.find((j) => j.kind === "train");
+    if (train) {
+      const full = await api.get<Job>(`/jobs/${train.id}`);
+      watchJob(train.id, full.metrics ?? []);
+    }
+  }
+  renderJobs();
+}
+
+function watchJob(id: string, metrics: Array<Record<string, unknown>>): void {
+  S.watchedJob = id;
+  S.jobMetrics = metrics;
+  renderChart();
+}
+
+function renderJobs(): void {
+  $("#jobs").innerHTML = S.jobs.map((j) => {
+    const active = j.state === "queued" || j.state === "running";
+    const p = j.progress ?? 0;
+    return `<div class="job ${j.id === S.watchedJob ? "sel" : ""}" data-job="${j.id}" data-state="${j.state}">
+      <div><b>${esc(j.kind)}</b> ${esc(String(j.params.model ?? ""))} <span class="badge ${j.state}">${j.state}</span>
+      ${active ? `<button class="small cancel" data-job="${j.id}">Cancel</button>` : ""}
+      <button class="small watch" data-job="${j.id}">Curves</button></div>
+      <progress max="1" value="${p}"></progress> <small>${Math.round(p * 100)}% ${esc(j.message ?? "")}</small>
+      ${j.error ? `<div class="err">${esc(j.error.split("\n")[0])} <button class="link jdetail">Details</button><pre hidden>${esc(j.error)}</pre></div>` : ""}</div>`;
+  }).join("") || `<p class="muted">No jobs yet.</p>`;
+  $("#jobs").querySelectorAll<HTMLButtonElement>(".cancel").forEach((b) => b.addEventListener("click", () =>
+    void guard("Cancelling", async () => {
+      await api.post(`/jobs/${b.dataset.job}/cancel`);
+      await loadJobs();
+    })));
+  $("#jobs").querySelectorAll<HTMLButtonElement>(".watch").forEach((b) => b.addEventListener("click", () =>
+    void guard("Loading the curves", async () => {
+      const full = await api.get<Job>(`/jobs/${b.dataset.job}`);
+      watchJob(full.id, full.metrics ?? []);
+      renderJobs();
+    })));
+  $("#jobs").querySelectorAll<HTMLButtonElement>(".jdetail").forEach((b) => b.addEventListener("click", () => {
+    const pre = b.parentElement!.querySelector("pre")!;
+    pre.hidden = !pre.hidden;
+  }));
+}
+
+function renderChart(): void {
+  const loss: Array<[number, number]> = [];
+  const dice: Array<[number, number]> = [];
+  S.jobMetrics.forEach((m, i) => {
+    const x = typeof m.step === "number" ? m.step : typeof m.epoch === "number" ? m.epoch : i;
+    if (typeof m.loss === "number") loss.push([x, m.loss]);
+    const vd = m.val_dice;
+    if (typeof vd === "number") dice.push([x, vd]);
+    else if (vd && typeof vd === "object") {
+      const vals = Object.values(vd as Record<string, number>).filter((v) => typeof v === "number");
+      if (vals.length) dice.push([x, vals.reduce((a, b) => a + b, 0) / vals.length]);
+    }
+  });
+  const series: Series[] = [{ name: "loss", color: "#f0a030", points: loss }, { name: "val Dice", color: "#50c0f0", points: dice }];
+  drawChart($("#chart") as HTMLCanvasElement, series, "step");
+  $("#chart-title").textContent = S.watchedJob ? `job ${S.watchedJob.slice(0, 8)}` : "";
+}
+
+// --- evaluation -----------------------------------------------------------------------------------
+
+async function evaluate(): Promise<void> {
+  if (!S.image) throw new Error("open an image first");
+  const pred = $select("#ev-pred").value;
+  const ref = $select("#ev-ref").value;
+  const body: Record<string, unknown> = { image_id: S.image.id };
+  if (pred.startsWith("model:")) body.model = pred.slice(6);
+  else body.revision = Number(pred);
+  if (ref) body.reference_revision = Number(ref);
+  const ev = await api.post<Evaluation>("/evaluations", body);
+  S.lastEval = ev;
+  renderEvaluation(ev);
+  await loadEvaluations();
+  await loadRevisions();
+  if ($input("#ev-show").checked && ev.discrepancy_url) {
+    $select("#compare").value = `eval:${ev.id}`;
+    await updateCompare();
+  }
+}
+function renderEvaluation(ev: Evaluation): void {
+  const classes = (ev.result.classes ?? {}) as Record<string, Record<string, number | null>>;
+  const mean = (ev.result.mean ?? {}) as Record<string, number | null>;
+  const p = ev.params;
+  const what = p.model ? `model ${p.model} v${p.version}` : `revision ${p.revision}`;
+  $("#ev-result").innerHTML = `<p>${esc(what)} against revision ${esc(p.reference_revision)}</p>
+    <table class="grid" id="ev-table"><thead><tr><th>Class</th><th>Dice</th><th>IoU</th><th>HD95 (mm)</th><th>Voxels (pred/ref)</th></tr></thead><tbody>
+    ${Object.entries(classes).map(([k, c]) => `<tr><td>${esc(k)}</td><td class="num">${fmt(c.dice)}</td><td class="num">${fmt(c.iou)}</td><td class="num">${fmt(c.hd95, 1)}</td><td class="num">${fmt(c.pred_voxels, 0)}/${fmt(c.ref_voxels, 0)}</td></tr>`).join("")}
+    <tr class="mean"><td>mean</td><td class="num">${fmt(mean.dice)}</td><td class="num">${fmt(mean.iou)}</td><td class="num">${fmt(mean.hd95, 1)}</td><td></td></tr></tbody></table>`;
+}
+async function loadEvaluations(): Promise<void> {
+  if (!S.image) return;
+  const r = await api.get<{ items: Evaluation[] }>(`/evaluations?image_id=${encodeURIComponent(S.image.id)}&limit=20`);
+  $("#ev-history tbody").innerHTML = r.items.map((e) => {
+    const p = e.params;
+    return `<tr data-eval="${e.id}"><td>${when(e.created_at)}</td><td>${esc(p.model ? `${p.model} v${p.version}` : `r${p.revision}`)}</td>
+      <td>r${esc(p.reference_revision)}</td><td class="num">${fmt((e.result.mean ?? {}).dice)}</td><td><button class="small show-ev">Show</button></td></tr>`;
+  }).join("") || `<tr><td colspan="5" class="empty">No evaluations of this image yet.</td></tr>`;
+  $("#ev-history tbody").querySelectorAll<HTMLButtonElement>(".show-ev").forEach((b) => b.addEventListener("click", () =>
+    void guard("Showing the evaluation", async () => {
+      const id = (b.closest("tr") as HTMLElement).dataset.eval!;
+      const ev = r.items.find((x) => x.id === id)!;
+      S.lastEval = ev;
+      renderEvaluation(ev);
+      await loadRevisions();
+      if (ev.discrepancy_url) {
+        $select("#compare").value = `eval:${ev.id}`;
+        await updateCompare();
+      }
+    })));
+}
+$("#ev-run").addEventListener("click", () => void guard("Evaluating", evaluate));
+$("#ev-model-job").addEventListener("click", () => void guard("Starting the evaluation job", async () => {
+  if (!S.model) throw new Error("choose a model first");
+  await api.post(`/models/${encodeURIComponent(S.model)}/evaluate`, {});
+  notify(`Evaluation of ${S.model} on all final labels started (see Models → jobs).`, "ok");
+  await loadJobs();
+}));
+
+// --- tabs, help, keyboard -------------------------------------------------------------------------
+
+document.querySelectorAll<HTMLButtonElement>("[data-tab]").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab!)));
+function showTab(name: string): void {
+  document.querySelectorAll<HTMLButtonElement>("[data-tab]").forEach((x) => x.classList.toggle("on", x.dataset.tab === name));
+  document.querySelectorAll<HTMLElement>(".tab").forEach((p) => (p.hidden = p.id !== `tab-${name}`));
+  if (name === "models") renderChart();
+}
+$("#help-open").addEventListener("click", () => ($("#help") as HTMLDialogElement).showModal());
+$("#help-close").addEventListener("click", () => ($("#help") as HTMLDialogElement).close());
+$("#help-keys").innerHTML = HELP.map(([k, d]) => `<tr><td><kbd>${esc(k)}</kbd></td><td>${esc(d)}</td></tr>`).join("");
+
+document.addEventListener("keydown", (e) => {
+  const t = e.target as HTMLElement;
+  if (t.closest("input, select, textarea, dialog")) return;
+  const k = e.key;
+  const ctrl = e.ctrlKey || e.metaKey;
+  const act = (fn: () => unknown) => {
+    e.preventDefault();
+    fn();
+  };
+  if (ctrl && k.toLowerCase() === "z" && !e.shiftKey) return act(() => void guard("Undo", undo));
+  if (ctrl && (k.toLowerCase() === "y" || (k.toLowerCase() === "z" && e.shiftKey))) return act(() => void guard("Redo", redo));
+  if (ctrl && k.toLowerCase() === "s") return act(() => void guard("Saving", () => save(e.shiftKey ? "final" : "draft")));
+  if (ctrl || e.altKey) return;
+  if (/^[1-9]$/.test(k)) {
+    const c = foreground()[Number(k) - 1];
+    if (c) act(() => setClass(c.value));
+    return;
+  }
+  const keys: Record<string, () => void> = {
+    v: () => setTool("navigate"), p: () => setTool("positive"), n: () => setTool("negative"), b: () => setTool("brush"),
+    e: () => setTool("eraser"), f: () => setTool("fill"), "[": () => setBrush(S.brush - 1), "]": () => setBrush(S.brush + 1),
+    s: () => {
+      S.sphere = !S.sphere;
+      $input("#sphere").checked = S.sphere;
+    },
+    l: () => {
+      $input("#show-label").checked = !$input("#show-label").checked;
+      viewer.setLabelVisible($input("#show-label").checked);
+    },
+    r: () => void guard("Running the model", runModel),
+    N: () => void guard("Finding the next image", nextImage),
+    "+": () => viewer.zoom(1.25), "=": () => viewer.zoom(1.25), "-": () => viewer.zoom(0.8), "0": () => viewer.resetView(),
+    m: () => setView("multi"), a: () => setView("axial"), c: () => setView("coronal"), g: () => setView("sagittal"), "3": () => setView("render"),
+    "?": () => ($("#help") as HTMLDialogElement).showModal(),
+  };
+  const fn = keys[k] ?? keys[k.toLowerCase()];
+  if (fn && !(k === "N" && !e.shiftKey)) act(fn);
+});
+
+// --- live events ----------------------------------------------------------------------------------
+
+let refreshTimer = 0;
+function soon(fn: () => Promise<void>, ms = 400): void {
+  clearTimeout(refreshTimer);
+  refreshTimer = window.setTimeout(() => void fn().catch(() => undefined), ms);
+}
+function onEvent(ev: api.LiveEvent): void {
+  const d = ev.data ?? {};
+  switch (ev.type) {
+    case "job.progress": {
+      const j = S.jobs.find((x) => x.id === d.job_id);
+      if (j) {
+        j.progress = d.progress ?? j.progress;
+        j.message = d.message ?? j.message;
+        j.state = "running";
+        renderJobs();
+      } else soon(loadJobs);
+      break;
+    }
+    case "job.metrics":
+      if (d.job_id === S.watchedJob) {
+        S.jobMetrics.push(d);
+        renderChart();
+      }
+      break;
+    case "job.state": {
+      const i = S.jobs.findIndex((x) => x.id === d.id);
+      if (i >= 0) S.jobs[i] = { ...S.jobs[i], ...(d as Job) };
+      else S.jobs.unshift(d as Job);
+      renderJobs();
+      if (d.kind === "train" && d.state === "running" && !S.jobs.some((x) => x.id === S.watchedJob && (x.state === "running" || x.state === "queued"))) watchJob(d.id, []);
+      if (["done", "failed", "cancelled"].includes(d.state)) void loadModels().catch(() => undefined);
+      break;
+    }
+    case "model.version":
+      void loadModels().catch(() => undefined);
+      break;
+    case "label.revision":
+      if (S.image && d.image_id === S.image.id) {
+        void loadRevisions().catch(() => undefined);
+        if (d.revision > (S.baseRevision ?? 0) && d.author !== S.me.name && editor.dirty) {
+          notify(`${d.author} saved revision ${d.revision} of this image. Saving now will ask how to resolve it.`, "info");
+        }
+      }
+      soon(loadWorklist);
+      break;
+    case "image.added":
+    case "image.deleted":
+      soon(loadWorklist);
+      break;
+    case "schema.changed":
+      S.schema = d as Schema;
+      renderClasses();
+      viewer.setLabelColors(lutEntries());
+      break;
+    case "evaluation":
+      if (S.image && d.image_id === S.image.id) void loadEvaluations().catch(() => undefined);
+      break;
+  }
+}
+
+// --- sign-in (servers with authentication) -------------------------------------------------------
+
+api.onUnauthorized(() => {
+  const dlg = $("#login") as HTMLDialogElement;
+  if (!dlg.open) dlg.showModal();
+});
+$("#login-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  void guard("Signing in", async () => {
+    const r = await api.post<{ token: string }>("/auth/login", { username: $input("#login-user").value, password: $input("#login-pass").value });
+    api.setToken(r.token);
+    ($("#login") as HTMLDialogElement).close();
+    await start();
+  });
+});
+
+// --- start ----------------------------------------------------------------------------------------
+
+async function start(): Promise<void> {
+  const me = await api.get<{ name: string; roles: string[] }>("/auth/me");
+  S.me = { name: me.name, roles: me.roles ?? [] };
+  $("#me").textContent = `${me.name}`;
+  $("#me").title = `roles: ${S.me.roles.join(", ")}`;
+  S.schema = await api.get<Schema>("/schema");
+  if (!foreground().some((c) => c.value === S.classValue)) S.classValue = foreground()[0]?.value ?? 1;
+  renderClasses();
+  const strategies = await api.get<{ available: Array<{ name: string; description: string }> }>("/activelearning/strategies");
+  $select("#strategy").innerHTML = `<option value="">(no ranking)</option>` +
+    strategies.available.map((s) => `<option value="${esc(s.name)}" title="${esc(s.description)}">${esc(s.name)}</option>`).join("");
+  await Promise.all([loadWorklist(), loadModels(), loadArchitectures(), loadJobs()]);
+  document.body.dataset.ready = "1";
+}
+
+setTool("navigate");
+setBrush(3);
+setView("multi");
+void (async () => {
+  await viewer.attach();
+  api.connectEvents(onEvent, (up) => {
+    $("#live").classList.toggle("up", up);
+    $("#live").title = up ? "live updates connected" : "live updates disconnected; reconnecting";
+  });
+  await guard("Connecting to the server", start);
+  const want = new URLSearchParams(location.search).get("image");
+  if (want) await openImage(want);
+})();
+window.addEventListener("beforeunload", (e) => {
+  if (editor.dirty) e.preventDefault();
+});
+window.addEventListener("resize", () => renderChart());
+export { showError };
