@@ -187,3 +187,23 @@ def test_bad_training_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="multiples of"):
         TrainConfig.from_dict({"patch_size": [10, 16, 16]})
     assert store.list_models() == []
+
+
+def test_other_spacing_is_resampled_back(store_with_model) -> None:  # type: ignore[no-untyped-def]
+    store, ids, _, _ = store_with_model
+    pred = Predictor.load(store, "seg", device="cpu")
+    assert pred.spec.spacing == (1.0, 1.0, 1.0)
+    coarse = Volume(np.random.default_rng(2).normal(size=(11, 13, 9)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    result = pred.predict(coarse)
+    assert result.label.array.shape == (11, 13, 9)
+    assert result.probabilities.shape == (3, 11, 13, 9)
+    assert np.allclose(result.label.affine, coarse.affine)
+    session = pred.session(coarse)
+    out = session.add_clicks([Click(2, (10, 12, 8))])
+    assert out.label.array[10, 12, 8] == 2
+    pred.merge_radius_mm = 4.0  # local merge: voxels far from the click keep their label
+    session = pred.session(coarse)
+    before = session.prediction.label.array.copy()
+    out = session.add_clicks([Click(1, (0, 0, 0))])
+    assert out.label.array[0, 0, 0] == 1
+    assert np.array_equal(out.label.array[6:, 6:, 6:], before[6:, 6:, 6:])

@@ -16,7 +16,7 @@ import numpy as np
 
 from segloop.ml.clicks import Click
 
-DEFAULT_SIGMA = 2.0
+DEFAULT_SIGMA = 3.0
 
 
 def encode_guidance(

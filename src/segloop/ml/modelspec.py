@@ -4,7 +4,7 @@ It is the ``config`` dict stored with each model version (and inside the checkpo
 
     {"network": {"arch": "unet", ...}, "classes": [{"value": 0, "name": "background"}, ...],
      "image_channels": 1, "patch_size": [40, 56, 40], "spacing": [1.0, 1.0, 1.0] | None,
-     "guidance_sigma": 2.0, "train": {...TrainConfig...}}
+     "guidance_sigma": 3.0, "train": {...TrainConfig...}}
 
 The network's input is ``image_channels`` normalised image channels followed by one guidance
 channel per class (background first); its output is one logit per class, in ``classes`` order.
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segloop.ml.guidance import DEFAULT_SIGMA
 from segloop.ml.networks import build_network, network_config, size_divisor
 
 
@@ -29,7 +30,7 @@ class ModelSpec:
     image_channels: int
     patch_size: tuple[int, int, int]
     spacing: tuple[float, float, float] | None
-    guidance_sigma: float = 2.0
+    guidance_sigma: float = DEFAULT_SIGMA
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -77,7 +78,7 @@ class ModelSpec:
                 image_channels=int(config["image_channels"]),
                 patch_size=(ps[0], ps[1], ps[2]),
                 spacing=(float(sp[0]), float(sp[1]), float(sp[2])) if sp is not None else None,
-                guidance_sigma=float(config.get("guidance_sigma", 2.0)),
+                guidance_sigma=float(config.get("guidance_sigma", DEFAULT_SIGMA)),
                 extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
             )
         except (KeyError, TypeError, IndexError) as exc:

@@ -81,6 +81,9 @@ class Predictor:
         self.version = version
         self.device = device
         self.mc_dropout = False
+        # Interactive merge: None replaces the whole ROI (tapered at its border); a radius (mm)
+        # only takes the new prediction near the new clicks, leaving the rest of the mask alone.
+        self.merge_radius_mm: float | None = None
 
     @classmethod
     def load(
@@ -223,7 +226,7 @@ class InteractiveSession:
         for ax in range(3):
             n, dim = patch[ax], shape[ax]
             a = int(np.floor(pts[:, ax].min())) - n // 2
-            b = int(np.ceil(pts[:, ax].max())) + 1 + (n - n // 2)
+            b = int(np.ceil(pts[:, ax].max())) + (n - n // 2)  # one click: exactly one patch
             if b - a > dim:
                 a, b = 0, dim
             elif a < 0:
@@ -266,6 +269,9 @@ class InteractiveSession:
         for ax in range(3):
             t = _taper(hi[ax] - lo[ax], lo[ax] == 0, hi[ax] == shape[ax])
             w = w[..., None] * t if ax else t
+        radius = p.merge_radius_mm
+        if radius is not None:
+            w = w * self._local_weight(new, lo, hi, radius)
         old_p = self._probs[(slice(None), *box)].copy()
         old_l = self._label[box].copy()
         self._history.append((len(self.clicks), box, old_p, old_l))
@@ -280,6 +286,16 @@ class InteractiveSession:
         self.clicks = all_clicks
         self.prediction = self._snapshot(time.perf_counter() - t0)
         return self.prediction
+
+    def _local_weight(self, clicks: Sequence[Click], lo: Sequence[int], hi: Sequence[int], radius: float) -> np.ndarray:
+        """1 within ``radius`` mm of a click, falling linearly to 0 at ``1.5 * radius``; shape of the box."""
+        sp = self.image.spacing
+        grids = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        w = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=np.float32)
+        for c in clicks:
+            d = np.sqrt(sum(((g - c.point[a]) * sp[a]) ** 2 for a, g in enumerate(grids)))
+            np.maximum(w, np.clip((1.5 * radius - d) / (0.5 * radius), 0.0, 1.0).astype(np.float32), out=w)
+        return w
 
     def undo(self) -> Prediction:
         """Take back the last `add_clicks` call (no-op without one)."""

@@ -69,7 +69,7 @@ class TrainConfig:
     network: dict[str, Any] = field(default_factory=dict)
     epochs: int = 50
     steps_per_epoch: int | None = None  # None: ceil(train images / batch size)
-    batch_size: int = 4
+    batch_size: int = 2
     lr: float = 2e-3
     weight_decay: float = 1e-4
     val_split: float = 0.2
@@ -79,7 +79,7 @@ class TrainConfig:
     fg_ratio: float = 0.67
     click_prob: float = 0.5
     max_click_iters: int = 3
-    guidance_sigma: float = 2.0
+    guidance_sigma: float = 3.0
     class_weights: list[float] | None = None  # focal-loss weight per class (background first)
     focal_weight: float = 1.0
     flip_axes: list[int] = field(default_factory=lambda: [0])
@@ -393,7 +393,7 @@ def _tensorboard(log_dir: str | None, store: Datastore, model: str) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard is optional
         return None
-    path = Path(log_dir) if log_dir else store.staging_dir().parent / "tensorboard" / f"{model}-{int(time.time())}"
+    path = Path(log_dir) if log_dir else store.staging_dir() / "tensorboard" / f"{model}-{int(time.time())}"
     return SummaryWriter(str(path))
 
 
@@ -422,7 +422,9 @@ def train(
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
 
     Returns:
-        The new `ModelVersion`: config, ``trained_on`` pairs, validation metrics.
+        The new `ModelVersion`: config (`ModelSpec` + the TrainConfig), ``trained_on`` = every
+        (image_id, revision) pair used, training and validation (``metrics["val_images"]`` names
+        the validation ones), and validation metrics.
 
     Raises:
         ValueError: bad config, no labelled images, too few for the split, mismatched channels.
