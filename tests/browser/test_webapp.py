@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -51,6 +52,9 @@ def test_open_image_click_and_save(app: AppPage, api: httpx.Client) -> None:
     assert len(vox) == 3
     assert app.page.evaluate("v => window.segloopDebug.value(v[0], v[1], v[2])", vox) == 1
     app.shot("02-after-positive-click")
+    stats = app.page.evaluate("() => window.segloop.stats")
+    (app.shots / "timings.json").write_text(json.dumps(stats))  # open / click round trip / on screen, ms
+    print(f"timings (ms): {stats}")
     app.page.click("#save-draft")
     rev = wait_saved(app, 1)
     label = latest_label(api, image)

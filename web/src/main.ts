@@ -15,7 +15,7 @@ type Tool = "navigate" | "positive" | "negative" | "brush" | "eraser" | "fill";
 interface Session { id: string; model: string; version: number; initial: number | null }
 
 const S = {
-  me: { name: "", roles: [] as string[] },
+  me: { name: "", role: "annotator" },
   schema: { classes: [] as LabelClass[] } as Schema,
   images: [] as ImageRecord[],
   total: 0,
@@ -75,7 +75,7 @@ function className(v: number): string {
 }
 function can(role: string): boolean {
   const order = ["annotator", "reviewer", "admin"];
-  return S.me.roles.some((r) => order.indexOf(r) >= order.indexOf(role));
+  return order.indexOf(S.me.role) >= order.indexOf(role);
 }
 async function fetchLabel(imageId: string, rev: number | "latest"): Promise<Uint8Array> {
   const { data } = await api.binary("GET", `/images/${encodeURIComponent(imageId)}/labels/${rev}`);
@@ -513,6 +513,7 @@ const backend: ClickBackend = {
 async function placeClick(vox: [number, number, number], positive: boolean): Promise<void> {
   const group: ClickGroup = { class: positive ? S.classValue : "background", points: [vox] };
   document.body.dataset.lastClick = vox.join(",");
+  await ensureSession(); // opening a session (first prediction) is not part of the click's time
   const t0 = performance.now();
   let tServer = 0;
   const timed: ClickBackend = {
@@ -1073,10 +1074,10 @@ $("#login-form").addEventListener("submit", (e) => {
 // --- start ----------------------------------------------------------------------------------------
 
 async function start(): Promise<void> {
-  const me = await api.get<{ name: string; roles: string[] }>("/auth/me");
-  S.me = { name: me.name, roles: me.roles ?? [] };
+  const me = await api.get<{ name: string; role: string }>("/auth/me");
+  S.me = { name: me.name, role: me.role };
   $("#me").textContent = `${me.name}`;
-  $("#me").title = `roles: ${S.me.roles.join(", ")}`;
+  $("#me").title = `role: ${me.role}`;
   S.schema = await api.get<Schema>("/schema");
   if (!foreground().some((c) => c.value === S.classValue)) S.classValue = foreground()[0]?.value ?? 1;
   renderClasses();
