@@ -19,4 +19,6 @@ if [ "$extra" = "test" ]; then
 else
   python -m pip install --quiet -e .
 fi
+# The browser app: npm ci + vite build into web/dist (skipped when up to date).
+bash scripts/web.sh build
 echo "segloop installed in $(pwd)/.venv"

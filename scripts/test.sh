@@ -8,6 +8,8 @@ bash scripts/setup.sh test
 # Real components for the integration tiers, from Debian's packages (idempotent, quiet):
 # Orthanc + its DICOMweb plugin and dicom3tools (dciodvfy).
 bash scripts/orthanc.sh install
+# Debian's chromium and the playwright package for the browser tests (no browser download).
+bash scripts/web.sh install-browser
 . .venv/bin/activate
 echo "== ruff"; ruff check src tests benchmarks
 echo "== mypy"; mypy

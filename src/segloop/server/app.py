@@ -59,6 +59,7 @@ from segloop.server.auth import Authenticator, AuthError, Principal
 from segloop.server.errors import error_body, install_error_handlers
 from segloop.server.settings import ServerSettings
 from segloop.server.state import LiveHub, ServerState, get_state, require, websocket_principal
+from segloop.server.webapp import mount_web_app
 from segloop.server.workers import Busy, PredictorCache, SessionManager, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -148,10 +149,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes_ml.router)
     _event_routes(app)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> dict[str, Any]:
-        return {"name": "segloop", "version": __version__, "api": "/api/v1", "docs": "/api/v1/docs"}
-
+    # The browser app (web/dist) at "/": last, because it adds a catch-all GET route.
+    mount_web_app(app)
     return app
 
 
