@@ -350,3 +350,116 @@ def test_export_revision_as_seg(
             shared_data / "dicom" / "mr_brain_tcia_pgbm" / "Study1" / "13_HCropVolume",
             tmp_path / "x.dcm",
         )
+
+
+# --- headers kept at import: SEG export needs no source folder ----------------------------------
+
+
+def test_import_keeps_headers_and_slice_order_so_export_needs_no_source(
+    store_with_ct, tmp_path: Path, dcmqi: Path, ct: Volume, slice_of_sop: dict[str, int]
+) -> None:  # type: ignore[no-untyped-def]
+    from segloop.store.ingest import HEADERS_KIND
+    from segloop.store.records import LabelClass, LabelSchema
+    from segloop.store.seg_import import export_dicom_seg
+
+    store, record = store_with_ct
+    by_slice = sorted(slice_of_sop, key=lambda sop: slice_of_sop[sop])
+    assert record.metadata["sop_instance_uids"] == by_slice
+    headers = sorted(store.attachments_dir(record.id, HEADERS_KIND).iterdir())
+    assert [str(pydicom.dcmread(h).SOPInstanceUID) for h in headers] == by_slice
+    assert all("PixelData" not in pydicom.dcmread(h) for h in headers)
+    store.set_schema(LabelSchema((LabelClass(1, "Liver", (200, 80, 60)),)))
+    lab = (_label(ct) == 1).astype(np.uint8)
+    store.save_label(record.id, lab, author="a", status="final")
+    out = tmp_path / "no-source.dcm"
+    export_dicom_seg(store, record.id, None, None, out)
+    assert np.array_equal(read_dicom_seg(out, ct).label.array, lab)
+    folder = store.attachments_dir(record.id, HEADERS_KIND)
+    store.delete_image(record.id)
+    assert not folder.exists() and not folder.parent.exists()
+
+
+def test_export_without_headers_names_the_reason(tmp_path: Path, ct: Volume) -> None:
+    from segloop.store.errors import ValidationError
+    from segloop.store.local import open_datastore
+    from segloop.store.records import LabelClass, LabelSchema
+    from segloop.store.seg_import import export_dicom_seg
+
+    store = open_datastore(tmp_path / "s")
+    record = store.add_image(Volume(ct.array, ct.affine, {}), name="plain", source="file:plain.nii.gz")
+    store.set_schema(LabelSchema((LabelClass(1, "Liver", (200, 80, 60)),)))
+    store.save_label(record.id, np.zeros(ct.shape, np.uint8), author="a")
+    with pytest.raises(ValidationError, match="plain.*not imported from DICOM"):
+        export_dicom_seg(store, record.id, None, None, tmp_path / "x.dcm")
+    store.close()
+
+
+def test_failed_import_leaves_no_headers(tmp_path: Path, dcmqi: Path) -> None:
+    from segloop.store.ingest import IngestError, import_paths
+    from segloop.store.local import open_datastore
+
+    store = open_datastore(tmp_path / "s")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    with pytest.raises(IngestError):
+        import_paths(store, [dcmqi / "ct-3slice", bad])
+    assert store.list_images() == []
+    assert [p for p in (tmp_path / "s").rglob("*.dcm")] == []
+    store.close()
+
+
+# --- de-identification ----------------------------------------------------------------------
+
+
+def test_deidentified_import_keeps_geometry_and_drops_identifiers(tmp_path: Path, dcmqi: Path, ct: Volume) -> None:
+    import json
+
+    from segloop.store.ingest import HEADERS_KIND, import_paths
+    from segloop.store.local import open_datastore
+
+    original = pydicom.dcmread(sorted((dcmqi / "ct-3slice").iterdir())[0], stop_before_pixels=True)
+    store = open_datastore(tmp_path / "s")
+    mapping = tmp_path / "private" / "map.json"
+    record = import_paths(store, [dcmqi / "ct-3slice"], deidentify=True, deid_map=mapping).images[0].record
+    # geometry and voxels unchanged
+    image = store.load_image(record.id)
+    assert np.array_equal(image.array, ct.array) and np.allclose(image.affine, ct.affine)
+    # nothing identifying in the database metadata, the name or the source
+    text = json.dumps(record.metadata) + record.name + record.source + record.id
+    for value in (str(original.PatientID), str(original.StudyInstanceUID), str(original.SeriesInstanceUID),
+                  str(original.StudyDate)):
+        assert value not in text
+    assert record.metadata["patient_id"].startswith("ANON-") and record.metadata["deidentified"] is True
+    # the kept headers on disk: identifiers replaced, dates/private tags gone, geometry kept
+    headers = sorted(store.attachments_dir(record.id, HEADERS_KIND).iterdir())
+    raw = b"".join(h.read_bytes() for h in headers)
+    for value in (str(original.PatientID), str(original.StudyInstanceUID), str(original.SOPInstanceUID)):
+        assert value.encode() not in raw
+    ds = pydicom.dcmread(headers[0])
+    assert ds.PatientIdentityRemoved == "YES" and ds.PatientID == record.metadata["patient_id"]
+    assert ds.get("StudyDate", "") == "" and "PatientBirthDate" not in ds and "InstitutionName" not in ds
+    assert not any(el.tag.is_private for el in ds.iterall())
+    assert ds.SeriesInstanceUID == record.metadata["series_uid"]
+    assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert [float(v) for v in ds.ImageOrientationPatient] == [float(v) for v in original.ImageOrientationPatient]
+    # the mapping exists only because it was asked for, readable by its owner only
+    saved = json.loads(mapping.read_text())
+    assert saved["patients"][str(original.PatientID)] == ds.PatientID
+    assert saved["uids"][str(original.SeriesInstanceUID)] == ds.SeriesInstanceUID
+    assert mapping.stat().st_mode & 0o077 == 0
+    # a second import with the same map gets the same pseudonyms (no duplicate UIDs from the map)
+    again = import_paths(store, [dcmqi / "ct-3slice"], deidentify=True, deid_map=mapping).images[0].record
+    assert again.metadata["series_uid"] == record.metadata["series_uid"]
+    assert again.metadata["patient_id"] == record.metadata["patient_id"]
+    store.close()
+
+
+def test_deidentified_import_without_map_writes_none(tmp_path: Path, dcmqi: Path) -> None:
+    from segloop.store.ingest import import_paths
+    from segloop.store.local import open_datastore
+
+    store = open_datastore(tmp_path / "s")
+    before = set(tmp_path.rglob("*"))
+    import_paths(store, [dcmqi / "ct-3slice"], deidentify=True)
+    assert not [p for p in set(tmp_path.rglob("*")) - before if p.suffix == ".json"]
+    store.close()

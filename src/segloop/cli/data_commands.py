@@ -55,6 +55,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             draft=args.draft,
             modality=args.modality,
             progress=progress,
+            deidentify=args.deidentify,
+            deid_map=args.deid_map,
         )
     except IngestError as exc:
         close()
@@ -145,8 +147,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export_dicom_seg(args: argparse.Namespace, store: Any, image_id: str, out: Path) -> int:
     from segloop.store.seg_import import export_dicom_seg
 
-    if args.source_dicom is None:
-        raise CommandError("--format dicom-seg needs --source-dicom DIR: the folder holding the image's DICOM series")
     if args.what == "image":
         raise CommandError("--format dicom-seg writes a label; the image stays in its DICOM series")
     rev = store.get_revision(image_id, args.revision)
@@ -267,6 +267,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--author", default="import", help="author recorded on imported label revisions")
     p.add_argument("--draft", action="store_true", help="import labels as drafts instead of final references")
     p.add_argument("--modality", help="modality to record when the files do not say (e.g. MR, CT)")
+    p.add_argument("--deidentify", action="store_true",
+                   help="DICOM: apply the basic confidentiality profile (pseudonymous patient, no dates, "
+                        "names, institutions or private tags, new UIDs; geometry kept)")
+    p.add_argument("--deid-map", type=Path, metavar="FILE",
+                   help="with --deidentify: keep the original -> pseudonym mapping in FILE (reused if it exists)")
     p.add_argument("--json", action="store_true", help="print the imported images as JSON")
     p.set_defaults(func=cmd_import)
 
@@ -286,7 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--what", choices=["image", "label", "both"], default="both")
     p.add_argument("--revision", type=int, help="label revision number (default: latest)")
     p.add_argument("--source-dicom", type=Path, metavar="DIR",
-                   help="with dicom-seg: folder holding the image's source DICOM series (for the SEG's references)")
+                   help="with dicom-seg: folder holding the image's source DICOM series (default: the headers "
+                        "kept when the image was imported)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

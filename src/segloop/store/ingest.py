@@ -4,10 +4,24 @@ The pipeline: discover the inputs (NIfTI files, folders, DICOM series, zips) →
 and every matching label → validate geometry and class values → only then store. Any error in
 any input aborts the whole import before the datastore is touched, and every problem is
 reported (one line each, naming the file), so a user fixes them all in one go.
+
+DICOM sources keep their instances' headers (pixel data left out) as the image's
+``dicom-headers`` attachments (`Datastore.attachments_dir`), and the image metadata records
+``sop_instance_uids`` in slice order: what a DICOM SEG export needs to reference the source
+instances, so the original files are not needed afterwards. Headers are written to staging
+while reading and moved in with one rename once the image is stored (all or nothing).
+
+With ``deidentify`` the headers, the image metadata and the display name follow the DICOM
+basic confidentiality profile (`segloop.imaging.deidentify`); the original -> pseudonym
+mapping is written only when ``deid_map`` names a file (loaded first when it exists, so that
+pseudonyms stay the same across imports).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -15,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
+from segloop.imaging.deidentify import Deidentifier
 from segloop.imaging.discover import ImageSource, discover
 from segloop.imaging.errors import GeometryError, ImagingError
 from segloop.imaging.nifti import read_nifti
@@ -57,6 +73,48 @@ class _Pending:
     source: ImageSource
     volume: Volume
     label: Volume | None
+    headers: Path | None = None
+    name: str = ""
+
+
+HEADERS_KIND = "dicom-headers"
+"""Attachment kind of the source DICOM headers (pixel data removed), one file per instance."""
+
+# Image metadata fields that identify (or date) a patient or study; replaced/removed on de-id.
+_IDENTIFYING_META = ("patient_name", "patient_id", "study_date", "series_description", "source_file",
+                     "study_description", "accession_number", "institution_name", "patient_birth_date")
+
+
+def _stage_headers(source: ImageSource, volume: Volume, folder: Path, deid: Deidentifier | None) -> None:
+    """Write the source's headers without pixel data into ``folder`` (slice order) and record
+    ``sop_instance_uids`` in ``volume.metadata``; with ``deid`` everything is de-identified."""
+    folder.mkdir(parents=True)
+    uids: list[str] = []
+    for n, path in enumerate(source.paths):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:
+            raise ImagingError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
+        if deid is not None:
+            deid.apply(ds, where=str(path))
+        uids.append(str(ds.get("SOPInstanceUID", "")))
+        ds.save_as(folder / f"{n:06d}.dcm", enforce_file_format=False)
+    meta = volume.metadata
+    meta["sop_instance_uids"] = uids
+    if deid is not None:
+        for key in ("study_uid", "series_uid", "frame_of_reference_uid"):
+            if meta.get(key):
+                meta[key] = deid.uid(str(meta[key]))
+        pseudonym = deid.patient(str(meta.get("patient_id") or "").strip())
+        for key in _IDENTIFYING_META:
+            meta.pop(key, None)
+        meta["patient_id"] = pseudonym
+        meta["deidentified"] = True
+
+
+def _deidentified_name(volume: Volume) -> str:
+    key = str(volume.metadata.get("series_uid") or volume.metadata.get("sop_instance_uids") or "")
+    return f"anon-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 def _label_candidates(labels_dir: Path, source: ImageSource) -> list[Path]:
@@ -124,11 +182,14 @@ def import_paths(
     draft: bool = False,
     modality: str | None = None,
     progress: Progress | None = None,
+    deidentify: bool = False,
+    deid_map: Path | None = None,
 ) -> ImportReport:
     """Import images from ``paths`` (and labels from ``labels_dir``, matched by file name).
 
     Labels become the first revision of their image (source ``manual``, status final unless
-    ``draft``). All inputs are read and validated before anything is stored.
+    ``draft``). All inputs are read and validated before anything is stored. DICOM headers
+    are kept as attachments (see the module doc); ``deidentify``/``deid_map`` as described there.
 
     Raises:
         IngestError: one or more inputs are bad (``problems`` lists them all); nothing stored.
@@ -137,8 +198,20 @@ def import_paths(
     problems: list[str] = []
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise IngestError([f"{labels_dir}: labels folder does not exist"])
+    if deid_map is not None and not deidentify:
+        raise IngestError([f"{deid_map}: a de-identification map needs --deidentify"])
+    deid: Deidentifier | None = None
+    if deidentify:
+        mapping: dict[str, dict[str, str]] | None = None
+        if deid_map is not None and Path(deid_map).is_file():
+            try:
+                mapping = json.loads(Path(deid_map).read_text())
+            except (OSError, ValueError) as exc:
+                raise IngestError([f"{deid_map}: unreadable de-identification map ({exc})"]) from exc
+        deid = Deidentifier(mapping)
     workdir = Path(tempfile.mkdtemp(prefix="import-", dir=store.staging_dir()))
     try:
+        header_root = Path(tempfile.mkdtemp(prefix="headers-", dir=workdir))
         found = discover([Path(p) for p in paths], workdir)
         problems.extend(str(e) for e in found.errors)
         report.skipped.extend(found.skipped)
@@ -162,7 +235,13 @@ def import_paths(
                         except GeometryError as exc:
                             raise ImagingError(label_path, str(exc)) from exc
                         values.update(int(v) for v in np.unique(label.array))
-                pending.append(_Pending(source, volume, label))
+                item = _Pending(source, volume, label, name=source.name)
+                if source.kind == "dicom":
+                    item.headers = header_root / f"{n:06d}"
+                    _stage_headers(source, volume, item.headers, deid)
+                    if deid is not None:
+                        item.name = _deidentified_name(volume)
+                pending.append(item)
             except ImagingError as exc:
                 problems.append(str(exc))
             if progress:
@@ -191,10 +270,15 @@ def import_paths(
                 # Keep the file name, not where it was read from: import folders and upload
                 # staging paths are nobody's business once the image is in the datastore.
                 src = item.volume.metadata.pop("source_path", None)
-                if src:
+                if src and deid is None:
                     item.volume.metadata["source_file"] = Path(str(src)).name
-                record = store.add_image(item.volume, name=item.source.name, source=_source_text(item.source, item.volume), modality=mod or None)
+                text = _source_text(item.source, item.volume) if deid is None else f"dicom:{item.name}"
+                if deid is not None and item.source.kind != "dicom":
+                    text = f"file:{item.name}"
+                record = store.add_image(item.volume, name=item.name, source=text, modality=mod or None)
                 added.append(record.id)
+                if item.headers is not None:
+                    store.attach(record.id, HEADERS_KIND, item.headers)
                 revision = None
                 if item.label is not None:
                     revision = store.save_label(record.id, item.label.array, author=author, source="manual", status=status)
@@ -206,9 +290,21 @@ def import_paths(
             for image_id in added:  # all or nothing
                 store.delete_image(image_id)
             raise
+        if deid is not None and deid_map is not None:
+            _write_map(Path(deid_map), deid.mapping)
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _write_map(path: Path, mapping: dict[str, dict[str, str]]) -> None:
+    """Write the mapping atomically, readable by its owner only (it re-identifies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(mapping, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def _source_text(source: ImageSource, volume: Volume) -> str:

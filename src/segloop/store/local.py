@@ -6,6 +6,7 @@ Layout under ``root``::
     images/<id>.nii.gz                           images
     labels/<image_id>/r<NNNNNN>-<random>.nii.gz  label revisions (unique names, never overwritten)
     models/<name>/v<NNNN>.pt                     model checkpoints
+    attachments/<image_id>/<kind>/               files kept with an image (e.g. its DICOM headers)
     staging/                                     temporary files (same filesystem as the above)
 
 Files are written to ``staging/``, fsynced and renamed into place *before* the row that makes
@@ -221,7 +222,7 @@ class LocalDatastore:
     def __init__(self, root: Path | str, *, url: str | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        for sub in ("images", "labels", "models", "staging"):
+        for sub in ("images", "labels", "models", "staging", "attachments"):
             (self.root / sub).mkdir(exist_ok=True)
         self.url = url or f"sqlite:///{self.root / DB_NAME}"
         self._engine = make_engine(self.url)
@@ -453,6 +454,7 @@ class LocalDatastore:
                 for src, dst in (
                     (self._abs(row.path), trash / "image"),
                     (self.root / "labels" / image_id, trash / "labels"),
+                    (self.root / "attachments" / image_id, trash / "attachments"),
                 ):
                     if src.exists():
                         os.replace(src, dst)
@@ -464,6 +466,46 @@ class LocalDatastore:
             shutil.rmtree(trash, ignore_errors=True)
             raise
         shutil.rmtree(trash, ignore_errors=True)
+
+    # --- attachments ---------------------------------------------------------------------------
+
+    _KIND = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+    def attachments_dir(self, image_id: str, kind: str) -> Path:
+        """The folder of the image's ``kind`` attachments (e.g. ``"dicom-headers"``): files
+        that belong to the image and are deleted with it. It may not exist (nothing attached).
+
+        Raises:
+            NotFoundError: no such image.
+            ValidationError: ``kind`` is not a short lower-case slug.
+        """
+        if not isinstance(kind, str) or not self._KIND.match(kind):
+            raise ValidationError(f"attachment kind {kind!r} must be a short lower-case slug")
+        with self._read() as s:
+            row = self._image_row(s, image_id)
+        return self.root / "attachments" / row.id / kind
+
+    def attach(self, image_id: str, kind: str, folder: Path) -> Path:
+        """Move ``folder`` (in `staging_dir`) into place as the image's ``kind`` attachments,
+        replacing earlier ones, with one rename (all or nothing). Returns the new folder."""
+        src = Path(folder).resolve()
+        if not src.is_dir() or not src.is_relative_to(self.staging_dir().resolve()):
+            raise ValidationError(f"attachment folder {str(src)!r} must be a folder in {str(self.staging_dir())!r}")
+        with self._write() as s:  # under the write lock: the image cannot vanish meanwhile
+            self._image_row(s, image_id)
+            dest = self.root / "attachments" / image_id / kind
+            if not self._KIND.match(kind):
+                raise ValidationError(f"attachment kind {kind!r} must be a short lower-case slug")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            old = None
+            if dest.exists():
+                old = self._staging_temp("")
+                os.replace(dest, old)
+            os.replace(src, dest)
+            _fsync_dir(dest.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return dest
 
     # --- label revisions -------------------------------------------------------------------
 
@@ -788,6 +830,11 @@ class LocalDatastore:
                     ):
                         path.unlink(missing_ok=True)
                         removed.append(path)
+            attachments = self.root / "attachments"
+            for folder in attachments.iterdir() if attachments.is_dir() else ():
+                if folder.is_dir() and folder.name not in image_ids and old(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
             for folder in (self.root / "labels").iterdir():
                 if (
                     folder.is_dir()

@@ -17,10 +17,12 @@ Everything is checked before anything is stored; a failed save restores the prev
 
 Export (`export_dicom_seg`)
 ---------------------------
-The datastore keeps only NIfTI copies of images, so the SEG's references (SOP instance UIDs,
-patient and study modules) come from the source DICOM files, given as a folder (only their
-headers are read). The label is mapped to those instances by geometry; a folder whose series
-does not match the image's grid is refused.
+The SEG's references (SOP instance UIDs, patient and study modules) come from the source
+instances' headers, which the datastore keeps with every image imported from DICOM (files or
+DICOMweb: the image's ``dicom-headers`` attachments). A folder of source DICOM files may be
+given instead (only their headers are read), e.g. for images imported before headers were
+kept. The label is mapped to those instances by geometry; headers whose series does not match
+the image's grid are refused.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from segloop.imaging.dicom_seg import SegmentInfo, read_dicom_seg, seg_reference
 from segloop.imaging.errors import ImagingError
 from segloop.store.base import Datastore
 from segloop.store.errors import ValidationError
+from segloop.store.ingest import HEADERS_KIND
 from segloop.store.records import ImageRecord, LabelClass, LabelRevision, LabelSchema, LabelStatus
 
 SEG_SOURCE = "import:dicom-seg"
@@ -192,7 +195,7 @@ def export_dicom_seg(
     store: Datastore,
     image_id: str,
     revision: int | None,
-    source_dicom_dir: Path | str,
+    source_dicom_dir: Path | str | None,
     out_path: Path | str,
     *,
     series_description: str | None = None,
@@ -201,7 +204,8 @@ def export_dicom_seg(
 
     Args:
         source_dicom_dir: folder (or file) holding the image's source DICOM series; other
-            series and non-image objects there are ignored.
+            series and non-image objects there are ignored. ``None``: the headers the
+            datastore kept when the image was imported.
         out_path: the SEG file to write (atomically).
 
     Raises:
@@ -215,6 +219,8 @@ def export_dicom_seg(
         raise ValidationError(
             f"image {image_id!r} has no DICOM series_uid (not imported from DICOM); cannot make a SEG"
         )
+    if source_dicom_dir is None:
+        source_dicom_dir = stored_headers(store, image_id)
     rev = store.get_revision(image_id, revision)
     label = store.load_label(image_id, rev.revision)
     label.metadata["series_uid"] = series_uid
@@ -233,3 +239,19 @@ def export_dicom_seg(
         series_description=description,
         algorithm=algorithm,
     )
+
+
+def stored_headers(store: Datastore, image_id: str) -> Path:
+    """The folder of the image's source DICOM headers kept by the datastore.
+
+    Raises:
+        ValidationError: the image has none (not from DICOM, or imported before headers were kept).
+    """
+    folder = store.attachments_dir(image_id, HEADERS_KIND)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        record = store.get_image(image_id)
+        why = "it was not imported from DICOM" if not record.metadata.get("series_uid") else (
+            "it was imported before segloop kept DICOM headers; give the source DICOM folder"
+        )
+        raise ValidationError(f"image {image_id!r} has no stored DICOM headers: {why}")
+    return folder
