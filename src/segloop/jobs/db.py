@@ -220,14 +220,18 @@ class JobDB:
         *,
         state: str | None = None,
         kind: str | None = None,
+        resource: str | None = None,
         offset: int = 0,
         limit: int | None = 100,
     ) -> list[Job]:
+        """Jobs, newest first, optionally only those in ``state``, of ``kind`` or holding ``resource``."""
         q = sa.select(jobs_table).order_by(jobs_table.c.created_at.desc(), jobs_table.c.id)
         if state is not None:
             q = q.where(jobs_table.c.state == state)
         if kind is not None:
             q = q.where(jobs_table.c.kind == kind)
+        if resource is not None:
+            q = q.where(jobs_table.c.resource == resource)
         q = q.offset(offset)
         if limit is not None:
             q = q.limit(limit)

@@ -12,7 +12,7 @@ import threading
 from typing import Any, cast
 
 from segloop.jobs.context import JobContext
-from segloop.jobs.records import JobRejected
+from segloop.jobs.records import JobCancelled, JobRejected
 
 
 def _finite(x: Any) -> Any:
@@ -165,13 +165,74 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     return {"evaluation_id": record["id"], "model": p["model"], "version": version, "mean": result.get("mean")}
 
 
+def score_resource(model: str, version: int, strategy: str, params: dict[str, Any]) -> str:
+    """Exclusivity key of a score job: one active job per (model, version, strategy, parameters)."""
+    import hashlib
+    import json
+
+    key = json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
+    return f"score:{model}@{version}:{strategy}:{digest}"
+
+
 def run_score(ctx: JobContext) -> dict[str, Any]:
-    """Uncertainty scores of unlabeled images for active learning: needs `segloop.activelearning`."""
+    """Score the active-learning pool and fill the score cache (``activelearning.db``).
+
+    params: ``model``, ``version`` (None: the current one when the job starts), ``strategy``
+    (a `segloop.activelearning` strategy name), ``strategy_params`` (dict, default: the
+    strategy's defaults), ``pool`` (image ids; None: every image without a final label),
+    ``diversity`` (> 0 also computes and caches the images' diversity descriptors),
+    ``batch_size`` (images between cache writes / progress reports / cancel checks; default 4),
+    ``device``. Images already in the cache for (model, version, strategy, params) are not
+    scored again, so a cancelled or failed job loses nothing it had finished.
+    """
+    from segloop.activelearning import get_strategy
+    from segloop.activelearning.ranking import RankingCancelled, rank_pool
+
+    p = ctx.params
     try:
-        import segloop.activelearning as al  # noqa: F401
-    except ModuleNotFoundError as exc:
-        raise JobRejected(
-            "scoring needs segloop.activelearning, which is not installed in this version; "
-            "only the 'random' and 'sequential' strategies are available"
-        ) from exc
-    raise JobRejected("scoring is not wired to segloop.activelearning yet")
+        strategy = get_strategy(str(p.get("strategy") or ""), **dict(p.get("strategy_params") or {}))
+    except ValueError as exc:
+        raise JobRejected(str(exc)) from exc
+    predictor = None
+    if strategy.needs_model:
+        from segloop.ml.predictor import Predictor
+
+        ctx.progress(0.0, "loading the model", force=True)
+        predictor = Predictor.load(ctx.store, p["model"], p.get("version"), device=p.get("device"))
+    pool = p.get("pool")
+    ctx.log(
+        f"scoring with {strategy!r}"
+        + (f" on {predictor.model!r} version {predictor.version}" if predictor is not None else "")
+        + (f", {len(pool)} image(s)" if pool is not None else ", every image without a final label")
+    )
+
+    def progress(done: int, total: int) -> None:
+        ctx.progress(done / total if total else 1.0, f"scored {done}/{total}", done=done, total=total)
+
+    try:
+        ranking = rank_pool(
+            ctx.store,
+            strategy,
+            predictor=predictor,
+            pool=[str(i) for i in pool] if pool is not None else None,
+            diversity=float(p.get("diversity") or 0.0),
+            batch_size=int(p.get("batch_size") or 4),
+            progress=progress,
+            cancel=cast(threading.Event, ctx.cancel_flag),
+        )
+    except RankingCancelled as exc:
+        raise JobCancelled(str(exc)) from exc
+    ctx.log(f"scored {ranking.scored} image(s), {len(ranking.items) - ranking.scored} from the cache, "
+            f"in {ranking.seconds:.1f}s")
+    return {
+        "model": ranking.model,
+        "version": ranking.version,
+        "strategy": ranking.strategy,
+        "params": ranking.params,
+        "pool": len(ranking.items),
+        "scored": ranking.scored,
+        "cached": len(ranking.items) - ranking.scored,
+        "seconds": round(ranking.seconds, 3),
+        "top": [_finite(i.to_dict()) for i in ranking.items[:20]],
+    }
