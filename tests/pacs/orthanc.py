@@ -88,6 +88,7 @@ class OrthancServer:
                 "Ssl": False,
             },
             "SaveJobs": False,
+            "MaximumStorageCacheSize": 0,  # read instances from disk (tests remove files)
             "StableAge": 1,
             "HttpThreadsCount": 8,
             "ConcurrentJobs": 1,

@@ -6,7 +6,6 @@ and a test user (tests/pacs/orthanc.py); ``scripts/orthanc.sh install`` installs
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,52 +22,10 @@ from segloop.store.dicomweb import DicomWebSource
 from segloop.store.local import LocalDatastore, open_datastore
 from segloop.store.records import LabelClass, LabelSchema
 from segloop.store.seg_import import export_dicom_seg, import_dicom_seg
-from tests.pacs.orthanc import OrthancServer, find_dicomweb_plugin, find_orthanc
+from tests.pacs.conftest import require_tool as _require
+from tests.pacs.orthanc import OrthancServer
 
 pytestmark = pytest.mark.slow
-
-
-def _require(found: object, what: str) -> None:
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} missing: run scripts/orthanc.sh install")
-        pytest.skip(f"{what} not installed (scripts/orthanc.sh install)")
-
-
-@pytest.fixture(scope="session")
-def orthanc() -> Iterator[OrthancServer]:
-    _require(find_orthanc(), "Orthanc")
-    _require(find_dicomweb_plugin(), "Orthanc DICOMweb plugin")
-    server = OrthancServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def dicom_sets(shared_data: Path) -> dict[str, Path]:
-    d = shared_data / "dicom"
-    return {
-        "ct": d / "ct_seg_dcmqi" / "ct-3slice",
-        "mr": d / "mr_brain_tcia_pgbm" / "Study1" / "13_HCropVolume",
-        "liver": d / "ct_seg_dcmqi" / "liver.dcm",
-    }
-
-
-@pytest.fixture(scope="session")
-def uploaded(
-    orthanc: OrthancServer, dicom_sets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[str, str]]:
-    """STOW-RS the CT (3 slices), the HippoCrop MR (32 slices) and the liver SEG; (study, series) per set."""
-    source = DicomWebSource(orthanc.dicomweb_url, tmp_path_factory.mktemp("stow-cache"), auth=orthanc.auth)
-    out = {}
-    for key, path in dicom_sets.items():
-        files = sorted(path.iterdir()) if path.is_dir() else [path]
-        datasets = [pydicom.dcmread(f) for f in files]
-        source.store_instances(datasets)
-        out[key] = (str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID))
-    return out
 
 
 @pytest.fixture

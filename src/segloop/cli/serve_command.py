@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run jobs in child processes (default) or threads")
     p.add_argument("--job-threads", type=int, metavar="N", help="torch threads per job (default: cores - 1)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dicomweb", metavar="URL",
+                   help="images come from this DICOMweb server (QIDO-RS/WADO-RS/STOW-RS, e.g. Orthanc's "
+                        "http://host:8042/dicom-web); labels, models and jobs stay in --data")
+    p.add_argument("--dicomweb-auth", metavar="USER:PASSWORD",
+                   help="HTTP basic credentials for --dicomweb (or set SEGLOOP_DICOMWEB_AUTH)")
+    p.add_argument("--dicomweb-filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="list only matching series: modality=CT, study_date=YYYYMMDD[-YYYYMMDD], "
+                        "description=TEXT (repeatable)")
+    p.add_argument("--dicomweb-cache", type=_size, default="2G", metavar="SIZE",
+                   help="local space for fetched, unlabelled series before the least recently used go (default 2G)")
+    p.add_argument("--ephemeral", action="store_true",
+                   help="with --dicomweb: delete images fetched from the PACS (and their labels) from local "
+                        "disk when released and when the server stops")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--hash-password", action="store_true",
                    help="read a password (prompt or stdin) and print its scrypt hash for the auth file, then exit")
@@ -80,6 +94,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from segloop.server import ServerSettings, SettingsError, create_app
 
+    auth_text = args.dicomweb_auth or os.environ.get("SEGLOOP_DICOMWEB_AUTH") or ""
+    dicomweb_auth = None
+    if auth_text:
+        user, sep, password = auth_text.partition(":")
+        if not sep or not user:
+            raise CommandError("--dicomweb-auth must be USER:PASSWORD")
+        dicomweb_auth = (user, password)
+    if (dicomweb_auth or args.dicomweb_filter) and not args.dicomweb:
+        raise CommandError("--dicomweb-auth/--dicomweb-filter need --dicomweb URL")
+    from segloop.store.dicomweb_store import parse_filters
+    from segloop.store.errors import ValidationError
+
+    try:
+        filters = parse_filters(args.dicomweb_filter)
+    except ValidationError as exc:
+        raise CommandError(str(exc)) from exc
+
     settings = ServerSettings(
         data=args.data,
         host=args.host,
@@ -97,6 +128,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        dicomweb_url=args.dicomweb,
+        dicomweb_auth=dicomweb_auth,
+        dicomweb_filters=filters,
+        dicomweb_cache_bytes=args.dicomweb_cache,
+        ephemeral=args.ephemeral,
     )
     try:
         app = create_app(settings)
@@ -104,6 +140,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     auth = "open (loopback only)" if settings.open else "required"
     print(f"segloop {settings.url}/api/v1  data: {settings.data}  auth: {auth}", file=sys.stderr, flush=True)
+    if settings.dicomweb_url:
+        mode = " (ephemeral: fetched images are deleted at stop)" if settings.ephemeral else ""
+        print(f"images from DICOMweb {settings.dicomweb_url}{mode}", file=sys.stderr, flush=True)
     uvicorn.run(
         app,
         host=settings.host,

@@ -45,7 +45,7 @@ PROFILE = "PS3.15 E.1 Basic Application Confidentiality Profile"
 # Basic profile actions X (remove) / Z (empty) / D (dummy) for the attributes below; names
 # are replaced separately; dates, times and descriptions are removed (no retain options).
 REMOVE = (
-    "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge", "PatientSize", "PatientWeight",
+    "PatientBirthTime", "PatientAge", "PatientSize", "PatientWeight",
     "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "PatientBirthName",
     "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "IssuerOfPatientID",
     "MedicalRecordLocator", "EthnicGroup", "Occupation", "MilitaryRank", "BranchOfService",
@@ -67,7 +67,7 @@ REMOVE = (
     "ReasonForStudy", "AcquisitionComments", "TextComments", "ContributionDescription",
     "PersonName", "VerifyingObserverName", "ContentCreatorName", "IssuerOfAccessionNumberSequence",
 )
-EMPTY = ("AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ContentDate", "ContentTime",
+EMPTY = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ContentDate", "ContentTime",
          "ReferringPhysicianName")
 # Standard UIDs (SOP classes, transfer syntaxes...) are listed in pydicom's UID dictionary.
 _KEEP_UID_KEYWORDS = {"SOPClassUID", "ReferencedSOPClassUID", "TransferSyntaxUID",

@@ -427,11 +427,21 @@ def _rgb(value: Sequence[Any]) -> tuple[int, int, int]:
     return (r, g, b)
 
 
+# Type 2 attributes of the Patient and General Study modules that a SEG copies from its source:
+# de-identified sources often lack them (removed instead of emptied); they are added empty.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def _sanitized(ds: Dataset) -> Dataset:
-    """A copy of a source header that highdicom accepts (blank SpecificCharacterSet removed)."""
+    """A copy of a source header that highdicom accepts (blank SpecificCharacterSet removed,
+    missing type 2 patient/study attributes added empty)."""
     out = copy.deepcopy(ds)
     if "SpecificCharacterSet" in out and not str(out.SpecificCharacterSet or "").strip():
         del out.SpecificCharacterSet
+    for keyword in _TYPE2_COPIED:
+        if keyword not in out:
+            setattr(out, keyword, "")
     return out
 
 

@@ -54,11 +54,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from segloop import __version__
 from segloop.jobs import EventBus, JobRunner
-from segloop.server import routes, routes_ml
+from segloop.server import routes, routes_ml, routes_pacs
 from segloop.server.auth import Authenticator, AuthError, Principal
 from segloop.server.errors import error_body, install_error_handlers
 from segloop.server.settings import ServerSettings
-from segloop.server.state import LiveHub, ServerState, get_state, require, websocket_principal
+from segloop.server.state import LiveHub, ServerState, get_state, open_store, require, websocket_principal
 from segloop.server.webapp import mount_web_app
 from segloop.server.workers import Busy, PredictorCache, SessionManager, WorkerPool
 
@@ -69,10 +69,8 @@ EVENT_TYPES = ("job.state", "job.progress", "job.metrics", "model.version", "lab
 
 
 def _open_state(settings: ServerSettings) -> ServerState:
-    from segloop.store.local import open_datastore
-
     settings.data.mkdir(parents=True, exist_ok=True)
-    store = open_datastore(settings.data)
+    store = open_store(settings)  # local, or DICOMweb images over a local store (state.py)
     bus = EventBus()
     runner = JobRunner(
         settings.data,
@@ -148,6 +146,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(routes_ml.router)
     _event_routes(app)
+    app.include_router(routes_pacs.router)
 
     # The browser app (web/dist) at "/": last, because it adds a catch-all GET route.
     mount_web_app(app)

@@ -32,6 +32,11 @@ class ServerSettings:
         job_threads: torch threads of a job's child process (None: cores - 1, at least 1).
         device: torch device for inference and jobs (None: CUDA when available).
         tls_cert, tls_key: serve HTTPS with this certificate and key.
+        dicomweb_url / dicomweb_auth / dicomweb_filters / dicomweb_cache_bytes: images come
+            from this DICOMweb server (QIDO filters; fetched series cache bound), everything
+            else stays in ``data`` (`segloop.store.dicomweb_store`).
+        ephemeral: with ``dicomweb_url``: images fetched from the PACS (and their labels) are
+            deleted from local disk when released and when the server stops.
     """
 
     data: Path
@@ -52,6 +57,12 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # --- DICOMweb image source (issue 7) ---
+    dicomweb_url: str | None = None
+    dicomweb_auth: tuple[str, str] | None = None
+    dicomweb_filters: dict[str, str] = field(default_factory=dict)
+    dicomweb_cache_bytes: int = 2 * 1024**3
+    ephemeral: bool = False
 
     def resolve(self) -> ServerSettings:
         """Load the auth file and check the combination; raises `SettingsError`."""
@@ -77,6 +88,10 @@ class ServerSettings:
             raise SettingsError("inference workers must be >= 1 and the queue >= 0")
         if self.job_mode not in ("process", "thread"):
             raise SettingsError("job mode must be 'process' or 'thread'")
+        if self.ephemeral and not self.dicomweb_url:
+            raise SettingsError("--ephemeral needs --dicomweb URL (it applies to images fetched from a PACS)")
+        if self.dicomweb_url and not self.dicomweb_url.startswith(("http://", "https://")):
+            raise SettingsError(f"--dicomweb {self.dicomweb_url!r} must be an http:// or https:// URL")
         return self
 
     @property

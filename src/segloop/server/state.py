@@ -92,6 +92,24 @@ class ServerState:
         return self.runner.db
 
 
+def open_store(settings: ServerSettings) -> Any:
+    """The server's datastore: local in ``settings.data``, or DICOMweb images on top of it."""
+    if settings.dicomweb_url:
+        from segloop.store.dicomweb_store import DicomWebDatastore
+
+        return DicomWebDatastore.open(
+            settings.data,
+            settings.dicomweb_url,
+            auth=settings.dicomweb_auth,
+            filters=settings.dicomweb_filters,
+            cache_bytes=settings.dicomweb_cache_bytes,
+            ephemeral=settings.ephemeral,
+        )
+    from segloop.store.local import open_datastore
+
+    return open_datastore(settings.data)
+
+
 def get_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.segloop
     return state

@@ -18,7 +18,7 @@
   ``study_uid`` and ``dicomweb_url`` in its metadata and source ``dicomweb:STUDY/SERIES``.
 * `store_seg` — STOW-RS of a SEG ("send to PACS").
 
-Not done yet (issue 7): a full `Datastore` whose ``list_images`` is the QIDO listing itself.
+`segloop.store.dicomweb_store.DicomWebDatastore` builds a full `Datastore` on top of this.
 """
 
 from __future__ import annotations
@@ -158,6 +158,18 @@ class DicomWebSource:
         if not folder.is_dir():
             raise NotFoundError(f"series {series_uid} is not in the DICOMweb cache")
         return folder
+
+    def drop(self, series_uid: str) -> None:
+        """Remove one series from the cache (e.g. once a datastore holds it)."""
+        shutil.rmtree(self._entry(series_uid), ignore_errors=True)
+
+    def clear(self) -> None:
+        """Empty the cache (fetches in flight in staging folders included)."""
+        for entry in self.cache_dir.iterdir() if self.cache_dir.is_dir() else ():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def cache_size(self) -> int:
         return sum(p.stat().st_size for p in self.cache_dir.rglob("*") if p.is_file())

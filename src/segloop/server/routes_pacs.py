@@ -1,0 +1,144 @@
+"""PACS routes under ``/api/v1``: DICOM SEG download, "send to PACS" (STOW-RS), ephemeral release.
+
+```
+GET  /pacs                                          annotator  DICOMweb configuration (url, filters, ephemeral)
+GET  /images/{id}/labels/{rev}/dicom-seg            annotator  the revision as a DICOM SEG (application/dicom)
+POST /images/{id}/labels/{rev}/send                 reviewer   STOW-RS the SEG of a *final* revision to the PACS
+POST /images/{id}/release                           annotator  ephemeral mode: delete the local copy now
+```
+
+``rev`` is a number or ``latest``. The SEG references the source instances through the headers
+the datastore kept at import / fetch time. Errors: no DICOMweb server configured → 409
+``no_dicomweb``; the image has no DICOM headers (not from DICOM) → 422 ``not_dicom``; a draft
+revision → 409 ``not_final``; the PACS refuses or is unreachable → 502 ``pacs_error`` (naming
+the UIDs). Events: ``label.sent`` (image_id, revision, sop_instance_uid, series_instance_uid,
+url, by) and ``image.released``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from segloop.imaging.errors import ImagingError
+from segloop.server.auth import Principal
+from segloop.server.errors import ApiError
+from segloop.server.state import ServerState, get_state, require
+from segloop.store.errors import ValidationError
+
+router = APIRouter(prefix="/api/v1", tags=["pacs"])
+
+State = Annotated[ServerState, Depends(get_state)]
+Viewer = Annotated[Principal, Depends(require("annotator"))]
+Reviewer = Annotated[Principal, Depends(require("reviewer"))]
+ImageId = Annotated[str, PathParam(min_length=1, max_length=256)]
+Revision = Annotated[str, PathParam(pattern=r"^(latest|[0-9]{1,9})$", description="a revision number or 'latest'")]
+DICOM = "application/dicom"
+SEG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {DICOM: {"schema": {"type": "string", "format": "binary"}}}, "description": "DICOM SEG"}
+}
+
+
+def _dicomweb(state: ServerState) -> Any:
+    store = state.store
+    if getattr(store, "source", None) is None or not hasattr(store, "ensure_local"):
+        raise ApiError(
+            409, "no_dicomweb", "no DICOMweb server is configured: start the server with --dicomweb URL"
+        )
+    return store
+
+
+def _make_seg(state: ServerState, image_id: str, revision: str) -> tuple[Path, Any, Any]:
+    """Write the SEG into a temporary folder; returns (path, dataset, revision record)."""
+    from segloop.store.seg_import import export_dicom_seg, stored_headers
+
+    rev = state.store.get_revision(image_id, None if revision == "latest" else int(revision))
+    try:
+        stored_headers(state.store, image_id)
+    except ValidationError as exc:
+        raise ApiError(422, "not_dicom", str(exc)) from exc
+    folder = Path(tempfile.mkdtemp(prefix="seg-", dir=state.store.staging_dir()))
+    path = folder / f"{image_id}-r{rev.revision}.seg.dcm"
+    try:
+        ds, _ = export_dicom_seg(state.store, image_id, rev.revision, None, path)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return path, ds, rev
+
+
+@router.get("/pacs")
+def pacs_info(state: State, _: Viewer) -> dict[str, Any]:
+    """Whether images come from a DICOMweb server, which one, with which filters."""
+    store = state.store
+    source = getattr(store, "source", None)
+    return {
+        "dicomweb": source is not None,
+        "url": getattr(source, "url", None),
+        "filters": dict(getattr(store, "filters", {}) or {}),
+        "ephemeral": bool(getattr(store, "ephemeral", False)),
+    }
+
+
+@router.get("/images/{image_id}/labels/{revision}/dicom-seg", response_class=FileResponse, responses=SEG_RESPONSE)
+async def download_seg(image_id: ImageId, revision: Revision, state: State, _: Viewer) -> FileResponse:
+    """The label revision as a DICOM Segmentation object referencing the image's source instances."""
+    path, ds, rev = await run_in_threadpool(_make_seg, state, image_id, revision)
+    return FileResponse(
+        path,
+        media_type=DICOM,
+        filename=path.name,
+        headers={"X-Segloop-Revision": str(rev.revision), "X-Segloop-Sop-Instance-Uid": str(ds.SOPInstanceUID)},
+        background=BackgroundTask(shutil.rmtree, path.parent, True),
+    )
+
+
+@router.post("/images/{image_id}/labels/{revision}/send")
+async def send_to_pacs(image_id: ImageId, revision: Revision, state: State, principal: Reviewer) -> dict[str, Any]:
+    """STOW-RS a final revision's SEG to the configured DICOMweb server (reviewer)."""
+    store = _dicomweb(state)
+    rev = await run_in_threadpool(store.get_revision, image_id, None if revision == "latest" else int(revision))
+    if rev.status != "final":
+        raise ApiError(409, "not_final", f"revision {rev.revision} of {image_id!r} is a draft; only final labels go to the PACS")
+
+    def work() -> dict[str, Any]:
+        path, ds, _ = _make_seg(state, image_id, str(rev.revision))
+        try:
+            store.source.store_seg(ds)
+        except ImagingError as exc:
+            raise ApiError(502, "pacs_error", str(exc)) from exc
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+        return {
+            "image_id": image_id,
+            "revision": rev.revision,
+            "sop_instance_uid": str(ds.SOPInstanceUID),
+            "series_instance_uid": str(ds.SeriesInstanceUID),
+            "study_instance_uid": str(ds.StudyInstanceUID),
+            "url": store.source.url,
+            "by": principal.name,
+        }
+
+    data = await run_in_threadpool(work)
+    state.bus.publish("label.sent", data)
+    return data
+
+
+@router.post("/images/{image_id}/release")
+async def release(image_id: ImageId, state: State, _: Viewer) -> dict[str, Any]:
+    """Ephemeral mode: delete the image's local copy (voxels, headers, label revisions) now."""
+    store = _dicomweb(state)
+    if not store.ephemeral:
+        raise ApiError(409, "not_ephemeral", "the server is not in ephemeral mode (--ephemeral)")
+    await run_in_threadpool(store.get_image, image_id)
+    await run_in_threadpool(store.release, image_id)
+    state.bus.publish("image.released", {"image_id": image_id})
+    return {"image_id": image_id, "released": True}

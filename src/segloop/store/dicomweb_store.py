@@ -1,0 +1,523 @@
+"""A `Datastore` whose images come from a DICOMweb server (Orthanc or any other).
+
+`DicomWebDatastore(local, source)` combines a PACS with a `LocalDatastore`:
+
+* **Images** are the series that QIDO-RS lists (optionally filtered by modality, study date,
+  description; non-image series such as SEG, RTSTRUCT, SR, PR are left out), plus images
+  uploaded locally. A series' image id is stable: ``dw-`` + 16 hex of the SHA-1 of its
+  SeriesInstanceUID. A series that was never opened is listed from the QIDO answer alone
+  (``metadata["fetched"] = False``, shape ``(0, 0, instances)``, identity affine); its label
+  state is "none".
+* **First use** (`load_image`, `image_path`, saving a label, ...) fetches the series with
+  WADO-RS (`DicomWebSource.fetch_series`: missing instances and undeliverable series are
+  errors naming the UIDs, nothing stored) and registers it in the local store under its
+  stable id, with the instances' headers as ``dicom-headers`` attachments (for SEG export and
+  "send to PACS"). From then on the image is read locally and listed with its label state.
+* **Cache policy**: fetched series are a cache bounded by ``cache_bytes`` (image files of the
+  local store that came from DICOMweb). Beyond it, the least recently used fetched images that
+  have **no label revision** are deleted locally (they are fetched again on next use under the
+  same id). Images with a label revision are pinned: their revisions, training sets and SEG
+  exports need their grid and headers.
+* **Label revisions, the label schema, models and jobs** live in the local store only (the
+  PACS receives labels as DICOM SEG through "send to PACS").
+* **Ephemeral mode** (``ephemeral=True``, ``segloop serve --ephemeral``): every image fetched
+  from the PACS is deleted from local disk — voxels, headers, the WADO cache *and its label
+  revisions* — when the server stops (`close`), or when `release` is called for it (end of a
+  viewing/inference session). Fetched ids are recorded in ``dicomweb-ephemeral.json`` before
+  the fetch, so a crash is cleaned up at the next start. Labels that must survive are sent to
+  the PACS as SEG first.
+
+`delete_image` on a fetched series deletes the local copy and its revisions; the series stays
+on the PACS (and in the listing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segloop.imaging.volume import Volume
+from segloop.store.dicomweb import DEFAULT_CACHE_BYTES, DicomWebSource, SeriesInfo
+from segloop.store.errors import NotFoundError, ValidationError
+from segloop.store.ingest import HEADERS_KIND
+from segloop.store.local import LocalDatastore
+from segloop.store.records import (
+    ImageRecord,
+    LabelRevision,
+    LabelSchema,
+    LabelState,
+    LabelStatus,
+    ModelRecord,
+    ModelVersion,
+)
+
+log = logging.getLogger(__name__)
+
+ID_PREFIX = "dw-"
+NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"})
+EPHEMERAL_FILE = "dicomweb-ephemeral.json"
+_IDENTITY = tuple(tuple(float(v) for v in row) for row in np.eye(4))
+
+
+def series_image_id(series_uid: str) -> str:
+    """The stable image id of a DICOMweb series."""
+    return ID_PREFIX + hashlib.sha1(series_uid.encode()).hexdigest()[:16]
+
+
+def parse_filters(items: Iterable[str]) -> dict[str, str]:
+    """``["modality=CT", "study_date=20200101-20201231", "description=liver"]`` -> filters.
+
+    Raises:
+        ValidationError: unknown key or missing ``=``.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or key not in ("modality", "study_date", "description") or not value.strip():
+            raise ValidationError(
+                f"DICOMweb filter {item!r} must be modality=..., study_date=YYYYMMDD[-YYYYMMDD] or description=..."
+            )
+        out[key] = value.strip()
+    return out
+
+
+class DicomWebDatastore:
+    """Images from a DICOMweb server, everything else in a local datastore (see module doc)."""
+
+    def __init__(
+        self,
+        local: LocalDatastore,
+        source: DicomWebSource,
+        *,
+        filters: dict[str, str] | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        ephemeral: bool = False,
+        listing_ttl: float = 5.0,
+    ) -> None:
+        self.local = local
+        self.source = source
+        self.filters = dict(filters or {})
+        self.cache_bytes = int(cache_bytes)
+        self.ephemeral = ephemeral
+        self.listing_ttl = listing_ttl
+        self._listing: tuple[float, list[SeriesInfo]] | None = None
+        self._lock = threading.RLock()
+        self._fetch_locks: dict[str, threading.Lock] = {}
+        self._used: dict[str, float] = {}
+        if ephemeral and self._ephemeral_ids():
+            self.purge_ephemeral()  # leftovers of a run that did not stop cleanly
+            self.local.close()
+            self._compact()
+
+    @classmethod
+    def open(
+        cls,
+        data: Path | str,
+        url: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        filters: dict[str, str] | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        ephemeral: bool = False,
+    ) -> DicomWebDatastore:
+        local = LocalDatastore(data)
+        source = DicomWebSource(url, local.root / "dicomweb-cache", auth=auth, cache_bytes=cache_bytes)
+        return cls(local, source, filters=filters, cache_bytes=cache_bytes, ephemeral=ephemeral)
+
+    def __repr__(self) -> str:
+        return f"DicomWebDatastore({self.source.url!r}, local={self.local!r})"
+
+    @property
+    def root(self) -> Path:
+        return self.local.root
+
+    @property
+    def url(self) -> str:
+        return self.source.url
+
+    def close(self) -> None:
+        if self.ephemeral:
+            self.purge_ephemeral()
+        self.local.close()
+        if self.ephemeral:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the SQLite file so deleted rows (patient metadata) do not linger in free
+        pages or the write-ahead log."""
+        if not self.local.url.startswith("sqlite:///"):
+            return
+        db = Path(self.local.url.removeprefix("sqlite:///"))
+        if not db.is_file():
+            return
+        con = sqlite3.connect(db, timeout=30, isolation_level=None)
+        try:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("VACUUM")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("ephemeral: could not compact %s (%s)", db, exc)
+        finally:
+            con.close()
+
+    # --- the PACS listing ------------------------------------------------------------------
+
+    def series(self, *, refresh: bool = False) -> list[SeriesInfo]:
+        """The image series QIDO-RS lists under the store's filters (cached ``listing_ttl`` s)."""
+        with self._lock:
+            now = time.monotonic()
+            if refresh or self._listing is None or now - self._listing[0] > self.listing_ttl:
+                found = self.source.list_series(
+                    modality=self.filters.get("modality"),
+                    study_date=self.filters.get("study_date"),
+                    description=self.filters.get("description"),
+                )
+                images = [s for s in found if s.modality.upper() not in NON_IMAGE_MODALITIES]
+                self._listing = (now, images)
+            return list(self._listing[1])
+
+    def series_of(self, image_id: str) -> SeriesInfo:
+        """The listed series behind ``image_id``. Raises `NotFoundError`."""
+        if image_id.startswith(ID_PREFIX):
+            for refresh in (False, True):
+                for s in self.series(refresh=refresh):
+                    if series_image_id(s.series_uid) == image_id:
+                        return s
+        raise NotFoundError(f"image {image_id!r} is not a series on {self.source.url}")
+
+    def _virtual(self, s: SeriesInfo) -> ImageRecord:
+        date = s.study_date
+        try:
+            created = datetime.strptime(date, "%Y%m%d").replace(tzinfo=UTC) if date else datetime.now(UTC)
+        except ValueError:
+            created = datetime.now(UTC)
+        return ImageRecord(
+            id=series_image_id(s.series_uid),
+            name=s.description or f"{s.modality or 'series'} {s.series_uid[-12:]}",
+            source=f"dicomweb:{s.study_uid}/{s.series_uid}",
+            modality=s.modality or "unknown",
+            shape=(0, 0, int(s.instances or 0)),
+            spacing=(0.0, 0.0, 0.0),
+            affine=_IDENTITY,
+            channels=1,
+            metadata={
+                "fetched": False,
+                "study_uid": s.study_uid,
+                "series_uid": s.series_uid,
+                "study_date": s.study_date,
+                "series_description": s.description,
+                "instances": s.instances,
+                "dicomweb_url": self.source.url,
+            },
+            created_at=created,
+        )
+
+    def _shown(self, record: ImageRecord) -> ImageRecord:
+        """A local record of a fetched series, named as the PACS describes it."""
+        if not record.id.startswith(ID_PREFIX):
+            return record
+        meta = dict(record.metadata)
+        meta["fetched"] = True
+        name = str(meta.get("display_name") or meta.get("series_description") or record.name)
+        return replace(record, name=name, metadata=meta)
+
+    # --- images -----------------------------------------------------------------------------
+
+    def _all_images(self) -> list[ImageRecord]:
+        local = {r.id: r for r in self.local.list_images()}
+        out: list[ImageRecord] = []
+        listed: set[str] = set()
+        for s in self.series():
+            image_id = series_image_id(s.series_uid)
+            listed.add(image_id)
+            out.append(self._shown(local[image_id]) if image_id in local else self._virtual(s))
+        # uploads, and fetched series the PACS no longer lists (they still hold labels)
+        out.extend(self._shown(r) for r in local.values() if r.id not in listed)
+        return out
+
+    def list_images(
+        self, label_state: LabelState | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[ImageRecord]:
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValidationError(f"offset and limit must not be negative (offset={offset}, limit={limit})")
+        images = self._all_images()
+        if label_state is not None:
+            if label_state not in ("none", "draft", "final"):
+                raise ValidationError(f"label_state must be one of ['none', 'draft', 'final'], got {label_state!r}")
+            images = [r for r in images if r.label_state == label_state]
+        images = images[offset:]
+        return images if limit is None else images[:limit]
+
+    def count_images(self, label_state: LabelState | None = None) -> int:
+        return len(self.list_images(label_state))
+
+    def get_image(self, image_id: str) -> ImageRecord:
+        try:
+            return self._shown(self.local.get_image(image_id))
+        except NotFoundError:
+            if not isinstance(image_id, str) or not image_id.startswith(ID_PREFIX):
+                raise
+        return self._virtual(self.series_of(image_id))
+
+    def is_fetched(self, image_id: str) -> bool:
+        try:
+            self.local.get_image(image_id)
+            return True
+        except NotFoundError:
+            return False
+
+    def ensure_local(self, image_id: str) -> ImageRecord:
+        """The image in the local store, fetching its series with WADO-RS on first use.
+
+        Raises:
+            NotFoundError: no such image or listed series.
+            ImagingError: the PACS cannot deliver the series (naming the UIDs); nothing stored.
+        """
+        with contextlib.suppress(NotFoundError):
+            record = self.local.get_image(image_id)
+            self._touch(image_id)
+            return record
+        info = self.series_of(image_id)
+        with self._lock:
+            lock = self._fetch_locks.setdefault(image_id, threading.Lock())
+        with lock:
+            with contextlib.suppress(NotFoundError):  # fetched by another thread meanwhile
+                return self.local.get_image(image_id)
+            if self.ephemeral:
+                self._remember_ephemeral(image_id)
+            volume = self.source.fetch_series(info.study_uid, info.series_uid, expected_instances=info.instances)
+            record = self._register(image_id, info, volume)
+        self._touch(image_id)
+        self._evict(keep=image_id)
+        return record
+
+    def _register(self, image_id: str, info: SeriesInfo, volume: Volume) -> ImageRecord:
+        headers = self.source.cached_headers(info.series_uid)
+        staged = Path(tempfile.mkdtemp(prefix=".tmp-headers-", dir=self.local.staging_dir()))
+        try:
+            files = sorted(headers.iterdir())
+            for f in files:
+                shutil.copy2(f, staged / f.name)
+            meta = dict(volume.metadata)
+            meta["sop_instance_uids"] = _sop_uids_in_slice_order(files, volume)
+            meta["display_name"] = self._virtual(info).name
+            record = self.local.add_image(
+                Volume(volume.array, volume.affine, meta),
+                name=image_id,
+                source=f"dicomweb:{info.study_uid}/{info.series_uid}",
+                modality=info.modality or None,
+            )
+            if record.id != image_id:
+                self.local.delete_image(record.id)
+                raise ValidationError(f"local image id {image_id!r} is taken by another image")
+            try:
+                self.local.attach(record.id, HEADERS_KIND, staged)
+            except BaseException:
+                self.local.delete_image(record.id)
+                raise
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+            self.source.drop(info.series_uid)  # the local store holds it now
+        return record
+
+    def _touch(self, image_id: str) -> None:
+        self._used[image_id] = time.time()
+
+    def _evict(self, keep: str) -> list[str]:
+        """Delete least recently used fetched, unlabelled images beyond ``cache_bytes``."""
+        fetched = [r for r in self.local.list_images() if r.id.startswith(ID_PREFIX)]
+        sizes = {r.id: _size(self.local.image_path(r.id)) for r in fetched}
+        total = sum(sizes.values())
+        evicted: list[str] = []
+        candidates = sorted(
+            (r for r in fetched if r.latest_revision is None and r.id != keep),
+            key=lambda r: self._used.get(r.id, r.created_at.timestamp()),
+        )
+        for r in candidates:
+            if total <= self.cache_bytes:
+                break
+            self.local.delete_image(r.id)
+            total -= sizes[r.id]
+            evicted.append(r.id)
+        return evicted
+
+    def load_image(self, image_id: str) -> Volume:
+        self.ensure_local(image_id)
+        return self.local.load_image(image_id)
+
+    def image_path(self, image_id: str) -> Path:
+        self.ensure_local(image_id)
+        return self.local.image_path(image_id)
+
+    def add_image(self, volume: Volume, name: str, source: str, modality: str | None = None) -> ImageRecord:
+        return self.local.add_image(volume, name, source, modality)
+
+    def delete_image(self, image_id: str) -> None:
+        self.local.delete_image(image_id)
+
+    def attachments_dir(self, image_id: str, kind: str) -> Path:
+        if image_id.startswith(ID_PREFIX):
+            self.ensure_local(image_id)
+        return self.local.attachments_dir(image_id, kind)
+
+    def attach(self, image_id: str, kind: str, folder: Path) -> Path:
+        return self.local.attach(image_id, kind, folder)
+
+    # --- ephemeral mode -----------------------------------------------------------------------
+
+    def _ephemeral_path(self) -> Path:
+        return self.local.root / EPHEMERAL_FILE
+
+    def _ephemeral_ids(self) -> list[str]:
+        try:
+            return list(json.loads(self._ephemeral_path().read_text()))
+        except (OSError, ValueError):
+            return []
+
+    def _remember_ephemeral(self, image_id: str) -> None:
+        with self._lock:
+            ids = self._ephemeral_ids()
+            if image_id not in ids:
+                ids.append(image_id)
+                tmp = self._ephemeral_path().with_suffix(".tmp")
+                tmp.write_text(json.dumps(ids))
+                os.replace(tmp, self._ephemeral_path())
+
+    def release(self, image_id: str) -> bool:
+        """Ephemeral mode: delete a fetched image (voxels, headers, label revisions) now."""
+        if not self.ephemeral:
+            return False
+        with contextlib.suppress(NotFoundError):
+            self.local.delete_image(image_id)
+        with self._lock:
+            ids = [i for i in self._ephemeral_ids() if i != image_id]
+            self._ephemeral_path().write_text(json.dumps(ids))
+        return True
+
+    def purge_ephemeral(self) -> list[str]:
+        """Delete every image fetched in ephemeral mode, and the whole WADO cache."""
+        removed = []
+        with self._lock:
+            for image_id in self._ephemeral_ids():
+                with contextlib.suppress(NotFoundError):
+                    self.local.delete_image(image_id)
+                    removed.append(image_id)
+            self._ephemeral_path().unlink(missing_ok=True)
+            self.source.clear()
+        if removed:
+            log.info("ephemeral: deleted %d fetched image(s) from local disk", len(removed))
+        return removed
+
+    # --- everything else: the local store ------------------------------------------------------
+
+    def get_schema(self) -> LabelSchema:
+        return self.local.get_schema()
+
+    def set_schema(self, schema: LabelSchema) -> None:
+        self.local.set_schema(schema)
+
+    def save_label(
+        self,
+        image_id: str,
+        label: Volume | np.ndarray,
+        *,
+        author: str,
+        source: str = "manual",
+        status: LabelStatus = "draft",
+        base_revision: int | None = None,
+    ) -> LabelRevision:
+        self.ensure_local(image_id)
+        return self.local.save_label(
+            image_id, label, author=author, source=source, status=status, base_revision=base_revision
+        )
+
+    def list_revisions(self, image_id: str) -> list[LabelRevision]:
+        if not self.is_fetched(image_id):
+            self.get_image(image_id)  # NotFoundError when it is not listed either
+            return []
+        return self.local.list_revisions(image_id)
+
+    def get_revision(self, image_id: str, revision: int | None = None) -> LabelRevision:
+        if not self.is_fetched(image_id):
+            self.get_image(image_id)
+            raise NotFoundError(f"image {image_id!r} has no label revision")
+        return self.local.get_revision(image_id, revision)
+
+    def load_label(self, image_id: str, revision: int | None = None) -> Volume:
+        if not self.is_fetched(image_id):
+            self.get_revision(image_id, revision)
+        return self.local.load_label(image_id, revision)
+
+    def mark_final(self, image_id: str, revision: int, *, author: str) -> LabelRevision:
+        return self.local.mark_final(image_id, revision, author=author)
+
+    def final_labels(self) -> list[LabelRevision]:
+        return self.local.final_labels()
+
+    def create_model(self, name: str, config: dict[str, Any]) -> ModelRecord:
+        return self.local.create_model(name, config)
+
+    def get_model(self, name: str) -> ModelRecord:
+        return self.local.get_model(name)
+
+    def list_models(self) -> list[ModelRecord]:
+        return self.local.list_models()
+
+    def staging_dir(self) -> Path:
+        return self.local.staging_dir()
+
+    def add_model_version(
+        self,
+        name: str,
+        checkpoint: Path,
+        *,
+        config: dict[str, Any],
+        trained_on: Iterable[tuple[str, int]],
+        metrics: dict[str, Any],
+        make_current: bool = True,
+    ) -> ModelVersion:
+        return self.local.add_model_version(
+            name, checkpoint, config=config, trained_on=trained_on, metrics=metrics, make_current=make_current
+        )
+
+    def set_current_version(self, name: str, version: int) -> ModelRecord:
+        return self.local.set_current_version(name, version)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _sop_uids_in_slice_order(headers: list[Path], volume: Volume) -> list[str]:
+    """SOPInstanceUIDs ordered by slice index k (by ImagePositionPatient along the slice axis)."""
+    import pydicom
+
+    lps_origin = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(volume.affine)[:3, 3]
+    normal = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(volume.affine)[:3, 2]
+    step = float(normal @ normal) or 1.0
+    order: list[tuple[float, str]] = []
+    for f in headers:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        pos = ds.get("ImagePositionPatient")
+        k = float((np.array([float(v) for v in pos]) - lps_origin) @ normal / step) if pos else 0.0
+        order.append((k, str(ds.get("SOPInstanceUID", ""))))
+    return [uid for _, uid in sorted(order)]
