@@ -84,3 +84,19 @@ def test_diversity_skips_identical_images() -> None:
     assert float(image_descriptor(np.ones((5, 5, 5))) @ image_descriptor(np.full((6, 5, 4), 7.0))) == pytest.approx(1.0)
     # different shapes map to the same descriptor length
     assert image_descriptor(np.zeros((3, 40, 7)) + np.arange(7)).shape == desc.shape[1:]
+
+
+def test_automatic_pass_feeds_every_extra_channel() -> None:
+    """Models that also take the previous mask get zeros for guidance *and* mask (entropy must not crash)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from segloop.activelearning.passes import automatic_probabilities
+
+    for extra in (3, 6):  # guidance only / guidance + previous mask, 3 classes
+        net = torch.nn.Conv3d(1 + extra, 3, kernel_size=1)
+        spec = SimpleNamespace(extra_channels=extra, num_classes=3, patch_size=(8, 8, 8))
+        predictor = SimpleNamespace(net=net, spec=spec, device="cpu")
+        probs = automatic_probabilities(predictor, np.zeros((1, 8, 8, 8), np.float32))  # type: ignore[arg-type]
+        assert probs.shape == (3, 8, 8, 8) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)

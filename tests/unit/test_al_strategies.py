@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from segloop.activelearning import get_strategy, rank_pool, strategy_names
+from segloop.activelearning import get_strategy, strategy_names
 from segloop.activelearning.cache import ScoreCache
-from segloop.activelearning.ranking import RankingCancelled
+from segloop.activelearning.ranking import RankingCancelled, rank_pool
 from segloop.imaging.volume import Volume
 from segloop.ml.predictor import Predictor
 from segloop.ml.training import train

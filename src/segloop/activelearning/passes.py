@@ -25,7 +25,11 @@ def has_dropout(predictor: Predictor) -> bool:
 
 def _run(predictor: Predictor, data: np.ndarray) -> np.ndarray:
     spec = predictor.spec
-    return predict_probabilities(predictor.net, data, None, spec.patch_size, spec.num_classes, predictor.device)
+    # Zero extra input (no clicks, no previous mask), as many channels as the network takes after
+    # the image: guidance only, or guidance + previous mask for ``mask_input`` models.
+    channels = int(getattr(spec, "extra_channels", spec.num_classes))
+    extra = np.zeros((channels, *data.shape[1:]), dtype=np.float32)
+    return predict_probabilities(predictor.net, data, extra, spec.patch_size, spec.num_classes, predictor.device)
 
 
 def automatic_probabilities(predictor: Predictor, data: np.ndarray) -> np.ndarray:
