@@ -67,3 +67,41 @@ def test_worse_version_is_not_switched_to(setup: dict[str, Any]) -> None:
     assert not loop.start_training()  # nothing new since
     with pytest.raises(ValueError, match="retrain_every"):
         ActiveLearningLoop(store, "seg", "random", user, train_config=tiny_train_config(), retrain_every=0)
+
+
+def test_unchecked_version_never_current_when_train_takes_make_current(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import segloop.ml.training as training
+    from segloop.loop.active_loop import accepts_make_current
+
+    store = setup["store"]
+    real = training.train
+    seen: list[tuple[bool, int | None]] = []
+
+    def train_mc(store: Any, model: str, config: Any, *, make_current: bool = True, **kw: Any) -> Any:
+        before = store.get_model(model).current_version
+        version = real(store, model, config, **kw)
+        if not make_current:  # a train() that adds the version without making it current
+            store.set_current_version(model, before)
+        seen.append((make_current, store.get_model(model).current_version))
+        return version
+
+    monkeypatch.setattr(training, "train", train_mc)
+    assert accepts_make_current(train_mc) and not accepts_make_current(lambda *a, **kw: None)
+    user = VirtualAnnotator(setup["refs"], clicks_per_class=1)
+    loop = ActiveLearningLoop(
+        store, "seg", "random", user, train_config=tiny_train_config(epochs=1), retrain_every=1, auto_train=False,
+        validation_ids=[setup["train"][2]], min_improvement=2.0, device="cpu",
+    )
+    loop.annotate(setup["pool"][0])
+    assert loop.start_training()
+    lost = loop.wait_for_training()
+    assert lost is not None and lost.version == 2 and not lost.accepted and lost.made_current_unchecked is False
+    assert seen == [(False, 1)] and store.get_model("seg").current_version == 1
+    loop.min_improvement = -2.0  # any version wins: the loop itself makes it current after the check
+    loop.annotate(setup["pool"][1])
+    assert loop.start_training()
+    won = loop.wait_for_training()
+    assert won is not None and won.accepted and won.version == 3
+    assert seen[-1] == (False, 1) and store.get_model("seg").current_version == loop.current_version == 3

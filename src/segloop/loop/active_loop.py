@@ -7,8 +7,10 @@ scratch) starts in a background thread on a snapshot of the final labels, while 
 goes on with the current version. When the training ends, both versions are scored on the
 validation images (``validation_ids``, held out of training; by default the new version's own
 validation split), and the loop switches to the new version only if it is at least
-``min_improvement`` better in mean Dice; otherwise the store's current version is set back to
-the old one. Only one training runs at a time; labels that arrived during a training start the
+``min_improvement`` better in mean Dice. Where `segloop.ml.training.train` takes
+``make_current=False`` the new version is added without becoming current, so an unchecked
+version is never the store's current one; with an older ``train`` (which makes it current) the
+store's current version is set back to the old one when the new one loses. Only one training runs at a time; labels that arrived during a training start the
 next one as soon as it ends.
 
 The loop uses the `Datastore` protocol and `segloop.ml`'s public API only.
@@ -16,6 +18,7 @@ The loop uses the `Datastore` protocol and `segloop.ml`'s public API only.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +33,14 @@ from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+def accepts_make_current(fn: Callable[..., Any]) -> bool:
+    """Whether a ``train`` function takes ``make_current`` (add a version without making it current)."""
+    try:
+        return "make_current" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -58,11 +69,12 @@ class TrainingOutcome:
     seconds: float = 0.0
     error: str | None = None
     started_at: float = field(default_factory=time.time)
+    made_current_unchecked: bool | None = None  # True: train() made it current before the check (set back if worse)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
             "base_version", "fine_tuned_from", "trained_on", "version", "accepted", "new_score", "old_score",
-            "seconds", "error",
+            "seconds", "error", "made_current_unchecked",
         )}
 
 
@@ -288,10 +300,13 @@ class ActiveLearningLoop:
 
         t0 = time.monotonic()
         try:
+            checked_first = accepts_make_current(train)
+            extra: dict[str, Any] = {"make_current": False} if checked_first else {}
             new = train(
                 self.store, self.model, self.train_config, fine_tune=outcome.fine_tuned_from, revisions=pairs,
-                cancel=self._cancel, device=self.device,
+                cancel=self._cancel, device=self.device, **extra,
             )
+            outcome.made_current_unchecked = not checked_first
             outcome.version = new.version
             val = self._validation(new)
             old = outcome.base_version
@@ -306,8 +321,8 @@ class ActiveLearningLoop:
                     self._version = new.version
                     self._predictor = None
                 self.store.set_current_version(self.model, new.version)
-            elif old is not None:
-                # train() made the new version current in the store: put the better one back.
+            elif old is not None and not checked_first:
+                # this train() made the new version current in the store: put the better one back.
                 self.store.set_current_version(self.model, old)
             outcome.seconds = time.monotonic() - t0
             self._emit("training_done", **outcome.to_dict())
