@@ -44,7 +44,7 @@ def make_msd(root: Path, n: int = N_CASES) -> Path:
 def config(ds: Path, out: Path, **kw: Any) -> EmulationConfig:
     base: dict[str, Any] = dict(dataset=str(ds), out=str(out), strategy="entropy", compare=["random", "entropy", "full"],
                                 initial="5", per_round=2, rounds=2, clicks=2, seed=0, minutes_per_round=None,
-                                train=TRAIN, device="cpu")
+                                pretrain_minutes=None, full_minutes=None, train=TRAIN, device="cpu")
     base.update(kw)
     return EmulationConfig(**base)
 
@@ -60,8 +60,16 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
 
 def test_outputs_exist_and_agree(finished: tuple[Path, Path, dict[str, Any]]) -> None:
     _, out, report = finished
-    for name in ("rounds.csv", "report.json", "curves.png", "config.json", "splits.json"):
+    for name in ("rounds.csv", "report.json", "curves.png", "config.json", "splits.json", "sessions.json"):
         assert (out / name).is_file()
+    # load conditions are recorded: per invocation and per round
+    sessions = json.loads((out / "sessions.json").read_text())
+    assert len(sessions) == 1 and sessions[0]["machine"]["cpus"] >= 1 and sessions[0]["wall_seconds"] > 0
+    assert report["wall_seconds"] == pytest.approx(sessions[0]["wall_seconds"], abs=60)
+    for rounds in report["arms"].values():
+        for r in rounds:
+            assert r["cpu"]["own_cores"] >= 0 and r["steps"] >= 1
+    assert report["summary"]["entropy"]["last_clicks_per_image_per_class"] <= 2
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     splits = json.loads((out / "splits.json").read_text())
     assert len(splits["test"]) == 3 and len(splits["pool"]) == 11 and len(splits["initial"]) == 5
@@ -145,9 +153,34 @@ def test_cli_reports_errors_as_one_line(tmp_path: Path) -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["emulate", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                               "--strategy", "entropy", "--from-scratch"])
-    assert args.fine_tune is False and args.per_round == 10
+    assert args.fine_tune is False and args.per_round is None  # not given: the preset's default applies
     with pytest.raises(CommandError, match="dataset folder does not exist"):
         args.func(args)
+    args = parser.parse_args(["emulate", "--out", str(tmp_path / "o")])
+    with pytest.raises(CommandError, match="--dataset DIR is required"):
+        args.func(args)
+
+
+def test_defaults_are_the_hippocampus_preset() -> None:
+    """The defaults reach ~30% of the 208-image hippocampus pool; the CLI help quotes them."""
+    import segloop.loop.emulate as emu
+    from segloop.cli.emulate_command import register
+
+    cfg = EmulationConfig(dataset="d", out="o")
+    assert (cfg.per_round, cfg.rounds) == (emu.PRESET_PER_ROUND, emu.PRESET_ROUNDS)
+    assert (cfg.pretrain_minutes, cfg.minutes_per_round, cfg.full_minutes) == (
+        emu.PRESET_PRETRAIN_MINUTES, emu.PRESET_MINUTES_PER_ROUND, emu.PRESET_FULL_MINUTES)
+    pool = 260 - round(260 * cfg.test_fraction)
+    labelled = parse_initial(cfg.initial, pool) + cfg.rounds * cfg.per_round
+    assert pool == 208 and 0.27 <= labelled / pool <= 0.32
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["emulate"]
+    helps = {a.dest: a.help or "" for a in sub._actions}
+    assert f"default {cfg.per_round})" in helps["per_round"] and f"default {cfg.rounds})" in helps["rounds"]
+    for dest, value in (("minutes_per_round", cfg.minutes_per_round), ("pretrain_minutes", cfg.pretrain_minutes),
+                        ("full_minutes", cfg.full_minutes)):
+        assert f"default {value:g}" in helps[dest], dest
 
 
 def test_helpers() -> None:

@@ -1,4 +1,9 @@
-"""``segloop emulate``: measure active learning with a virtual user on a labelled MSD dataset."""
+"""``segloop emulate``: measure active learning with a virtual user on a labelled MSD dataset.
+
+The defaults are the *hippocampus CPU preset* (`segloop.loop.emulate.PRESET_*`): options left out
+are not passed, so `EmulationConfig`'s defaults apply; the help texts quote them (a unit test keeps
+them in step). ``--aggregate OUT1 OUT2 ... --out AGG`` summarises finished runs (one per seed).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,46 @@ def _log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _spread(d: dict[str, Any] | None) -> str:
+    if not d or d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:.3f} ± {d['sd']:.3f} [{d['min']:.3f}, {d['max']:.3f}]"
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from segloop.loop.aggregate import aggregate, write_aggregate
+    from segloop.loop.emulate import EmulationError
+
+    try:
+        agg = aggregate(args.aggregate)
+    except EmulationError as exc:
+        raise CommandError(str(exc)) from exc
+    write_aggregate(agg, args.out)
+    print(f"{len(agg['runs'])} run(s), seeds {agg['seeds']}: mean ± sd [min, max] over the runs")
+    print(f"{'arm':<12} {'rounds':>6} {'final test Dice':>28} {'AUC':>28} {'AUC - random':>28} {'reach 95% full':>15}")
+    for arm, s in agg["summary"].items():
+        if "final_test_mean_dice" not in s:
+            print(f"{arm:<12} {s.get('note', '')}")
+            continue
+        reached = "-" if "runs_reaching_95pct_of_full" not in s else f"{s['runs_reaching_95pct_of_full']}/{s['runs']} runs"
+        print(f"{arm:<12} {_fmt(s.get('rounds_used'), 'd'):>6} {_spread(s['final_test_mean_dice']):>28} "
+              f"{_spread(s.get('auc')):>28} {_spread(s.get('auc_minus_random')):>28} {reached:>15}")
+    out = Path(args.out)
+    print(f"wrote {out / 'aggregate.json'}, {out / 'aggregate.csv'}, {out / 'curves.png'}")
+    return 0
+
+
 def cmd_emulate(args: argparse.Namespace) -> int:
     from segloop.loop.emulate import EmulationConfig, EmulationError, run_emulation
 
+    if args.aggregate:
+        return cmd_aggregate(args)
+    if args.dataset is None:
+        raise CommandError("--dataset DIR is required (or --aggregate OUT1 OUT2 ... to summarise finished runs)")
     train: dict[str, Any] = {}
     if args.train_config:
         try:
@@ -28,14 +70,19 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         if not isinstance(train, dict):
             raise CommandError(f"{args.train_config}: the training config must be a JSON object")
     compare = [a for a in (args.compare or "").split(",") if a.strip()]
+    preset: dict[str, Any] = {}  # only what was given: EmulationConfig's defaults are the preset
+    for name in ("per_round", "rounds"):
+        if getattr(args, name) is not None:
+            preset[name] = getattr(args, name)
+    for name in ("minutes_per_round", "pretrain_minutes", "full_minutes"):
+        value = getattr(args, name)
+        if value is not None:
+            preset[name] = None if value <= 0 else value
     config = EmulationConfig(
         dataset=str(args.dataset), out=str(args.out), strategy=args.strategy, compare=compare, initial=args.initial,
-        per_round=args.per_round, rounds=args.rounds, clicks=args.clicks, seed=args.seed,
-        test_fraction=args.test_fraction, fine_tune=args.fine_tune,
-        minutes_per_round=None if args.minutes_per_round <= 0 else args.minutes_per_round,
-        pretrain_minutes=args.pretrain_minutes, full_minutes=args.full_minutes, train=train,
+        clicks=args.clicks, seed=args.seed, test_fraction=args.test_fraction, fine_tune=args.fine_tune, train=train,
         satisfied_dice=None if args.satisfied_dice <= 0 else args.satisfied_dice, diversity=args.diversity,
-        max_cases=args.max_cases, device=args.device,
+        max_cases=args.max_cases, device=args.device, **preset,
     )
     try:
         report = run_emulation(config, None if args.quiet else _log)
@@ -62,17 +109,23 @@ def register(subparsers: Any) -> None:
             "the initial fraction with reference labels, then each round select --per-round images with the strategy, "
             "let the virtual user annotate them (automatic prediction + up to --clicks clicks per class; the result "
             "is saved, not the reference), retrain or fine-tune, evaluate on the test split. Writes OUT/rounds.csv, "
-            "OUT/report.json and OUT/curves.png. Run it again with the same options to resume."
+            "OUT/report.json and OUT/curves.png. Run it again with the same options to resume. The defaults are the "
+            "hippocampus CPU preset: on all of Task04_Hippocampus, --compare random,entropy,full takes under an hour "
+            "on 2 cores (docs/emulation/README.md). --aggregate OUT1 OUT2 ... --out AGG summarises runs that differ "
+            "only in --seed (mean, sd, min-max per round)."
         ),
     )
-    p.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="MSD dataset folder")
-    p.add_argument("--out", type=Path, required=True, metavar="OUT", help="output folder (resumed if it holds a run)")
+    p.add_argument("--dataset", type=Path, default=None, metavar="DIR", help="MSD dataset folder (required to run)")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT",
+                   help="output folder (resumed if it holds a run; with --aggregate: where the summary goes)")
+    p.add_argument("--aggregate", nargs="+", default=None, metavar="RUN",
+                   help="summarise these finished emulation folders (one per seed) into OUT instead of running")
     p.add_argument("--strategy", default="entropy", help="strategy (random, sequential, entropy, mc-dropout, tta)")
     p.add_argument("--compare", default=None, metavar="A,B,...",
                    help="several arms on one plot, e.g. random,entropy,full (full: all reference labels)")
     p.add_argument("--initial", default="10%", help="initially labelled part of the pool: 10%%, 0.1 or a count")
-    p.add_argument("--per-round", type=int, default=10, metavar="N", help="images annotated per round")
-    p.add_argument("--rounds", type=int, default=5, metavar="R", help="rounds")
+    p.add_argument("--per-round", type=int, default=None, metavar="N", help="images annotated per round (default 10)")
+    p.add_argument("--rounds", type=int, default=None, metavar="R", help="rounds (default 4)")
     p.add_argument("--clicks", type=int, default=3, help="click budget per class and image of the virtual user")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, training and strategies")
     p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of the cases in the fixed test split")
@@ -80,10 +133,10 @@ def register(subparsers: Any) -> None:
     mode.add_argument("--fine-tune", dest="fine_tune", action="store_true", default=True,
                       help="fine-tune the current version each round (default)")
     mode.add_argument("--from-scratch", dest="fine_tune", action="store_false", help="train from scratch each round")
-    p.add_argument("--minutes-per-round", type=float, default=2.0, metavar="M",
-                   help="training time budget per round (0: the training config's epochs decide)")
-    p.add_argument("--pretrain-minutes", type=float, default=None, help="pre-training budget (default 3 x M)")
-    p.add_argument("--full-minutes", type=float, default=None, help="budget of the full arm (default 3 x M)")
+    p.add_argument("--minutes-per-round", type=float, default=None, metavar="M",
+                   help="training time budget per round (default 2; 0: the training config's epochs decide)")
+    p.add_argument("--pretrain-minutes", type=float, default=None, help="pre-training budget (default 6; 0: 3 x M)")
+    p.add_argument("--full-minutes", type=float, default=None, help="budget of the full arm (default 10; 0: 3 x M)")
     p.add_argument("--train-config", type=Path, default=None, metavar="JSON", help="TrainConfig overrides (JSON object)")
     p.add_argument("--satisfied-dice", type=float, default=0.95,
                    help="the virtual user stops clicking a class once its Dice reaches this (0: always use the budget)")

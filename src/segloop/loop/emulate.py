@@ -19,6 +19,18 @@ Protocol on a labelled dataset in MSD layout (``imagesTr/``, ``labelsTr/``, ``da
 5. After every round: ``OUT/rounds.csv``, ``OUT/report.json`` and ``OUT/curves.png`` are
    rewritten (atomically) from the finished rounds.
 
+Load: every round records the CPU its own process used (``own_cores``: CPU seconds per wall
+second) and what the rest of the machine used meanwhile (``other_cores``, from ``/proc/stat``),
+so timings taken on a shared machine say how shared it was; ``OUT/sessions.json`` lists each
+invocation (start, end, wall time, machine, the same CPU figures).
+
+Defaults (`EmulationConfig`, the CLI's defaults): the *hippocampus CPU preset*, chosen so the
+default comparison (``--compare random,entropy,full``, one seed) on all 260 cases of
+Task04_Hippocampus finishes in under an hour on 2 CPU cores: a 208-image pool (52 test), 10%
+(21) initially labelled, 4 rounds of 10 images (29% labelled at the end), pre-training
+``PRESET_PRETRAIN_MINUTES``, fine-tuning ``PRESET_MINUTES_PER_ROUND`` per round and
+``PRESET_FULL_MINUTES`` for the full arm; see ``docs/emulation/README.md``.
+
 Resuming: ``OUT/config.json`` pins the settings (a different setting is refused);
 ``OUT/arms/<arm>/rounds.json`` lists the finished rounds, which are never redone;
 ``OUT/arms/<arm>/round-NN.json`` records a round's selection and the annotations already saved,
@@ -32,6 +44,7 @@ import io
 import json
 import math
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -50,6 +63,13 @@ MODEL = "emulated"
 FULL = "full"
 VALIDATION_FRACTION = 0.2
 Log = Callable[[str], None]
+
+# The hippocampus CPU preset (the defaults): see the module docstring and docs/emulation/README.md.
+PRESET_PER_ROUND = 10
+PRESET_ROUNDS = 4
+PRESET_PRETRAIN_MINUTES = 6.0
+PRESET_MINUTES_PER_ROUND = 2.0
+PRESET_FULL_MINUTES = 10.0
 
 
 class EmulationError(ValueError):
@@ -70,15 +90,15 @@ class EmulationConfig:
     strategy: str = "entropy"
     compare: list[str] = field(default_factory=list)
     initial: str = "10%"
-    per_round: int = 10
-    rounds: int = 5
+    per_round: int = PRESET_PER_ROUND
+    rounds: int = PRESET_ROUNDS
     clicks: int = 3
     seed: int = 0
     test_fraction: float = 0.2
     fine_tune: bool = True
-    minutes_per_round: float | None = 2.0
-    pretrain_minutes: float | None = None  # None: 3 x minutes_per_round
-    full_minutes: float | None = None  # None: 3 x minutes_per_round
+    minutes_per_round: float | None = PRESET_MINUTES_PER_ROUND
+    pretrain_minutes: float | None = PRESET_PRETRAIN_MINUTES  # None: 3 x minutes_per_round
+    full_minutes: float | None = PRESET_FULL_MINUTES  # None: 3 x minutes_per_round
     train: dict[str, Any] = field(default_factory=dict)
     satisfied_dice: float | None = 0.95
     diversity: float = 0.0
@@ -272,6 +292,53 @@ def _read_json(path: Path, default: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# load on a shared machine
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Wall clock, the machine's busy CPU seconds (None where ``/proc/stat`` is missing) and this process's."""
+
+    wall: float
+    machine_busy: float | None
+    own: float
+
+    @classmethod
+    def now(cls) -> CpuSnapshot:
+        busy: float | None = None
+        try:
+            first = Path("/proc/stat").read_text().splitlines()[0].split()
+            vals = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+            busy = (sum(vals) - vals[3] - vals[4]) / float(os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            busy = None
+        t = os.times()
+        return cls(time.monotonic(), busy, t.user + t.system)
+
+
+def cpu_usage(start: CpuSnapshot, end: CpuSnapshot | None = None) -> dict[str, Any]:
+    """Cores used on average between two snapshots: by this process and by everything else."""
+    end = end or CpuSnapshot.now()
+    wall = max(end.wall - start.wall, 1e-9)
+    own = (end.own - start.own) / wall
+    other = None
+    if start.machine_busy is not None and end.machine_busy is not None:
+        other = max(0.0, (end.machine_busy - start.machine_busy) / wall - own)
+    try:
+        load = float(os.getloadavg()[0])
+    except OSError:
+        load = None
+    return {"own_cores": round(own, 3), "other_cores": None if other is None else round(other, 3), "load_1min": load}
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()}
+
+
+# --------------------------------------------------------------------------------------------
 # the run
 
 
@@ -285,6 +352,9 @@ class Emulation:
         self.out = Path(config.out)
         self._refs: dict[str, np.ndarray] = {}
         self._test: list[tuple[Any, np.ndarray]] | None = None
+        self._session: dict[str, Any] | None = None
+        self._session_cpu: CpuSnapshot | None = None
+        self._earlier_sessions: list[dict[str, Any]] = []
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -337,6 +407,7 @@ class Emulation:
             return dict(done)
         cfg = self.config
         t0 = time.monotonic()
+        cpu0 = CpuSnapshot.now()
         minutes = cfg.pretrain_minutes or (3 * cfg.minutes_per_round if cfg.minutes_per_round else None)
         self.log(f"pre-training on {len(self.plan.initial)} initial images ({len(self.plan.validation)} held out for validation)")
         store = self._fresh_store(self.out / "pretrain" / "data")
@@ -347,7 +418,7 @@ class Emulation:
         metrics = self.evaluate(Predictor.load(store, MODEL, version.version, device=cfg.device))
         done = {"checkpoint": str(version.checkpoint), "config": version.config, "trained_on": [list(p) for p in version.trained_on],
                 "train_metrics": {k: v for k, v in version.metrics.items() if k != "history"}, "test": metrics,
-                "seconds": time.monotonic() - t0}
+                "seconds": time.monotonic() - t0, "cpu": cpu_usage(cpu0)}
         _write_json(done_file, done)
         open_datastore(self.out / "pretrain" / "data").close()
         self.log(f"pre-trained: test mean Dice {metrics['mean_dice']:.3f} ({done['seconds']:.0f} s)")
@@ -377,6 +448,16 @@ class Emulation:
         _write_json(folder / "setup.json", {"arm": arm})
         return store
 
+    @staticmethod
+    def _steps(store: Datastore, version: int | None) -> int | None:
+        """Optimiser steps of a trained version (how much a minute bought on this machine)."""
+        if version is None:
+            return None
+        try:
+            return int(store.get_model(MODEL).version(version).metrics.get("steps") or 0) or None
+        except Exception:  # informative only
+            return None
+
     def _record(self, arm: str, rnd: int, labelled: int, test: dict[str, Any], **extra: Any) -> dict[str, Any]:
         names = list(self.plan.class_names.values())
         return {
@@ -397,7 +478,8 @@ class Emulation:
         if not rounds:
             rounds = [self._record(arm, 0, len(self.plan.initial), pre["test"], clicks=0, clicks_total=0,
                                    annotation_dice=None, annotation_dice_per_class=None, model_version=1,
-                                   accepted=True, train_seconds=pre["seconds"], seconds=pre["seconds"], selected=[])]
+                                   accepted=True, train_seconds=pre["seconds"], seconds=pre["seconds"], selected=[],
+                                   steps=(pre.get("train_metrics") or {}).get("steps"), cpu=pre.get("cpu"))]
         if len(rounds) > cfg.rounds:
             return rounds
         store = self._open_arm(arm, pre)
@@ -408,6 +490,7 @@ class Emulation:
         names = self.plan.class_names
         for rnd in range(len(rounds), cfg.rounds + 1):
             t0 = time.monotonic()
+            cpu0 = CpuSnapshot.now()
             loop = ActiveLearningLoop(
                 store, MODEL, strategy, user, train_config=build_train_config(cfg, cfg.minutes_per_round, cfg.seed + rnd),
                 retrain_every=cfg.per_round, fine_tune=cfg.fine_tune, validation_ids=self.plan.validation,
@@ -450,7 +533,8 @@ class Emulation:
                 model_version=loop.current_version, accepted=outcome.accepted, trained_version=outcome.version,
                 val_dice_new=outcome.new_score, val_dice_old=outcome.old_score, train_seconds=train_seconds,
                 seconds=earlier + time.monotonic() - t0, select_seconds=float(sel.get("select_seconds", 0.0)),
-                selected=sel["selected"],
+                selected=sel["selected"], steps=self._steps(store, outcome.version),
+                made_current_unchecked=outcome.made_current_unchecked, cpu=cpu_usage(cpu0),
             )
             rounds.append(rec)
             _write_json(folder / "rounds.json", rounds)
@@ -471,6 +555,7 @@ class Emulation:
             return rounds
         cfg = self.config
         t0 = time.monotonic()
+        cpu0 = CpuSnapshot.now()
         self.log(f"[full] training on all {len(self.plan.pool)} pool images with reference labels")
         store = self._fresh_store(self.arm_dir(FULL) / "data")
         self._fill_store(store, self.plan.pool, self.plan.pool)
@@ -482,7 +567,8 @@ class Emulation:
         seconds = time.monotonic() - t0
         rec = self._record(FULL, 0, len(self.plan.pool), test, clicks=0, clicks_total=0, annotation_dice=None,
                            annotation_dice_per_class=None, model_version=version.version, accepted=True,
-                           train_seconds=seconds, seconds=seconds, selected=[])
+                           train_seconds=seconds, seconds=seconds, selected=[], steps=self._steps(store, version.version),
+                           cpu=cpu_usage(cpu0))
         _write_json(self.arm_dir(FULL) / "rounds.json", [rec])
         self.log(f"[full] test Dice {rec['test_mean_dice']:.3f} ({seconds:.0f} s)")
         self.write_outputs()
@@ -502,6 +588,9 @@ class Emulation:
         if previous is not None:
             self.log(f"resuming the emulation in {self.out}")
         _write_json(cfg_file, pinned)
+        self._earlier_sessions = list(_read_json(self.out / "sessions.json", []))
+        self._session_cpu = CpuSnapshot.now()
+        self._session = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info()}
         _write_json(self.out / "splits.json", {"test": self.plan.test, "pool": self.plan.pool,
                                                "initial": self.plan.initial, "validation": self.plan.validation})
         pre = self.pretrain() if any(a != FULL for a in self.config.arms) else {}
@@ -528,6 +617,10 @@ class Emulation:
                 s["auc"] = area_under_curve([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds])
                 s["last_annotation_dice"] = last["annotation_dice"]
                 s["clicks_total"] = last["clicks_total"]
+                n_img = len(last.get("selected") or [])
+                s["last_clicks_per_image_per_class"] = (
+                    last["clicks"] / (n_img * len(self.plan.class_names)) if n_img and last.get("clicks") is not None else None
+                )
                 if full_dice:
                     s["relative_to_full"] = last["test_mean_dice"] / full_dice
                     hit = [r["labelled_fraction"] for r in rounds if r["test_mean_dice"] >= 0.95 * full_dice]
@@ -538,26 +631,47 @@ class Emulation:
                            "validation": len(self.plan.validation)},
                 "summary": summary, "arms": arms}
 
+    def _sessions(self) -> list[dict[str, Any]]:
+        """Earlier invocations + this one, brought up to date (``OUT/sessions.json``)."""
+        if self._session is None or self._session_cpu is None:
+            return list(_read_json(self.out / "sessions.json", []))
+        usage = cpu_usage(self._session_cpu)
+        self._session.update(ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             wall_seconds=round(time.monotonic() - self._session_cpu.wall, 1), cpu=usage)
+        sessions = [*self._earlier_sessions, dict(self._session)]
+        _write_json(self.out / "sessions.json", sessions)
+        return sessions
+
     def write_outputs(self) -> dict[str, Any]:
         """Rewrite ``rounds.csv``, ``report.json`` and ``curves.png`` from the finished rounds."""
+        sessions = self._sessions()
         report = self.report()
+        report["sessions"] = sessions
+        report["wall_seconds"] = round(float(sum(x.get("wall_seconds") or 0.0 for x in sessions)), 1)
         names = report["classes"]
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["arm", "round", "labelled", "labelled_fraction", "test_mean_dice", "test_mean_iou",
                     *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names], "clicks", "clicks_total",
-                    "annotation_dice", "model_version", "accepted", "seconds"])
+                    "annotation_dice", "model_version", "accepted", "seconds", "train_seconds", "select_seconds", "steps",
+                    "own_cores", "other_cores"])
         for rounds in report["arms"].values():
             for r in rounds:
                 w.writerow([r["arm"], r["round"], r["labelled"], f"{r['labelled_fraction']:.4f}", f"{r['test_mean_dice']:.4f}",
                             f"{r['test_mean_iou']:.4f}", *[f"{r['test_dice'][n]:.4f}" for n in names],
                             *[f"{r['test_iou'][n]:.4f}" for n in names], r["clicks"], r["clicks_total"],
                             "" if r["annotation_dice"] is None else f"{r['annotation_dice']:.4f}", r["model_version"],
-                            int(bool(r["accepted"])), f"{r['seconds']:.1f}"])
+                            int(bool(r["accepted"])), f"{r['seconds']:.1f}", _fmt(r.get("train_seconds"), 1),
+                            _fmt(r.get("select_seconds"), 1), r.get("steps") or "", _fmt((r.get("cpu") or {}).get("own_cores"), 2),
+                            _fmt((r.get("cpu") or {}).get("other_cores"), 2)])
         _write_atomic(self.out / "rounds.csv", buf.getvalue().encode())
         _write_json(self.out / "report.json", report)
         plot_curves(report, self.out / "curves.png")
         return report
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "" if value is None else f"{float(value):.{digits}f}"
 
 
 def area_under_curve(fractions: Sequence[float], dice: Sequence[float]) -> float | None:

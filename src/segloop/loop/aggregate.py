@@ -1,0 +1,206 @@
+"""Several emulations (typically one per seed) summarised together: mean and spread per round.
+
+`aggregate` reads the ``report.json`` of each ``OUT`` folder written by `segloop.loop.emulate`,
+checks that the runs differ only in their seed (and output folder / device), and gives, per arm
+and round, the mean, sample standard deviation, minimum and maximum of the test Dice, the
+labelled fraction, the virtual user's annotation Dice and the clicks; per arm, the same over the
+runs' summaries (area under the Dice-vs-fraction curve, final Dice, Dice relative to ``full``,
+the fraction that first reaches 95 % of ``full``); and per strategy, the paired difference of its
+area under the curve to ``random``'s in each run. Rounds are aggregated only as far as every run
+got (an unfinished run limits them; ``rounds_used`` says how far).
+
+`write_aggregate` writes ``AGG/aggregate.json``, ``AGG/aggregate.csv`` and ``AGG/curves.png``
+(mean line, min-max band).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segloop.loop.emulate import FULL, EmulationError, _write_atomic, _write_json, area_under_curve
+
+# Settings that may differ between the runs being aggregated.
+MAY_DIFFER = {"seed", "out", "device"}
+
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """``{"n", "mean", "sd", "min", "max", "values"}`` of the non-None values (sd: sample, 0 for one value)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "max": None, "values": list(values)}
+    a = np.asarray(vals)
+    return {"n": len(vals), "mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(vals) > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "values": list(values)}
+
+
+def clicks_per_image_per_class(record: dict[str, Any], classes: int) -> float | None:
+    """A round's clicks per annotated image and foreground class (None for round 0 / full)."""
+    images = len(record.get("selected") or [])
+    if not images or record.get("clicks") is None:
+        return None
+    return float(record["clicks"]) / (images * max(1, classes))
+
+
+def load_reports(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The ``report.json`` of each folder, checked to be comparable.
+
+    Raises:
+        EmulationError: fewer than one folder, a folder without a report, runs with other
+            settings than the seed, or the same seed twice.
+    """
+    if not folders:
+        raise EmulationError("nothing to aggregate: give one or more emulation output folders")
+    reports = []
+    for folder in folders:
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise EmulationError(f"{folder}: no report.json (not an emulation output folder, or nothing finished yet)")
+        try:
+            reports.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise EmulationError(f"{path}: not valid JSON ({exc})") from exc
+    base = reports[0]["config"]
+    for folder, rep in zip(folders, reports, strict=True):
+        cfg = rep["config"]
+        diff = sorted(k for k in set(base) | set(cfg) if k not in MAY_DIFFER and base.get(k) != cfg.get(k))
+        if diff:
+            raise EmulationError(
+                f"{folder}: its emulation has other settings than {folders[0]} ({', '.join(diff)} differ); "
+                "only the seed may differ between aggregated runs"
+            )
+    seeds = [r["config"].get("seed") for r in reports]
+    if len(set(seeds)) != len(seeds):
+        raise EmulationError(f"the same seed appears twice among the runs: {seeds}")
+    return reports
+
+
+def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
+    """Mean and spread over several emulation runs (see the module docstring)."""
+    reports = load_reports(folders)
+    arms = [a for a in reports[0]["config"].get("compare") or [reports[0]["config"].get("strategy")] if a]
+    arms = list(dict.fromkeys(str(a).strip().lower() for a in arms))
+    out_arms: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    for arm in arms:
+        runs = [r["arms"].get(arm) or [] for r in reports]
+        if not all(runs):
+            summary[arm] = {"runs": sum(1 for x in runs if x), "note": "missing in some runs: not aggregated"}
+            continue
+        n_rounds = min(len(x) for x in runs)
+        rows = []
+        for k in range(n_rounds):
+            recs = [x[k] for x in runs]
+            rows.append({
+                "round": k,
+                "labelled": spread([r["labelled"] for r in recs]),
+                "labelled_fraction": spread([r["labelled_fraction"] for r in recs]),
+                "test_mean_dice": spread([r["test_mean_dice"] for r in recs]),
+                "annotation_dice": spread([r.get("annotation_dice") for r in recs]),
+                "clicks": spread([r.get("clicks") for r in recs]),
+                "seconds": spread([r.get("seconds") for r in recs]),
+            })
+        out_arms[arm] = rows
+        s: dict[str, Any] = {"runs": len(runs), "rounds_used": n_rounds - 1 if arm != FULL else None,
+                             "final_test_mean_dice": spread([x[n_rounds - 1]["test_mean_dice"] for x in runs])}
+        if arm != FULL:
+            aucs = [area_under_curve([r["labelled_fraction"] for r in x[:n_rounds]], [r["test_mean_dice"] for r in x[:n_rounds]])
+                    for x in runs]
+            s["auc"] = spread(aucs)
+            s["final_labelled_fraction"] = spread([x[n_rounds - 1]["labelled_fraction"] for x in runs])
+            s["last_annotation_dice"] = spread([x[n_rounds - 1].get("annotation_dice") for x in runs])
+            s["last_clicks_per_image_per_class"] = spread([
+                clicks_per_image_per_class(x[n_rounds - 1], len(rep.get("classes") or [None]))
+                for x, rep in zip(runs, reports, strict=True)
+            ])
+            fulls = [(r["arms"].get(FULL) or [{}])[0].get("test_mean_dice") for r in reports]
+            if all(f for f in fulls):
+                s["relative_to_full"] = spread([x[n_rounds - 1]["test_mean_dice"] / f for x, f in zip(runs, fulls, strict=True)])
+                reach = []
+                for x, f in zip(runs, fulls, strict=True):
+                    hit = [r["labelled_fraction"] for r in x[:n_rounds] if r["test_mean_dice"] >= 0.95 * f]
+                    reach.append(hit[0] if hit else None)
+                s["fraction_reaching_95pct_of_full"] = spread(reach)
+                s["runs_reaching_95pct_of_full"] = sum(1 for v in reach if v is not None)
+        summary[arm] = s
+    if "random" in out_arms:
+        rnd = summary["random"]["auc"]["values"]
+        for arm in out_arms:
+            if arm in ("random", FULL):
+                continue
+            mine = summary[arm]["auc"]["values"]
+            diffs = [None if a is None or b is None else a - b for a, b in zip(mine, rnd, strict=True)]
+            summary[arm]["auc_minus_random"] = spread(diffs)
+            summary[arm]["runs_auc_above_random"] = sum(1 for d in diffs if d is not None and d > 0)
+    cfg = dict(reports[0]["config"])
+    for key in MAY_DIFFER:
+        cfg.pop(key, None)
+    return {"runs": [str(f) for f in folders], "seeds": [r["config"].get("seed") for r in reports],
+            "config": cfg, "wall_seconds": [r.get("wall_seconds") for r in reports], "summary": summary, "arms": out_arms}
+
+
+def write_aggregate(agg: dict[str, Any], out: str | Path) -> None:
+    """``aggregate.json``, ``aggregate.csv`` (one row per arm and round) and ``curves.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "aggregate.json", agg)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["arm", "round", "runs", "labelled_fraction", "test_dice_mean", "test_dice_sd", "test_dice_min",
+                "test_dice_max", "annotation_dice_mean", "annotation_dice_sd", "clicks_mean"])
+
+    def f(v: Any) -> str:
+        return "" if v is None else f"{float(v):.4f}"
+
+    for arm, rows in agg["arms"].items():
+        for r in rows:
+            d = r["test_mean_dice"]
+            a = r["annotation_dice"]
+            w.writerow([arm, r["round"], d["n"], f(r["labelled_fraction"]["mean"]), f(d["mean"]), f(d["sd"]), f(d["min"]),
+                        f(d["max"]), f(a["mean"]), f(a["sd"]), "" if r["clicks"]["mean"] is None else f"{r['clicks']['mean']:.1f}"])
+    _write_atomic(out / "aggregate.csv", buf.getvalue().encode())
+    plot_aggregate(agg, out / "curves.png")
+
+
+def plot_aggregate(agg: dict[str, Any], path: Path) -> None:
+    """Mean test Dice vs. labelled fraction per arm with a min-max band; ``full`` as a line and band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    try:
+        for arm, rows in agg["arms"].items():
+            if not rows:
+                continue
+            if arm == FULL:
+                d = rows[0]["test_mean_dice"]
+                ax.axhline(d["mean"], color="black", linestyle="--", linewidth=1, label=f"full ({d['mean']:.3f})")
+                ax.axhspan(d["min"], d["max"], color="black", alpha=0.08)
+                ax.axhline(0.95 * d["mean"], color="grey", linestyle=":", linewidth=1, label="95% of full")
+                continue
+            x = [r["labelled_fraction"]["mean"] for r in rows]
+            y = [r["test_mean_dice"]["mean"] for r in rows]
+            (line,) = ax.plot(x, y, marker="o", label=f"{arm} (mean of {rows[0]['test_mean_dice']['n']})")
+            ax.fill_between(x, [r["test_mean_dice"]["min"] for r in rows], [r["test_mean_dice"]["max"] for r in rows],
+                            color=line.get_color(), alpha=0.15)
+        cfg = agg["config"]
+        ax.set_xlabel("labelled fraction of the pool")
+        ax.set_ylabel("test mean Dice (band: min-max over seeds)")
+        ax.set_title(f"{Path(str(cfg.get('dataset', ''))).name}: seeds {agg['seeds']}, {cfg.get('per_round')}/round, "
+                     f"{cfg.get('clicks')} clicks/class", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    _write_atomic(path, buf.getvalue())

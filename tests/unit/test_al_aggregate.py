@@ -1,0 +1,117 @@
+"""Aggregating several emulation runs (one per seed): mean and spread per round, refusals."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segloop.cli.common import CommandError
+from segloop.loop.aggregate import aggregate, clicks_per_image_per_class, spread, write_aggregate
+from segloop.loop.emulate import EmulationError
+
+CONFIG: dict[str, Any] = {"dataset": "/data/Task04_Hippocampus", "out": "", "strategy": "entropy",
+                          "compare": ["random", "entropy", "full"], "per_round": 2, "rounds": 2, "clicks": 3, "seed": 0}
+
+
+def _round(arm: str, k: int, dice: float, ann: float | None = None) -> dict[str, Any]:
+    return {"arm": arm, "round": k, "labelled": 4 + 2 * k, "labelled_fraction": (4 + 2 * k) / 20, "test_mean_dice": dice,
+            "annotation_dice": ann, "clicks": 0 if k == 0 else 6, "selected": [] if k == 0 else ["a", "b"], "seconds": 10.0}
+
+
+def write_run(folder: Path, seed: int, random: list[float], entropy: list[float], full: float, **cfg: Any) -> Path:
+    folder.mkdir(parents=True)
+    report = {
+        "config": {**CONFIG, "out": str(folder), "seed": seed, **cfg}, "classes": ["Anterior", "Posterior"],
+        "wall_seconds": 100.0 + seed,
+        "arms": {
+            "random": [_round("random", k, d, None if k == 0 else 0.8) for k, d in enumerate(random)],
+            "entropy": [_round("entropy", k, d, None if k == 0 else 0.9) for k, d in enumerate(entropy)],
+            "full": [{**_round("full", 0, full), "labelled": 20, "labelled_fraction": 1.0}],
+        },
+    }
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> list[Path]:
+    return [
+        write_run(tmp_path / "s0", 0, [0.70, 0.72, 0.74], [0.70, 0.76, 0.80], 0.82),
+        write_run(tmp_path / "s1", 1, [0.60, 0.66, 0.70], [0.60, 0.70, 0.78], 0.80),
+        write_run(tmp_path / "s2", 2, [0.65, 0.70, 0.72], [0.65, 0.68, 0.70], 0.84),
+    ]
+
+
+def test_mean_and_spread_per_round(runs: list[Path]) -> None:
+    agg = aggregate(runs)
+    assert agg["seeds"] == [0, 1, 2] and "seed" not in agg["config"]
+    ent = agg["arms"]["entropy"]
+    assert [r["round"] for r in ent] == [0, 1, 2]
+    last = ent[2]["test_mean_dice"]
+    assert last["n"] == 3 and last["mean"] == pytest.approx(0.76) and last["min"] == 0.70 and last["max"] == 0.80
+    assert last["sd"] == pytest.approx(0.052915, abs=1e-5)  # sample sd of 0.80, 0.78, 0.70
+    assert ent[0]["annotation_dice"]["n"] == 0 and ent[1]["annotation_dice"]["mean"] == pytest.approx(0.9)
+    s = agg["summary"]["entropy"]
+    # AUC per run (trapezoid / span): seed 0: ((0.70+0.76)/2 + (0.76+0.80)/2) / 2 = 0.755
+    assert s["auc"]["values"][0] == pytest.approx(0.755)
+    rnd0 = ((0.70 + 0.72) / 2 + (0.72 + 0.74) / 2) / 2
+    assert s["auc_minus_random"]["values"][0] == pytest.approx(0.755 - rnd0)
+    assert s["runs_auc_above_random"] == 2  # seed 2: entropy below random
+    # 95% of full: seed 0 needs 0.779 -> 0.80 at 8/20; seed 1 0.76 -> 0.78 at 8/20; seed 2 0.798 -> never
+    assert s["fraction_reaching_95pct_of_full"]["values"] == [0.4, 0.4, None] and s["runs_reaching_95pct_of_full"] == 2
+    assert s["last_clicks_per_image_per_class"]["mean"] == pytest.approx(6 / (2 * 2))
+    assert agg["summary"]["full"]["final_test_mean_dice"]["mean"] == pytest.approx(0.82)
+
+
+def test_unfinished_run_limits_the_rounds(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", 0, [0.7, 0.72, 0.74], [0.7, 0.75, 0.8], 0.8)
+    b = write_run(tmp_path / "b", 1, [0.7, 0.71], [0.7, 0.73], 0.8)
+    agg = aggregate([a, b])
+    assert len(agg["arms"]["entropy"]) == 2 and agg["summary"]["entropy"]["rounds_used"] == 1
+
+
+def test_refusals(tmp_path: Path, runs: list[Path]) -> None:
+    other = write_run(tmp_path / "other", 3, [0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.8, clicks=1)
+    with pytest.raises(EmulationError, match="clicks differ"):
+        aggregate([runs[0], other])
+    twice = write_run(tmp_path / "twice", 0, [0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.8)
+    with pytest.raises(EmulationError, match="same seed"):
+        aggregate([runs[0], twice])
+    with pytest.raises(EmulationError, match="no report.json"):
+        aggregate([runs[0], tmp_path / "missing"])
+    with pytest.raises(EmulationError, match="nothing to aggregate"):
+        aggregate([])
+
+
+def test_outputs_and_cli(tmp_path: Path, runs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from segloop.cli.emulate_command import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "agg"
+    args = parser.parse_args(["emulate", "--aggregate", *map(str, runs), "--out", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "seeds [0, 1, 2]" in printed and "entropy" in printed and "2/3 runs" in printed
+    assert json.loads((out / "aggregate.json").read_text()) == json.loads(json.dumps(aggregate(runs)))
+    rows = list(csv.DictReader((out / "aggregate.csv").open()))
+    assert [(r["arm"], r["round"]) for r in rows][:3] == [("random", "0"), ("random", "1"), ("random", "2")]
+    assert float(rows[5]["test_dice_mean"]) == pytest.approx(0.76, abs=1e-4)
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    bad = parser.parse_args(["emulate", "--aggregate", str(tmp_path / "nothing"), "--out", str(out)])
+    with pytest.raises(CommandError, match="no report.json"):
+        bad.func(bad)
+    write_aggregate(aggregate(runs[:1]), tmp_path / "one")  # a single run: sd 0, still a plot
+
+
+def test_helpers() -> None:
+    s = spread([1.0, None, 3.0])
+    assert s["n"] == 2 and s["mean"] == 2.0 and s["values"] == [1.0, None, 3.0]
+    assert spread([None])["mean"] is None and spread([2.0])["sd"] == 0.0
+    assert clicks_per_image_per_class({"clicks": 12, "selected": ["a", "b"]}, 2) == 3.0
+    assert clicks_per_image_per_class({"clicks": 0, "selected": []}, 2) is None
