@@ -160,8 +160,14 @@ def child_main(
     cancel: Any,
     threads: int | None,
     nice: int,
+    idle_class: bool = False,
 ) -> None:
-    """Entry point of a job's child process (spawned)."""
+    """Entry point of a job's child process (spawned).
+
+    It runs at ``nice`` and, with ``idle_class`` (Linux), in the ``SCHED_IDLE`` scheduling class:
+    it then gets a core only when nothing else wants it, which a nice value alone does not give
+    (nice 10 still takes ~10% of a core from a nice-0 thread it competes with). The threads it
+    starts afterwards (torch's) inherit both."""
     import os
     import threading
 
@@ -179,6 +185,9 @@ def child_main(
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
+    if idle_class and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         os.environ["SEGLOOP_JOB_THREADS"] = str(threads)

@@ -78,6 +78,7 @@ class JobRunner:
         validator: Validator | None = None,
         child_threads: int | None = None,
         nice: int = 10,
+        idle_kinds: frozenset[str] = frozenset({"train", "score"}),
         poll_interval: float = 0.5,
         progress_interval: float = 0.25,
         store: Any | None = None,
@@ -95,6 +96,11 @@ class JobRunner:
         # leave at least one core to the server; the child also runs at a lower priority
         self.child_threads = child_threads or max(1, cpus - 1)
         self.nice = nice
+        # these kinds' child processes run in the SCHED_IDLE class (Linux): long computations
+        # that yield the CPU to request handling and interactive inference at once (see
+        # `child_main`). Not the kinds that write labels or evaluations: a starved process must
+        # not sit on the store's write lock.
+        self.idle_kinds = frozenset(idle_kinds)
         self.poll_interval = poll_interval
         self.progress_interval = progress_interval
         self.store = store
@@ -272,7 +278,8 @@ class JobRunner:
         cancel_ev = self._mp.Event()
         process = self._mp.Process(
             target=child_main,
-            args=(job.id, job.kind, handler, job.params, str(self.root), q, cancel_ev, self.child_threads, self.nice),
+            args=(job.id, job.kind, handler, job.params, str(self.root), q, cancel_ev, self.child_threads, self.nice,
+                  job.kind in self.idle_kinds),
             name=f"segloop-job-{job.id[:8]}",
         )
         thread = threading.Thread(
