@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from segloop import __version__
 from segloop.imaging.nifti import nifti_bytes, read_nifti
 from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
-from segloop.server.state import ServerState, current_principal, get_state, require
+from segloop.server.state import ServerState, current_principal, require, server_state
 from segloop.server.uploads import receive_multipart
 from segloop.store.ingest import IngestError, import_paths
 from segloop.store.records import LabelClass, LabelSchema
@@ -66,7 +65,7 @@ LABEL_BODY = {
     }
 }
 
-State = Annotated[ServerState, Depends(get_state)]
+State = Annotated[ServerState, Depends(server_state)]
 Viewer = Annotated[Principal, Depends(require("annotator"))]
 Annotator = Annotated[Principal, Depends(require("annotator"))]
 Reviewer = Annotated[Principal, Depends(require("reviewer"))]
@@ -226,18 +225,29 @@ def get_image(image_id: ImageId, state: State, _: Viewer) -> dict[str, Any]:
 
 
 @router.get("/images/{image_id}/volume", tags=["images"], response_class=Response, responses=NIFTI_RESPONSE)
-def get_volume(image_id: ImageId, state: State, _: Viewer) -> Response:
-    """The image as gzip-compressed NIfTI bytes."""
-    path = Path(state.store.image_path(image_id))
-    if path.name.lower().endswith(".nii.gz") and path.is_file():
-        return FileResponse(path, media_type=NIFTI, filename=f"{image_id}.nii.gz")
-    data = nifti_bytes(state.store.load_image(image_id))
-    return Response(data, media_type=NIFTI, headers={"Content-Disposition": f'attachment; filename="{image_id}.nii.gz"'})
+async def get_volume(image_id: ImageId, state: State, _: Viewer) -> Response:
+    """The image as gzip-compressed NIfTI bytes.
+
+    Recently fetched files are served from memory (checked against the file on each call; see
+    `segloop.server.filecache`): no thread-pool hop, one send."""
+    headers = {"Content-Disposition": f'attachment; filename="{image_id}.nii.gz"'}
+    hit = state.volumes.get(image_id)
+    if hit is not None:
+        return Response(hit.data, media_type=NIFTI, headers=headers)
+
+    def load() -> bytes:
+        path = Path(state.store.image_path(image_id))
+        if path.name.lower().endswith(".nii.gz") and path.is_file():
+            return state.volumes.load(image_id, path).data
+        return nifti_bytes(state.store.load_image(image_id))
+
+    return Response(await run_in_threadpool(load), media_type=NIFTI, headers=headers)
 
 
 @router.delete("/images/{image_id}", tags=["images"])
 def delete_image(image_id: ImageId, state: State, _: Admin) -> dict[str, Any]:
     state.store.delete_image(image_id)
+    state.volumes.forget(image_id)
     state.sessions.close_image(image_id)
     state.bus.publish("image.deleted", {"image_id": image_id})
     return {"deleted": image_id}
@@ -339,62 +349,3 @@ def mark_final(image_id: ImageId, revision: Annotated[int, PathParam(ge=1, le=10
     data = rev.to_dict()
     state.bus.publish("label.revision", data)
     return data
-
-
-# --- next image (active learning) ----------------------------------------------------------------
-
-STRATEGIES = {
-    "random": "a uniformly random unlabeled image (score: null)",
-    "sequential": "unlabeled images in import order (score: null)",
-}
-PENDING_STRATEGIES = ("entropy", "mc-dropout", "tta")
-
-
-@router.get("/activelearning/strategies", tags=["active learning"])
-def strategies(_: Viewer) -> dict[str, Any]:
-    """What `GET /next` offers in this version. Uncertainty strategies come with `segloop.activelearning`."""
-    return {
-        "available": [{"name": k, "description": v} for k, v in STRATEGIES.items()],
-        "pending": list(PENDING_STRATEGIES),
-        "note": "uncertainty-based strategies (entropy, MC dropout, TTA) are not implemented yet; "
-        "random and sequential do not use the model",
-    }
-
-
-@router.get("/next", tags=["active learning"])
-def next_images(
-    state: State,
-    _: Viewer,
-    strategy: str = "sequential",
-    count: Annotated[int, Query(ge=1, le=100)] = 1,
-    seed: Annotated[int | None, Query(ge=0, le=2**31)] = None,
-) -> dict[str, Any]:
-    """The next image(s) to annotate: those without any label yet. Only ``random`` and
-    ``sequential`` exist for now; they rank nothing and return ``score: null``."""
-    if strategy not in STRATEGIES:
-        pending = strategy in PENDING_STRATEGIES
-        raise ApiError(
-            422,
-            "unknown_strategy" if not pending else "strategy_unavailable",
-            (
-                f"strategy {strategy!r} is not available in this version (it arrives with active learning); "
-                if pending
-                else f"unknown strategy {strategy!r}; "
-            )
-            + f"available: {', '.join(STRATEGIES)}",
-            available=list(STRATEGIES),
-        )
-    total = state.store.count_images(label_state="none")
-    if strategy == "sequential":
-        records = state.store.list_images(label_state="none", offset=0, limit=count)
-    else:
-        rng = random.Random(seed)
-        picks = sorted(rng.sample(range(total), min(count, total)))
-        records = [r for i in picks for r in state.store.list_images(label_state="none", offset=i, limit=1)]
-        rng.shuffle(records)
-    return {
-        "strategy": strategy,
-        "items": [{"image": finite(r.to_dict()), "score": None} for r in records],
-        "remaining_unlabeled": total,
-        "note": "random/sequential only; uncertainty strategies are not implemented yet",
-    }

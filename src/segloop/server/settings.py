@@ -9,6 +9,16 @@ from pathlib import Path
 from segloop.server.auth import AuthConfig, AuthConfigError, is_loopback
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {text!r}") from None
+
+
 class SettingsError(ValueError):
     """Settings that cannot work together (e.g. a public address without auth)."""
 
@@ -31,6 +41,12 @@ class ServerSettings:
         max_running_jobs: background jobs running at once (others wait queued).
         job_threads: torch threads of a job's child process (None: cores - 1, at least 1).
         device: torch device for inference and jobs (None: CUDA when available).
+        score_sync_passes: `GET /next` scores the images that lack a cached score itself (in the
+            inference pool) when that costs at most this many forward passes, and starts a
+            ``score`` job otherwise (see `segloop.server.scoring`); 0: always a job. Default 16,
+            or the ``SEGLOOP_SCORE_SYNC_PASSES`` environment variable.
+        volume_cache_bytes: image files (gzip NIfTI) kept in memory for volume fetches
+            (`segloop.server.filecache`); 0 disables it.
         tls_cert, tls_key: serve HTTPS with this certificate and key.
         dicomweb_url / dicomweb_auth / dicomweb_filters / dicomweb_cache_bytes: images come
             from this DICOMweb server (QIDO filters; fetched series cache bound), everything
@@ -54,6 +70,8 @@ class ServerSettings:
     max_running_jobs: int = 2
     job_threads: int | None = None
     device: str | None = None
+    score_sync_passes: int = field(default_factory=lambda: _env_int("SEGLOOP_SCORE_SYNC_PASSES", 16))
+    volume_cache_bytes: int = 256 * 1024**2
     tls_cert: Path | None = None
     tls_key: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -86,6 +104,8 @@ class ServerSettings:
             raise SettingsError("max upload size must be positive")
         if self.inference_workers < 1 or self.inference_queue < 0:
             raise SettingsError("inference workers must be >= 1 and the queue >= 0")
+        if self.score_sync_passes < 0:
+            raise SettingsError("score_sync_passes must be >= 0")
         if self.job_mode not in ("process", "thread"):
             raise SettingsError("job mode must be 'process' or 'thread'")
         if self.ephemeral and not self.dicomweb_url:

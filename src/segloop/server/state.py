@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, WebSocket
+from fastapi.concurrency import run_in_threadpool
 
 from segloop.jobs import EventBus, JobRunner
 from segloop.jobs.events import Event
 from segloop.server.auth import Authenticator, AuthError, Principal
+from segloop.server.filecache import FileBytesCache
 from segloop.server.settings import ServerSettings
 from segloop.server.workers import PredictorCache, SessionManager, WorkerPool
 
@@ -86,6 +89,21 @@ class ServerState:
     predictors: PredictorCache
     sessions: SessionManager
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    _scores: Any = None
+    _scores_lock: threading.Lock = field(default_factory=threading.Lock)
+    volumes: FileBytesCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.volumes = FileBytesCache(self.settings.volume_cache_bytes)
+
+    def score_cache(self) -> Any:
+        """The active-learning score cache (``activelearning.db`` in the data folder), opened on first use."""
+        from segloop.activelearning.cache import ScoreCache
+
+        with self._scores_lock:
+            if self._scores is None:
+                self._scores = ScoreCache(self.settings.data)
+            return self._scores
 
     @property
     def jobs(self) -> Any:
@@ -115,18 +133,29 @@ def get_state(request: Request) -> ServerState:
     return state
 
 
-def current_principal(
+async def server_state(request: Request) -> ServerState:
+    """`get_state` as an async dependency: FastAPI runs a plain ``def`` dependency in its thread
+    pool, and each such hop waits for the GIL, which compute threads (inference) hold often.
+    Cheap dependencies are therefore async and run on the event loop."""
+    return get_state(request)
+
+
+async def current_principal(
     request: Request,
     access_token: str | None = Query(None, description="API or session token, for clients that cannot set headers"),
 ) -> Principal:
     state = get_state(request)
-    return state.auth.authenticate(request.headers.get("authorization"), access_token)
+    authorization = request.headers.get("authorization")
+    if authorization and authorization.lstrip().lower().startswith("basic"):
+        # a password may need an scrypt check (tens of ms): never on the event loop
+        return await run_in_threadpool(state.auth.authenticate, authorization, access_token)
+    return state.auth.authenticate(authorization, access_token)  # token: a hash and a lookup
 
 
-def require(role: str) -> Callable[..., Principal]:
+def require(role: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency: the caller, who must hold ``role`` (or a higher one)."""
 
-    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.has(role):
             raise AuthError(403, "forbidden", f"this needs the {role} role; {principal.name} is {principal.role}")
         return principal
