@@ -198,9 +198,18 @@ class DicomWebSource:
     # --- WADO ----------------------------------------------------------------------------
 
     def fetch_series(
-        self, study_uid: str, series_uid: str, *, expected_instances: int | None = None
+        self,
+        study_uid: str,
+        series_uid: str,
+        *,
+        expected_instances: int | None = None,
+        headers_to: Path | None = None,
     ) -> Volume:
         """The series as a `Volume`, from the cache or fetched with WADO-RS (then cached).
+
+        With ``headers_to`` (an empty or missing folder on the cache's filesystem) the series is
+        always fetched, its headers are written there and nothing is cached: for callers that
+        keep the series themselves (`DicomWebDatastore`), which saves a second volume write.
 
         Raises:
             ImagingError: the server cannot deliver the series, delivers fewer instances than
@@ -208,7 +217,7 @@ class DicomWebSource:
         """
         entry = self._entry(series_uid)
         volume_path = entry / "volume.nii.gz"
-        if volume_path.is_file():
+        if volume_path.is_file() and headers_to is None:
             (entry / "last_used").touch()
             volume = read_nifti(volume_path)
             volume.metadata = json.loads((entry / "series.json").read_text())["metadata"]
@@ -245,7 +254,10 @@ class DicomWebSource:
             headers.mkdir()
             for n, ds in enumerate(datasets):
                 _save(ds, files / f"{n:06d}.dcm")
-            volume = read_dicom_series(files)
+            try:
+                volume = read_dicom_series(files)
+            except ImagingError as exc:
+                raise ImagingError(None, f"{what}: the delivered instances are not one volume: {exc.problem}") from exc
             if str(volume.metadata.get("series_uid") or "") != series_uid:
                 raise ImagingError(
                     None, f"{what}: delivered instances belong to series {volume.metadata.get('series_uid')}"
@@ -260,6 +272,13 @@ class DicomWebSource:
                 {"study_uid": study_uid, "series_uid": series_uid, "dicomweb_url": self.url}
             )
             volume.metadata.pop("source_paths", None)
+            if headers_to is not None:
+                Path(headers_to).parent.mkdir(parents=True, exist_ok=True)
+                if Path(headers_to).exists():
+                    Path(headers_to).rmdir()  # must be empty
+                os.replace(headers, headers_to)
+                shutil.rmtree(staging, ignore_errors=True)
+                return volume
             write_nifti(volume, staging / "volume.nii.gz")
             meta = {"study_uid": study_uid, "series_uid": series_uid, "metadata": _jsonable(volume.metadata)}
             (staging / "series.json").write_text(json.dumps(meta))

@@ -301,21 +301,21 @@ class DicomWebDatastore:
                 return self.local.get_image(image_id)
             if self.ephemeral:
                 self._remember_ephemeral(image_id)
-            volume = self.source.fetch_series(info.study_uid, info.series_uid, expected_instances=info.instances)
-            record = self._register(image_id, info, volume)
+            record = self._fetch_and_register(image_id, info)
         self._touch(image_id)
         self._evict(keep=image_id)
         return record
 
-    def _register(self, image_id: str, info: SeriesInfo, volume: Volume) -> ImageRecord:
-        headers = self.source.cached_headers(info.series_uid)
-        staged = Path(tempfile.mkdtemp(prefix=".tmp-headers-", dir=self.local.staging_dir()))
+    def _fetch_and_register(self, image_id: str, info: SeriesInfo) -> ImageRecord:
+        """WADO-RS the series straight into the local store (volume + header attachments)."""
+        staged = Path(tempfile.mkdtemp(prefix=".tmp-fetch-", dir=self.local.staging_dir()))
+        headers = staged / "headers"
         try:
-            files = sorted(headers.iterdir())
-            for f in files:
-                shutil.copy2(f, staged / f.name)
+            volume = self.source.fetch_series(
+                info.study_uid, info.series_uid, expected_instances=info.instances, headers_to=headers
+            )
             meta = dict(volume.metadata)
-            meta["sop_instance_uids"] = _sop_uids_in_slice_order(files, volume)
+            meta["sop_instance_uids"] = _sop_uids_in_slice_order(sorted(headers.iterdir()), volume)
             meta["display_name"] = self._virtual(info).name
             record = self.local.add_image(
                 Volume(volume.array, volume.affine, meta),
@@ -327,13 +327,12 @@ class DicomWebDatastore:
                 self.local.delete_image(record.id)
                 raise ValidationError(f"local image id {image_id!r} is taken by another image")
             try:
-                self.local.attach(record.id, HEADERS_KIND, staged)
+                self.local.attach(record.id, HEADERS_KIND, headers)
             except BaseException:
                 self.local.delete_image(record.id)
                 raise
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-            self.source.drop(info.series_uid)  # the local store holds it now
         return record
 
     def _touch(self, image_id: str) -> None:
