@@ -148,6 +148,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     _event_routes(app)
     app.include_router(routes_pacs.router)
 
+    from segloop.server.monailabel import router as monailabel_router  # MONAI-Label-compatible surface
+
+    app.include_router(monailabel_router)
     # The browser app (web/dist) at "/": last, because it adds a catch-all GET route.
     mount_web_app(app)
     return app
