@@ -44,13 +44,16 @@ def test_seg_in_export_seg_and_nrrd_round_trip(segloop: Segloop, tmp_path: Path)
     np.testing.assert_allclose(vol.affine, label.affine, atol=1e-4)
 
 
-def test_seg_export_needs_the_source_series(segloop: Segloop, tmp_path: Path) -> None:
+def test_seg_export_uses_the_headers_kept_at_import(segloop: Segloop, tmp_path: Path) -> None:
     data = tmp_path / "D"
     assert segloop("import", CT, "--data", data).code == 0
     assert segloop("import-seg", LIVER, "--data", data).code == 0
     image_id = segloop("images", "--data", data, "--json").json()[0]["id"]
-    res = segloop("export", image_id, "--data", data, "--format", "dicom-seg", "-o", tmp_path / "o")
-    assert res.code == 2 and "--source-dicom" in res.err
+    res = segloop("export", image_id, "--data", data, "--format", "dicom-seg", "-o", tmp_path / "kept")
+    assert res.code == 0, res.err  # no --source-dicom: the headers kept at import are used
+    store = open_datastore(data)
+    back = read_dicom_seg(pydicom.dcmread(Path(res.out.strip())), store.load_image(image_id))
+    np.testing.assert_array_equal(back.label.array, store.load_label(image_id).array)
     wrong = segloop("export", image_id, "--data", data, "--format", "dicom-seg", "-o", tmp_path / "o",
                     "--source-dicom", SHARED_DATA / "dicom" / "mr_brain_tcia_pgbm" / "Study1" / "13_HCropVolume")
     assert wrong.code == 2
