@@ -51,9 +51,12 @@ Decisions
   annotators (the answer says so). Tags read back: ``final``, ``latest``, ``original`` (revision 1)
   or a revision number. Images are never overwritten: an upload under an existing id with other
   content is a 409.
-- **Active learning** never answers 500: ``{}`` when no image lacks a final label; a model-based
-  strategy whose scores are not cached for more than a few images starts a background scoring job
-  and answers a random image marked ``"fallback": "random"`` with the reason.
+- **Active learning** never answers 500: ``{}`` when no image lacks a final label. Model-based
+  strategies follow ``GET /api/v1/next``'s rule (`segloop.server.scoring`: cached scores of the
+  model's current version; the few uncached images scored at once in the worker pool); where
+  ``/next`` answers 202 (a background score job fills the cache — started or joined, the same
+  job ``/next`` uses) or 409/422 (scoring failed recently, strategy unusable for the model), this
+  surface answers a random image marked ``"fallback": "random"`` with the reason and job id.
 - Absolute server paths (``path`` in image info, ``output=train``) are only given by an open
   (loopback) server, where the client runs on the same machine.
 """

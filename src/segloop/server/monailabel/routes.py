@@ -42,7 +42,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 INTERACTIVE_SUFFIX = "_interactive"
 STRATEGY_ALIASES = {"first": "sequential", "epistemic": "mc-dropout", "last": "sequential"}
-INLINE_SCORING_LIMIT = 4  # uncached images a model-based /activelearning request may score itself
 TAGS = ("final", "latest", "original")
 STRATEGY_TEXT = {
     "random": "a random image without a final label (a new draw per request)",
@@ -465,10 +464,13 @@ async def infer(
                 initial = volume.with_array(arr.astype(np.uint8))
             predictor = state.predictors.get(name)
             t2 = time.perf_counter()
-            if req.clicks or initial is not None:
-                pred = _implicit_prediction(state, cs, principal.name, key, predictor, volume, req.clicks, initial)
-            else:
-                pred = predictor.predict(volume)
+            try:
+                if req.clicks or initial is not None:
+                    pred = _implicit_prediction(state, cs, principal.name, key, predictor, volume, req.clicks, initial)
+                else:
+                    pred = predictor.predict(volume)
+            except ValueError as exc:  # a class the model does not know, a channel mismatch...
+                raise convert.ParamsError(str(exc)) from exc
             t3 = time.perf_counter()
             label = pred.label
             names = {c.name: c.value for c in schema.foreground if c.value in predictor.class_values}
@@ -530,86 +532,106 @@ def _strategy(name: str, params: dict[str, Any]) -> Any:
         raise ApiError(422, "invalid", str(exc)) from exc
 
 
-def _rank(state: ServerState, strat: Any, predictor: Any, pool: list[str], cache: bool) -> Any:
+def _rank_random(state: ServerState, pool: list[str]) -> Any:
     from segloop.activelearning.ranking import rank_pool
 
-    return rank_pool(state.store, strat, predictor=predictor, pool=pool, limit=1, cache=cache)
+    return rank_pool(state.store, _strategy("random", {}), pool=pool, limit=1, cache=False)
 
 
-def _uncached(state: ServerState, strat: Any, predictor: Any, pool: list[str]) -> list[str]:
-    from segloop.activelearning.cache import ScoreCache
-    from segloop.activelearning.ranking import data_folder
+def _score_job(state: ServerState, model: str, version: int, strat: Any, owner: str) -> Job:
+    """The score job of (model, version, strategy, params), started or joined — the same key and
+    parameters ``GET /api/v1/next`` uses, so the two never score a pool twice at once."""
+    from segloop.jobs.tasks import score_resource
+    from segloop.server import scoring
 
-    cache = ScoreCache(data_folder(state.store))
+    resource = score_resource(model, version, strat.name, strat.params)
+    latest = scoring.latest_job(state.jobs, resource)
+    if latest is not None and latest.active:
+        return latest
+    job, _started = scoring.start_or_join(
+        state.runner, scoring.job_params(model, version, strat, 0.0, state.settings.device), owner, resource)
+    return job
+
+
+def _model_ranking(state: ServerState, strat: Any, model: str, pool: list[Any], principal: Principal,
+                   meta: dict[str, Any]) -> Any:
+    """`GET /api/v1/next`'s rule (`segloop.server.scoring`) for one model-based pick, run in a
+    worker thread: a ranking from the cache, or after scoring the few uncached images now; or
+    None with ``meta`` saying why (the score job started or joined, or the strategy unusable)."""
+    from segloop.activelearning.ranking import rank_pool
+    from segloop.jobs.tasks import score_resource
+    from segloop.server import scoring
+
     try:
-        hits = cache.get(predictor.model, predictor.version, strat.name, strat.params, pool)
-    finally:
-        cache.close()
-    return [i for i in pool if i not in hits]
+        version = scoring.check_model(state.store, model, strat)
+    except ApiError as exc:
+        meta.update(fallback="random", reason=exc.message)
+        return None
+    ids = [r.id for r in pool]
+    hits = set(state.score_cache().get(model, version, strat.name, strat.params, ids))
+    plan = scoring.plan(strat, pool, hits, state.settings.score_sync_passes)
+    meta.update(model=model, version=version, cached=plan.cached, unscored=plan.unscored)
+    if plan.action == "job":
+        latest = scoring.latest_job(state.jobs, score_resource(model, version, strat.name, strat.params))
+        if latest is not None and not latest.active and scoring.failed_recently(latest):
+            meta.update(fallback="random", scoring_job=latest.id, reason=f"scoring failed: {latest.error}")
+            return None
+        job = _score_job(state, model, version, strat, principal.name)
+        meta.update(fallback="random", scoring_job=job.id, retry_after=scoring.retry_after(job, plan.cost),
+                    reason=f"{plan.unscored} of {len(pool)} images have no cached {strat.name} score yet; "
+                    "a background scoring job fills the cache")
+        return None
+    if plan.action == "score":
+        if strat.name == "mc-dropout":  # dropout switched on: never on the predictor clicks share
+            from segloop.ml.predictor import Predictor
 
-
-def _submit_scoring(state: ServerState, model: str, strat: Any, owner: str) -> str | None:
+            predictor: Any = Predictor.load(state.store, model, version, device=state.settings.device)
+        else:
+            predictor = state.predictors.get(model, version)
+    else:
+        predictor = scoring.CachedScoresOnly(model, version)
     try:
-        job = state.runner.submit(
-            "score",
-            {"model": model, "strategy": strat.name, "strategy_params": strat.params, "device": state.settings.device},
-            owner=owner,
-            resource=f"score:{model}:{strat.name}",
-        )
-        return str(job.id)
-    except JobConflict as exc:
-        return exc.job_id
+        ranking = rank_pool(state.store, strat, predictor=predictor, pool=ids, limit=1, cache=state.score_cache())
+    except ValueError as exc:
+        meta.update(fallback="random", reason=str(exc))
+        return None
+    meta["scored_now"] = ranking.scored
+    return ranking
 
 
 @route("POST", "/activelearning/{strategy}")
 async def activelearning(strategy: str, request: Request, state: State, cs: Compat, principal: Annotator) -> dict[str, Any]:
     """The next image to annotate among those without a final label; ``{}`` when none is left.
 
-    Model-based strategies (entropy, mc-dropout, tta; ``epistemic`` = mc-dropout) rank by the
-    model's cached scores. When more than a few images of the pool have no cached score yet,
-    this request does not score the pool itself: it starts a background scoring job (one per
-    model and strategy) and answers with a random pick marked ``"fallback": "random"`` and the
-    reason; once the job has filled the cache, answers are model-based."""
+    Model-based strategies (entropy, mc-dropout, tta; ``epistemic`` = mc-dropout) follow
+    ``GET /api/v1/next`` (`segloop.server.scoring`): cached scores of the model's current
+    version, the few uncached images scored now. Where ``/next`` would answer 202 (a scoring
+    job fills the cache) or 409/422 (scoring failed, strategy unusable for the model), this
+    answers a random image marked ``"fallback": "random"`` with the reason and the job id:
+    MONAI Label's clients know no 202."""
     params = await _json_body(request)
     strat = _strategy(strategy, params)
-    pool = [r.id for r in await run_in_threadpool(state.store.list_images) if r.label_state != "final"]
+    pool = [r for r in await run_in_threadpool(state.store.list_images) if r.label_state != "final"]
     if not pool:
         return {}
     meta: dict[str, Any] = {"strategy": strat.name, "params": strat.params, "pool": len(pool)}
     ranking = None
     if strat.needs_model:
-        models = _current_models(state)
         wanted = params.get("model")
-        model = str(wanted) if wanted else (models[0].name if models else None)
+        model = str(wanted) if wanted else next((m.name for m in _current_models(state)), None)
         if model is None:
             meta["fallback"], meta["reason"] = "random", "no trained model yet"
         else:
-            try:
-                predictor = await state.pool.run(state.predictors.get, model)
-                missing = await run_in_threadpool(_uncached, state, strat, predictor, pool)
-                meta.update(model=predictor.model, version=predictor.version)
-                if len(missing) <= int(params.get("inline_limit", INLINE_SCORING_LIMIT)):
-                    ranking = await state.pool.run(_rank, state, strat, predictor, pool, True)
-                    meta["scored_now"] = ranking.scored
-                else:
-                    job = await run_in_threadpool(_submit_scoring, state, predictor.model, strat, principal.name)
-                    meta.update(fallback="random", scoring_job=job,
-                                reason=f"{len(missing)} of {len(pool)} images have no cached {strat.name} score "
-                                "yet; a background scoring job fills the cache")
-            except (Busy, ApiError):
-                raise
-            except Exception as exc:  # a strategy that cannot run on this model: say so, pick randomly
-                log.warning("activelearning %s on %s failed: %s", strat.name, model, exc)
-                meta["fallback"], meta["reason"] = "random", f"{type(exc).__name__}: {exc}"
-    final = ranking if ranking is not None else await run_in_threadpool(
-        _rank, state, _strategy("random", {}), None, pool, False)
+            await run_in_threadpool(state.store.get_model, model)  # 404 for an unknown model
+            ranking = await state.pool.run(_model_ranking, state, strat, model, pool, principal, meta)
+    final = ranking if ranking is not None else await run_in_threadpool(_rank_random, state, [r.id for r in pool])
     if not final.items:
         return {}
     top = final.items[0]
     rec = await run_in_threadpool(state.store.get_image, top.image_id)
     client = params.get("client_id")
     cs.update_info(f"image:{rec.id}", {"strategy": {strat.name: {"ts": int(time.time()), "client_id": client}}})
-    score = None if meta.get("fallback") or strat.name in ("random", "sequential") else top.score
+    score = None if meta.get("fallback") or not strat.needs_model else top.score
     return {**_image_info(state, rec, cs), "score": score, "segloop": meta}
 
 
@@ -1177,6 +1199,16 @@ def scoring_status(state: State, _: Viewer, all: bool = False, check_if_running:
     return [_job_task(j) for j in jobs] if all else _job_task(jobs[0])
 
 
+@route("DELETE", "/scoring/")
+def scoring_stop(state: State, principal: Annotator) -> dict[str, Any]:
+    """Cancel the caller's active scoring jobs (an admin: everyone's); ``{}`` when none was active."""
+    last: dict[str, Any] = {}
+    for job in _jobs(state, "score", True):
+        if job.owner == principal.name or principal.has("admin"):
+            last = _job_task(state.runner.cancel(job.id))
+    return last
+
+
 def _scoring_model(state: ServerState, params: dict[str, Any]) -> str:
     wanted = params.get("model")
     if wanted:
@@ -1194,19 +1226,18 @@ async def scoring_run(method: str, request: Request, state: State, principal: An
     strat = _strategy(method, params)
     if not strat.needs_model:
         raise ApiError(422, "invalid", f"strategy {strat.name!r} does not use the model: nothing to score")
+    from segloop.server import scoring
+
     model = _scoring_model(state, params)
-    state.store.get_model(model)
-    job_id = await run_in_threadpool(_submit_scoring, state, model, strat, principal.name)
-    return _job_task(state.jobs.get(job_id))
+    version = await run_in_threadpool(scoring.check_model, state.store, model, strat)
+    job = await run_in_threadpool(_score_job, state, model, version, strat, principal.name)
+    return _job_task(job)
 
 
 @route("GET", "/scoring/{method}")
 async def scoring_scores(method: str, state: State, _: Viewer, model: str | None = None) -> dict[str, Any]:
     """segloop extension: the cached scores of ``method`` for the unlabelled pool (best first)
     and the images still without a score."""
-    from segloop.activelearning.cache import ScoreCache
-    from segloop.activelearning.ranking import data_folder
-
     strat = _strategy(method, {})
     if not strat.needs_model:
         raise ApiError(422, "invalid", f"strategy {strat.name!r} does not use the model: it has no scores")
@@ -1217,11 +1248,8 @@ async def scoring_scores(method: str, state: State, _: Viewer, model: str | None
     pool = [r.id for r in state.store.list_images() if r.label_state != "final"]
 
     def read() -> dict[str, float]:
-        cache = ScoreCache(data_folder(state.store))
-        try:
-            return cache.get(name, record.current_version, strat.name, strat.params, pool)
-        finally:
-            cache.close()
+        scores: dict[str, float] = state.score_cache().get(name, record.current_version, strat.name, strat.params, pool)
+        return scores
 
     scores = await run_in_threadpool(read)
     ordered = sorted(scores.items(), key=lambda kv: -kv[1])
