@@ -16,6 +16,8 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
 if [ "$extra" = "test" ]; then
   python -m pip install --quiet -e ".[test]"
+  # MONAI Label's Python client for tests/compat, without its server's dependencies (see pyproject.toml)
+  python -m pip install --quiet --no-deps "monailabel==0.8.5"
 else
   python -m pip install --quiet -e .
 fi
