@@ -73,8 +73,12 @@ def browser_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("browser-data")
     _segloop("import", str(src / "images"), "--labels", str(src / "labels"), "--data", str(data))
     # Tiny on purpose: the tests check the loop, not the model (clicked voxels always get the class).
-    _segloop("train", "tiny", "--data", str(data), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1",
-             "--val-split", "0.2", "--quiet", "--device", "cpu")
+    # 16^3 patches: a click changes only the 16^3 box around it, so brushed voxels further away
+    # must survive a click unchanged (the test of strokes pushed into the session relies on it).
+    config = data / "tiny-config.json"
+    config.write_text('{"patch_size": [16, 16, 16]}')
+    _segloop("train", "tiny", "--data", str(data), "--config", str(config), "--epochs", "1", "--steps-per-epoch", "1",
+             "--batch-size", "1", "--val-split", "0.2", "--quiet", "--device", "cpu")
     return data
 
 
@@ -82,7 +86,9 @@ def browser_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(web_dist: Path, browser_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("browser-server") / "server.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    # SEGLOOP_SCORE_SYNC_PASSES=0: a model-based queue is always ranked by a score job (GET /next
+    # answers 202 first), so the tests see the scoring progress in the worklist.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", SEGLOOP_SCORE_SYNC_PASSES="0")
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.browser.webserver", "--data", str(browser_data), "--port", str(port),
@@ -170,6 +176,18 @@ class AppPage:
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = self.page.evaluate("() => window.segloopDebug.counts()")
         return out
+
+    def voxel_at(self, x: float, y: float) -> list[int]:
+        vox: list[int] | None = self.page.evaluate("p => window.segloopDebug.voxelAt(p[0], p[1])", [x, y])
+        assert vox is not None, f"no image voxel at {x}, {y}"
+        return vox
+
+    def value(self, vox: list[int]) -> int:
+        v: int = self.page.evaluate("v => window.segloopDebug.value(v[0], v[1], v[2])", vox)
+        return v
+
+    def has_feature(self, name: str) -> bool:
+        return name in (self.body("features") or "").split(",")
 
     def notices(self) -> str:
         text: str = self.page.inner_text("#notices")

@@ -138,7 +138,8 @@ def test_conflict_keep_mine_then_reload(app: AppPage, api: httpx.Client) -> None
     app.page.wait_for_selector("#conflict[open]")
     assert f"revision {theirs}" in app.page.inner_text("#conflict-text")
     app.page.click("#conflict-show")
-    app.page.wait_for_function("() => document.querySelector('#compare').value.startsWith('rev:')")
+    app.page.wait_for_function(f"() => (document.body.dataset.overlays ?? '').includes('reference')"
+                               f" && document.querySelector('#ov-reference').value === 'rev:{theirs}'")
     app.shot("07-conflict-dialog")
     app.page.click("#conflict-keep")
     rev = wait_saved(app, theirs)
@@ -191,7 +192,7 @@ def test_evaluate_two_revisions(app: AppPage, api: httpx.Client) -> None:
     app.page.select_option("#ev-ref", "1")
     app.page.click("#ev-run")
     app.page.wait_for_selector("#ev-table")
-    app.page.wait_for_function("() => document.querySelector('#compare').value.startsWith('eval:')")
+    app.page.wait_for_function("() => (document.body.dataset.overlays ?? '').includes('discrepancy')")
     text = app.page.inner_text("#ev-table")
     assert "Anterior" in text and "Posterior" in text
     history = api.get("/evaluations", params={"image_id": image}).json()["items"]
@@ -218,3 +219,165 @@ def test_upload_with_progress_and_errors(app: AppPage, api: httpx.Client, tmp_pa
     app.shot("13-upload")
     assert api.get("/images").json()["total"] == before + 1
     app.page.wait_for_selector("#worklist tr[data-id='hippocampus_008']")
+
+
+def _stroke(app: AppPage, a: tuple[float, float], b: tuple[float, float]) -> None:
+    app.page.mouse.move(*a)
+    app.page.mouse.down()
+    app.page.mouse.move(*b, steps=6)
+    app.page.mouse.up()
+
+
+def test_brush_then_click_then_save_is_one_interactive_revision(app: AppPage, api: httpx.Client) -> None:
+    """Brushed voxels enter the interactive session, the click refines on top of them, and the
+    save is one revision with source ``interactive`` holding both."""
+    image = "hippocampus_007"
+    app.open(image)
+    if not app.has_feature("putLabel"):
+        pytest.skip("the server has no PUT /sessions/{id}/label")
+    revs_before = len(api.get(f"/images/{image}/labels").json()["items"])
+    app.key("a")
+    app.key("2")
+    app.key("b")
+    # brush near the top of the axial view and click near the bottom: further apart than the
+    # 16^3 box a click of the tiny model changes
+    top = app.canvas_point(0.45, 0.1), app.canvas_point(0.55, 0.1)
+    brushed = app.voxel_at(*app.canvas_point(0.5, 0.1))
+    _stroke(app, *top)
+    assert app.value(brushed) == 2
+    app.key("1")
+    app.key("p")
+    app.page.mouse.click(*app.canvas_point(0.5, 0.88))
+    app.page.wait_for_function("() => document.body.dataset.clicks === '1'", timeout=60_000)
+    clicked = [int(v) for v in (app.body("lastClick") or "").split(",")]
+    assert max(abs(a - b) for a, b in zip(brushed, clicked, strict=True)) > 8
+    assert app.value(clicked) == 1 and app.value(brushed) == 2
+    app.shot("14-brush-then-click")
+    app.page.click("#save-draft")
+    rev = wait_saved(app, revs_before)
+    info = api.get(f"/images/{image}/labels/{rev}/info").json()
+    assert info["source"] == "interactive", "brush + click saved through the session"
+    assert info["parent"] == revs_before
+    assert len(api.get(f"/images/{image}/labels").json()["items"]) == revs_before + 1
+    label = latest_label(api, image)
+    assert label[tuple(brushed)] == 2, "the brushed voxels are in the saved revision"
+    assert label[tuple(clicked)] == 1, "the click's class is in the saved revision"
+
+
+def test_undo_redo_of_clicks_and_pushed_strokes(app: AppPage, api: httpx.Client) -> None:
+    """Undo and redo go through the session (real redo, not a repeated click), for clicks and
+    for strokes pushed into the session alike; the session holds what is shown."""
+    image = "hippocampus_001"
+    app.open(image)
+    if not (app.has_feature("putLabel") and app.has_feature("redo")):
+        pytest.skip("the server has no session label upload / redo")
+    app.key("a")
+    app.key("1")
+    app.key("p")
+    start = app.counts()
+    app.page.mouse.click(*app.canvas_point(0.5, 0.5))
+    app.page.wait_for_function("() => document.body.dataset.clicks === '1'", timeout=60_000)
+    after_click = app.counts()
+    app.key("2")
+    app.key("b")
+    _stroke(app, app.canvas_point(0.45, 0.15), app.canvas_point(0.55, 0.15))
+    app.page.wait_for_function("() => document.body.dataset.pushes === '1'")
+    after_stroke = app.counts()
+    assert after_stroke != after_click
+
+    def session_counts() -> dict[str, int]:
+        sid = app.page.evaluate("() => window.segloop.session.id")
+        r = api.get(f"/sessions/{sid}/label")
+        r.raise_for_status()
+        arr = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(r.content)).dataobj)
+        values, n = np.unique(arr, return_counts=True)
+        return {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+
+    def wait_counts(expected: dict[str, int]) -> None:
+        app.page.wait_for_function(
+            "e => JSON.stringify(window.segloopDebug.counts()) === JSON.stringify(e)", arg=expected)
+
+    assert session_counts() == after_stroke, "the stroke is in the session"
+    app.key("Control+z")  # the stroke
+    wait_counts(after_click)
+    app.key("Control+z")  # the click
+    wait_counts(start)
+    assert session_counts() == start
+    app.key("Control+y")
+    wait_counts(after_click)
+    app.key("Control+y")
+    wait_counts(after_stroke)
+    assert session_counts() == after_stroke
+    assert app.page.evaluate("() => window.segloop.stats.clicks") == 1, "redo did not click again"
+    assert app.page.is_disabled("#redo")
+    app.shot("15-undo-redo")
+
+
+def test_overlays_each_on_off_with_own_opacity(app: AppPage, api: httpx.Client) -> None:
+    image = "hippocampus_001"
+    r = api.post("/evaluations", json={"image_id": image, "model": "tiny", "reference_revision": 1})
+    assert r.status_code == 201, r.text
+    app.open(image)
+
+    def shown() -> list[str]:
+        return [s for s in (app.body("overlays") or "").split(",") if s]
+
+    def layers() -> int:
+        n: int = app.page.evaluate("() => window.segloopDebug.viewer.nv.volumes.length")
+        return n
+
+    app.page.check("#ov-reference-on")
+    app.page.wait_for_function("() => document.body.dataset.overlays === 'reference'")
+    app.page.select_option("#ov-prediction", "model:tiny")  # choosing switches it on
+    app.page.wait_for_function("() => document.body.dataset.overlays === 'reference,prediction'", timeout=60_000)
+    app.page.wait_for_selector("#ov-discrepancy option[value^='eval:']", state="attached")
+    app.page.check("#ov-discrepancy-on")
+    app.page.wait_for_function("() => document.body.dataset.overlays === 'reference,prediction,discrepancy'")
+    assert layers() == 4, "the image and three overlays"
+    app.page.eval_on_selector("#ov-reference-opacity",
+                              "e => { e.value = '0.2'; e.dispatchEvent(new Event('input', { bubbles: true })); }")
+    opacities = app.page.evaluate("""() => {
+        const v = window.segloopDebug.viewer;
+        return [v.overlayOpacity.reference, v.overlayOpacity.prediction, v.nv.volumes[1].opacity];
+    }""")
+    assert opacities == [0.2, 0.5, 0.2], "each overlay has its own opacity"
+    legend = app.page.inner_text("#overlay-legend")
+    assert "reference" in legend and "prediction" in legend and "discrepancy" in legend
+    assert "Anterior" in legend and "Posterior" in legend
+    app.shot("16-three-overlays")
+    app.page.uncheck("#ov-reference-on")
+    app.page.wait_for_function("() => document.body.dataset.overlays === 'prediction,discrepancy'")
+    assert layers() == 3
+    app.key("o")  # keyboard toggle of the reference
+    app.page.wait_for_function("() => document.body.dataset.overlays === 'reference,prediction,discrepancy'")
+    assert "DICOM SEG export needs an image imported from DICOM" in app.page.inner_text("#export-note")
+    assert app.page.is_hidden("#export-seg")
+
+
+def test_model_queue_shows_scoring_then_rank_and_score(app: AppPage, api: httpx.Client, tmp_path: Path) -> None:
+    from tests.browser.conftest import DATA
+
+    strategies = api.get("/activelearning/strategies").json()["available"]
+    if not any(s.get("needs_model") and s["name"] == "entropy" for s in strategies):
+        pytest.skip("the server has no model-based ranking")
+    for case in ("hippocampus_011", "hippocampus_014"):  # two images without a label
+        src = tmp_path / f"{case}.nii.gz"
+        shutil.copy(DATA / "imagesTr" / f"{case}.nii.gz", src)
+        with src.open("rb") as f:
+            r = api.post("/images", files={"file": (src.name, f, "application/gzip")})
+        assert r.status_code == 201, r.text
+    app.open("hippocampus_001")
+    app.page.select_option("#strategy", "entropy")
+    # the pool is scored by a job first (the test server never scores synchronously)
+    app.page.wait_for_selector("#scoring:not([hidden])", timeout=30_000)
+    app.shot("17-scoring")
+    app.page.wait_for_selector("#scoring", state="hidden", timeout=120_000)
+    app.page.wait_for_selector("#worklist tr[data-id='hippocampus_011']")
+    header = app.page.inner_text("#worklist thead")
+    assert "#" in header and "Score" in header
+    first = app.page.locator("#worklist tbody tr").first
+    cells = first.locator("td").all_inner_texts()
+    assert cells[0] == "1", "rank shown"
+    assert float(cells[-1]) >= 0, "score shown"
+    assert "ranked by entropy with " in app.page.inner_text("#wl-count")
+    app.shot("18-ranked")

@@ -59,6 +59,13 @@ const PLAIN: Record<string, string> = {
   no_reference: "There is no final label to compare with. Choose a reference revision.",
   invalid_clicks: "That click could not be used.",
   no_previous_version: "There is no earlier model version to go back to.",
+  nothing_to_redo: "There is nothing to redo.",
+  invalid_label: "The label could not be used by the model session.",
+  not_dicom: "This image was not imported from DICOM, so it cannot be exported as DICOM SEG. Export NIfTI instead.",
+  not_final: "Only final labels can be sent to the PACS.",
+  pacs_error: "The PACS refused the request or cannot be reached.",
+  scoring_failed: "Ranking the images with this model failed a moment ago. Try again in a minute, or choose another queue.",
+  strategy_unavailable: "This ranking cannot be used with the chosen model.",
 };
 
 function plainFor(status: number, code: string, message: string): string {

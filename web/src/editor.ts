@@ -1,18 +1,27 @@
 // Label editing: the mask from the server (loaded revision or interactive session) plus the
-// user's brush/eraser strokes kept as overrides on top, and one undo/redo history across
-// clicks (undone on the server) and strokes (undone here).
+// user's brush/eraser strokes, with one undo/redo history across clicks and strokes.
+//
+// Strokes start as local overrides on top of the server's mask. Once an interactive session
+// exists and the server accepts a pushed label (PUT /sessions/{id}/label), every finished
+// stroke is pushed into the session: it becomes a step of the session's own history (undone and
+// redone on the server like a click), the next click refines on top of it, and saving the
+// session keeps the source `interactive`. Without a session (no model) strokes stay local.
 
 import type { Viewer } from "./viewer";
 
 export interface ClickGroup { class: string | number; points: number[][] }
 
 type Entry =
-  | { kind: "stroke"; idx: Int32Array; before: Int16Array; after: Int16Array }
-  | { kind: "click"; group: ClickGroup };
+  | { kind: "stroke"; idx: Int32Array; before: Int16Array; after: Int16Array } // local, not in a session
+  | { kind: "server"; what: "click" | "brush"; group?: ClickGroup }; // a step of the session's history
 
-export interface ClickBackend {
+export interface SessionBackend {
   click(group: ClickGroup): Promise<Uint8Array>;
   undo(): Promise<Uint8Array>;
+  /** Redo the last undone step on the server (`group` is the click, for servers without redo). */
+  redo(group?: ClickGroup): Promise<Uint8Array>;
+  /** Replace the session's mask with `mask` (one step of its history); null when unsupported. */
+  push: ((mask: Uint8Array) => Promise<void>) | null;
 }
 
 export class Editor {
@@ -23,7 +32,11 @@ export class Editor {
   private redoStack: Entry[] = [];
   private stroke: Map<number, number> | null = null; // index -> override before the stroke
   dirty = false;
+  /** The base is still the mask given to `reset` (no server step or push changed it). */
+  baseIsInitial = true;
   onChange: () => void = () => {};
+  /** Called after a stroke (brush, eraser, fill) is finished. */
+  onStrokeEnd: () => void = () => {};
 
   constructor(private viewer: Viewer) {}
 
@@ -35,7 +48,8 @@ export class Editor {
     this.undoStack = [];
     this.redoStack = [];
     this.dirty = false;
-    this.viewer.labelData().set(mask);
+    this.baseIsInitial = true;
+    this.viewer.setLabel(mask);
     void this.viewer.refresh();
     this.onChange();
   }
@@ -43,10 +57,19 @@ export class Editor {
   /** The server sent a new mask (session prediction): show it with the strokes on top. */
   setBase(mask: Uint8Array<ArrayBufferLike>): void {
     this.base = mask;
-    const out = this.viewer.labelData();
+    this.baseIsInitial = false;
     const ov = this.overrides;
-    if (this.overrideCount === 0) out.set(mask);
-    else for (let i = 0; i < mask.length; i++) out[i] = ov[i] >= 0 ? ov[i] : mask[i];
+    if (this.overrideCount === 0) this.viewer.setLabel(mask);
+    else {
+      const out = this.viewer.labelData();
+      for (let i = 0; i < mask.length; i++) {
+        const v = ov[i] >= 0 ? ov[i] : mask[i];
+        if (out[i] !== v) {
+          out[i] = v;
+          this.viewer.touch(i);
+        }
+      }
+    }
     void this.viewer.refresh();
   }
 
@@ -60,18 +83,78 @@ export class Editor {
   get canRedo(): boolean {
     return this.redoStack.length > 0;
   }
+  /** Strokes not yet pushed into a session. */
+  get hasLocalStrokes(): boolean {
+    return this.overrideCount > 0 || this.undoStack.some((e) => e.kind === "stroke");
+  }
   get historyText(): string {
     return `${this.undoStack.length} step(s) to undo, ${this.redoStack.length} to redo`;
   }
 
-  // --- clicks ---------------------------------------------------------------------------------
+  // --- clicks and pushed strokes --------------------------------------------------------------
 
-  async click(group: ClickGroup, backend: ClickBackend): Promise<void> {
+  async click(group: ClickGroup, backend: SessionBackend): Promise<void> {
     const mask = await backend.click(group);
-    this.undoStack.push({ kind: "click", group });
+    this.undoStack.push({ kind: "server", what: "click", group });
     this.redoStack = [];
     this.dirty = true;
     this.setBase(mask);
+    this.onChange();
+  }
+
+  /**
+   * Push the shown label (strokes included) into the session: the local stroke steps become one
+   * step of the session's history, and the strokes become part of its mask.
+   */
+  async pushStrokes(backend: SessionBackend): Promise<boolean> {
+    if (!backend.push || !this.hasLocalStrokes || this.stroke) return false; // a stroke in progress pushes at its end
+    const pushed: Entry[] = this.undoStack.filter((e) => e.kind === "stroke");
+    const mask = this.current().slice();
+    await backend.push(mask);
+    // strokes made while the push was on its way stay local overrides (their own push follows)
+    const current = this.stroke as Map<number, number> | null; // may have begun during the await
+    const later = new Set<number>(current ? current.keys() : []);
+    for (const e of this.undoStack) if (e.kind === "stroke" && !pushed.includes(e)) e.idx.forEach((i) => later.add(i));
+    const ov = this.overrides;
+    if (!pushed.length && !later.size) {
+      ov.fill(-1);
+      this.overrideCount = 0;
+    }
+    for (const e of pushed) {
+      if (e.kind !== "stroke") continue;
+      for (const i of e.idx) {
+        if (ov[i] >= 0 && !later.has(i)) {
+          ov[i] = -1;
+          this.overrideCount--;
+        }
+      }
+    }
+    this.base = mask;
+    this.baseIsInitial = false;
+    const at = this.undoStack.indexOf(pushed[pushed.length - 1]);
+    this.undoStack.splice(at + 1, 0, { kind: "server", what: "brush" });
+    this.undoStack = this.undoStack.filter((e) => !pushed.includes(e));
+    this.redoStack = [];
+    this.dirty = true;
+    this.onChange();
+    return true;
+  }
+
+  /** Steps of a session that has ended cannot be undone in a new one: drop them. */
+  dropServerSteps(): void {
+    this.undoStack = this.undoStack.filter((e) => e.kind === "stroke");
+    this.redoStack = this.redoStack.filter((e) => e.kind === "stroke");
+    this.onChange();
+  }
+
+  /** What is shown becomes the base, without history (a session was lost); stays dirty. */
+  forgetHistoryAsBase(): void {
+    this.base = this.current().slice();
+    this.baseIsInitial = false;
+    this.overrides.fill(-1);
+    this.overrideCount = 0;
+    this.undoStack = [];
+    this.redoStack = [];
     this.onChange();
   }
 
@@ -79,6 +162,19 @@ export class Editor {
 
   beginStroke(): void {
     this.stroke = new Map();
+  }
+
+  private set(i: number, value: number): void {
+    const stroke = this.stroke!;
+    const ov = this.overrides;
+    if (!stroke.has(i)) stroke.set(i, ov[i]);
+    if (ov[i] < 0) this.overrideCount++;
+    ov[i] = value;
+    const out = this.viewer.labelData();
+    if (out[i] !== value) {
+      out[i] = value;
+      this.viewer.touch(i);
+    }
   }
 
   /** Paint `value` (0 = erase) in a disk (2-D, in the plane normal to `axis`) or a sphere. */
@@ -89,9 +185,6 @@ export class Editor {
     const unit = Math.min(sp[0], sp[1], sp[2]);
     const r = Math.max(0, radius - 0.5);
     const ext = [0, 1, 2].map((a) => (sphere || a !== axis ? Math.ceil((r * unit) / sp[a]) : 0));
-    const out = this.viewer.labelData();
-    const ov = this.overrides;
-    const stroke = this.stroke!;
     const r2 = (r * unit) ** 2 + 1e-6;
     for (let dz = -ext[2]; dz <= ext[2]; dz++) {
       const z = center[2] + dz;
@@ -104,11 +197,7 @@ export class Editor {
           if (x < 0 || x >= nx) continue;
           const d2 = (dx * sp[0]) ** 2 + (dy * sp[1]) ** 2 + (dz * sp[2]) ** 2;
           if (d2 > r2) continue;
-          const i = x + nx * (y + ny * z);
-          if (!stroke.has(i)) stroke.set(i, ov[i]);
-          if (ov[i] < 0) this.overrideCount++;
-          ov[i] = value;
-          out[i] = value;
+          this.set(x + nx * (y + ny * z), value);
         }
       }
     }
@@ -143,6 +232,7 @@ export class Editor {
     this.redoStack = [];
     this.dirty = true;
     this.onChange();
+    this.onStrokeEnd();
   }
 
   private applyOverrides(idx: Int32Array, values: Int16Array): void {
@@ -155,18 +245,19 @@ export class Editor {
       else if (ov[i] >= 0 && v < 0) this.overrideCount--;
       ov[i] = v;
       out[i] = v >= 0 ? v : this.base[i];
+      this.viewer.touch(i);
     }
     void this.viewer.refresh();
   }
 
   // --- undo / redo ----------------------------------------------------------------------------
 
-  async undo(backend: ClickBackend | null): Promise<boolean> {
+  async undo(backend: SessionBackend | null): Promise<boolean> {
     const e = this.undoStack[this.undoStack.length - 1];
     if (!e) return false;
     if (e.kind === "stroke") this.applyOverrides(e.idx, e.before);
     else {
-      if (!backend) throw new Error("the interactive session has ended; clicks cannot be undone");
+      if (!backend) throw new Error("the interactive session has ended; its steps cannot be undone");
       this.setBase(await backend.undo());
     }
     this.undoStack.pop();
@@ -176,13 +267,13 @@ export class Editor {
     return true;
   }
 
-  async redo(backend: ClickBackend | null): Promise<boolean> {
+  async redo(backend: SessionBackend | null): Promise<boolean> {
     const e = this.redoStack[this.redoStack.length - 1];
     if (!e) return false;
     if (e.kind === "stroke") this.applyOverrides(e.idx, e.after);
     else {
-      if (!backend) throw new Error("the interactive session has ended; clicks cannot be redone");
-      this.setBase(await backend.click(e.group));
+      if (!backend) throw new Error("the interactive session has ended; its steps cannot be redone");
+      this.setBase(await backend.redo(e.group));
     }
     this.redoStack.pop();
     this.undoStack.push(e);
@@ -199,8 +290,6 @@ export class Editor {
     const target = out[start];
     if (target === value) return;
     this.beginStroke();
-    const stroke = this.stroke!;
-    const ov = this.overrides;
     const stack = [seed];
     const seen = new Uint8Array(out.length);
     const dirs: [number, number, number][] = [];
@@ -217,16 +306,13 @@ export class Editor {
       if (seen[i] || out[i] !== target) continue;
       seen[i] = 1;
       n++;
-      if (!stroke.has(i)) stroke.set(i, ov[i]);
-      if (ov[i] < 0) this.overrideCount++;
-      ov[i] = value;
-      out[i] = value;
+      this.set(i, value);
       for (const d of dirs) {
         const q: [number, number, number] = [x + d[0], y + d[1], z + d[2]];
         if (q[0] >= 0 && q[0] < nx && q[1] >= 0 && q[1] < ny && q[2] >= 0 && q[2] < nz) stack.push(q);
       }
     }
-    this.endStroke();
     void this.viewer.refresh();
+    this.endStroke();
   }
 }

@@ -4,10 +4,10 @@
 import "./style.css";
 import * as api from "./api";
 import type { Evaluation, ImageRecord, Job, LabelClass, ModelRecord, Revision, Schema } from "./api";
-import { Editor, type ClickBackend, type ClickGroup } from "./editor";
+import { Editor, type ClickGroup, type SessionBackend } from "./editor";
 import { gunzipIfNeeded, gzip, readLabel, writeLabel } from "./nifti";
 import { $, $input, $select, drawChart, esc, fmt, guard, notify, showError, when, type Series } from "./ui";
-import { PRESETS, Viewer, type LutEntry, type ViewMode } from "./viewer";
+import { OVERLAY_SLOTS, PRESETS, Viewer, type LutEntry, type OverlaySlot, type ViewMode } from "./viewer";
 import { HELP, SHELL } from "./shell";
 
 type Tool = "navigate" | "positive" | "negative" | "brush" | "eraser" | "fill";
@@ -23,6 +23,8 @@ const S = {
   pageSize: 100,
   filter: "" as "" | "none" | "draft" | "final",
   strategy: "",
+  modelStrategies: new Set<string>(), // strategies that rank with the chosen model (GET /next?model=)
+  queueNote: "",
   queue: new Map<string, { rank: number; score: number | null }>(),
   image: null as ImageRecord | null,
   revisions: [] as Revision[],
@@ -40,7 +42,13 @@ const S = {
   jobMetrics: [] as Array<Record<string, unknown>>,
   jobs: [] as Job[],
   lastEval: null as Evaluation | null,
-  stats: { openMs: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0 },
+  evaluations: [] as Evaluation[], // of the open image, newest first
+  features: { putLabel: false, redo: false, dicomSeg: false }, // optional server routes, from its OpenAPI schema
+  scoringJob: null as string | null,
+  stats: {
+    openMs: 0, openLabelMs: 0, opens: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0, pushMs: 0, pushes: 0,
+    clickLog: [] as Array<Record<string, number>>,
+  },
 };
 (window as unknown as { segloop: unknown }).segloop = S;
 
@@ -60,6 +68,11 @@ const editor = new Editor(viewer);
     return editor.current()[i + nx * (j + ny * k)];
   },
   dirty: () => editor.dirty,
+  /** The file voxel under a page position (clientX, clientY), or null. */
+  voxelAt(x: number, y: number): number[] | null {
+    return viewer.voxelAt(new MouseEvent("mousemove", { clientX: x, clientY: y }))?.vox ?? null;
+  },
+  viewer,
 };
 
 // --- helpers --------------------------------------------------------------------------------------
@@ -102,21 +115,83 @@ function download(blob: Blob, name: string): void {
 
 // --- worklist -------------------------------------------------------------------------------------
 
+interface NextItem { image: ImageRecord; score: number | null; rank?: number }
+interface NextPage { items: NextItem[]; remaining_unlabeled: number; model?: string; version?: number }
+
+/** GET /next: the ranked queue, or null while the server scores the pool (202 with a job). */
+async function fetchNext(strategy: string, count: number): Promise<NextPage | null> {
+  const q = new URLSearchParams({ strategy, count: String(count) });
+  if (S.modelStrategies.has(strategy)) {
+    if (!S.model) throw new Error(`The ${strategy} ranking needs a trained model; choose one in the model list.`);
+    q.set("model", S.model);
+  }
+  const res = await api.request("GET", `/next?${q}`);
+  const body = (await res.json()) as Record<string, any>;
+  if (res.status === 202) {
+    const job = (body.job ?? body) as Partial<Job>;
+    const id = String(body.job_id ?? job.id ?? "");
+    if (id) watchScoring(id, job, strategy);
+    return null;
+  }
+  return body as NextPage;
+}
+
 async function loadWorklist(): Promise<void> {
   const q = new URLSearchParams({ offset: String(S.offset), limit: String(S.pageSize) });
   if (S.filter) q.set("label_state", S.filter);
   const page = await api.get<{ items: ImageRecord[]; total: number }>(`/images?${q}`);
   S.images = page.items;
   S.total = page.total;
+  S.queue = new Map();
+  S.queueNote = "";
   if (S.strategy) {
-    const next = await api.get<{ items: Array<{ image: ImageRecord; score: number | null }>; remaining_unlabeled: number }>(
-      `/next?strategy=${encodeURIComponent(S.strategy)}&count=100`);
-    S.queue = new Map(next.items.map((it, i) => [it.image.id, { rank: i + 1, score: it.score }]));
-    // the queue is the worklist while a strategy is chosen: ranked unlabeled images first
-    S.images = next.items.map((it) => it.image);
-    S.total = next.remaining_unlabeled;
-  } else S.queue = new Map();
+    const next = await fetchNext(S.strategy, 100);
+    if (next) {
+      S.queue = new Map(next.items.map((it, i) => [it.image.id, { rank: it.rank ?? i + 1, score: it.score }]));
+      // the queue is the worklist while a strategy is chosen: ranked unlabeled images first
+      S.images = next.items.map((it) => it.image);
+      S.total = next.remaining_unlabeled;
+      S.queueNote = next.model ? ` with ${next.model}${next.version ? ` v${next.version}` : ""}` : "";
+    } else {
+      S.queueNote = " (scoring…)";
+    }
+  }
   renderWorklist();
+}
+
+/** A scoring job runs before a model-based ranking can be shown: its progress above the list. */
+function watchScoring(id: string, job: Partial<Job>, strategy: string): void {
+  const first = S.scoringJob !== id;
+  S.scoringJob = id;
+  $("#scoring").hidden = false;
+  document.body.dataset.scoring = id;
+  renderScoring(job.progress ?? 0, job.message || `Scoring the unlabeled images for ${strategy}…`);
+  if (!first) return;
+  const poll = async (): Promise<void> => {
+    if (S.scoringJob !== id) return;
+    const j = await api.get<Job>(`/jobs/${encodeURIComponent(id)}?metrics=false`).catch(() => null);
+    if (j && S.scoringJob === id) onScoringState(j);
+    if (S.scoringJob === id) window.setTimeout(() => void poll(), 1500);
+  };
+  window.setTimeout(() => void poll(), 1500);
+}
+
+function renderScoring(progress: number, message: string): void {
+  ($("#scoring-bar") as HTMLProgressElement).value = progress;
+  $("#scoring-text").textContent = `${message} ${Math.round(progress * 100)}%`;
+}
+
+function onScoringState(j: Partial<Job>): void {
+  if (j.id !== S.scoringJob) return;
+  if (j.state === "queued" || j.state === "running") {
+    renderScoring(j.progress ?? 0, j.message || "Scoring the unlabeled images…");
+    return;
+  }
+  S.scoringJob = null;
+  $("#scoring").hidden = true;
+  delete document.body.dataset.scoring;
+  if (j.state === "done") void guard("Loading the queue", loadWorklist);
+  else notify(`Scoring the images for the queue ${j.state}.`, "error", j.error ?? undefined);
 }
 
 function renderWorklist(): void {
@@ -133,7 +208,7 @@ function renderWorklist(): void {
   $("#worklist thead").innerHTML = `<tr>${S.strategy ? "<th>#</th>" : ""}<th>Image</th><th>Label</th><th>By</th>${S.strategy ? "<th>Score</th>" : ""}</tr>`;
   $("#worklist tbody").innerHTML = rows.join("") || `<tr><td colspan="5" class="empty">No images. Drop NIfTI files, DICOM folders or zips here.</td></tr>`;
   const end = Math.min(S.offset + S.images.length, S.total);
-  $("#wl-count").textContent = S.strategy ? `${S.total} unlabeled, ranked by ${S.strategy}` : `${S.total ? S.offset + 1 : 0}–${end} of ${S.total}`;
+  $("#wl-count").textContent = S.strategy ? `${S.total} unlabeled, ranked by ${S.strategy}${S.queueNote}` : `${S.total ? S.offset + 1 : 0}–${end} of ${S.total}`;
   ($("#wl-prev") as HTMLButtonElement).disabled = !!S.strategy || S.offset === 0;
   ($("#wl-next") as HTMLButtonElement).disabled = !!S.strategy || end >= S.total;
 }
@@ -166,7 +241,11 @@ $("#wl-next").addEventListener("click", () => {
 
 async function nextImage(): Promise<void> {
   const strategy = S.strategy || "sequential";
-  const r = await api.get<{ items: Array<{ image: ImageRecord }>; remaining_unlabeled: number }>(`/next?strategy=${encodeURIComponent(strategy)}&count=1`);
+  const r = await fetchNext(strategy, 1);
+  if (!r) {
+    notify("The images are being scored for this queue; the next image can be chosen when the progress bar above the worklist is full.", "info");
+    return;
+  }
   if (!r.items.length) {
     notify("Every image has a label. Nothing left in the queue.", "ok");
     return;
@@ -295,18 +374,23 @@ async function openImage(id: string, force = false): Promise<void> {
       api.binary("GET", `/images/${encodeURIComponent(id)}/volume`),
     ]);
     const raw = await gunzipIfNeeded(vol.data);
+    await clearOverlays();
     await viewer.loadImage(raw, rec.name, lutEntries());
     S.image = rec;
     applyPreset($select("#wl-preset").value);
+    await new Promise((r) => requestAnimationFrame(() => r(null))); // the first slices are on screen
     S.stats.openMs = Math.round(performance.now() - t0);
     await loadRevisionIntoEditor(rec.latest_revision);
-    await viewer.setCompare(null);
-    $select("#compare").value = "";
+    await viewer.refresh();
+    S.stats.openLabelMs = Math.round(performance.now() - t0);
+    S.stats.opens++;
     document.body.dataset.imageId = rec.id;
+    document.body.dataset.opens = String(S.stats.opens);
     renderWorklist();
     renderImageInfo();
     await Promise.all([loadRevisions(), loadEvaluations()]);
-    setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — shown in ${S.stats.openMs} ms`);
+    setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — ` +
+      `shown in ${S.stats.openMs} ms, with its label in ${S.stats.openLabelMs} ms`);
   });
 }
 
@@ -323,6 +407,7 @@ async function loadRevisionIntoEditor(rev: number | null): Promise<void> {
 }
 
 function renderImageInfo(): void {
+  renderExport();
   const im = S.image;
   $("#image-info").innerHTML = im
     ? `<b>${esc(im.name)}</b> · ${esc(im.modality ?? "")} · ${im.shape.join("×")} · label: <span class="badge ${im.label_state}">${im.label_state}</span>`
@@ -340,13 +425,7 @@ async function loadRevisions(): Promise<void> {
       <td class="who" title="${esc(v.author)} · ${esc(v.source)}">${esc(v.author)}<br><small>${esc(v.source)}</small></td><td title="${esc(v.created_at)}">${shortTime(v.created_at)}</td>
       <td class="btns"><button class="small load">Load</button><button class="small cmp" title="Show as the comparison layer">Overlay</button></td></tr>`);
   $("#revisions tbody").innerHTML = rows.join("") || `<tr><td colspan="6" class="empty">No label yet.</td></tr>`;
-  const opts = [`<option value="">none</option>`]
-    .concat([...r.items].reverse().map((v) => `<option value="rev:${v.revision}">revision ${v.revision} (${v.status}, ${esc(v.author)})</option>`))
-    .concat(S.models.filter((m) => m.current_version).map((m) => `<option value="model:${esc(m.name)}">prediction of ${esc(m.name)}</option>`));
-  if (S.lastEval?.discrepancy_url) opts.push(`<option value="eval:${S.lastEval.id}">discrepancy (last evaluation)</option>`);
-  const cur = $select("#compare").value;
-  $select("#compare").innerHTML = opts.join("");
-  if ([...$select("#compare").options].some((o) => o.value === cur)) $select("#compare").value = cur;
+  fillOverlayChoices();
   // evaluation form choices
   const revOpts = [...r.items].reverse().map((v) => `<option value="${v.revision}">r${v.revision} · ${v.status} · ${esc(v.author)}</option>`).join("");
   $select("#ev-pred").innerHTML = revOpts + S.models.filter((m) => m.current_version).map((m) => `<option value="model:${esc(m.name)}">model ${esc(m.name)} v${m.current_version}</option>`).join("");
@@ -367,44 +446,124 @@ $("#revisions tbody").addEventListener("click", (e) => {
       notify(`Revision ${rev} loaded. Saving will create a new revision on top of r${S.baseRevision}.`, "info");
     });
   } else if (t.classList.contains("cmp")) {
-    $select("#compare").value = `rev:${rev}`;
-    void guard("Showing the comparison", updateCompare);
+    void guard("Showing the revision", () => showOverlay("reference", `rev:${rev}`));
   }
 });
 
-// --- comparison layer -----------------------------------------------------------------------------
+// --- overlays: reference, prediction, discrepancy (each on/off with its own opacity) -----------
 
-async function updateCompare(): Promise<void> {
-  const v = $select("#compare").value;
-  if (!S.image || !v) {
-    await viewer.setCompare(null);
-    $("#compare-legend").innerHTML = "";
-    return;
-  }
-  const [kind, arg] = [v.slice(0, v.indexOf(":")), v.slice(v.indexOf(":") + 1)];
-  if (kind === "rev") {
-    await viewer.setCompare(await fetchLabel(S.image.id, Number(arg)), outlineColors());
-    $("#compare-legend").textContent = `revision ${arg}, drawn in lighter colours`;
-  } else if (kind === "model") {
+const overlayKey: Record<OverlaySlot, string> = { reference: "", prediction: "", discrepancy: "" }; // what is shown
+const overlayNote: Record<OverlaySlot, string> = { reference: "", prediction: "", discrepancy: "" };
+const overlayCache = new Map<string, { data: Uint8Array; note: string }>(); // per open image
+
+/** The choices of each overlay: revisions, trained models, evaluations with a discrepancy map. */
+function fillOverlayChoices(): void {
+  const revs = [...S.revisions].reverse();
+  const fill = (slot: OverlaySlot, opts: Array<[string, string]>, fallback: string) => {
+    const sel = $select(`#ov-${slot}`);
+    const cur = sel.value;
+    sel.innerHTML = opts.length ? opts.map(([v, t]) => `<option value="${esc(v)}">${esc(t)}</option>`).join("")
+      : `<option value="">${esc(fallback)}</option>`;
+    if (opts.some(([v]) => v === cur)) sel.value = cur;
+  };
+  fill("reference", revs.map((v) => [`rev:${v.revision}`, `r${v.revision} ${v.status} · ${v.author}`]), "no revision");
+  const finals = revs.filter((v) => v.status === "final");
+  if (!overlayKey.reference && finals.length) $select("#ov-reference").value = `rev:${finals[0].revision}`;
+  fill("prediction", S.models.filter((m) => m.current_version).map((m) => [`model:${m.name}`, `${m.name} v${m.current_version}`]), "no trained model");
+  if (!overlayKey.prediction && S.model) $select("#ov-prediction").value = `model:${S.model}`;
+  fill("discrepancy", S.evaluations.filter((e) => e.discrepancy_url).map((e) => {
+    const p = e.params;
+    return [`eval:${e.id}`, `${p.model ? `${p.model} v${p.version}` : `r${p.revision}`} vs r${p.reference_revision}`];
+  }), "evaluate first");
+}
+
+function tint(mix: number, toward: [number, number, number]): LutEntry[] {
+  return lutEntries().map((e) => ({ ...e, color: e.color.map((c, k) => Math.round(c + (toward[k] - c) * mix)) as [number, number, number] }));
+}
+
+async function overlayData(slot: OverlaySlot, key: string): Promise<{ data: Uint8Array; note: string }> {
+  const hit = overlayCache.get(key);
+  if (hit) return hit;
+  const image = S.image!;
+  const arg = key.slice(key.indexOf(":") + 1);
+  let out: { data: Uint8Array; note: string };
+  if (slot === "reference") {
+    const rev = S.revisions.find((r) => r.revision === Number(arg));
+    out = { data: await fetchLabel(image.id, Number(arg)), note: `revision ${arg}${rev ? ` (${rev.status}, ${rev.author})` : ""}` };
+  } else if (slot === "prediction") {
     const t0 = performance.now();
-    const { data, headers } = await api.binary("POST", `/models/${encodeURIComponent(arg)}/infer`, { image_id: S.image.id });
-    await viewer.setCompare((await readLabel(data)).data, outlineColors());
-    $("#compare-legend").textContent = `prediction of ${arg} v${headers.get("X-Segloop-Version") ?? "?"} (${Math.round(performance.now() - t0)} ms)`;
-  } else if (kind === "eval") {
-    const ev = S.lastEval;
-    if (!ev?.discrepancy_url) return;
-    const { data } = await api.binary("GET", `/evaluations/${ev.id}/discrepancy`);
-    const legend = (ev.result.legend ?? []) as Array<{ value: number; name: string; color: [number, number, number] }>;
-    await viewer.setCompare((await readLabel(data)).data, legend.map((l) => ({ value: l.value, name: l.name, color: l.color })));
-    $("#compare-legend").innerHTML = legend.map((l) => `<span class="sw" style="background:rgb(${l.color.join(",")})"></span>${esc(l.name)}`).join(" ");
+    const { data, headers } = await api.binary("POST", `/models/${encodeURIComponent(arg)}/infer`, { image_id: image.id });
+    out = { data: (await readLabel(data)).data, note: `${arg} v${headers.get("X-Segloop-Version") ?? "?"}, ${Math.round(performance.now() - t0)} ms` };
+  } else {
+    const { data } = await api.binary("GET", `/evaluations/${encodeURIComponent(arg)}/discrepancy`);
+    out = { data: (await readLabel(data)).data, note: "" };
   }
+  if (S.image?.id === image.id) overlayCache.set(key, out);
+  return out;
 }
-function outlineColors(): LutEntry[] {
-  // the comparison layer uses the class colours, lightened, so both layers can be told apart
-  return lutEntries().map((e) => ({ ...e, color: e.color.map((c) => Math.round(c + (255 - c) * 0.55)) as [number, number, number] }));
+
+function overlayColors(slot: OverlaySlot, key: string): LutEntry[] {
+  if (slot === "reference") return tint(0.55, [255, 255, 255]); // the class colours, lighter
+  if (slot === "prediction") return tint(0.45, [255, 230, 0]); // the class colours, towards yellow
+  const ev = S.evaluations.find((e) => `eval:${e.id}` === key) ?? S.lastEval;
+  return ((ev?.result.legend ?? []) as LutEntry[]).map((l) => ({ value: l.value, name: l.name, color: l.color }));
 }
-$select("#compare").addEventListener("change", () => void guard("Showing the comparison", updateCompare));
-$input("#compare-opacity").addEventListener("input", () => viewer.setCompareOpacity(Number($input("#compare-opacity").value)));
+
+/** Bring one overlay in line with its checkbox and choice. */
+async function updateOverlay(slot: OverlaySlot): Promise<void> {
+  const key = $input(`#ov-${slot}-on`).checked ? $select(`#ov-${slot}`).value : "";
+  if (!S.image || !key) {
+    if (viewer.hasOverlay(slot)) await viewer.setOverlay(slot, null);
+    overlayKey[slot] = "";
+  } else if (overlayKey[slot] !== key || !viewer.hasOverlay(slot)) {
+    setStatus(`Loading the ${slot} overlay…`);
+    const { data, note } = await overlayData(slot, key);
+    if ($select(`#ov-${slot}`).value !== key || !$input(`#ov-${slot}-on`).checked) return; // changed meanwhile
+    await viewer.setOverlay(slot, data, overlayColors(slot, key));
+    overlayKey[slot] = key;
+    overlayNote[slot] = note;
+    setStatus(`${slot} overlay: ${note || key}`);
+  }
+  renderOverlayLegend();
+}
+
+/** Show `key` (rev:N, model:NAME, eval:ID) in an overlay, switching it on. */
+async function showOverlay(slot: OverlaySlot, key: string): Promise<void> {
+  fillOverlayChoices();
+  $select(`#ov-${slot}`).value = key;
+  $input(`#ov-${slot}-on`).checked = true;
+  await updateOverlay(slot);
+}
+
+async function clearOverlays(): Promise<void> {
+  overlayCache.clear();
+  for (const slot of OVERLAY_SLOTS) {
+    $input(`#ov-${slot}-on`).checked = false;
+    if (viewer.hasOverlay(slot)) await viewer.setOverlay(slot, null);
+    overlayKey[slot] = "";
+  }
+  renderOverlayLegend();
+}
+
+function renderOverlayLegend(): void {
+  const sw = (c: [number, number, number]) => `<span class="sw" style="background:rgb(${c.join(",")})"></span>`;
+  const lines = OVERLAY_SLOTS.filter((s) => overlayKey[s]).map((s) => {
+    const cols = overlayColors(s, overlayKey[s]).filter((e) => e.value !== 0);
+    return `<div><b>${s}</b> ${esc(overlayNote[s])}<br>${cols.map((e) => `${sw(e.color)}${esc(e.name)}`).join(" ")}</div>`;
+  });
+  $("#overlay-legend").innerHTML = lines.join("");
+  document.body.dataset.overlays = OVERLAY_SLOTS.filter((s) => overlayKey[s]).join(",");
+}
+
+for (const slot of OVERLAY_SLOTS) {
+  const run = () => void guard(`Showing the ${slot} overlay`, () => updateOverlay(slot));
+  $input(`#ov-${slot}-on`).addEventListener("change", run);
+  $select(`#ov-${slot}`).addEventListener("change", () => {
+    $input(`#ov-${slot}-on`).checked = true;
+    run();
+  });
+  $input(`#ov-${slot}-opacity`).addEventListener("input", () => viewer.setOverlayOpacity(slot, Number($input(`#ov-${slot}-opacity`).value)));
+}
 
 // --- label display, window/level, view ------------------------------------------------------------
 
@@ -470,7 +629,15 @@ $input("#sphere").addEventListener("change", () => {
   S.sphere = $input("#sphere").checked;
 });
 
-// --- interactive session (clicks) -----------------------------------------------------------------
+// --- interactive session (clicks, and strokes pushed into it) ------------------------------------
+
+/** Session calls (clicks, pushed strokes, undo/redo, save) run one after another, in order. */
+let chain: Promise<unknown> = Promise.resolve();
+function serial<T>(fn: () => Promise<T>): Promise<T> {
+  const run = chain.then(fn);
+  chain = run.catch(() => undefined);
+  return run;
+}
 
 async function ensureSession(): Promise<Session> {
   if (S.session) return S.session;
@@ -483,57 +650,111 @@ async function ensureSession(): Promise<Session> {
   const body: Record<string, unknown> = { image_id: S.image.id, model: model.name };
   if (S.shownRevision) body.initial_revision = S.shownRevision;
   const info = await api.post<{ id: string; version: number }>("/sessions", body);
-  S.session = { id: info.id, model: model.name, version: info.version, initial: S.shownRevision };
-  return S.session;
+  const session: Session = { id: info.id, model: model.name, version: info.version, initial: S.shownRevision };
+  S.session = session;
+  if (S.features.putLabel && !(S.shownRevision !== null && editor.baseIsInitial)) {
+    // The session starts from the model's prediction (or from the revision, while the view
+    // already holds steps of an earlier session): make its first state what the user sees,
+    // strokes aside. Earlier sessions' steps cannot be undone in this one.
+    await pushLabel(session, editor.base);
+    editor.dropServerSteps();
+  }
+  return session;
 }
 
+async function pushLabel(s: Session, mask: Uint8Array): Promise<void> {
+  const form = new FormData();
+  form.append("file", await gzip(writeLabel(viewer.header!, mask)), "label.nii.gz");
+  await api.request("PUT", `/sessions/${s.id}/label`, form);
+}
+
+let lastCall = { fetchMs: 0, decodeMs: 0, serverMs: NaN };
 async function sessionCall(path: string, body?: unknown): Promise<Uint8Array> {
+  const call = async (s: Session) => {
+    const t0 = performance.now();
+    const { data, headers } = await api.binary("POST", `/sessions/${s.id}${path}`, body ?? {});
+    const t1 = performance.now();
+    const mask = (await readLabel(data)).data;
+    lastCall = { fetchMs: t1 - t0, decodeMs: performance.now() - t1, serverMs: Number(headers.get("X-Segloop-Seconds") ?? NaN) * 1000 };
+    return mask;
+  };
   const s = await ensureSession();
   try {
-    const { data } = await api.binary("POST", `/sessions/${s.id}${path}`, body ?? {});
-    return (await readLabel(data)).data;
+    return await call(s);
   } catch (e) {
-    if (e instanceof api.ApiError && e.status === 404) {
-      // the session expired on the server: open a new one and replay this image's clicks
-      S.session = null;
-      notify("The interactive session had expired; it was reopened.", "info");
-      await ensureSession();
-      const { data } = await api.binary("POST", `/sessions/${S.session!.id}${path}`, body ?? {});
-      return (await readLabel(data)).data;
-    }
-    throw e;
+    if (!(e instanceof api.ApiError && e.status === 404 && path === "/clicks")) throw e;
+    // the session expired on the server: open a new one from what is shown, then click again
+    S.session = null;
+    notify("The interactive session had expired; it was reopened from the label you see (earlier clicks can no longer be undone).", "info");
+    if (S.features.putLabel) editor.forgetHistoryAsBase();
+    return await call(await ensureSession());
   }
 }
 
-const backend: ClickBackend = {
-  click: (group: ClickGroup) => sessionCall("/clicks", { clicks: [group] }),
-  undo: () => sessionCall("/undo"),
+function sessionBackend(): SessionBackend {
+  return {
+    click: (group: ClickGroup) => sessionCall("/clicks", { clicks: [group] }),
+    undo: () => sessionCall("/undo"),
+    redo: async (group?: ClickGroup) => {
+      if (S.features.redo) {
+        try {
+          return await sessionCall("/redo");
+        } catch (e) {
+          if (e instanceof api.ApiError && e.status === 409) throw new Error("The server has nothing to redo (the session was changed meanwhile).");
+          throw e;
+        }
+      }
+      if (group) return sessionCall("/clicks", { clicks: [group] }); // older servers: click again
+      throw new Error("This server cannot redo that step.");
+    },
+    push: S.features.putLabel ? (mask: Uint8Array) => pushLabel(S.session!, mask) : null,
+  };
+}
+
+/** After a stroke: push it into the session (when there is one), so clicks refine on top. */
+editor.onStrokeEnd = () => {
+  if (!S.session || !S.features.putLabel) return;
+  void serial(() => guard("Sending the brush stroke to the model session", async () => {
+    const t0 = performance.now();
+    if (await editor.pushStrokes(sessionBackend())) S.stats.pushMs = Math.round(performance.now() - t0);
+    S.stats.pushes++;
+    document.body.dataset.pushes = String(S.stats.pushes);
+  }));
 };
 
 async function placeClick(vox: [number, number, number], positive: boolean): Promise<void> {
   const group: ClickGroup = { class: positive ? S.classValue : "background", points: [vox] };
   document.body.dataset.lastClick = vox.join(",");
-  await ensureSession(); // opening a session (first prediction) is not part of the click's time
-  const t0 = performance.now();
-  let tServer = 0;
-  const timed: ClickBackend = {
-    click: async (g) => {
-      const m = await backend.click(g);
-      tServer = performance.now();
-      return m;
-    },
-    undo: backend.undo,
-  };
-  setStatus(`${positive ? "Adding" : "Removing"} ${positive ? className(S.classValue) : "background"} at voxel ${vox.join(", ")}…`);
-  await editor.click(group, timed);
-  await viewer.refresh();
-  await new Promise((r) => requestAnimationFrame(() => r(null)));
-  const shown = performance.now();
-  S.stats.clickServerMs = Math.round(tServer - t0);
-  S.stats.clickShownMs = Math.round(shown - t0);
-  S.stats.clicks++;
-  document.body.dataset.clicks = String(S.stats.clicks);
-  setStatus(`${positive ? "Positive" : "Negative"} click at voxel ${vox.join(", ")}: server ${S.stats.clickServerMs} ms, on screen after ${S.stats.clickShownMs} ms`);
+  await serial(async () => {
+    await ensureSession(); // opening a session (first prediction) is not part of the click's time
+    if (S.features.putLabel) {
+      // brushed voxels first, so the click refines on top of them; if the server refuses them,
+      // they stay on top of the session's mask as before (and a save stores them as `manual`)
+      await editor.pushStrokes(sessionBackend()).catch((e) => showError(e, "Sending the brush strokes to the model session"));
+    }
+    setStatus(`${positive ? "Adding" : "Removing"} ${positive ? className(S.classValue) : "background"} at voxel ${vox.join(", ")}…`);
+    const t0 = performance.now();
+    await editor.click(group, sessionBackend());
+    const tMask = performance.now();
+    await viewer.refresh(); // the label texture is updated in the next frame ...
+    await new Promise((r) => requestAnimationFrame(() => r(null))); // ... and shown in the one after
+    const shown = performance.now();
+    const rec = {
+      serverMs: Math.round(lastCall.serverMs), // the model's time, as the server reports it
+      roundTripMs: Math.round(lastCall.fetchMs), // request sent → response received
+      decodeMs: Math.round(lastCall.decodeMs),
+      applyMs: Math.round(tMask - t0 - lastCall.fetchMs - lastCall.decodeMs),
+      shownMs: Math.round(shown - t0),
+    };
+    S.stats.clickServerMs = rec.roundTripMs;
+    S.stats.clickShownMs = rec.shownMs;
+    S.stats.clickLog.push(rec);
+    if (S.stats.clickLog.length > 200) S.stats.clickLog.shift();
+    S.stats.clicks++;
+    document.body.dataset.clicks = String(S.stats.clicks);
+    setStatus(`${positive ? "Positive" : "Negative"} click at voxel ${vox.join(", ")}: model ${rec.serverMs} ms, ` +
+      `round trip ${rec.roundTripMs} ms, on screen after ${rec.shownMs} ms`);
+  });
 }
 
 async function runModel(): Promise<void> {
@@ -561,6 +782,7 @@ $("#run-model").addEventListener("click", () => void guard("Running the model", 
 $select("#model").addEventListener("change", () => {
   S.model = $select("#model").value;
   void closeSession();
+  if (S.modelStrategies.has(S.strategy)) void guard("Loading the queue", loadWorklist);
 });
 
 // --- mouse on the canvas: clicks and brush (captured before NiiVue's own handlers) ---------------
@@ -623,19 +845,24 @@ function renderEditState(): void {
 }
 editor.onChange = renderEditState;
 async function undo(): Promise<void> {
-  await editor.undo(S.session ? backend : null);
+  await serial(() => editor.undo(S.session ? sessionBackend() : null));
 }
 async function redo(): Promise<void> {
-  await editor.redo(S.session ? backend : null);
+  await serial(() => editor.redo(S.session ? sessionBackend() : null));
 }
 $("#undo").addEventListener("click", () => void guard("Undo", undo));
 $("#redo").addEventListener("click", () => void guard("Redo", redo));
 
-async function save(status: "draft" | "final", base: number | null = S.baseRevision): Promise<void> {
+function save(status: "draft" | "final", base: number | null = S.baseRevision): Promise<void> {
+  return serial(() => saveNow(status, base)); // after any stroke still on its way to the session
+}
+
+async function saveNow(status: "draft" | "final", base: number | null): Promise<void> {
   if (!S.image) throw new Error("open an image first");
   if (status === "final" && !can("reviewer")) throw new Error("Saving a final label needs the reviewer role.");
   let rev: Revision;
   try {
+    // the session's mask is what is shown when no stroke is outside it: saved as `interactive`
     if (S.session && editor.overrideCount === 0 && S.session.initial === S.shownRevision) {
       rev = await api.post<Revision>(`/sessions/${S.session.id}/save`, { base_revision: base, status });
     } else {
@@ -684,11 +911,9 @@ async function showConflict(status: "draft" | "final", current: number): Promise
 }
 $("#conflict-show").addEventListener("click", () => {
   const cur = ($("#conflict") as HTMLDialogElement).dataset.current;
-  $select("#compare").value = `rev:${cur}`;
   void guard("Showing their revision", async () => {
     await loadRevisions();
-    $select("#compare").value = `rev:${cur}`;
-    await updateCompare();
+    await showOverlay("reference", `rev:${cur}`);
   });
 });
 $("#conflict-keep").addEventListener("click", () => {
@@ -716,6 +941,24 @@ $("#conflict-cancel").addEventListener("click", () => {
 
 // --- export ---------------------------------------------------------------------------------------
 
+function isDicom(im: ImageRecord | null): boolean {
+  return !!im && /^dicom/i.test(im.source ?? "");
+}
+
+/** DICOM SEG needs the source series (its references); say why when it cannot be offered. */
+function renderExport(): void {
+  const im = S.image;
+  const seg = $("#export-seg") as HTMLButtonElement;
+  let note = "";
+  if (!S.features.dicomSeg) note = "DICOM SEG export is not offered by this server version.";
+  else if (!im) note = "";
+  else if (!isDicom(im)) note = "DICOM SEG export needs an image imported from DICOM; this one came from a file (NIfTI/NRRD). Export NIfTI instead.";
+  else if (!im.latest_revision) note = "Save the label first: DICOM SEG is made from a saved revision.";
+  seg.hidden = !S.features.dicomSeg || !isDicom(im);
+  seg.disabled = !im?.latest_revision;
+  $("#export-note").textContent = note;
+}
+
 $("#export-view").addEventListener("click", () => void guard("Export", async () => {
   if (!S.image) throw new Error("open an image first");
   download(await gzip(writeLabel(viewer.header!, editor.current())), `${S.image.id}-label.nii.gz`);
@@ -724,6 +967,16 @@ $("#export-rev").addEventListener("click", () => void guard("Export", async () =
   if (!S.image?.latest_revision) throw new Error("this image has no saved label yet");
   const { data } = await api.binary("GET", `/images/${encodeURIComponent(S.image.id)}/labels/latest`);
   download(new Blob([data]), `${S.image.id}-r${S.image.latest_revision}.nii.gz`);
+}));
+$("#export-seg").addEventListener("click", () => void guard("DICOM SEG export", async () => {
+  const im = S.image;
+  if (!im?.latest_revision) throw new Error("this image has no saved label yet");
+  if (!isDicom(im)) throw new Error("DICOM SEG needs an image imported from DICOM.");
+  if (editor.dirty) notify("The DICOM SEG holds the last saved revision, not your unsaved changes.", "info");
+  const rev = S.viewRevision ?? im.latest_revision;
+  const { data } = await api.binary("GET", `/images/${encodeURIComponent(im.id)}/labels/${rev}/dicom-seg`);
+  download(new Blob([data], { type: "application/dicom" }), `${im.id}-r${rev}.seg.dcm`);
+  document.body.dataset.exported = `dicom-seg:${rev}`;
 }));
 
 // --- models ---------------------------------------------------------------------------------------
@@ -737,6 +990,7 @@ async function loadModels(): Promise<void> {
     : `<option value="">no trained model</option>`;
   $select("#model").value = S.model;
   renderModels();
+  fillOverlayChoices();
 }
 
 function versionDice(v: Record<string, unknown>): string {
@@ -898,10 +1152,7 @@ async function evaluate(): Promise<void> {
   renderEvaluation(ev);
   await loadEvaluations();
   await loadRevisions();
-  if ($input("#ev-show").checked && ev.discrepancy_url) {
-    $select("#compare").value = `eval:${ev.id}`;
-    await updateCompare();
-  }
+  if ($input("#ev-show").checked && ev.discrepancy_url) await showOverlay("discrepancy", `eval:${ev.id}`);
 }
 function renderEvaluation(ev: Evaluation): void {
   const classes = (ev.result.classes ?? {}) as Record<string, Record<string, number | null>>;
@@ -916,6 +1167,8 @@ function renderEvaluation(ev: Evaluation): void {
 async function loadEvaluations(): Promise<void> {
   if (!S.image) return;
   const r = await api.get<{ items: Evaluation[] }>(`/evaluations?image_id=${encodeURIComponent(S.image.id)}&limit=20`);
+  S.evaluations = r.items;
+  fillOverlayChoices();
   $("#ev-history tbody").innerHTML = r.items.map((e) => {
     const p = e.params;
     return `<tr data-eval="${e.id}"><td>${when(e.created_at)}</td><td>${esc(p.model ? `${p.model} v${p.version}` : `r${p.revision}`)}</td>
@@ -928,10 +1181,7 @@ async function loadEvaluations(): Promise<void> {
       S.lastEval = ev;
       renderEvaluation(ev);
       await loadRevisions();
-      if (ev.discrepancy_url) {
-        $select("#compare").value = `eval:${ev.id}`;
-        await updateCompare();
-      }
+      if (ev.discrepancy_url) await showOverlay("discrepancy", `eval:${ev.id}`);
     })));
 }
 $("#ev-run").addEventListener("click", () => void guard("Evaluating", evaluate));
@@ -983,6 +1233,10 @@ document.addEventListener("keydown", (e) => {
       $input("#show-label").checked = !$input("#show-label").checked;
       viewer.setLabelVisible($input("#show-label").checked);
     },
+    o: () => {
+      $input("#ov-reference-on").checked = !$input("#ov-reference-on").checked;
+      void guard("Showing the reference overlay", () => updateOverlay("reference"));
+    },
     r: () => void guard("Running the model", runModel),
     N: () => void guard("Finding the next image", nextImage),
     "+": () => viewer.zoom(1.25), "=": () => viewer.zoom(1.25), "-": () => viewer.zoom(0.8), "0": () => viewer.resetView(),
@@ -1004,6 +1258,7 @@ function onEvent(ev: api.LiveEvent): void {
   const d = ev.data ?? {};
   switch (ev.type) {
     case "job.progress": {
+      if (d.job_id === S.scoringJob) onScoringState({ id: d.job_id, state: "running", progress: d.progress ?? 0, message: d.message ?? "" });
       const j = S.jobs.find((x) => x.id === d.job_id);
       if (j) {
         j.progress = d.progress ?? j.progress;
@@ -1020,6 +1275,7 @@ function onEvent(ev: api.LiveEvent): void {
       }
       break;
     case "job.state": {
+      if (d.id === S.scoringJob) onScoringState(d as Job);
       const i = S.jobs.findIndex((x) => x.id === d.id);
       if (i >= 0) S.jobs[i] = { ...S.jobs[i], ...(d as Job) };
       else S.jobs.unshift(d as Job);
@@ -1073,6 +1329,21 @@ $("#login-form").addEventListener("submit", (e) => {
 
 // --- start ----------------------------------------------------------------------------------------
 
+/** Optional routes this server offers (from its OpenAPI schema): the app adapts to older servers. */
+async function loadFeatures(): Promise<void> {
+  try {
+    const spec = await api.get<{ paths?: Record<string, Record<string, unknown>> }>("/openapi.json");
+    const paths = Object.entries(spec.paths ?? {});
+    const has = (re: RegExp, method: string) => paths.some(([p, ops]) => re.test(p) && method in ops);
+    S.features.putLabel = has(/^\/api\/v1\/sessions\/\{[^}]+\}\/label$/, "put");
+    S.features.redo = has(/^\/api\/v1\/sessions\/\{[^}]+\}\/redo$/, "post");
+    S.features.dicomSeg = has(/^\/api\/v1\/images\/\{[^}]+\}\/labels\/\{[^}]+\}\/dicom-seg$/, "get");
+  } catch {
+    /* an old or locked-down server: keep the basic behaviour */
+  }
+  document.body.dataset.features = Object.entries(S.features).filter(([, v]) => v).map(([k]) => k).join(",");
+}
+
 async function start(): Promise<void> {
   const me = await api.get<{ name: string; role: string }>("/auth/me");
   S.me = { name: me.name, role: me.role };
@@ -1081,9 +1352,13 @@ async function start(): Promise<void> {
   S.schema = await api.get<Schema>("/schema");
   if (!foreground().some((c) => c.value === S.classValue)) S.classValue = foreground()[0]?.value ?? 1;
   renderClasses();
-  const strategies = await api.get<{ available: Array<{ name: string; description: string }> }>("/activelearning/strategies");
+  const strategies = await api.get<{ available: Array<{ name: string; description: string; [k: string]: unknown }> }>("/activelearning/strategies");
+  const usesModel = (s: Record<string, unknown>) => Boolean(s.needs_model ?? s.requires_model ?? s.uses_model ?? s.model_based ??
+    ["entropy", "mc-dropout", "tta"].includes(String(s.name)));
+  S.modelStrategies = new Set(strategies.available.filter(usesModel).map((s) => s.name));
   $select("#strategy").innerHTML = `<option value="">(no ranking)</option>` +
-    strategies.available.map((s) => `<option value="${esc(s.name)}" title="${esc(s.description)}">${esc(s.name)}</option>`).join("");
+    strategies.available.map((s) => `<option value="${esc(s.name)}" title="${esc(s.description)}">${esc(s.name)}${S.modelStrategies.has(s.name) ? " (model)" : ""}</option>`).join("");
+  await loadFeatures();
   await Promise.all([loadWorklist(), loadModels(), loadArchitectures(), loadJobs()]);
   document.body.dataset.ready = "1";
 }

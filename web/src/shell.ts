@@ -12,6 +12,7 @@ export const HELP: Array<[string, string]> = [
   ["R", "run the chosen model on this image"],
   ["Shift+N", "next image from the queue"],
   ["L", "show / hide the label"],
+  ["O", "show / hide the reference overlay"],
   ["M A C G 3", "views: all / axial / coronal / sagittal / 3-D"],
   ["Wheel", "scroll slices; Ctrl+wheel zooms"],
   ["+ / − / 0", "zoom in / out / reset"],
@@ -38,6 +39,7 @@ export const SHELL = `
     <div class="phead"><b>Worklist</b>
       <select id="wl-filter" title="Show images by label state"><option value="">all</option><option value="none">no label</option><option value="draft">draft</option><option value="final">final</option></select>
     </div>
+    <div id="scoring" class="scoring" hidden><span id="scoring-text"></span><progress id="scoring-bar" max="1" value="0"></progress></div>
     <div class="scroll"><table id="worklist" class="grid"><thead></thead><tbody></tbody></table></div>
     <div class="pager"><button id="wl-prev" class="small">◂</button><span id="wl-count"></span><button id="wl-next" class="small">▸</button></div>
     <div class="dropzone">
@@ -79,12 +81,25 @@ export const SHELL = `
       <div id="edit-state" class="muted"></div>
       <div class="row"><button id="save-draft" class="primary" title="Save as draft (Ctrl+S)">Save draft</button><button id="save-final" title="Save as final (Ctrl+Shift+S)">Save final</button></div>
       <h3>Layers</h3>
-      <div class="row"><label><input id="show-label" type="checkbox" checked> label</label> opacity <input id="opacity" type="range" min="0" max="1" step="0.05" value="0.5"></div>
-      <div class="row">compare <select id="compare" style="max-width:150px"><option value="">none</option></select> <input id="compare-opacity" type="range" min="0" max="1" step="0.05" value="0.6" title="comparison opacity"></div>
-      <div id="compare-legend" class="legend muted"></div>
+      <div class="layers">
+        <label><input id="show-label" type="checkbox" checked> label</label><span></span>
+        <input id="opacity" type="range" min="0" max="1" step="0.05" value="0.5" title="label opacity">
+        <label title="A saved revision, e.g. the reference (final) label"><input id="ov-reference-on" type="checkbox" data-slot="reference"> reference</label>
+        <select id="ov-reference" data-slot="reference"></select>
+        <input id="ov-reference-opacity" type="range" min="0" max="1" step="0.05" value="0.5" data-slot="reference" title="reference opacity">
+        <label title="The automatic segmentation of a model"><input id="ov-prediction-on" type="checkbox" data-slot="prediction"> prediction</label>
+        <select id="ov-prediction" data-slot="prediction"></select>
+        <input id="ov-prediction-opacity" type="range" min="0" max="1" step="0.05" value="0.5" data-slot="prediction" title="prediction opacity">
+        <label title="Where an evaluation found agreement, false positives and false negatives"><input id="ov-discrepancy-on" type="checkbox" data-slot="discrepancy"> discrepancy</label>
+        <select id="ov-discrepancy" data-slot="discrepancy"></select>
+        <input id="ov-discrepancy-opacity" type="range" min="0" max="1" step="0.05" value="0.7" data-slot="discrepancy" title="discrepancy opacity">
+      </div>
+      <div id="overlay-legend" class="legend muted"></div>
       <h3>Revisions</h3>
       <div class="scroll small-table"><table id="revisions" class="grid"><thead><tr><th>Revision</th><th>Author · source</th><th>Time</th><th></th></tr></thead><tbody></tbody></table></div>
-      <div class="row"><button id="export-rev" class="small" title="Download the latest saved revision">Export saved (NIfTI)</button><button id="export-view" class="small" title="Download the label as shown, unsaved edits included">Export view (NIfTI)</button></div>
+      <div class="row"><button id="export-rev" class="small" title="Download the latest saved revision">Export saved (NIfTI)</button><button id="export-view" class="small" title="Download the label as shown, unsaved edits included">Export view (NIfTI)</button>
+        <button id="export-seg" class="small" title="Download the latest saved revision as DICOM SEG (images imported from DICOM)">Export DICOM SEG</button></div>
+      <div id="export-note" class="muted"></div>
     </div>
     <div id="tab-models" class="tab" hidden>
       <h3>Models</h3><div id="models"></div>

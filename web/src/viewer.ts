@@ -1,6 +1,13 @@
-// NiiVue wrapper: the image, an editable label layer and a comparison layer (another revision,
-// a model prediction or a discrepancy map). Voxel coordinates here are always the file's
-// (i fastest) index order, the same as the server's arrays.
+// NiiVue wrapper: the image, the editable label and up to three overlays (a reference label,
+// a model's prediction, a discrepancy map), each shown or hidden on its own with its own
+// opacity. Voxel coordinates here are always the file's (i fastest) index order, the same as
+// the server's arrays.
+//
+// The editable label is NiiVue's drawing layer, not an image layer: NiiVue blends image layers
+// into one texture and re-uploads and re-blends every volume (the image included) whenever one
+// changes, while the drawing layer is a single 8-bit texture updated in place. A click's new
+// mask therefore costs one copy of the changed voxels and one texture upload, whatever else is
+// shown.
 
 import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/niivue";
 import { invert4, parseHeader, writeLabel, type NiftiHeaderInfo } from "./nifti";
@@ -40,15 +47,49 @@ function lut(entries: LutEntry[]): { R: number[]; G: number[]; B: number[]; A: n
   return out;
 }
 
+/** NiiVue's drawing colour table (256 entries) from the label schema. */
+function drawLut(entries: LutEntry[]): Niivue["drawLut"] {
+  const t = lut(entries);
+  const table = new Uint8ClampedArray(256 * 4);
+  const labels: string[] = Array.from({ length: 256 }, (_, i) => String(i));
+  t.I.forEach((v, k) => {
+    if (v <= 0 || v > 255) return;
+    table.set([t.R[k], t.G[k], t.B[k], 255], v * 4);
+    labels[v] = t.labels[k];
+  });
+  labels[0] = "";
+  return { lut: table, labels };
+}
+
+function rasMap(img: NVImage): RasMap {
+  const h = img.hdr!;
+  const perm = (img.permRAS ?? [1, 2, 3]).slice();
+  const dims = [1, 2, 3].map((p) => h.dims[Math.abs(perm[p - 1])]) as [number, number, number];
+  const step = (img.img2RASstep ?? [1, h.dims[1], h.dims[1] * h.dims[2]]).slice() as [number, number, number];
+  const start = (img.img2RASstart ?? [0, 0, 0]).slice() as [number, number, number];
+  const identity = perm[0] === 1 && perm[1] === 2 && perm[2] === 3;
+  return { identity, dims, step, start, perm };
+}
+
+export type OverlaySlot = "reference" | "prediction" | "discrepancy";
+export const OVERLAY_SLOTS: OverlaySlot[] = ["reference", "prediction", "discrepancy"];
+
+/** Native (file order) → NiiVue's RAS voxel order, as NiiVue's own `img2RAS` computes it. */
+interface RasMap { identity: boolean; dims: [number, number, number]; step: [number, number, number]; start: [number, number, number]; perm: number[] }
+
 export class Viewer {
   readonly nv: Niivue;
   header: NiftiHeaderInfo | null = null;
   private inv: number[][] | null = null;
-  label: NVImage | null = null;
-  compare: NVImage | null = null;
+  private label = new Uint8Array(0); // the editable label, file order
+  private ras: RasMap | null = null;
+  private touched: number[] = []; // file-order indices changed since the last upload
+  private fullUpload = false;
+  private overlays = new Map<OverlaySlot, NVImage>();
+  readonly overlayOpacity: Record<OverlaySlot, number> = { reference: 0.5, prediction: 0.5, discrepancy: 0.7 };
   labelOpacity = 0.5;
-  compareOpacity = 0.6;
-  private pending = false;
+  labelVisible = true;
+  private pending: Promise<void> | null = null;
   onLocation: (text: string) => void = () => {};
 
   constructor(private canvas: HTMLCanvasElement) {
@@ -66,6 +107,7 @@ export class Viewer {
       logLevel: "error",
       loadingText: "",
       isNearestInterpolation: true,
+      drawingEnabled: false, // the app paints; NiiVue only shows the drawing layer
       mouseEventConfig: {
         leftButton: { primary: DRAG_MODE.crosshair, withShift: DRAG_MODE.windowing },
         rightButton: DRAG_MODE.pan,
@@ -92,56 +134,120 @@ export class Viewer {
     return a * b * c;
   }
 
-  /** Show a new image (uncompressed NIfTI bytes) with an empty label layer. */
+  /** Show a new image (uncompressed NIfTI bytes) with an empty label and no overlays. */
   async loadImage(raw: ArrayBuffer, name: string, labelLut: LutEntry[]): Promise<void> {
     this.header = parseHeader(raw);
     while (this.nv.volumes.length) this.nv.removeVolumeByIndex(this.nv.volumes.length - 1);
-    this.label = null;
-    this.compare = null;
+    this.overlays.clear();
+    this.nv.drawBitmap = null;
+    this.nv.drawLut = drawLut(labelLut); // set before the image is added: its refresh uploads the table
     const img = await makeImage(raw, `${name}.nii`, "gray", 1);
     this.nv.addVolume(img);
     const aff = (img.hdr as { affine?: number[][] } | null)?.affine ?? this.header.affine;
     this.inv = invert4(aff.map((r) => [...r]));
-    const zero = new Uint8Array(this.voxels);
-    const lbuf = writeLabel(this.header, zero);
-    this.label = await makeImage(lbuf.buffer as ArrayBuffer, "label.nii", "gray", this.labelOpacity);
-    this.label.setColormapLabel(lut(labelLut));
-    this.nv.addVolume(this.label);
-    this.nv.setOpacity(1, this.labelOpacity);
-    this.nv.updateGLVolume();
+    this.ras = rasMap(img);
+    this.label = new Uint8Array(this.voxels);
+    this.nv.createEmptyDrawing();
+    this.nv.drawOpacity = this.labelVisible ? this.labelOpacity : 0;
+    this.fullUpload = true;
+    this.flush();
   }
 
   setLabelColors(entries: LutEntry[]): void {
-    if (!this.label) return;
-    this.label.setColormapLabel(lut(entries));
+    this.nv.drawLut = drawLut(entries);
     this.nv.updateGLVolume();
   }
 
-  /** The label layer's voxels (edit in place, then call `refresh`). */
+  /** The label's voxels, file order (edit in place, then `touch` what changed and `refresh`). */
   labelData(): Uint8Array {
-    if (!this.label?.img) throw new Error("no image is open");
-    return this.label.img as Uint8Array;
+    if (!this.header) throw new Error("no image is open");
+    return this.label;
   }
 
-  /** Redraw after the label changed; coalesced to one upload per animation frame. */
-  refresh(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.pending) {
-        requestAnimationFrame(() => resolve());
-        return;
+  /** Voxels (file-order indices) changed in `labelData()`; uploaded by the next refresh. */
+  touch(i: number): void {
+    if (!this.fullUpload) this.touched.push(i);
+    if (this.touched.length > this.label.length >> 4) {
+      this.touched = [];
+      this.fullUpload = true;
+    }
+  }
+
+  /** Everything in `labelData()` may have changed (a new mask). */
+  touchAll(): void {
+    this.touched = [];
+    this.fullUpload = true;
+  }
+
+  /** Replace the label with `mask`, marking only the voxels that differ. */
+  setLabel(mask: ArrayLike<number>): void {
+    const out = this.label;
+    for (let i = 0; i < out.length; i++) {
+      if (out[i] !== mask[i]) {
+        out[i] = mask[i];
+        this.touch(i);
       }
-      this.pending = true;
-      requestAnimationFrame(() => {
-        this.pending = false;
-        this.nv.updateGLVolume();
+    }
+  }
+
+  /** Copy the touched voxels into NiiVue's drawing (RAS order) and upload it: once per frame. */
+  refresh(): Promise<void> {
+    if (!this.pending) {
+      this.pending = new Promise((resolve) => requestAnimationFrame(() => {
+        this.pending = null;
+        this.flush();
         resolve();
-      });
-    });
+      }));
+    }
+    return this.pending;
+  }
+
+  private flush(): void {
+    const bmp = this.nv.drawBitmap;
+    const m = this.ras;
+    if (!bmp || !m) return;
+    if (this.fullUpload) {
+      if (m.identity) bmp.set(this.label);
+      else {
+        const src = this.label;
+        const [nx, ny, nz] = m.dims;
+        let j = 0;
+        for (let z = 0; z < nz; z++) {
+          const zi = m.start[2] + z * m.step[2];
+          for (let y = 0; y < ny; y++) {
+            let xi = m.start[0] + m.start[1] + y * m.step[1] + zi;
+            for (let x = 0; x < nx; x++, xi += m.step[0]) bmp[j++] = src[xi];
+          }
+        }
+      }
+    } else if (this.touched.length) {
+      const [fx, fy] = this.dims;
+      const fxy = fx * fy;
+      for (const i of this.touched) {
+        const f = [i % fx, Math.floor(i / fx) % fy, Math.floor(i / fxy)];
+        bmp[this.rasIndex(f)] = this.label[i];
+      }
+    } else return;
+    this.touched = [];
+    this.fullUpload = false;
+    this.nv.refreshDrawing(true);
+  }
+
+  private rasIndex(f: number[]): number {
+    const m = this.ras!;
+    let idx = 0, stride = 1;
+    for (let p = 0; p < 3; p++) {
+      const a = Math.abs(m.perm[p]) - 1;
+      const c = m.perm[p] < 0 ? this.dims[a] - 1 - f[a] : f[a];
+      idx += c * stride;
+      stride *= m.dims[p];
+    }
+    return idx;
   }
 
   setLabelVisible(on: boolean): void {
-    if (!this.label) return;
-    this.nv.setOpacity(this.nv.volumes.indexOf(this.label), on ? this.labelOpacity : 0);
+    this.labelVisible = on;
+    this.nv.setDrawOpacity(on ? this.labelOpacity : 0);
   }
 
   setLabelOpacity(v: number): void {
@@ -149,25 +255,40 @@ export class Viewer {
     this.setLabelVisible(true);
   }
 
-  /** A comparison layer (label map on the image grid) with its own colours. */
-  async setCompare(data: Uint8Array | null, entries: LutEntry[] = []): Promise<void> {
-    if (this.compare) {
-      this.nv.removeVolume(this.compare);
-      this.compare = null;
+  /** Show (data) or remove (null) one overlay: a label map on the image grid with its own colours. */
+  async setOverlay(slot: OverlaySlot, data: Uint8Array | null, entries: LutEntry[] = []): Promise<void> {
+    const old = this.overlays.get(slot);
+    if (old) {
+      this.nv.removeVolume(old);
+      this.overlays.delete(slot);
     }
     if (data && this.header) {
       const buf = writeLabel(this.header, data);
-      this.compare = await makeImage(buf.buffer as ArrayBuffer, "compare.nii", "gray", this.compareOpacity);
-      this.compare.setColormapLabel(lut(entries));
-      this.nv.addVolume(this.compare);
-      this.nv.setOpacity(this.nv.volumes.indexOf(this.compare), this.compareOpacity);
+      const layer = await makeImage(buf.buffer as ArrayBuffer, `${slot}.nii`, "gray", this.overlayOpacity[slot]);
+      layer.setColormapLabel(lut(entries));
+      this.overlays.set(slot, layer);
+      // keep a fixed stacking order: image, reference, prediction, discrepancy
+      for (const s of OVERLAY_SLOTS) {
+        const v = this.overlays.get(s);
+        if (!v) continue;
+        if (this.nv.volumes.includes(v)) this.nv.removeVolume(v);
+      }
+      for (const s of OVERLAY_SLOTS) {
+        const v = this.overlays.get(s);
+        if (v) this.nv.addVolume(v);
+      }
     }
     this.nv.updateGLVolume();
   }
 
-  setCompareOpacity(v: number): void {
-    this.compareOpacity = v;
-    if (this.compare) this.nv.setOpacity(this.nv.volumes.indexOf(this.compare), v);
+  hasOverlay(slot: OverlaySlot): boolean {
+    return this.overlays.has(slot);
+  }
+
+  setOverlayOpacity(slot: OverlaySlot, v: number): void {
+    this.overlayOpacity[slot] = v;
+    const layer = this.overlays.get(slot);
+    if (layer) this.nv.setOpacity(this.nv.volumes.indexOf(layer), v);
   }
 
   setWindow(center: number, width: number): void {
