@@ -207,3 +207,19 @@ def test_other_spacing_is_resampled_back(store_with_model) -> None:  # type: ign
     out = session.add_clicks([Click(1, (0, 0, 0))])
     assert out.label.array[0, 0, 0] == 1
     assert np.array_equal(out.label.array[6:, 6:, 6:], before[6:, 6:, 6:])
+
+
+def test_training_is_deterministic_for_a_seed(store_with_model) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from segloop.ml.modelspec import load_checkpoint
+
+    store, _, _, _ = store_with_model
+    cfg = tiny_config(epochs=1, steps_per_epoch=2)
+    a = train(store, "det-a", cfg, device="cpu")
+    b = train(store, "det-b", cfg, device="cpu")
+    sa = load_checkpoint(a.checkpoint)["state_dict"]
+    sb = load_checkpoint(b.checkpoint)["state_dict"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.trained_on == b.trained_on and a.metrics["val_images"] == b.metrics["val_images"]

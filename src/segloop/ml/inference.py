@@ -1,7 +1,7 @@
 """Running a network over a volume: sliding windows, softmax, MC dropout switch.
 
-Arrays here are on the *model* grid and channel-first: image ``(C_img, X, Y, Z)``, guidance
-``(C_cls, X, Y, Z)``, probabilities ``(C_cls, X, Y, Z)``.
+Arrays here are on the *model* grid and channel-first: image ``(C_img, X, Y, Z)``, extra
+input channels ``(E, X, Y, Z)``, probabilities ``(C_cls, X, Y, Z)``.
 """
 
 from __future__ import annotations
@@ -38,29 +38,32 @@ def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def predict_probabilities(
     net: nn.Module,
     image: np.ndarray,
-    guidance: np.ndarray | None,
+    extra: np.ndarray | None,
     patch_size: Sequence[int],
     num_classes: int,
     device: torch.device | str = "cpu",
     overlap: float = SW_OVERLAP,
     sw_batch_size: int = SW_BATCH,
+    extra_channels: int | None = None,
 ) -> np.ndarray:
     """Class probabilities for a whole (or cropped) volume with MONAI sliding-window inference.
 
     Args:
         net: the network, already in the wanted mode (see `set_mc_dropout`).
         image: normalised image ``(C_img, X, Y, Z)`` float32.
-        guidance: ``(num_classes, X, Y, Z)`` or None for zeros (automatic segmentation).
+        extra: the input channels after the image, ``(E, X, Y, Z)``: guidance, then the previous
+            mask when the model takes one (see `ModelSpec`); None for zeros (automatic segmentation).
         patch_size: window size; volumes smaller than it are zero-padded.
+        extra_channels: E, needed when ``extra`` is None (default ``num_classes``).
 
     Returns:
         ``float32`` softmax probabilities ``(num_classes, X, Y, Z)``.
     """
     from monai.inferers import sliding_window_inference
 
-    if guidance is None:
-        guidance = np.zeros((num_classes, *image.shape[1:]), dtype=np.float32)
-    x = torch.from_numpy(np.concatenate([image, guidance], axis=0)[None]).to(device)
+    if extra is None:
+        extra = np.zeros((extra_channels or num_classes, *image.shape[1:]), dtype=np.float32)
+    x = torch.from_numpy(np.concatenate([image, extra], axis=0)[None]).to(device)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         return torch.softmax(_logits(net, batch), dim=1)

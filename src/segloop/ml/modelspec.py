@@ -6,8 +6,10 @@ It is the ``config`` dict stored with each model version (and inside the checkpo
      "image_channels": 1, "patch_size": [40, 56, 40], "spacing": [1.0, 1.0, 1.0] | None,
      "guidance_sigma": 3.0, "train": {...TrainConfig...}}
 
-The network's input is ``image_channels`` normalised image channels followed by one guidance
-channel per class (background first); its output is one logit per class, in ``classes`` order.
+The network's input is ``image_channels`` normalised image channels, then one guidance channel
+per class (background first), then -- when ``mask_input`` is on -- the one-hot previous mask (one
+channel per class; all zero when there is none, as in automatic segmentation). Its output is one
+logit per class, in ``classes`` order.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ModelSpec:
     patch_size: tuple[int, int, int]
     spacing: tuple[float, float, float] | None
     guidance_sigma: float = DEFAULT_SIGMA
+    mask_input: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -39,7 +42,12 @@ class ModelSpec:
 
     @property
     def in_channels(self) -> int:
-        return self.image_channels + self.num_classes
+        return self.image_channels + self.extra_channels
+
+    @property
+    def extra_channels(self) -> int:
+        """Input channels after the image: guidance (+ previous mask)."""
+        return self.num_classes * (2 if self.mask_input else 1)
 
     @property
     def foreground(self) -> list[int]:
@@ -60,6 +68,7 @@ class ModelSpec:
             "patch_size": list(self.patch_size),
             "spacing": list(self.spacing) if self.spacing is not None else None,
             "guidance_sigma": self.guidance_sigma,
+            "mask_input": self.mask_input,
         }
 
     @classmethod
@@ -79,6 +88,7 @@ class ModelSpec:
                 patch_size=(ps[0], ps[1], ps[2]),
                 spacing=(float(sp[0]), float(sp[1]), float(sp[2])) if sp is not None else None,
                 guidance_sigma=float(config.get("guidance_sigma", DEFAULT_SIGMA)),
+                mask_input=bool(config.get("mask_input", False)),
                 extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
             )
         except (KeyError, TypeError, IndexError) as exc:
@@ -92,7 +102,7 @@ class ModelSpec:
             raise ValueError(f"patch_size {list(self.patch_size)} must be positive multiples of {div} for this network")
 
 
-_OWN_KEYS = {"network", "classes", "image_channels", "patch_size", "spacing", "guidance_sigma"}
+_OWN_KEYS = {"network", "classes", "image_channels", "patch_size", "spacing", "guidance_sigma", "mask_input"}
 
 
 def load_checkpoint(path: Any, map_location: str | torch.device = "cpu") -> dict[str, Any]:

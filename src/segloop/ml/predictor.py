@@ -7,7 +7,9 @@
   guidance of *all* clicks so far, and merges the result into the current probabilities with a
   weight that is 1 inside the ROI and tapers linearly to 0 over its outer eighth (sides touching
   the volume edge do not taper), so the mask stays smooth at the ROI border. The clicked voxels
-  themselves always take the clicked class (a click is never ignored).
+  themselves always take the clicked class (a click is never ignored). Models trained with
+  ``mask_input`` also see the current mask in the ROI, so they learn to correct it locally
+  rather than re-segment from scratch.
 - Results (`Prediction`) are on the image's own grid: labels (uint8 class values) and softmax
   probabilities ``(C, X, Y, Z)``, C = number of classes incl. background, in the model's class order.
 
@@ -128,9 +130,12 @@ class Predictor:
             data = resample(data, resampled_shape(image.shape, factors), order=1)
         return PreparedImage(image, data, factors)
 
-    def _probabilities(self, data: np.ndarray, guidance: np.ndarray | None) -> np.ndarray:
+    def _probabilities(self, data: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
         set_mc_dropout(self.net, self.mc_dropout)
-        return predict_probabilities(self.net, data, guidance, self.spec.patch_size, self.spec.num_classes, self.device)
+        spec = self.spec
+        return predict_probabilities(
+            self.net, data, extra, spec.patch_size, spec.num_classes, self.device, extra_channels=spec.extra_channels
+        )
 
     def to_image_grid(self, probs: np.ndarray, prepared: PreparedImage) -> np.ndarray:
         """Model-grid probabilities ``(C, Xm, Ym, Zm)`` -> image grid ``(C, X, Y, Z)``."""
@@ -253,9 +258,11 @@ class InteractiveSession:
         lo_m, hi_m = self._roi([[c.point[a] * f[a] for a in range(3)] for c in new])
         all_clicks = self.clicks + new
         roi_shape = [b - a for a, b in zip(lo_m, hi_m, strict=True)]
-        guidance = encode_guidance(all_clicks, roi_shape, spec.class_values, spec.guidance_sigma, offset=lo_m, scale=f)
+        extra = encode_guidance(all_clicks, roi_shape, spec.class_values, spec.guidance_sigma, offset=lo_m, scale=f)
+        if spec.mask_input:
+            extra = np.concatenate([extra, self._previous_mask(lo_m, hi_m)], axis=0)
         data = self.prepared.data[:, lo_m[0] : hi_m[0], lo_m[1] : hi_m[1], lo_m[2] : hi_m[2]]
-        probs_m = p._probabilities(np.ascontiguousarray(data), guidance)
+        probs_m = p._probabilities(np.ascontiguousarray(data), extra)
         # Box on the image grid.
         shape = self.image.shape
         if self.prepared.factors is None:
@@ -286,6 +293,19 @@ class InteractiveSession:
         self.clicks = all_clicks
         self.prediction = self._snapshot(time.perf_counter() - t0)
         return self.prediction
+
+    def _previous_mask(self, lo_m: Sequence[int], hi_m: Sequence[int]) -> np.ndarray:
+        """One-hot current mask ``(C, ...)`` on the model-grid box ``[lo_m, hi_m)``."""
+        f = self.prepared.factors
+        if f is None:
+            lab = self._label[lo_m[0] : hi_m[0], lo_m[1] : hi_m[1], lo_m[2] : hi_m[2]]
+        else:
+            shape = self.image.shape
+            lo = [max(0, int(np.floor(a / s))) for a, s in zip(lo_m, f, strict=True)]
+            hi = [max(a + 1, min(d, int(np.ceil(b / s)))) for a, b, s, d in zip(lo, hi_m, f, shape, strict=True)]
+            box = self._label[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            lab = resample(box, [b - a for a, b in zip(lo_m, hi_m, strict=True)], order=0)
+        return np.stack([(lab == v) for v in self.predictor.spec.class_values]).astype(np.float32)
 
     def _local_weight(self, clicks: Sequence[Click], lo: Sequence[int], hi: Sequence[int], radius: float) -> np.ndarray:
         """1 within ``radius`` mm of a click, falling linearly to 0 at ``1.5 * radius``; shape of the box."""

@@ -15,7 +15,8 @@ Recipe (see `TrainConfig` for the knobs):
 5. Guidance: with probability ``click_prob`` a batch gets simulated clicks: the network (eval
    mode, no gradient) predicts, the virtual user places one click per class in that class's
    largest error region, and this repeats 1..``max_click_iters`` times; the training step then
-   sees the accumulated clicks. Other batches see zero guidance (automatic segmentation).
+   sees the accumulated clicks and, with ``mask_input``, the prediction they correct (one-hot).
+   Other batches see zero guidance and no mask (automatic segmentation).
 6. Loss: soft Dice over the foreground classes + focal loss (gamma 2) with ``class_weights``;
    AdamW; learning rate decays polynomially (power 0.9) over the run, where the run's progress
    is the larger of step/total and elapsed/``max_minutes``.
@@ -80,6 +81,7 @@ class TrainConfig:
     click_prob: float = 0.5
     max_click_iters: int = 3
     guidance_sigma: float = 3.0
+    mask_input: bool = True  # the network also sees the previous mask (interactive refinement)
     class_weights: list[float] | None = None  # focal-loss weight per class (background first)
     focal_weight: float = 1.0
     flip_axes: list[int] = field(default_factory=lambda: [0])
@@ -308,12 +310,14 @@ def _simulate_clicks(
     device: torch.device,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Guidance ``(B, K, X, Y, Z)`` from clicks placed iteratively in the current errors."""
+    """Extra input ``(B, E, X, Y, Z)``: guidance from clicks placed iteratively in the current
+    errors (+ the one-hot prediction they correct, for ``mask_input`` models)."""
     k = spec.num_classes
     b = imgs.shape[0]
     shape = imgs.shape[2:]
     clicks: list[list[Click]] = [[] for _ in range(b)]
     guidance = np.zeros((b, k, *shape), dtype=np.float32)
+    prev = np.zeros((b, k, *shape), dtype=np.float32)  # no previous mask yet: automatic start
     values = list(range(k))  # class indices (the network's own numbering)
     iters = int(rng.integers(1, cfg.max_click_iters + 1))
     was_training = net.training
@@ -321,8 +325,11 @@ def _simulate_clicks(
     try:
         for _ in range(iters):
             with torch.no_grad():
-                x = torch.from_numpy(np.concatenate([imgs, guidance], axis=1)).to(device)
+                parts = [imgs, guidance, prev] if spec.mask_input else [imgs, guidance]
+                x = torch.from_numpy(np.concatenate(parts, axis=1)).to(device)
                 pred = net(x).argmax(dim=1).cpu().numpy()
+            if spec.mask_input:
+                prev = np.stack([(pred == c) for c in values], axis=1).astype(np.float32)
             for i in range(b):
                 for c in values[1:]:
                     click = next_click(pred[i], labs[i], [c], rng)
@@ -331,7 +338,7 @@ def _simulate_clicks(
                 guidance[i] = encode_guidance(clicks[i], shape, values, cfg.guidance_sigma)
     finally:
         net.train(was_training)
-    return guidance
+    return np.concatenate([guidance, prev], axis=1) if spec.mask_input else guidance
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +380,9 @@ def _validate(net: torch.nn.Module, cases: list[_Case], spec: ModelSpec, device:
     scores = []
     try:
         for case in cases:
-            probs = predict_probabilities(net, case.image, None, spec.patch_size, spec.num_classes, device)
+            probs = predict_probabilities(
+                net, case.image, None, spec.patch_size, spec.num_classes, device, extra_channels=spec.extra_channels
+            )
             scores.append(_dice_per_class(probs.argmax(axis=0), case.label, spec.num_classes))
     finally:
         net.train(was_training)
@@ -517,7 +526,9 @@ def _train(
                 f = zoom_factors(v.spacing, sp)
                 shapes.append(resampled_shape(v.shape, f) if f else v.shape)
             patch = _auto_patch(shapes, size_divisor(net_cfg))
-        spec = ModelSpec(net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), config.guidance_sigma)
+        spec = ModelSpec(
+            net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), config.guidance_sigma, config.mask_input
+        )
     spec.check_patch()
     if config.class_weights is not None and len(config.class_weights) != spec.num_classes:
         raise ValueError(f"class_weights has {len(config.class_weights)} entries, the model has {spec.num_classes} classes")
@@ -561,7 +572,7 @@ def _train(
                 if rng.random() < config.click_prob:
                     guidance = _simulate_clicks(net, imgs, labs, spec, config, dev, rng)
                 else:
-                    guidance = np.zeros((imgs.shape[0], spec.num_classes, *imgs.shape[2:]), dtype=np.float32)
+                    guidance = np.zeros((imgs.shape[0], spec.extra_channels, *imgs.shape[2:]), dtype=np.float32)
                 x = torch.from_numpy(np.concatenate([imgs, guidance], axis=1)).to(dev)
                 y = torch.from_numpy(labs[:, None].astype(np.int64)).to(dev)
                 opt.zero_grad(set_to_none=True)
