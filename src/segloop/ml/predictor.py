@@ -10,6 +10,12 @@
   themselves always take the clicked class (a click is never ignored). Models trained with
   ``mask_input`` also see the current mask in the ROI, so they learn to correct it locally
   rather than re-segment from scratch.
+- `InteractiveSession.set_label` puts an edited mask (e.g. brush strokes) into the session: the
+  voxels whose class changed take probability 1 for their new class, the others keep theirs, and
+  the next click refines on top of it. The clicks made before are part of that mask and stop
+  steering the network (their voxels are no longer forced). Every click and upload is one step
+  of the session's history: `undo` and `redo` walk it; a new click or upload clears what could
+  be redone.
 - Results (`Prediction`) are on the image's own grid: labels (uint8 class values) and softmax
   probabilities ``(C, X, Y, Z)``, C = number of classes incl. background, in the model's class order.
 
@@ -167,6 +173,9 @@ class Predictor:
         return InteractiveSession(self, image, initial)
 
 
+_Step = tuple[list[Click], tuple[slice, ...], np.ndarray, np.ndarray]
+
+
 def _taper(size: int, lo_edge: bool, hi_edge: bool) -> np.ndarray:
     w = np.ones(size, dtype=np.float32)
     t = max(1, size // 8)
@@ -207,7 +216,9 @@ class InteractiveSession:
                 self._probs[n][lab == v] = 1.0
         self._label = predictor.labels_from(self._probs)
         self.clicks: list[Click] = []
-        self._history: list[tuple[int, tuple[slice, ...], np.ndarray, np.ndarray]] = []
+        # steps: (clicks before/after the step, box, probabilities and labels in the box)
+        self._history: list[_Step] = []
+        self._redo: list[_Step] = []
         self.prediction = self._snapshot(time.perf_counter() - t0)
 
     def _snapshot(self, seconds: float) -> Prediction:
@@ -281,7 +292,8 @@ class InteractiveSession:
             w = w * self._local_weight(new, lo, hi, radius)
         old_p = self._probs[(slice(None), *box)].copy()
         old_l = self._label[box].copy()
-        self._history.append((len(self.clicks), box, old_p, old_l))
+        self._history.append((list(self.clicks), box, old_p, old_l))
+        self._redo.clear()
         merged = w * probs + (1.0 - w) * old_p
         for c in all_clicks:
             rel = [c.point[a] - lo[a] for a in range(3)]
@@ -317,17 +329,85 @@ class InteractiveSession:
             np.maximum(w, np.clip((1.5 * radius - d) / (0.5 * radius), 0.0, 1.0).astype(np.float32), out=w)
         return w
 
+    def _swap(self, step: _Step) -> _Step:
+        """Put ``step``'s state into the session; return the state it replaced (same box)."""
+        clicks, box, probs, label = step
+        current: _Step = (list(self.clicks), box, self._probs[(slice(None), *box)].copy(), self._label[box].copy())
+        self._probs[(slice(None), *box)] = probs
+        self._label[box] = label
+        self.clicks = list(clicks)
+        return current
+
     def undo(self) -> Prediction:
-        """Take back the last `add_clicks` call (no-op without one)."""
+        """Take back the last step (an `add_clicks` call or a `set_label`); no-op without one."""
         t0 = time.perf_counter()
         if not self._history:
             return self.prediction
-        n, box, old_p, old_l = self._history.pop()
-        self._probs[(slice(None), *box)] = old_p
-        self._label[box] = old_l
-        self.clicks = self.clicks[:n]
+        self._redo.append(self._swap(self._history.pop()))
+        self.prediction = self._snapshot(time.perf_counter() - t0)
+        return self.prediction
+
+    def redo(self) -> Prediction:
+        """Re-apply the step the last `undo` took back; no-op when there is none (`redo_depth` 0)."""
+        t0 = time.perf_counter()
+        if not self._redo:
+            return self.prediction
+        self._history.append(self._swap(self._redo.pop()))
+        self.prediction = self._snapshot(time.perf_counter() - t0)
+        return self.prediction
+
+    @property
+    def undo_depth(self) -> int:
+        return len(self._history)
+
+    @property
+    def redo_depth(self) -> int:
+        return len(self._redo)
+
+    def set_label(self, label: Volume | np.ndarray) -> Prediction:
+        """Replace the current mask by ``label`` (class values on the image's grid), e.g. after
+        brush strokes; one undoable step (a label equal to the current mask changes nothing).
+
+        Voxels whose class changes take probability 1 for their new class; the others keep
+        their probabilities. The clicks so far are part of the new mask: they stop steering the
+        network and their voxels are no longer forced (undo brings them back).
+
+        Raises:
+            ValueError: another shape (or grid, for a `Volume`), or class values the model does not know.
+        """
+        t0 = time.perf_counter()
+        if isinstance(label, Volume):
+            self.image.check_same_grid(label, what="label", of="image")
+        lab = np.asarray(label.array if isinstance(label, Volume) else label)
+        if lab.ndim == 4 and lab.shape[3] == 1:
+            lab = lab[..., 0]
+        if lab.shape != self.image.shape:
+            raise ValueError(f"label shape {lab.shape} does not match image shape {self.image.shape}")
+        values = self.predictor.spec.class_values
+        unknown = sorted(set(np.unique(lab).tolist()) - set(values))
+        if unknown:
+            raise ValueError(f"label has values {unknown} the model does not know ({values})")
+        changed = lab != self._label
+        if not changed.any():
+            return self.prediction
+        nz = np.nonzero(changed)
+        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+        self._history.append((list(self.clicks), box, self._probs[(slice(None), *box)].copy(), self._label[box].copy()))
+        self._redo.clear()
+        sub = changed[box]
+        new = lab[box][sub].astype(self._label.dtype)
+        probs = self._probs[(slice(None), *box)]  # a view: written in place
+        for n, v in enumerate(values):
+            channel = probs[n]
+            channel[sub] = (new == v).astype(np.float32)
+        self._label[box][sub] = new
+        self.clicks = []
         self.prediction = self._snapshot(time.perf_counter() - t0)
         return self.prediction
 
     def info(self) -> dict[str, Any]:
-        return {"clicks": [c.to_dict() for c in self.clicks], "undo_depth": len(self._history)}
+        return {
+            "clicks": [c.to_dict() for c in self.clicks],
+            "undo_depth": len(self._history),
+            "redo_depth": len(self._redo),
+        }

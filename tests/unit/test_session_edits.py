@@ -1,0 +1,117 @@
+"""`InteractiveSession.set_label` and `redo`: uploaded (brushed) masks are steps of the same
+history as clicks. An untrained tiny network is enough: this is about the session's bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segloop.imaging.volume import Volume
+from segloop.ml.clicks import Click
+from segloop.ml.modelspec import ModelSpec
+from segloop.ml.predictor import InteractiveSession, Predictor
+
+SHAPE = (20, 40, 20)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    spec = ModelSpec.from_config(
+        {
+            "network": {"arch": "unet", "channels": [4, 8], "num_res_units": 0, "dropout": 0.0},
+            "classes": [{"value": 0, "name": "background"}, {"value": 1, "name": "a"}, {"value": 2, "name": "b"}],
+            "image_channels": 1,
+            "patch_size": [16, 16, 16],
+            "spacing": None,
+        }
+    )
+    net = spec.build()
+    net.eval()
+    return Predictor(net, spec, "tiny", 1, torch.device("cpu"))
+
+
+@pytest.fixture()
+def session(predictor: Predictor) -> InteractiveSession:
+    image = Volume(np.random.default_rng(0).normal(size=SHAPE).astype(np.float32), np.eye(4))
+    return predictor.session(image)
+
+
+def mask(s: InteractiveSession) -> np.ndarray:
+    return np.asarray(s.prediction.label.array).copy()
+
+
+def test_set_label_is_an_undoable_step(session: InteractiveSession) -> None:
+    start = mask(session)
+    session.add_clicks([Click(1, (10, 4, 10))])
+    clicked = mask(session)
+    clicked_probs = session.prediction.probabilities.copy()
+    edited = clicked.copy()
+    edited[2:6, 30:36, 2:6] = 2
+    edited[10, 4, 10] = 0  # erase the clicked voxel
+    pred = session.set_label(Volume(edited, np.eye(4)))
+    assert np.array_equal(np.asarray(pred.label.array), edited)
+    assert session.clicks == [] and session.undo_depth == 2 and session.redo_depth == 0
+    # changed voxels are certain, the others keep their probabilities
+    probs = pred.probabilities
+    unchanged = edited == clicked
+    assert (~unchanged).sum() > 0
+    assert np.allclose(probs[2][~unchanged & (edited == 2)], 1.0) and np.allclose(probs[0][~unchanged & (edited == 0)], 1.0)
+    assert np.allclose(probs[:, unchanged], clicked_probs[:, unchanged])
+
+    assert np.array_equal(np.asarray(session.undo().label.array), clicked)
+    assert len(session.clicks) == 1  # the click is back
+    assert np.array_equal(np.asarray(session.undo().label.array), start)
+    assert session.redo_depth == 2
+    assert np.array_equal(np.asarray(session.redo().label.array), clicked)
+    assert np.array_equal(np.asarray(session.redo().label.array), edited)
+    assert session.clicks == [] and session.redo_depth == 0
+    before = session.prediction
+    assert session.redo() is before  # nothing to redo: no-op
+
+
+def test_click_after_upload_refines_on_top(session: InteractiveSession) -> None:
+    edited = mask(session)
+    edited[2:6, 30:36, 2:6] = 2  # far from the next click's ROI (one 16^3 patch around y=4)
+    edited[12, 5, 12] = 0
+    session.set_label(edited)
+    pred = session.add_clicks([Click(1, (10, 4, 10))])
+    label = np.asarray(pred.label.array)
+    assert label[10, 4, 10] == 1
+    assert np.array_equal(label[2:6, 30:36, 2:6], edited[2:6, 30:36, 2:6])
+    assert [c.point for c in session.clicks] == [(10, 4, 10)]
+
+
+def test_new_step_clears_redo(session: InteractiveSession) -> None:
+    session.add_clicks([Click(1, (10, 4, 10))])
+    session.undo()
+    assert session.redo_depth == 1
+    session.add_clicks([Click(2, (10, 30, 10))])
+    assert session.redo_depth == 0
+    session.undo()
+    edited = mask(session)
+    edited[0, 0, 0] = 2 if edited[0, 0, 0] != 2 else 1
+    session.set_label(edited)
+    assert session.redo_depth == 0 and session.info()["redo_depth"] == 0
+
+
+def test_identical_label_changes_nothing(session: InteractiveSession) -> None:
+    session.add_clicks([Click(1, (10, 4, 10))])
+    before = session.prediction
+    assert session.set_label(mask(session)) is before
+    assert session.undo_depth == 1 and len(session.clicks) == 1
+
+
+def test_set_label_checks_its_input(session: InteractiveSession) -> None:
+    with pytest.raises(ValueError, match="shape"):
+        session.set_label(np.zeros((SHAPE[0] + 1, SHAPE[1], SHAPE[2]), np.uint8))
+    bad = mask(session)
+    bad[0, 0, 0] = 7
+    with pytest.raises(ValueError, match="7"):
+        session.set_label(bad)
+    shifted = np.eye(4)
+    shifted[0, 3] = 3.0
+    with pytest.raises(ValueError, match="affine"):
+        session.set_label(Volume(mask(session), shifted))
+    assert session.undo_depth == 0
