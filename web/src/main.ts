@@ -46,7 +46,7 @@ const S = {
   features: { putLabel: false, redo: false, dicomSeg: false }, // optional server routes, from its OpenAPI schema
   scoringJob: null as string | null,
   stats: {
-    openMs: 0, openLabelMs: 0, opens: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0, pushMs: 0, pushes: 0,
+    openMs: 0, opens: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0, pushMs: 0, pushes: 0,
     clickLog: [] as Array<Record<string, number>>,
   },
 };
@@ -369,20 +369,18 @@ async function openImage(id: string, force = false): Promise<void> {
     const t0 = performance.now();
     setStatus(`Loading ${id}…`);
     await closeSession();
-    const [rec, vol] = await Promise.all([
-      api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`),
-      api.binary("GET", `/images/${encodeURIComponent(id)}/volume`),
-    ]);
+    // the record, the volume and the latest label at once: the first slices come with their label
+    const recP = api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`);
+    const labelP = recP.then((r) => (r.latest_revision ? fetchLabel(r.id, r.latest_revision) : null));
+    const [rec, vol, mask] = await Promise.all([recP, api.binary("GET", `/images/${encodeURIComponent(id)}/volume`), labelP]);
     const raw = await gunzipIfNeeded(vol.data);
     await clearOverlays();
-    await viewer.loadImage(raw, rec.name, lutEntries());
+    const w = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
+    showWindow(w);
     S.image = rec;
-    applyPreset($select("#wl-preset").value);
-    await new Promise((r) => requestAnimationFrame(() => r(null))); // the first slices are on screen
+    await viewer.presented(); // the first slices, with their label, are on screen
     S.stats.openMs = Math.round(performance.now() - t0);
-    await loadRevisionIntoEditor(rec.latest_revision);
-    await viewer.refresh();
-    S.stats.openLabelMs = Math.round(performance.now() - t0);
+    await loadRevisionIntoEditor(rec.latest_revision, mask);
     S.stats.opens++;
     document.body.dataset.imageId = rec.id;
     document.body.dataset.opens = String(S.stats.opens);
@@ -390,15 +388,15 @@ async function openImage(id: string, force = false): Promise<void> {
     renderImageInfo();
     await Promise.all([loadRevisions(), loadEvaluations()]);
     setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — ` +
-      `shown in ${S.stats.openMs} ms, with its label in ${S.stats.openLabelMs} ms`);
+      `shown with its label in ${S.stats.openMs} ms`);
   });
 }
 
 /** Show a revision (or an empty label) as the editable label; drops history and session. */
-async function loadRevisionIntoEditor(rev: number | null): Promise<void> {
+async function loadRevisionIntoEditor(rev: number | null, fetched: Uint8Array | null = null): Promise<void> {
   if (!S.image) return;
   await closeSession();
-  const mask = rev ? await fetchLabel(S.image.id, rev) : new Uint8Array(viewer.voxels);
+  const mask = fetched ?? (rev ? await fetchLabel(S.image.id, rev) : new Uint8Array(viewer.voxels));
   S.shownRevision = rev;
   S.viewRevision = rev;
   S.baseRevision = S.image.latest_revision;
@@ -574,7 +572,9 @@ $input("#opacity").addEventListener("input", () => {
 $input("#show-label").addEventListener("change", () => viewer.setLabelVisible($input("#show-label").checked));
 
 function applyPreset(key: string): void {
-  const w = viewer.applyPreset(key);
+  showWindow(viewer.applyPreset(key));
+}
+function showWindow(w: { center: number; width: number }): void {
   $input("#wl-center").value = fmt(w.center, 1);
   $input("#wl-width").value = fmt(w.width, 1);
 }
@@ -735,9 +735,9 @@ async function placeClick(vox: [number, number, number], positive: boolean): Pro
     setStatus(`${positive ? "Adding" : "Removing"} ${positive ? className(S.classValue) : "background"} at voxel ${vox.join(", ")}…`);
     const t0 = performance.now();
     await editor.click(group, sessionBackend());
+    viewer.flushNow(); // upload the changed voxels and redraw now, not at the next frame
     const tMask = performance.now();
-    await viewer.refresh(); // the label texture is updated in the next frame ...
-    await new Promise((r) => requestAnimationFrame(() => r(null))); // ... and shown in the one after
+    await viewer.presented();
     const shown = performance.now();
     const rec = {
       serverMs: Math.round(lastCall.serverMs), // the model's time, as the server reports it

@@ -61,6 +61,16 @@ function drawLut(entries: LutEntry[]): Niivue["drawLut"] {
   return { lut: table, labels };
 }
 
+function presetWindow(v: NVImage, key: string): { center: number; width: number } {
+  const p = PRESETS[key];
+  if (!p || Number.isNaN(p.center)) {
+    const lo = (key === "mr-auto" ? v.robust_min : v.global_min) ?? 0;
+    const hi = (key === "mr-auto" ? v.robust_max : v.global_max) ?? 1;
+    return { center: (lo + hi) / 2, width: Math.max(1e-6, hi - lo) };
+  }
+  return { center: p.center, width: p.width };
+}
+
 function rasMap(img: NVImage): RasMap {
   const h = img.hdr!;
   const perm = (img.permRAS ?? [1, 2, 3]).slice();
@@ -134,23 +144,38 @@ export class Viewer {
     return a * b * c;
   }
 
-  /** Show a new image (uncompressed NIfTI bytes) with an empty label and no overlays. */
-  async loadImage(raw: ArrayBuffer, name: string, labelLut: LutEntry[]): Promise<void> {
+  /**
+   * Show a new image (uncompressed NIfTI bytes) with its label (file order; none: empty), the
+   * window of `preset`, and no overlays — drawn once, so the first slices come with their label.
+   */
+  async loadImage(raw: ArrayBuffer, name: string, labelLut: LutEntry[], preset: string, label: Uint8Array | null = null): Promise<{ center: number; width: number }> {
     this.header = parseHeader(raw);
     while (this.nv.volumes.length) this.nv.removeVolumeByIndex(this.nv.volumes.length - 1);
     this.overlays.clear();
     this.nv.drawBitmap = null;
     this.nv.drawLut = drawLut(labelLut); // set before the image is added: its refresh uploads the table
     const img = await makeImage(raw, `${name}.nii`, "gray", 1);
-    this.nv.addVolume(img);
+    const w = presetWindow(img, preset);
+    img.cal_min = w.center - w.width / 2;
+    img.cal_max = w.center + w.width / 2;
+    // addVolume uploads the image and redraws; the redraw is skipped here (one redraw follows,
+    // with the label), since a frame with the 3-D tile is the expensive part of opening
+    const draw = this.nv.drawScene;
+    this.nv.drawScene = () => undefined;
+    try {
+      this.nv.addVolume(img);
+    } finally {
+      this.nv.drawScene = draw;
+    }
     const aff = (img.hdr as { affine?: number[][] } | null)?.affine ?? this.header.affine;
     this.inv = invert4(aff.map((r) => [...r]));
     this.ras = rasMap(img);
-    this.label = new Uint8Array(this.voxels);
-    this.nv.createEmptyDrawing();
+    this.label = label && label.length === this.voxels ? label.slice() : new Uint8Array(this.voxels);
     this.nv.drawOpacity = this.labelVisible ? this.labelOpacity : 0;
+    this.nv.createEmptyDrawing(); // no redraw yet
     this.fullUpload = true;
-    this.flush();
+    this.flush(); // the label and one redraw
+    return w;
   }
 
   setLabelColors(entries: LutEntry[]): void {
@@ -200,6 +225,32 @@ export class Viewer {
       }));
     }
     return this.pending;
+  }
+
+  /** Upload pending label changes now (not at the next frame), e.g. right after a click's mask. */
+  flushNow(): void {
+    this.flush();
+  }
+
+  /**
+   * Resolves once the GPU has finished everything drawn so far and the next frame has begun,
+   * i.e. when that drawing is on screen (a fence, polled without blocking the page).
+   */
+  presented(): Promise<void> {
+    const gl = this.nv.gl;
+    const sync = gl.fenceSync(gl.SYNC_GPU_COMMANDS_COMPLETE, 0);
+    gl.flush();
+    return new Promise((resolve) => {
+      const poll = () => {
+        if (sync && gl.getSyncParameter(sync, gl.SYNC_STATUS) !== gl.SIGNALED) {
+          setTimeout(poll, 1);
+          return;
+        }
+        if (sync) gl.deleteSync(sync);
+        requestAnimationFrame(() => resolve());
+      };
+      poll();
+    });
   }
 
   private flush(): void {
@@ -303,15 +354,9 @@ export class Viewer {
   applyPreset(key: string): { center: number; width: number } {
     const v = this.nv.volumes[0];
     if (!v) return { center: 0, width: 1 };
-    const p = PRESETS[key];
-    if (!p || Number.isNaN(p.center)) {
-      const lo = (key === "mr-auto" ? v.robust_min : v.global_min) ?? 0;
-      const hi = (key === "mr-auto" ? v.robust_max : v.global_max) ?? 1;
-      this.setWindow((lo + hi) / 2, Math.max(1e-6, hi - lo));
-      return { center: (lo + hi) / 2, width: hi - lo };
-    }
-    this.setWindow(p.center, p.width);
-    return { center: p.center, width: p.width };
+    const w = presetWindow(v, key);
+    this.setWindow(w.center, w.width);
+    return w;
   }
 
   window(): { center: number; width: number } {
