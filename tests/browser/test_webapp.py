@@ -101,12 +101,6 @@ def test_brush_undo_redo_save(app: AppPage, api: httpx.Client) -> None:
     info = api.get(f"/images/{image}/labels/{rev}/info").json()
     assert info["source"] == "manual" and info["parent"] == 1
     app.shot("06-brush-saved")
-    if os.environ.get("SEGLOOP_DOCS_SCREENSHOT"):
-        app.key("m")
-        app.page.wait_for_timeout(500)
-        target = ROOT / "docs" / "images" / "viewer.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(app.shot("viewer"), target)
 
 
 def _second_client_saves(api: httpx.Client, image: str, base: int) -> int:
@@ -262,6 +256,14 @@ def test_brush_then_click_then_save_is_one_interactive_revision(app: AppPage, ap
     label = latest_label(api, image)
     assert label[tuple(brushed)] == 2, "the brushed voxels are in the saved revision"
     assert label[tuple(clicked)] == 1, "the click's class is in the saved revision"
+    if os.environ.get("SEGLOOP_DOCS_SCREENSHOT"):  # README's picture: all views, the reference beside
+        app.key("m")
+        app.page.check("#ov-reference-on")
+        app.page.wait_for_function("() => document.body.dataset.overlays === 'reference'")
+        app.page.wait_for_timeout(500)
+        target = ROOT / "docs" / "images" / "viewer.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(app.shot("viewer"), target)
 
 
 def test_undo_redo_of_clicks_and_pushed_strokes(app: AppPage, api: httpx.Client) -> None:
@@ -381,3 +383,34 @@ def test_model_queue_shows_scoring_then_rank_and_score(app: AppPage, api: httpx.
     assert float(cells[-1]) >= 0, "score shown"
     assert "ranked by entropy with " in app.page.inner_text("#wl-count")
     app.shot("18-ranked")
+
+
+def test_dicom_seg_export_for_a_dicom_image(app: AppPage, api: httpx.Client) -> None:
+    from tests.browser.conftest import DATA
+
+    series = DATA.parent / "dicom" / "ct_seg_dcmqi" / "ct-3slice"
+    if not series.is_dir():
+        pytest.skip(f"{series} is missing")
+    files = [("file", (f"ct-3slice/{f.name}", f.read_bytes(), "application/dicom")) for f in sorted(series.glob("*.dcm"))]
+    r = api.post("/images", files=files)
+    assert r.status_code == 201, r.text
+    image = r.json()["images"][0]["id"]
+    record = api.get(f"/images/{image}").json()
+    assert record["source"].startswith("dicom")
+    label = np.zeros(record["shape"], dtype=np.uint8)
+    label[200:300, 200:300, 1] = 1
+    nii = nib.Nifti1Image(label, affine=np.asarray(record["affine"], dtype=float))
+    r = api.post(f"/images/{image}/labels", files={"file": ("l.nii.gz", gzip.compress(nii.to_bytes()), "application/gzip")},
+                 data={"status": "final"})
+    assert r.status_code == 201, r.text
+    app.open(image)
+    if not app.has_feature("dicomSeg"):
+        pytest.skip("the server has no DICOM SEG download")
+    assert app.page.is_visible("#export-seg")
+    with app.page.expect_download() as dl:
+        app.page.click("#export-seg")
+    path = dl.value.path()
+    data = Path(path).read_bytes()
+    assert data[128:132] == b"DICM", "a DICOM file"
+    assert dl.value.suggested_filename.endswith(".seg.dcm")
+    app.shot("19-dicom-seg-export")

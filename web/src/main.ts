@@ -479,8 +479,15 @@ function tint(mix: number, toward: [number, number, number]): LutEntry[] {
   return lutEntries().map((e) => ({ ...e, color: e.color.map((c, k) => Math.round(c + (toward[k] - c) * mix)) as [number, number, number] }));
 }
 
+/** What an overlay choice shows now: a prediction changes with the model's current version. */
+function versioned(key: string): string {
+  if (!key.startsWith("model:")) return key;
+  const m = S.models.find((x) => x.name === key.slice(6));
+  return `${key}@${m?.current_version ?? "?"}`;
+}
+
 async function overlayData(slot: OverlaySlot, key: string): Promise<{ data: Uint8Array; note: string }> {
-  const hit = overlayCache.get(key);
+  const hit = overlayCache.get(versioned(key));
   if (hit) return hit;
   const image = S.image!;
   const arg = key.slice(key.indexOf(":") + 1);
@@ -496,7 +503,7 @@ async function overlayData(slot: OverlaySlot, key: string): Promise<{ data: Uint
     const { data } = await api.binary("GET", `/evaluations/${encodeURIComponent(arg)}/discrepancy`);
     out = { data: (await readLabel(data)).data, note: "" };
   }
-  if (S.image?.id === image.id) overlayCache.set(key, out);
+  if (S.image?.id === image.id) overlayCache.set(versioned(key), out);
   return out;
 }
 
@@ -513,12 +520,12 @@ async function updateOverlay(slot: OverlaySlot): Promise<void> {
   if (!S.image || !key) {
     if (viewer.hasOverlay(slot)) await viewer.setOverlay(slot, null);
     overlayKey[slot] = "";
-  } else if (overlayKey[slot] !== key || !viewer.hasOverlay(slot)) {
+  } else if (overlayKey[slot] !== versioned(key) || !viewer.hasOverlay(slot)) {
     setStatus(`Loading the ${slot} overlay…`);
     const { data, note } = await overlayData(slot, key);
     if ($select(`#ov-${slot}`).value !== key || !$input(`#ov-${slot}-on`).checked) return; // changed meanwhile
     await viewer.setOverlay(slot, data, overlayColors(slot, key));
-    overlayKey[slot] = key;
+    overlayKey[slot] = versioned(key);
     overlayNote[slot] = note;
     setStatus(`${slot} overlay: ${note || key}`);
   }
@@ -715,6 +722,7 @@ function sessionBackend(): SessionBackend {
 editor.onStrokeEnd = () => {
   if (!S.session || !S.features.putLabel) return;
   void serial(() => guard("Sending the brush stroke to the model session", async () => {
+    if (!S.session) return; // closed meanwhile (another model chosen): the stroke stays local
     const t0 = performance.now();
     if (await editor.pushStrokes(sessionBackend())) S.stats.pushMs = Math.round(performance.now() - t0);
     S.stats.pushes++;
@@ -1285,7 +1293,8 @@ function onEvent(ev: api.LiveEvent): void {
       break;
     }
     case "model.version":
-      void loadModels().catch(() => undefined);
+      // a shown prediction follows the model's current version
+      void loadModels().then(() => updateOverlay("prediction")).catch(() => undefined);
       break;
     case "label.revision":
       if (S.image && d.image_id === S.image.id) {
