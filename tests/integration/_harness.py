@@ -45,8 +45,9 @@ def hippo_label(case: str) -> Path:
     return HIPPO / "labelsTr" / f"hippocampus_{case}.nii.gz"
 
 
-def make_data(folder: Path, cases: tuple[str, ...] = CASES[:5]) -> Path:
-    """A data folder holding ``cases`` with their reference labels (final revision 1)."""
+def make_data(folder: Path, cases: tuple[str, ...] = CASES[:5], unlabeled: tuple[str, ...] = ()) -> Path:
+    """A data folder holding ``cases`` with their reference labels (final revision 1), and the
+    images of ``unlabeled`` without any label."""
     from segloop.store.ingest import import_paths
     from segloop.store.local import open_datastore
 
@@ -55,13 +56,18 @@ def make_data(folder: Path, cases: tuple[str, ...] = CASES[:5]) -> Path:
     src = folder / "src"
     (src / "images").mkdir(parents=True)
     (src / "labels").mkdir(parents=True)
+    (src / "unlabeled").mkdir(parents=True)
     for c in cases:
         shutil.copy(hippo_image(c), src / "images")
         shutil.copy(hippo_label(c), src / "labels")
+    for c in unlabeled:
+        shutil.copy(hippo_image(c), src / "unlabeled")
     shutil.copy(HIPPO / "dataset.json", src / "labels")
     data = folder / "data"
     store = open_datastore(data)
     import_paths(store, [src / "images"], labels_dir=src / "labels", author="reference")
+    if unlabeled:
+        import_paths(store, [src / "unlabeled"], author="reference")
     close = getattr(store, "close", None)
     if callable(close):
         close()

@@ -23,14 +23,17 @@ POST    /models/{name}/train                           admin      training job (
 POST    /models/{name}/infer                           annotator  automatic label (gzip NIfTI), optional save
 POST    /models/{name}/evaluate                        reviewer   evaluation job over final labels
 POST    /sessions; GET/DELETE /sessions/{id}           annotator  interactive session
-POST    /sessions/{id}/clicks, /undo; GET .../label    annotator  updated mask (gzip NIfTI)
+POST    /sessions/{id}/clicks, /undo, /redo            annotator  updated mask (gzip NIfTI); redo: 409 if none
+GET     /sessions/{id}/label                           annotator  current mask (gzip NIfTI)
+PUT     /sessions/{id}/label (multipart ``file``)      annotator  replace the mask (brushed edits); undoable
 POST    /sessions/{id}/save                            annotator  save as revision (source interactive)
-GET     /next?strategy=random|sequential&count=        annotator  next image(s) to annotate
+GET     /next?strategy=&model=&count=&diversity=       annotator  next image(s) with score and rank; 202 + job
+                                                                  while a large pool is scored (scoring.py)
 GET     /activelearning/strategies                     annotator  what /next offers
 POST    /evaluations; GET /evaluations[/{id}]          annotator  evaluate a revision or a model; history
 GET     /evaluations/{id}/discrepancy                  annotator  discrepancy map (gzip NIfTI)
 GET     /jobs, /jobs/{id}, /jobs/{id}/log              annotator  jobs (shared by all clients)
-POST    /jobs                                          reviewer   infer-batch / evaluate job
+POST    /jobs                                          reviewer   infer-batch / evaluate / score job
 POST    /jobs/{id}/cancel                              owner/adm  cancel
 GET     /events (SSE); WS /events/ws                   annotator  live events
 ======  =============================================  =========  ==========================================

@@ -6,18 +6,20 @@ full); training, batch inference, model evaluation and scoring run as background
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from segloop.imaging.nifti import nifti_bytes, write_nifti
+from segloop.imaging.nifti import nifti_bytes, read_nifti, write_nifti
 from segloop.imaging.volume import Volume
 from segloop.jobs.records import JOB_KINDS, JOB_STATES, JobRejected
 from segloop.server.auth import Principal
@@ -34,6 +36,7 @@ from segloop.server.routes import (
     finite,
 )
 from segloop.server.state import ServerState
+from segloop.server.uploads import receive_multipart
 
 router = APIRouter(prefix="/api/v1")
 
@@ -338,6 +341,91 @@ async def undo(session_id: SessionId, state: State, principal: Annotator) -> Res
 
     pred = await state.pool.run(work)
     return await run_in_threadpool(_label_response, pred)
+
+
+@router.post(
+    "/sessions/{session_id}/redo",
+    tags=["sessions"],
+    response_class=Response,
+    responses={**NIFTI_RESPONSE, 409: {"description": "nothing to redo"}},
+)
+async def redo(session_id: SessionId, state: State, principal: Annotator) -> Response:
+    """Re-apply the step (clicks or uploaded mask) the last undo took back; the mask comes back
+    as gzip NIfTI. 409 when there is nothing to redo: a new click or upload clears the redo steps."""
+    entry = _session(state, session_id, principal)
+
+    def work() -> Any:
+        with entry.lock:
+            if entry.closed:
+                raise ApiError(404, "not_found", f"session {session_id!r} was closed")
+            if not entry.session.redo_depth:
+                raise ApiError(409, "nothing_to_redo", "nothing to redo in this session")
+            return entry.session.redo()
+
+    pred = await state.pool.run(work)
+    return await run_in_threadpool(_label_response, pred)
+
+
+SESSION_LABEL_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+
+
+@router.put("/sessions/{session_id}/label", tags=["sessions"], openapi_extra=SESSION_LABEL_BODY)
+async def put_session_label(session_id: SessionId, request: Request, state: State, principal: Annotator) -> dict[str, Any]:
+    """Replace the session's current mask with an edited one (multipart ``file``: a NIfTI label
+    on the image's grid with class values of the schema, checked as label saves are), e.g. after
+    brush strokes. The next click refines on top of it, `undo` goes back to the mask before the
+    upload, and a save stores it with source ``interactive``. Clicks made before the upload are
+    part of the uploaded mask and no longer steer the model. Returns the session (``undo_depth``,
+    ``redo_depth``, ``changed_voxels``)."""
+    from segloop.imaging.errors import GeometryError
+    from segloop.store.errors import ValidationError
+    from segloop.store.local import _prepare_label  # the exact checks of label saves
+
+    entry = _session(state, session_id, principal)
+    folder = Path(tempfile.mkdtemp(prefix="session-label-", dir=Path(state.store.staging_dir())))
+    try:
+        received = await receive_multipart(request, folder, state.settings.max_upload_bytes)
+        files = received.files_of("file")
+        if len(files) != 1:
+            raise ApiError(422, "invalid_upload", "send exactly one label file in the part named 'file'")
+
+        def work() -> dict[str, Any]:
+            try:
+                volume = read_nifti(files[0])
+            except Exception as exc:
+                raise ApiError(422, "invalid_image", str(exc).replace(str(folder) + "/", "")) from exc
+            record = state.store.get_image(entry.image_id)
+            try:
+                data, _ = _prepare_label(record, volume, state.store.get_schema())
+            except (ValidationError, GeometryError) as exc:
+                raise ApiError(422, "invalid_label", str(exc)) from exc
+            with entry.lock:
+                if entry.closed:
+                    raise ApiError(404, "not_found", f"session {session_id!r} was closed")
+                changed = int(np.count_nonzero(data != np.asarray(entry.session.prediction.label.array)))
+                try:
+                    entry.session.set_label(Volume(data, entry.session.image.affine))
+                except ValueError as exc:
+                    raise ApiError(422, "invalid_label", str(exc)) from exc
+                info = entry.info(state.sessions.idle_seconds)
+            return {**info, "changed_voxels": changed}
+
+        return await run_in_threadpool(work)
+    finally:
+        await run_in_threadpool(shutil.rmtree, folder, True)
 
 
 class SessionSaveBody(BaseModel):

@@ -154,6 +154,7 @@ class SessionEntry:
             "owner": self.owner,
             "clicks": details.get("clicks", []),
             "undo_depth": details.get("undo_depth", 0),
+            "redo_depth": details.get("redo_depth", 0),
             "expires_in_seconds": max(0.0, round(idle_seconds - (time.monotonic() - self.last_used), 1)),
         }
 
