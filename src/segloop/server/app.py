@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -103,6 +104,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        previous_interval = sys.getswitchinterval()
+        if settings.gil_switch_interval is not None:
+            sys.setswitchinterval(settings.gil_switch_interval)  # see ServerSettings
         if settings.inference_threads:
             import torch
 
@@ -124,6 +128,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             close = getattr(state.store, "close", None)
             if callable(close):
                 close()
+            sys.setswitchinterval(previous_interval)
 
     app = FastAPI(
         title="segloop",

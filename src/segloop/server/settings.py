@@ -47,6 +47,11 @@ class ServerSettings:
             or the ``SEGLOOP_SCORE_SYNC_PASSES`` environment variable.
         volume_cache_bytes: image files (gzip NIfTI) kept in memory for volume fetches
             (`segloop.server.filecache`); 0 disables it.
+        gil_switch_interval: seconds a thread may hold the GIL while another waits for it
+            (`sys.setswitchinterval`; Python's default is 0.005). Inference threads release and
+            re-take the GIL around every torch op, and a waiting event loop only gets it when
+            this interval forces a hand-over: each request then pays up to this much per GIL
+            wait. None leaves Python's default.
         tls_cert, tls_key: serve HTTPS with this certificate and key.
         dicomweb_url / dicomweb_auth / dicomweb_filters / dicomweb_cache_bytes: images come
             from this DICOMweb server (QIDO filters; fetched series cache bound), everything
@@ -72,6 +77,7 @@ class ServerSettings:
     device: str | None = None
     score_sync_passes: int = field(default_factory=lambda: _env_int("SEGLOOP_SCORE_SYNC_PASSES", 16))
     volume_cache_bytes: int = 256 * 1024**2
+    gil_switch_interval: float | None = 0.001
     tls_cert: Path | None = None
     tls_key: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -104,6 +110,8 @@ class ServerSettings:
             raise SettingsError("max upload size must be positive")
         if self.inference_workers < 1 or self.inference_queue < 0:
             raise SettingsError("inference workers must be >= 1 and the queue >= 0")
+        if self.gil_switch_interval is not None and not 1e-6 <= self.gil_switch_interval <= 1.0:
+            raise SettingsError("gil_switch_interval must be between 1e-6 and 1 second")
         if self.score_sync_passes < 0:
             raise SettingsError("score_sync_passes must be >= 0")
         if self.job_mode not in ("process", "thread"):
