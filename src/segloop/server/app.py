@@ -82,6 +82,7 @@ def _open_state(settings: ServerSettings) -> ServerState:
         mode=settings.job_mode,
         max_running=settings.max_running_jobs,
         child_threads=settings.job_threads,
+        idle_kinds=frozenset({"train", "score"}) if settings.job_idle_class else frozenset(),
         store=store if settings.job_mode == "thread" else None,
     )
     return ServerState(

@@ -40,6 +40,10 @@ class ServerSettings:
         job_mode: "process" (each job in a spawned child process) or "thread".
         max_running_jobs: background jobs running at once (others wait queued).
         job_threads: torch threads of a job's child process (None: cores - 1, at least 1).
+        job_idle_class: training and scoring processes run in Linux's ``SCHED_IDLE`` class (on
+            top of nice 10): they take CPU only when the server leaves it idle, so requests and
+            clicks stay fast during training. On a machine shared with other busy work they then
+            get very little CPU; False leaves them at nice 10 (about a tenth of a contended core).
         device: torch device for inference and jobs (None: CUDA when available).
         score_sync_passes: `GET /next` scores the images that lack a cached score itself (in the
             inference pool) when that costs at most this many forward passes, and starts a
@@ -74,6 +78,7 @@ class ServerSettings:
     job_mode: str = "process"
     max_running_jobs: int = 2
     job_threads: int | None = None
+    job_idle_class: bool = True
     device: str | None = None
     score_sync_passes: int = field(default_factory=lambda: _env_int("SEGLOOP_SCORE_SYNC_PASSES", 16))
     volume_cache_bytes: int = 256 * 1024**2
