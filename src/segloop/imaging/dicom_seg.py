@@ -331,8 +331,11 @@ def write_dicom_seg(
         if not np.array_equal(rounded, arr):
             raise ImagingError(None, "label values must be whole numbers")
         arr = rounded
-    arr = arr.astype(np.int64)
-    present = sorted(int(v) for v in np.unique(arr) if v != 0)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise ImagingError(None, f"label values must be in 0..65535 (found {int(arr.min())}..{int(arr.max())})")
+    arr = np.ascontiguousarray(arr, dtype=np.uint16)  # small and exact: counting below is one pass
+    counts = np.bincount(arr.reshape(-1), minlength=1)
+    present = [int(v) for v in np.flatnonzero(counts) if v != 0]
     by_value = {int(v): (str(n), _rgb(rgb)) for v, n, rgb in classes}
     missing = [v for v in present if v not in by_value]
     if missing:
@@ -354,8 +357,6 @@ def write_dicom_seg(
     lut = np.zeros(max(present) + 1, dtype=np.uint16)
     for v, n in seg_numbers.items():
         lut[v] = n
-    if arr.min() < 0:
-        raise ImagingError(None, f"label values must not be negative (found {int(arr.min())})")
     frames = np.ascontiguousarray(np.transpose(lut[arr], (2, 1, 0)))  # (slices, rows, columns)
     dtype = np.uint8 if len(present) < 256 else np.uint16
     frames = frames.astype(dtype)
@@ -372,7 +373,6 @@ def write_dicom_seg(
     )
     descriptions: list[hd.seg.SegmentDescription] = []
     infos: list[SegmentInfo] = []
-    counts = np.bincount(arr.ravel(), minlength=max(present) + 1)
     for v in present:
         name, rgb = by_value[v]
         category, prop = (codes or {}).get(v) or segment_codes(name)

@@ -120,6 +120,7 @@ class DicomWebDatastore:
         self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._used: dict[str, float] = {}
+        self._just_fetched: tuple[str, np.ndarray] | None = None
         if ephemeral and self._ephemeral_ids():
             self.purge_ephemeral()  # leftovers of a run that did not stop cleanly
             self.local.close()
@@ -333,6 +334,7 @@ class DicomWebDatastore:
                 raise
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+        self._just_fetched = (record.id, volume.array)
         return record
 
     def _touch(self, image_id: str) -> None:
@@ -357,7 +359,13 @@ class DicomWebDatastore:
         return evicted
 
     def load_image(self, image_id: str) -> Volume:
-        self.ensure_local(image_id)
+        record = self.ensure_local(image_id)
+        with self._lock:
+            fetched, self._just_fetched = self._just_fetched, None
+        if fetched is not None and fetched[0] == image_id and fetched[1].dtype.kind in "iuf":
+            # the voxels just stored: no need to read the gzip file back on a first view
+            meta = {**record.metadata, "image_id": record.id, "name": record.name, "modality": record.modality}
+            return Volume(fetched[1], np.array(record.affine, dtype=np.float64), meta)
         return self.local.load_image(image_id)
 
     def image_path(self, image_id: str) -> Path:
