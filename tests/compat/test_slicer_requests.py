@@ -227,6 +227,7 @@ def test_dicom_series_ijk_is_slicers_ijk(trained: dict[str, Any], compat_server:
     meta, _, answer = parse_answer(infer(compat_server, MODEL, series_uid, params))
     assert meta["segloop"]["image"] == image_id
     arr, header = read_nrrd_bytes(answer, tmp_path)
+    assert header["encoding"] == "raw"  # result_compress: false, as OHIF asks
     assert arr.shape == (COLS, ROWS, SLICES) and arr[ijk] == 2  # schema value of Posterior
     for probe in [ijk, (0, 0, 0), (COLS - 1, ROWS - 1, SLICES - 1)]:
         assert np.allclose(nrrd_world_lps(header, probe), lps_of(*probe), atol=1e-3)

@@ -158,11 +158,12 @@ def result_format(params: Mapping[str, Any]) -> tuple[str, str, bool]:
     return ext, dtype, bool(compress)
 
 
-def encode_label(label: Volume, ext: str, dtype: str, schema: LabelSchema) -> bytes:
+def encode_label(label: Volume, ext: str, dtype: str, schema: LabelSchema, compress: bool = True) -> bytes:
     """The label map as a file of the requested format (geometry from the volume's affine).
 
-    NRRD is written in LPS (what 3D Slicer writes) with gzip encoding; ``.seg.nrrd`` also
-    describes the present classes as Slicer segments (names and colours from the schema)."""
+    NRRD is written in LPS (what 3D Slicer writes), gzip-encoded unless ``compress`` is false
+    (OHIF asks for raw); ``.seg.nrrd`` also describes the present classes as Slicer segments
+    (names and colours from the schema)."""
     from segloop.imaging.nifti import nifti_bytes
     from segloop.imaging.nrrd import write_nrrd
     from segloop.server.routes_ml import label_nifti_gz
@@ -191,6 +192,14 @@ def encode_label(label: Volume, ext: str, dtype: str, schema: LabelSchema) -> by
             known = {s[0] for s in segments}
             segments += [(v, f"label_{v}", (128, 128, 128)) for v in sorted(present - known)]
         write_nrrd(vol, path, segments=segments)
+        if not compress:
+            import nrrd
+
+            voxels, header = nrrd.read(str(path))
+            header["encoding"] = "raw"
+            raw = Path(tmp) / f"raw{ext}"
+            nrrd.write(str(raw), voxels, header)
+            return raw.read_bytes()
         return path.read_bytes()
 
 

@@ -477,7 +477,7 @@ async def infer(
             if interactive and req.label is not None:
                 label = label.with_array((np.asarray(label.array) == req.label).astype(np.uint8))
                 names = {schema.by_value(req.label).name: 1}
-            data = convert.encode_label(label, fmt[0], fmt[1], schema)
+            data = convert.encode_label(label, fmt[0], fmt[1], schema, compress=fmt[2])
             t4 = time.perf_counter()
             meta = {
                 "label_names": names,
