@@ -43,7 +43,7 @@ def _dciodvfy_errors(path: Path) -> list[str]:
 def _copy_series(files: list[Path]) -> list[pydicom.Dataset]:
     """The instances with new study/series/SOP UIDs (a series of its own on the PACS)."""
     study, series = generate_uid(), generate_uid()
-    out = []
+    out: list[pydicom.Dataset] = []
     for f in files:
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
@@ -311,3 +311,77 @@ def test_seg_with_mismatched_geometry_stores_nothing(
     with pytest.raises(ImagingError, match=rf"{seg.SOPInstanceUID}.*{uploaded['ct'][1]}|{uploaded['ct'][1]}.*{seg.SOPInstanceUID}"):
         import_dicom_seg(dw_store, path)
     assert dw_store.get_image(ct_id).latest_revision is None and dw_store.get_schema().foreground == ()
+
+
+# --- the whole loop: a PACS series, a model's prediction, saved and sent back ----------------
+
+
+def _series_from_array(array: np.ndarray, template: Path) -> list[pydicom.Dataset]:
+    """A CT series (one instance per slice) holding ``array`` (X=columns, Y=rows, Z=slices)."""
+    base = pydicom.dcmread(template)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    out: list[pydicom.Dataset] = []
+    for k in range(array.shape[2]):
+        ds = pydicom.dcmread(template)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.Rows, ds.Columns = array.shape[1], array.shape[0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.SliceThickness = 1.0
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(k)]
+        ds.InstanceNumber = k + 1
+        ds.SeriesDescription = "synthetic phantom"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = np.ascontiguousarray(array[:, :, k].T.astype(np.int16)).tobytes()
+        for keyword in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue", "LargestImagePixelValue"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        out.append(ds)
+    assert base.SOPInstanceUID not in {d.SOPInstanceUID for d in out}
+    return out
+
+
+def test_infer_on_a_pacs_series_save_and_send_back(
+    orthanc: OrthancServer, tmp_path: Path, dicom_sets: dict[str, Path]
+) -> None:
+    from segloop.imaging import Volume
+    from segloop.ml.predictor import Predictor
+    from segloop.ml.training import train
+    from tests.unit.al_synthetic import SCHEMA as AL_SCHEMA
+    from tests.unit.al_synthetic import synthetic_case, tiny_train_config
+
+    rng = np.random.default_rng(0)
+    settings, auth = _settings(orthanc, tmp_path / "data")
+    image, _ = synthetic_case(rng)
+    datasets = _series_from_array(np.rint(image * 100.0), sorted(dicom_sets["ct"].iterdir())[0])
+    DicomWebSource(orthanc.dicomweb_url, tmp_path / "up", auth=orthanc.auth).store_instances(datasets)
+    study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
+    image_id = series_image_id(series)
+    with TestClient(create_app(settings)) as client:
+        store = client.app.state.segloop.store  # type: ignore[attr-defined]
+        store.set_schema(AL_SCHEMA)
+        for n in range(4):  # a local training set (uploads), then a tiny model
+            img, lab = synthetic_case(rng)
+            rec = store.add_image(Volume(img * 100.0, np.eye(4)), f"case{n}", "test")
+            store.save_label(rec.id, lab, author="reference", status="final")
+        train(store, "seg", tiny_train_config(epochs=6), device="cpu")
+        fetched = store.load_image(image_id)  # WADO-RS on first use
+        prediction = Predictor.load(store, "seg", device="cpu").predict(fetched)
+        assert prediction.label.array.any()
+        rev = store.save_label(
+            image_id, prediction.label, author="model", source=f"model:seg@{prediction.version}", status="final"
+        )
+        sent = client.post(f"/api/v1/images/{image_id}/labels/{rev.revision}/send",
+                           headers={"Authorization": auth["reviewer"]})
+        assert sent.status_code == 200, sent.text
+    body = sent.json()
+    source = DicomWebSource(orthanc.dicomweb_url, tmp_path / "check", auth=orthanc.auth)
+    back = source.client.retrieve_instance(study, body["series_instance_uid"], body["sop_instance_uid"])
+    assert back.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    back.save_as(tmp_path / "model.seg.dcm")
+    assert _dciodvfy_errors(tmp_path / "model.seg.dcm") == []
+    assert np.array_equal(read_dicom_seg(back, fetched).label.array, prediction.label.array)
