@@ -233,7 +233,7 @@ def _match_instances(
         if ps is None or not np.allclose(ps, [spacing[1], spacing[0]], atol=1e-3):
             raise ImagingError(
                 None,
-                f"{what}: instance {sop} has pixel spacing {None if ps is None else ps.tolist()}, label has {[spacing[1], spacing[0]]}",
+                f"{what}: instance {sop} has pixel spacing {None if ps is None else ps.tolist()}, label has {[round(float(spacing[1]), 6), round(float(spacing[0]), 6)]}",
             )
     if len(instances) != n_slices:
         raise ImagingError(
@@ -616,7 +616,7 @@ def read_dicom_seg(
             raise ImagingError(
                 path,
                 f"{who} frame {f + 1} pixel spacing {None if ps is None else ps.tolist()} does not match "
-                f"image series {image_series} ({[round(spacing[1], 6), round(spacing[0], 6)]})",
+                f"image series {image_series} ({[round(float(spacing[1]), 6), round(float(spacing[0]), 6)]})",
             )
         ipp = _floats(lookup(frame, "PlanePositionSequence", "ImagePositionPatient"))
         if ipp is None or ipp.shape != (3,):

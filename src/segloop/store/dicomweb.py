@@ -102,10 +102,13 @@ class DicomWebSource:
         modality: str | None = None,
         study_date: str | None = None,
         description: str | None = None,
+        series_uid: str | None = None,
         limit: int | None = None,
     ) -> list[SeriesInfo]:
         """Series on the server matching all the given filters."""
         filters: dict[str, Any] = {}
+        if series_uid:
+            filters["SeriesInstanceUID"] = series_uid
         if modality:
             filters["Modality"] = modality
         if study_date:

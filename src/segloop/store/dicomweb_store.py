@@ -202,6 +202,20 @@ class DicomWebDatastore:
                         return s
         raise NotFoundError(f"image {image_id!r} is not a series on {self.source.url}")
 
+    def image_for_series(self, series_uids: set[str]) -> ImageRecord | None:
+        """The image of one of these series: a local one, else one the PACS has now (asked
+        directly, not from the cached listing, so a series stored a moment ago is found)."""
+        for record in self.local.list_images():
+            if str(record.metadata.get("series_uid") or "") in series_uids:
+                return self._shown(record)
+        for uid in sorted(series_uids):
+            for s in self.source.list_series(series_uid=uid):
+                if s.series_uid == uid and s.modality.upper() not in NON_IMAGE_MODALITIES:
+                    with self._lock:
+                        self._listing = None  # the next listing shows it too
+                    return self._virtual(s)
+        return None
+
     def _virtual(self, s: SeriesInfo) -> ImageRecord:
         date = s.study_date
         try:

@@ -68,7 +68,12 @@ class SegImport:
 
 
 def find_image_for_series(store: Datastore, series_uids: set[str]) -> ImageRecord | None:
-    """The datastore image whose metadata ``series_uid`` is one of ``series_uids`` (first by id)."""
+    """The datastore image whose metadata ``series_uid`` is one of ``series_uids`` (first by id).
+    Stores that can look a series up directly (``image_for_series``, e.g. DICOMweb) are asked."""
+    lookup = getattr(store, "image_for_series", None)
+    if callable(lookup):
+        found: ImageRecord | None = lookup(set(series_uids))
+        return found
     for record in store.list_images():
         if str(record.metadata.get("series_uid") or "") in series_uids:
             return record
