@@ -46,7 +46,7 @@ const S = {
   features: { putLabel: false, redo: false, dicomSeg: false }, // optional server routes, from its OpenAPI schema
   scoringJob: null as string | null,
   stats: {
-    openMs: 0, opens: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0, pushMs: 0, pushes: 0,
+    openMs: 0, previewMs: null as number | null, opens: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0, pushMs: 0, pushes: 0,
     clickLog: [] as Array<Record<string, number>>,
   },
 };
@@ -54,7 +54,7 @@ const S = {
 
 document.querySelector("#app")!.innerHTML = SHELL;
 const canvas = $("#gl") as HTMLCanvasElement;
-const viewer = new Viewer(canvas);
+const viewer = new Viewer(canvas, $("#preview") as HTMLCanvasElement);
 const editor = new Editor(viewer);
 // read-only hooks for the browser tests and for debugging in the console
 (window as unknown as { segloopDebug: unknown }).segloopDebug = {
@@ -375,11 +375,13 @@ async function openImage(id: string, force = false): Promise<void> {
     const [rec, vol, mask] = await Promise.all([recP, api.binary("GET", `/images/${encodeURIComponent(id)}/volume`), labelP]);
     const raw = await gunzipIfNeeded(vol.data);
     await clearOverlays();
-    const w = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
-    showWindow(w);
+    const shown = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
+    showWindow(shown.window);
     S.image = rec;
     await viewer.presented(); // the first slices, with their label, are on screen
+    viewer.hidePreview();
     S.stats.openMs = Math.round(performance.now() - t0);
+    S.stats.previewMs = shown.previewAt === null ? null : Math.round(shown.previewAt - t0);
     await loadRevisionIntoEditor(rec.latest_revision, mask);
     S.stats.opens++;
     document.body.dataset.imageId = rec.id;
@@ -388,7 +390,7 @@ async function openImage(id: string, force = false): Promise<void> {
     renderImageInfo();
     await Promise.all([loadRevisions(), loadEvaluations()]);
     setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — ` +
-      `shown with its label in ${S.stats.openMs} ms`);
+      `shown with its label in ${S.stats.openMs} ms` + (S.stats.previewMs === null ? "" : ` (a 2-D preview after ${S.stats.previewMs} ms)`));
   });
 }
 

@@ -59,7 +59,7 @@ export const SHELL = `
         <input id="wl-center" type="number" step="any" title="window centre (level)"><input id="wl-width" type="number" step="any" title="window width"></span>
       <span id="image-info" class="grow info"></span>
     </div>
-    <div id="viewer-wrap"><canvas id="gl" tabindex="0"></canvas></div>
+    <div id="viewer-wrap"><canvas id="gl" tabindex="0"></canvas><canvas id="preview" hidden></canvas></div>
     <div class="statusbar"><span id="status">Choose an image from the worklist.</span><span id="location"></span></div>
   </section>
   <aside id="right">

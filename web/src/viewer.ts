@@ -11,6 +11,7 @@
 
 import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/niivue";
 import { invert4, parseHeader, writeLabel, type NiftiHeaderInfo } from "./nifti";
+import { drawPreview } from "./preview";
 
 export interface LutEntry { value: number; name: string; color: [number, number, number] }
 export type ViewMode = "multi" | "axial" | "coronal" | "sagittal" | "render";
@@ -100,9 +101,12 @@ export class Viewer {
   labelOpacity = 0.5;
   labelVisible = true;
   private pending: Promise<void> | null = null;
+  private mode: ViewMode = "multi";
+  /** Images larger than this get a 2-D preview while NiiVue builds its textures. */
+  previewVoxels = 2_000_000;
   onLocation: (text: string) => void = () => {};
 
-  constructor(private canvas: HTMLCanvasElement) {
+  constructor(private canvas: HTMLCanvasElement, private preview: HTMLCanvasElement | null = null) {
     this.nv = new Niivue({
       backColor: [0.08, 0.09, 0.11, 1],
       show3Dcrosshair: true,
@@ -148,8 +152,22 @@ export class Viewer {
    * Show a new image (uncompressed NIfTI bytes) with its label (file order; none: empty), the
    * window of `preset`, and no overlays — drawn once, so the first slices come with their label.
    */
-  async loadImage(raw: ArrayBuffer, name: string, labelLut: LutEntry[], preset: string, label: Uint8Array | null = null): Promise<{ center: number; width: number }> {
+  async loadImage(raw: ArrayBuffer, name: string, labelLut: LutEntry[], preset: string, label: Uint8Array | null = null):
+      Promise<{ window: { center: number; width: number }; previewAt: number | null }> {
     this.header = parseHeader(raw);
+    let previewAt: number | null = null;
+    const h = this.header;
+    if (this.preview && h.dims[0] * h.dims[1] * h.dims[2] > this.previewVoxels) {
+      const p = PRESETS[preset];
+      this.preview.hidden = false; // shown first: a hidden canvas has no size to draw at
+      const shown = drawPreview(this.preview, raw, h, p && !Number.isNaN(p.center) ? p : null, this.mode);
+      this.preview.hidden = !shown;
+      if (shown) {
+        // let the preview reach the screen before the (possibly long, blocking) texture build
+        await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+        previewAt = performance.now();
+      }
+    }
     while (this.nv.volumes.length) this.nv.removeVolumeByIndex(this.nv.volumes.length - 1);
     this.overlays.clear();
     this.nv.drawBitmap = null;
@@ -175,7 +193,12 @@ export class Viewer {
     this.nv.createEmptyDrawing(); // no redraw yet
     this.fullUpload = true;
     this.flush(); // the label and one redraw
-    return w;
+    return { window: w, previewAt };
+  }
+
+  /** Remove the 2-D preview (once NiiVue's first frame is on screen). */
+  hidePreview(): void {
+    if (this.preview) this.preview.hidden = true;
   }
 
   setLabelColors(entries: LutEntry[]): void {
@@ -366,6 +389,7 @@ export class Viewer {
   }
 
   setMode(mode: ViewMode): void {
+    this.mode = mode;
     const st = { multi: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL,
       sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER }[mode];
     this.nv.setSliceType(st);
