@@ -23,7 +23,8 @@ about 0.5 s each for a small image on CPU, so a request never scores a large poo
    pool in a child process, reports ``job.progress`` events and fills the cache; ask again when
    its ``job.state`` is ``done`` (``Retry-After`` estimates when). When the newest such job
    *failed* less than `FAILED_BACKOFF_S` seconds ago → **409** ``scoring_failed`` with its error
-   (no retry storm from polling clients); later requests start a new job.
+   (no retry storm from polling clients); later requests start a new job. Starting a job
+   cancels the score jobs still running for the same model and strategy at older versions.
 
 Saving labels never waits for scoring: the cache is its own SQLite file, scoring only reads the
 store, and label saves do not use the inference worker pool.
@@ -147,11 +148,21 @@ def failed_recently(job: Job | None, now: datetime | None = None) -> bool:
 
 
 def start_or_join(runner: Any, params: dict[str, Any], owner: str, resource: str) -> tuple[Job, bool]:
-    """The active score job for ``resource``: a new one (True) or the one already running (False)."""
+    """The active score job for ``resource``: a new one (True) or the one already running (False).
+
+    Starting one cancels the active score jobs of the same model and strategy for *other*
+    versions: their scores would only serve a version that is no longer current."""
     try:
-        return runner.submit("score", params, owner=owner, resource=resource), True
+        job = runner.submit("score", params, owner=owner, resource=resource)
     except JobConflict as exc:
         return runner.get(exc.job_id), False
+    for state in ("running", "queued"):
+        for other in runner.list_jobs(kind="score", state=state, limit=100):
+            p = other.params
+            if (p.get("model") == params["model"] and p.get("strategy") == params["strategy"]
+                    and p.get("version") != params["version"] and p.get("pool") is None):
+                runner.cancel(other.id)
+    return job, True
 
 
 def retry_after(job: Job, unscored_cost: float) -> int:

@@ -143,6 +143,22 @@ class SessionEntry:
     last_used: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    encoder: Any = None
+
+    def encode(self, label: Any) -> bytes:
+        """The session's mask as gzip NIfTI; large masks through an incremental encoder that
+        re-compresses only the slabs the last step changed (`segloop.server.maskcodec`)."""
+        import numpy as np
+
+        from segloop.server.maskcodec import INCREMENTAL_MIN_VOXELS, IncrementalLabelEncoder, label_nifti_gz
+
+        data = np.asarray(label.array)
+        if data.ndim != 3 or data.dtype != np.uint8 or data.size < INCREMENTAL_MIN_VOXELS:
+            return label_nifti_gz(label)
+        if self.encoder is None:
+            self.encoder = IncrementalLabelEncoder(label.affine, (data.shape[0], data.shape[1], data.shape[2]))
+        encoded: bytes = self.encoder.encode(data)
+        return encoded
 
     def info(self, idle_seconds: float) -> dict[str, Any]:
         details = self.session.info() if hasattr(self.session, "info") else {}
