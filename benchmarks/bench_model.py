@@ -19,6 +19,12 @@ Usage::
     .venv/bin/python benchmarks/bench_model.py                 # full run (~25 min on 2 cores)
     .venv/bin/python benchmarks/bench_model.py --quick         # smoke run (~3 min)
     .venv/bin/python benchmarks/bench_model.py --minutes 10 --out benchmarks/results/model.json
+    # re-measure evaluation and latency of a model trained by an earlier run kept in --workdir:
+    .venv/bin/python benchmarks/bench_model.py --workdir /tmp/bw --skip-train
+
+Training config: TrainConfig defaults (UNet 16-32-64-128, 2 residual units, dropout 0.1, patch from
+the median image shape = 40x56x40, guidance sigma 3) with batch 2, lr 2e-3, 50 steps per epoch,
+validation every 2 epochs on 10% of the training set, stopped by the wall budget.
 """
 
 from __future__ import annotations

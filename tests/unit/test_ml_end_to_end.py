@@ -56,7 +56,8 @@ def store_with_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
         store.save_label(rec.id, label, author="t", status="final")
         ids.append(rec.id)
     reports: list[TrainProgress] = []
-    version = train(store, "seg", tiny_config(), progress=reports.append, device="cpu")
+    # mask_input on here (the previous-mask path); the other trainings below use the default (off).
+    version = train(store, "seg", tiny_config(mask_input=True), progress=reports.append, device="cpu")
     return store, ids, version, reports
 
 
@@ -68,6 +69,7 @@ def test_train_records_version(store_with_model) -> None:  # type: ignore[no-unt
     assert len(version.metrics["val_images"]) == 1
     assert set(version.metrics["val_dice"]) == {"anterior", "posterior"}
     assert version.config["network"]["arch"] == "unet"
+    assert version.config["mask_input"] is True
     assert reports and reports[-1].message == "saving"
     assert any(r.val_dice is not None for r in reports)
     assert all(r.steps == 6 for r in reports)
@@ -223,3 +225,4 @@ def test_training_is_deterministic_for_a_seed(store_with_model) -> None:  # type
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.trained_on == b.trained_on and a.metrics["val_images"] == b.metrics["val_images"]
+    assert a.config["mask_input"] is False

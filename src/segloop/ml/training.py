@@ -81,7 +81,7 @@ class TrainConfig:
     click_prob: float = 0.5
     max_click_iters: int = 3
     guidance_sigma: float = 3.0
-    mask_input: bool = True  # the network also sees the previous mask (interactive refinement)
+    mask_input: bool = False  # also feed the previous mask (interactive refinement); not benchmarked yet
     class_weights: list[float] | None = None  # focal-loss weight per class (background first)
     focal_weight: float = 1.0
     flip_axes: list[int] = field(default_factory=lambda: [0])
