@@ -118,7 +118,8 @@ def measure_clicks(page: Any, view_key: str, reps: int, rng: np.random.Generator
         fx, fy = rng.uniform(0.3, 0.7, size=2)
         t0 = time.perf_counter()
         page.mouse.click(tile["x"] + tile["w"] * fx, tile["y"] + tile["h"] * fy)
-        page.wait_for_function("n => window.segloop.stats.clicks > n", arg=n, timeout=120_000)
+        # the very first click opens the session: a whole-volume prediction of the big volume
+        page.wait_for_function("n => window.segloop.stats.clicks > n", arg=n, timeout=900_000 if r == 0 else 120_000)
         wall = (time.perf_counter() - t0) * 1e3
         stats = page.evaluate("() => window.segloop.stats")
         if r < 2:

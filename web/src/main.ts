@@ -208,7 +208,7 @@ function renderWorklist(): void {
   $("#worklist thead").innerHTML = `<tr>${S.strategy ? "<th>#</th>" : ""}<th>Image</th><th>Label</th><th>By</th>${S.strategy ? "<th>Score</th>" : ""}</tr>`;
   $("#worklist tbody").innerHTML = rows.join("") || `<tr><td colspan="5" class="empty">No images. Drop NIfTI files, DICOM folders or zips here.</td></tr>`;
   const end = Math.min(S.offset + S.images.length, S.total);
-  $("#wl-count").textContent = S.strategy ? `${S.total} unlabeled, ranked by ${S.strategy}${S.queueNote}` : `${S.total ? S.offset + 1 : 0}–${end} of ${S.total}`;
+  $("#wl-count").textContent = S.strategy ? `${S.total} without a final label, ranked by ${S.strategy}${S.queueNote}` : `${S.total ? S.offset + 1 : 0}–${end} of ${S.total}`;
   ($("#wl-prev") as HTMLButtonElement).disabled = !!S.strategy || S.offset === 0;
   ($("#wl-next") as HTMLButtonElement).disabled = !!S.strategy || end >= S.total;
 }
@@ -228,6 +228,11 @@ $select("#wl-filter").addEventListener("change", () => {
 });
 $select("#strategy").addEventListener("change", () => {
   S.strategy = $select("#strategy").value;
+  if (!S.modelStrategies.has(S.strategy)) {
+    S.scoringJob = null; // a running score job goes on, but this page no longer waits for it
+    $("#scoring").hidden = true;
+    delete document.body.dataset.scoring;
+  }
   void guard("Loading the queue", loadWorklist);
 });
 $("#wl-prev").addEventListener("click", () => {
