@@ -188,3 +188,23 @@ def test_helpers() -> None:
     with pytest.raises(EmulationError):
         parse_initial("ten", 10)
     assert area_under_curve([0.1, 0.2, 0.3], [0.5, 0.7, 0.7]) == pytest.approx(0.65)
+
+
+def test_step_budgets(tmp_path: Path) -> None:
+    """Steps replace a phase's minutes (a busy machine trains the same); unset, they do not change the pinned settings."""
+    from segloop.loop.emulate import STEP_KEYS, build_train_config
+
+    cfg = EmulationConfig(dataset="d", out="o", train={"epochs": 7})
+    assert not set(STEP_KEYS) & set(cfg.pinned())  # runs pinned before step budgets existed still resume
+    timed = build_train_config(cfg, 2.0, 0)
+    assert timed.max_minutes == 2.0 and timed.epochs == 7
+    fixed = build_train_config(cfg, 2.0, 0, steps=30)
+    assert fixed.max_minutes is None and fixed.epochs * fixed.steps_per_epoch == 30
+    ds = make_msd(tmp_path / "ds", n=10)
+    with pytest.raises(EmulationError, match="--steps-per-round must be an integer >= 1"):
+        run_emulation(config(ds, tmp_path / "bad", steps_per_round=0))
+    report = run_emulation(config(ds, tmp_path / "out", compare=["random"], initial="4", rounds=1, pretrain_steps=3,
+                                  steps_per_round=2, minutes_per_round=5.0))
+    rounds = report["arms"]["random"]
+    assert [r["steps"] for r in rounds] == [3, 2]
+    assert report["config"]["steps_per_round"] == 2

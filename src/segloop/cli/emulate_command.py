@@ -71,7 +71,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
             raise CommandError(f"{args.train_config}: the training config must be a JSON object")
     compare = [a for a in (args.compare or "").split(",") if a.strip()]
     preset: dict[str, Any] = {}  # only what was given: EmulationConfig's defaults are the preset
-    for name in ("per_round", "rounds"):
+    for name in ("per_round", "rounds", "pretrain_steps", "steps_per_round", "full_steps"):
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
     for name in ("minutes_per_round", "pretrain_minutes", "full_minutes"):
@@ -137,6 +137,10 @@ def register(subparsers: Any) -> None:
                    help="training time budget per round (default 2; 0: the training config's epochs decide)")
     p.add_argument("--pretrain-minutes", type=float, default=None, help="pre-training budget (default 6; 0: 3 x M)")
     p.add_argument("--full-minutes", type=float, default=None, help="budget of the full arm (default 10; 0: 3 x M)")
+    p.add_argument("--pretrain-steps", type=int, default=None, metavar="S",
+                   help="pre-train for S optimiser steps instead of minutes (same training on a busy machine)")
+    p.add_argument("--steps-per-round", type=int, default=None, metavar="S", help="fine-tune S steps per round instead of M")
+    p.add_argument("--full-steps", type=int, default=None, metavar="S", help="train the full arm S steps instead of minutes")
     p.add_argument("--train-config", type=Path, default=None, metavar="JSON", help="TrainConfig overrides (JSON object)")
     p.add_argument("--satisfied-dice", type=float, default=0.95,
                    help="the virtual user stops clicking a class once its Dice reaches this (0: always use the budget)")

@@ -70,6 +70,7 @@ PRESET_ROUNDS = 4
 PRESET_PRETRAIN_MINUTES = 6.0
 PRESET_MINUTES_PER_ROUND = 2.0
 PRESET_FULL_MINUTES = 10.0
+STEP_KEYS = ("pretrain_steps", "steps_per_round", "full_steps")
 
 
 class EmulationError(ValueError):
@@ -82,7 +83,10 @@ class EmulationConfig:
 
     ``initial`` is a fraction of the pool (``"10%"``, ``0.1``) or a count (``"12"``, ``12``).
     ``train`` overrides `segloop.ml.training.TrainConfig` fields for every training.
-    Minutes are wall-time budgets per training (None: the config's epochs decide).
+    Minutes are wall-time budgets per training (None: the config's epochs decide). Steps
+    (``pretrain_steps``, ``steps_per_round``, ``full_steps``) replace a phase's minutes with a fixed
+    number of optimiser steps: the same training whatever else runs on the machine (a wall budget
+    buys fewer steps on a busy machine, and arms trained at different times get different amounts).
     """
 
     dataset: str
@@ -99,6 +103,9 @@ class EmulationConfig:
     minutes_per_round: float | None = PRESET_MINUTES_PER_ROUND
     pretrain_minutes: float | None = PRESET_PRETRAIN_MINUTES  # None: 3 x minutes_per_round
     full_minutes: float | None = PRESET_FULL_MINUTES  # None: 3 x minutes_per_round
+    pretrain_steps: int | None = None  # set: this many steps instead of pretrain_minutes
+    steps_per_round: int | None = None  # set: this many steps per round instead of minutes_per_round
+    full_steps: int | None = None  # set: this many steps instead of full_minutes
     train: dict[str, Any] = field(default_factory=dict)
     satisfied_dice: float | None = 0.95
     diversity: float = 0.0
@@ -113,6 +120,9 @@ class EmulationConfig:
         """The settings a resumed run must share (everything but the device)."""
         d = asdict(self)
         d.pop("device", None)
+        for key in STEP_KEYS:  # unset: left out, so runs pinned before these options existed still resume
+            if d.get(key) is None:
+                d.pop(key, None)
         d["dataset"] = str(Path(self.dataset).resolve())
         d["out"] = str(Path(self.out).resolve())
         return d
@@ -164,11 +174,15 @@ def parse_initial(text: str | float | int, pool_size: int) -> int:
     return int(v)
 
 
-def build_train_config(config: EmulationConfig, minutes: float | None, seed: int) -> Any:
+def build_train_config(config: EmulationConfig, minutes: float | None, seed: int, steps: int | None = None) -> Any:
+    """The `TrainConfig` of one training: ``steps`` (fixed optimiser steps, no time limit) when
+    given, else ``minutes`` of wall time, else the training config's own epochs."""
     from segloop.ml.training import TrainConfig
 
     data: dict[str, Any] = {"val_split": 0.0, **config.train, "seed": seed}
-    if minutes is not None:
+    if steps is not None:
+        data.update(epochs=1, steps_per_epoch=int(steps), max_minutes=None)
+    elif minutes is not None:
         data["max_minutes"] = minutes
         data.setdefault("epochs", 100_000)  # the time budget decides
     try:
@@ -206,6 +220,10 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
                           ("--full-minutes", config.full_minutes)):
         if minutes is not None and not minutes > 0:
             raise EmulationError(f"{name} must be > 0, got {minutes}")
+    for name, steps in (("--pretrain-steps", config.pretrain_steps), ("--steps-per-round", config.steps_per_round),
+                        ("--full-steps", config.full_steps)):
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise EmulationError(f"{name} must be an integer >= 1, got {steps!r}")
     build_train_config(config, config.minutes_per_round, config.seed)  # a bad --train-config fails here
 
     root = Path(config.dataset)
@@ -414,7 +432,8 @@ class Emulation:
         self._fill_store(store, self.plan.initial, self.plan.initial)
         held = set(self.plan.validation)
         pairs = [(r.image_id, r.revision) for r in store.final_labels() if r.image_id not in held]
-        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed), revisions=pairs, device=cfg.device)
+        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed, cfg.pretrain_steps), revisions=pairs,
+                        device=cfg.device)
         metrics = self.evaluate(Predictor.load(store, MODEL, version.version, device=cfg.device))
         done = {"checkpoint": str(version.checkpoint), "config": version.config, "trained_on": [list(p) for p in version.trained_on],
                 "train_metrics": {k: v for k, v in version.metrics.items() if k != "history"}, "test": metrics,
@@ -492,7 +511,7 @@ class Emulation:
             t0 = time.monotonic()
             cpu0 = CpuSnapshot.now()
             loop = ActiveLearningLoop(
-                store, MODEL, strategy, user, train_config=build_train_config(cfg, cfg.minutes_per_round, cfg.seed + rnd),
+                store, MODEL, strategy, user, train_config=build_train_config(cfg, cfg.minutes_per_round, cfg.seed + rnd, cfg.steps_per_round),
                 retrain_every=cfg.per_round, fine_tune=cfg.fine_tune, validation_ids=self.plan.validation,
                 diversity=cfg.diversity, auto_train=False, device=cfg.device,
             )
@@ -562,7 +581,8 @@ class Emulation:
         held = set(self.plan.validation)
         pairs = [(r.image_id, r.revision) for r in store.final_labels() if r.image_id not in held]
         minutes = cfg.full_minutes or (3 * cfg.minutes_per_round if cfg.minutes_per_round else None)
-        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed), revisions=pairs, device=cfg.device)
+        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed, cfg.full_steps), revisions=pairs,
+                        device=cfg.device)
         test = self.evaluate(Predictor.load(store, MODEL, version.version, device=cfg.device))
         seconds = time.monotonic() - t0
         rec = self._record(FULL, 0, len(self.plan.pool), test, clicks=0, clicks_total=0, annotation_dice=None,
