@@ -1,0 +1,243 @@
+"""Benchmark: ``/infer/{model}`` through the MONAI-Label-compatible surface versus the native
+``/api/v1`` in the same run, on the same server process and the same warm model.
+
+Measured per volume (96x96x64 and 256x256x128, made of real Task04_Hippocampus crops tiled):
+
+- **automatic**: compat ``POST /infer/{model}?image=`` (default multipart answer, gzip NIfTI
+  part) vs native ``POST /api/v1/models/{model}/infer`` (gzip NIfTI);
+- **one click**: the compat request carries *all* clicks so far, as MONAI Label's clients send
+  them (the server's implicit session runs the network only for the new one) vs native
+  ``POST /api/v1/sessions/{id}/clicks`` with the one new click. The first click of each
+  (compat: implicit session creation; native: ``POST /sessions``) is reported apart.
+
+Requests alternate compat / native (order swapped each round), so background noise hits both
+alike. The model is a small network trained for a few epochs on hippocampus cases: latency,
+not accuracy, is measured.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_monailabel.py --out benchmarks/results/monailabel.json
+    .venv/bin/python benchmarks/bench_monailabel.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+HIPPO = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+SHAPES = {"96x96x64": (96, 96, 64), "256x256x128": (256, 256, 128)}
+MODEL = "bench"
+TRAIN = {"epochs": 2, "batch_size": 2, "patch_size": [32, 32, 32], "val_split": 0.34,
+         "network": {"channels": [8, 16, 32], "num_res_units": 1}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
+    """Real hippocampus crops (32^3) tiled to ``shape`` (1 mm, RAS)."""
+    from segloop.imaging.nifti import read_nifti, write_nifti
+    from segloop.imaging.volume import Volume
+
+    crops = []
+    for f in sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:16]:
+        a = read_nifti(f).array.astype(np.float32)
+        a = a / max(1e-6, float(np.percentile(a, 99.5)))
+        pad = [(0, max(0, 32 - s)) for s in a.shape]
+        crops.append(np.pad(a, pad)[:32, :32, :32])
+    big = np.zeros(shape, dtype=np.float32)
+    n = 0
+    for i in range(0, shape[0], 32):
+        for j in range(0, shape[1], 32):
+            for k in range(0, shape[2], 32):
+                big[i : i + 32, j : j + 32, k : k + 32] = crops[n % len(crops)]
+                n += 1
+    write_nifti(Volume(big * 1000.0, np.eye(4)), path)
+
+
+def build_data(work: Path) -> Path:
+    from segloop.store.ingest import import_paths
+    from segloop.store.local import open_datastore
+
+    src = work / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir(parents=True)
+    for f in sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:6]:
+        shutil.copy(f, src / "images")
+        shutil.copy(HIPPO / "labelsTr" / f.name, src / "labels")
+    shutil.copy(HIPPO / "dataset.json", src / "labels")
+    vols = work / "volumes"
+    vols.mkdir()
+    for name, shape in SHAPES.items():
+        make_volume(vols / f"vol_{name}.nii.gz", shape)
+    data = work / "data"
+    store = open_datastore(data)
+    import_paths(store, [src / "images"], labels_dir=src / "labels", author="reference")
+    import_paths(store, [vols])
+    store.close()
+    return data
+
+
+class ServerProc:
+    def __init__(self, data: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "segloop.cli", "serve", "--data", str(data), "--port", str(self.port),
+             "--log-level", "warning", "--job-threads", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        for _ in range(600):
+            try:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    r = fn()
+    dt = time.perf_counter() - t0
+    if r.status_code not in (200, 201):
+        raise RuntimeError(f"{r.request.method} {r.request.url}: {r.status_code} {r.text[:300]}")
+    _ = r.content
+    return dt
+
+
+def compat_infer(c: httpx.Client, image: str, params: dict[str, Any]) -> httpx.Response:
+    return c.post(f"/infer/{MODEL}", params={"image": image}, files={"params": (None, json.dumps(params))})
+
+
+def clicks_for(shape: tuple[int, int, int], n: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[int(rng.integers(s // 4, 3 * s // 4)) for s in shape] for _ in range(n)]
+
+
+def bench_volume(c: httpx.Client, image: str, shape: tuple[int, int, int], rounds: int) -> dict[str, Any]:
+    out: dict[str, list[float]] = {"auto_compat": [], "auto_native": [], "click_compat": [], "click_native": []}
+    # warm both paths (model load, first-call allocations)
+    timed(lambda: compat_infer(c, image, {}))
+    timed(lambda: c.post(f"/api/v1/models/{MODEL}/infer", json={"image_id": image}))
+    for r in range(rounds):
+        pair: list[tuple[str, Any]] = [("auto_compat", lambda: compat_infer(c, image, {})),
+                ("auto_native", lambda: c.post(f"/api/v1/models/{MODEL}/infer", json={"image_id": image}))]
+        for key, fn in pair if r % 2 == 0 else pair[::-1]:
+            out[key].append(timed(fn))
+
+    points = clicks_for(shape, rounds + 1, seed=len(image))
+    first: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sid = c.post("/api/v1/sessions", json={"image_id": image, "model": MODEL}).json()["id"]
+    first["session_open_native"] = time.perf_counter() - t0
+    first["first_click_native"] = timed(lambda: c.post(
+        f"/api/v1/sessions/{sid}/clicks", json={"clicks": [{"class": "Anterior", "points": [points[0]]}]}))
+    first["first_click_compat"] = timed(lambda: compat_infer(
+        c, image, {"label": "Anterior", "foreground": [points[0]], "background": []}))
+    for r in range(1, rounds + 1):
+        p = points[r]
+        clicks: list[tuple[str, Any]] = [
+            ("click_compat", lambda p=p, r=r: compat_infer(
+                c, image, {"label": "Anterior", "foreground": points[: r + 1], "background": []})),
+            ("click_native", lambda p=p: c.post(
+                f"/api/v1/sessions/{sid}/clicks", json={"clicks": [{"class": "Anterior", "points": [p]}]})),
+        ]
+        for key, fn in clicks if r % 2 == 0 else clicks[::-1]:
+            out[key].append(timed(fn))
+    c.delete(f"/api/v1/sessions/{sid}")
+    summary: dict[str, Any] = {k: {"p50_ms": round(1000 * statistics.median(v), 1),
+                                   "min_ms": round(1000 * min(v), 1), "n": len(v)} for k, v in out.items()}
+    summary["first"] = {k: round(1000 * v, 1) for k, v in first.items()}
+    for kind in ("auto", "click"):
+        a, b = statistics.median(out[f"{kind}_compat"]), statistics.median(out[f"{kind}_native"])
+        summary[f"{kind}_compat_over_native"] = round(a / b, 3)
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "monailabel.json")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="3 rounds")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    if not HIPPO.is_dir():
+        print(f"{HIPPO} is missing", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-monailabel-"))
+    srv = None
+    try:
+        data = build_data(work)
+        srv = ServerProc(data, work / "server.log")
+        with httpx.Client(base_url=srv.url, timeout=600) as c:
+            job = c.post(f"/api/v1/models/{MODEL}/train", json={"config": TRAIN}).json()
+            while c.get(f"/api/v1/jobs/{job['id']}", params={"metrics": False}).json()["state"] in ("queued", "running"):
+                time.sleep(0.5)
+            results = {}
+            for name, shape in SHAPES.items():
+                print(f"measuring {name} ...", flush=True)
+                results[name] = bench_volume(c, f"vol_{name}", shape, rounds)
+                print(json.dumps({name: results[name]}), flush=True)  # kept even if a later volume is cut short
+        report = {
+            "benchmark": "monailabel-compat-vs-native",
+            "rounds": rounds,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None},
+            "model": {"name": MODEL, "train": TRAIN},
+            "results": results,
+        }
+        print()
+        print(f"{'volume':<12} {'what':<10} {'compat p50 ms':>14} {'native p50 ms':>14} {'ratio':>7}")
+        for name, r in results.items():
+            for kind in ("auto", "click"):
+                print(f"{name:<12} {kind:<10} {r[f'{kind}_compat']['p50_ms']:>14.1f} "
+                      f"{r[f'{kind}_native']['p50_ms']:>14.1f} {r[f'{kind}_compat_over_native']:>7.2f}")
+            f = r["first"]
+            print(f"{name:<12} {'1st click':<10} {f['first_click_compat']:>14.1f} "
+                  f"{f['session_open_native'] + f['first_click_native']:>14.1f}   (compat: implicit session; "
+                  f"native: open {f['session_open_native']:.0f} + click {f['first_click_native']:.0f})")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.out}")
+        return 0
+    finally:
+        if srv is not None:
+            srv.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
