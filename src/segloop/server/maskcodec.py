@@ -18,9 +18,11 @@ result is one ordinary gzip member that any decoder reads (gzip, zlib, browsers'
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -111,9 +113,23 @@ def crc32_combine(crc_a: int, crc_b: int, shift_b: list[int]) -> int:
     return _gf2_times(shift_b, crc_a) ^ crc_b
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _slab_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="segloop-mask")
+        return _pool
+
+
 class IncrementalLabelEncoder:
     """gzip NIfTI-1 bytes of successive uint8 masks on one grid; only changed slabs are
-    re-compressed (see the module docstring). Thread-safe."""
+    re-compressed (see the module docstring), several at once on a small thread pool.
+    Thread-safe. It keeps a reference to the last mask it encoded: do not change a mask after
+    passing it to `encode`."""
 
     def __init__(self, affine: np.ndarray, shape: tuple[int, int, int]) -> None:
         self.shape = (int(shape[0]), int(shape[1]), int(shape[2]))
@@ -162,13 +178,22 @@ class IncrementalLabelEncoder:
         if data.dtype != np.uint8:
             data = data.astype(np.uint8)
         with self._lock:
-            for i in self._dirty(data):
+            dirty = self._dirty(data)
+
+            def encode_slab(i: int) -> None:
                 z0, z1 = self._slabs[i]
                 slab = fortran_bytes(data[:, :, z0:z1])
                 self._blocks[i] = _deflate_block(slab)
                 self._crcs[i] = zlib.crc32(slab)
-                self.slabs_encoded += 1
-            self._last = data.copy()
+
+            if len(dirty) > 1:
+                # numpy's copies, deflate and crc32 release the GIL: slabs encode in parallel
+                list(_slab_pool().map(encode_slab, dirty))
+            else:
+                for i in dirty:
+                    encode_slab(i)
+            self.slabs_encoded += len(dirty)
+            self._last = data  # a reference: callers pass masks they no longer change (snapshots)
             crc = self._head_crc
             for (z0, z1), part in zip(self._slabs, self._crcs, strict=True):
                 crc = crc32_combine(crc, part, self._shift_for((z1 - z0) * self._plane))
