@@ -44,6 +44,7 @@ class ServerSettings:
             top of nice 10): they take CPU only when the server leaves it idle, so requests and
             clicks stay fast during training. On a machine shared with other busy work they then
             get very little CPU; False leaves them at nice 10 (about a tenth of a contended core).
+            Default on, or the ``SEGLOOP_JOB_IDLE_CLASS`` environment variable (0 = off).
         device: torch device for inference and jobs (None: CUDA when available).
         score_sync_passes: `GET /next` scores the images that lack a cached score itself (in the
             inference pool) when that costs at most this many forward passes, and starts a
@@ -78,7 +79,7 @@ class ServerSettings:
     job_mode: str = "process"
     max_running_jobs: int = 2
     job_threads: int | None = None
-    job_idle_class: bool = True
+    job_idle_class: bool = field(default_factory=lambda: _env_int("SEGLOOP_JOB_IDLE_CLASS", 1) != 0)
     device: str | None = None
     score_sync_passes: int = field(default_factory=lambda: _env_int("SEGLOOP_SCORE_SYNC_PASSES", 16))
     volume_cache_bytes: int = 256 * 1024**2
