@@ -263,3 +263,9 @@ def test_import_does_not_keep_the_absolute_source_path(segloop: Segloop, hippo_s
     images = segloop("images", "--data", data, "--json").json()
     assert images and all(str(tmp_path) not in str(img["metadata"]) for img in images)
     assert {img["metadata"]["source_file"] for img in images} == {p.name for p in (hippo_subset / "imagesTr").iterdir()}
+
+
+def test_train_refuses_a_bad_model_name_before_training(segloop: Segloop, seeded: tuple[Path, dict[str, int]]) -> None:
+    data, before = seeded
+    res = segloop("train", "../bad name", "--data", data, "--max-minutes", "5")
+    _assert_refused(res, data, before, "model name")

@@ -49,7 +49,9 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from segloop.ml.training import TrainConfig, TrainingCancelled, TrainProgress, train
+    from segloop.store.local import check_model_name
 
+    check_model_name(args.model)  # before minutes of training, not at save time
     store = open_store(args.data)
     cfg: dict[str, Any] = {}
     if args.config:
