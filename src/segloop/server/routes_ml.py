@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -284,8 +285,10 @@ async def add_clicks(session_id: SessionId, body: ClicksBody, state: State, prin
 
     entry = _session(state, session_id, principal)
     spec = [{"class": g.class_, "points": g.points} for g in body.clicks]
+    t_route = time.perf_counter()
 
     def work() -> Any:
+        t_worker = time.perf_counter()
         try:
             clicks = parse_clicks(spec, state.store.get_schema(), entry.session.image.shape)
         except ValueError as exc:
@@ -293,11 +296,21 @@ async def add_clicks(session_id: SessionId, body: ClicksBody, state: State, prin
         with entry.lock:
             if entry.closed:
                 raise ApiError(404, "not_found", f"session {session_id!r} was closed")
+            t_click = time.perf_counter()
             try:
                 pred = entry.session.add_clicks(clicks)
             except ValueError as exc:
                 raise ApiError(422, "invalid_clicks", str(exc)) from exc
-        return _session_response(entry, pred)  # on the same worker: no second thread hop
+        t_encode = time.perf_counter()
+        response = _session_response(entry, pred)  # on the same worker: no second thread hop
+        t_end = time.perf_counter()
+        # where the server's time went (browsers show it in the network panel; benchmarks read it)
+        response.headers["Server-Timing"] = ", ".join(
+            f"{name};dur={(b - a) * 1e3:.1f}"
+            for name, a, b in (("queue", t_route, t_worker), ("prepare", t_worker, t_click),
+                               ("click", t_click, t_encode), ("encode", t_encode, t_end))
+        )
+        return response
 
     return await state.pool.run(work)
 
