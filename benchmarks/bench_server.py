@@ -1,14 +1,19 @@
 """Server benchmark: does background work slow the API down, and what does HTTP add to a click?
 
-Measured in one run against a real ``segloop serve`` process on loopback:
+Measured in one run:
 
 1. p50 / p95 latency of ``GET /api/v1/images`` (list) and ``GET /api/v1/images/{id}/volume``
-   (a 256x256x128 float32 volume, gzip NIfTI) on the idle server, then the same calls while a
-   training job runs and automatic inferences on the big volume run back to back; the ratio
-   loaded / idle (target: p95 within 2x).
-2. One interactive click on the 256x256x128 volume: HTTP round trip (request → updated mask as
-   gzip NIfTI received) versus the in-process ``InteractiveSession.add_clicks`` call on the same
-   model and volume (target: server overhead ≤ 20%).
+   (a 256x256x128 float32 volume, gzip NIfTI) against a real ``segloop serve`` process on
+   loopback, idle, then while a training job runs and automatic inferences of the big volume run
+   back to back; the ratio loaded / idle (target: p95 within 2x). The training child's scheduling
+   (nice, policy, threads) is read from /proc and reported with the machine's load average, so a
+   figure taken on a shared machine says so.
+2. One interactive click on the 256x256x128 volume: the HTTP round trip (request → updated mask
+   as gzip NIfTI received) versus the bare in-process ``InteractiveSession.add_clicks`` call
+   (target: server overhead ≤ 20%). Both run in *one* process on the *same* warm predictor: the
+   server app is started in this process (uvicorn in a thread), the in-process call runs on the
+   server's own inference worker thread (same priority, same torch thread pool), and the two
+   alternate click by click (order swapped every click), so background noise hits both alike.
 
 The volume is made of real Task04_Hippocampus crops tiled to 256x256x128; training uses a few
 hippocampus cases with their reference labels (a small network, as in the integration tests).
@@ -17,6 +22,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_server.py --out benchmarks/results/server.json
     .venv/bin/python benchmarks/bench_server.py --quick
+    .venv/bin/python benchmarks/bench_server.py --only click     # just part 2
 """
 
 from __future__ import annotations
@@ -107,15 +113,26 @@ def build_data(work: Path) -> Path:
     return data
 
 
+def train_first(data: Path) -> None:
+    from segloop.ml.training import TrainConfig, train
+    from segloop.store.local import open_datastore
+
+    store = open_datastore(data)
+    try:
+        train(store, "bench", TrainConfig.from_dict({**TRAIN, "epochs": 2, "val_every": 1}))
+    finally:
+        store.close()
+
+
 class ServerProc:
-    def __init__(self, data: Path, log: Path) -> None:
+    def __init__(self, data: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api/v1"
         self.log = open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "segloop.cli", "serve", "--data", str(data), "--port", str(self.port),
              "--log-level", "warning", "--job-threads", "1", "--inference-queue", "8"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
         )
         for _ in range(600):
             try:
@@ -142,9 +159,13 @@ def wait_job(c: httpx.Client, job_id: str) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-def measure(c: httpx.Client, big_id: str, rounds: int) -> dict[str, list[float]]:
+def measure(c: httpx.Client, big_id: str, rounds: int, interval: float = 0.0) -> dict[str, list[float]]:
+    """``rounds`` x (list, volume fetch), ``interval`` seconds apart: spread over the phase so the
+    samples see every stage of the background work, not one second of it."""
     lists, volumes = [], []
-    for _ in range(rounds):
+    for n in range(rounds):
+        if n and interval:
+            time.sleep(interval)
         t0 = time.perf_counter()
         r = c.get("/images", params={"limit": 100})
         lists.append(time.perf_counter() - t0)
@@ -160,128 +181,327 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {k: {"p50_ms": pct(v, 50) * 1e3, "p95_ms": pct(v, 95) * 1e3, "n": len(v)} for k, v in samples.items()}
 
 
+def proc_sched(pid: int) -> dict[str, Any] | None:
+    """nice, scheduling policy and thread count of a process (from /proc; Linux)."""
+    policies = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle"}
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()
+    threads = []
+    for t in tasks:
+        try:
+            ts = t.joinpath("stat").read_text()
+        except OSError:
+            continue
+        tr = ts[ts.rindex(")") + 2 :].split()
+        threads.append((int(tr[16]), policies.get(int(tr[38]), tr[38])))
+    return {
+        "pid": pid,
+        "cmd": cmd[-120:],
+        "nice": int(rest[16]),
+        "policy": policies.get(int(rest[38]), rest[38]),
+        "threads": int(rest[17]),
+        "thread_sched": sorted({f"nice {n}, {p}" for n, p in threads}),
+    }
+
+
+def children_sched(parent: int) -> list[dict[str, Any]]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = d.joinpath("stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+            info = proc_sched(int(d.name))
+            if info is not None and "resource_tracker" not in info["cmd"]:
+                out.append(info)
+    return out
+
+
+def cpu_times() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process (from /proc), with its command line."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = d.joinpath("stat").read_text()
+            cmd = d.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2 :].split()
+        out[int(d.name)] = (cmd[:100], (int(rest[11]) + int(rest[12])) / tick)
+    return out
+
+
+def others_busy(before: dict[int, tuple[str, float]], seconds: float, ours: set[int]) -> list[dict[str, Any]]:
+    """Processes outside this benchmark that used more than 5% of a core since ``before``."""
+    after = cpu_times()
+    busy = []
+    for pid, (cmd, t) in after.items():
+        if pid in ours:
+            continue
+        used = t - before.get(pid, (cmd, 0.0))[1]
+        if seconds > 0 and used / seconds > 0.05:
+            busy.append({"pid": pid, "cmd": cmd, "cpu_share": round(used / seconds, 2)})
+    return sorted(busy, key=lambda b: -b["cpu_share"])
+
+
+def our_pids(root: int) -> set[int]:
+    """``root`` and all its descendants."""
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = d.joinpath("stat").read_text()
+            except OSError:
+                continue
+            parents[int(d.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    ours = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                changed = True
+    return ours
+
+
+def latency_phases(c: httpx.Client, server: ServerProc, big_id: str, rounds: int, interval: float) -> dict[str, Any]:
+    print("idle phase ...", file=sys.stderr)
+    measure(c, big_id, 3)  # warm-up
+    load_idle = os.getloadavg()
+    cpu0, t0 = cpu_times(), time.monotonic()
+    idle = measure(c, big_id, rounds, interval)
+    others_idle = others_busy(cpu0, time.monotonic() - t0, our_pids(os.getpid()))
+
+    print("loaded phase: training + automatic inference ...", file=sys.stderr)
+    job = c.post("/models/bench/train", json={"config": TRAIN, "fine_tune": 1}).json()
+    while c.get(f"/jobs/{job['id']}", params={"metrics": False}).json()["detail"].get("step", 0) < 2:
+        time.sleep(0.5)  # training really runs
+    stop = threading.Event()
+    infer_times: list[float] = []
+
+    def infer_loop() -> None:
+        with httpx.Client(base_url=server.api, timeout=600) as ic:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                r = ic.post("/models/bench/infer", json={"image_id": big_id, "version": 1})
+                if r.status_code == 200:
+                    infer_times.append(time.perf_counter() - t0)
+
+    inferer = threading.Thread(target=infer_loop, daemon=True)
+    inferer.start()
+    time.sleep(1.0)
+    load_before = os.getloadavg()
+    step0 = c.get(f"/jobs/{job['id']}", params={"metrics": False}).json()["detail"].get("step")
+    cpu0, t0 = cpu_times(), time.monotonic()
+    loaded = measure(c, big_id, rounds, interval)
+    loaded_seconds = time.monotonic() - t0
+    others_loaded = others_busy(cpu0, loaded_seconds, our_pids(os.getpid()))
+    sched = children_sched(server.proc.pid)
+    server_sched = proc_sched(server.proc.pid)
+    job_state = c.get(f"/jobs/{job['id']}", params={"metrics": False}).json()
+    stop.set()
+    c.post(f"/jobs/{job['id']}/cancel")
+    inferer.join()
+    wait_job(c, job["id"])
+    s_idle, s_loaded = summarize(idle), summarize(loaded)
+    return {
+        "idle": s_idle,
+        "loaded": s_loaded,
+        "ratio_p50": {k: s_loaded[k]["p50_ms"] / s_idle[k]["p50_ms"] for k in s_idle},
+        "ratio_p95": {k: s_loaded[k]["p95_ms"] / s_idle[k]["p95_ms"] for k in s_idle},
+        "max_ms": {"idle": {k: max(v) * 1e3 for k, v in idle.items()}, "loaded": {k: max(v) * 1e3 for k, v in loaded.items()}},
+        "inferences_during_load": len(infer_times),
+        "inference_seconds_p50": pct(infer_times, 50),
+        "training_step_at_start_and_end": [step0, job_state["detail"].get("step")],
+        "training_epoch_at_end": job_state["detail"].get("epoch"),
+        "loaded_phase_seconds": round(loaded_seconds, 1),
+        "loadavg_idle_phase": load_idle,
+        "loadavg_loaded_phase": load_before,
+        "other_processes_busy": {"idle_phase": others_idle, "loaded_phase": others_loaded},
+        "server_process": server_sched,
+        "job_processes": sched,
+    }
+
+
+def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
+    """HTTP click vs the bare in-process call, in one process on one warm predictor (see the
+    module docstring)."""
+    import uvicorn
+
+    from segloop.ml.clicks import Click
+    from segloop.server import ServerSettings, create_app
+
+    port = free_port()
+    app = create_app(ServerSettings(data=data, port=port, job_threads=1, inference_queue=8))
+    state = app.state.segloop
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
+    thread.start()
+    for _ in range(600):
+        if server.started:
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError("in-process server did not start")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=600) as c:
+            sess = c.post("/sessions", json={"image_id": big_id, "model": "bench", "version": 1})
+            assert sess.status_code == 201, sess.text
+            sid = sess.json()["id"]
+            predictor = state.predictors.get("bench", 1)  # the very predictor the HTTP session uses
+            image = state.store.load_image(big_id)
+            local = state.pool.submit(predictor.session, image).result()
+
+            def timed_click(click: Click) -> float:
+                t0 = time.perf_counter()
+                local.add_clicks([click])
+                return time.perf_counter() - t0
+
+            rng = np.random.default_rng(0)
+            points = [[int(rng.integers(16, s - 16)) for s in BIG_SHAPE] for _ in range(clicks + 2)]
+            cpu0, t0 = cpu_times(), time.monotonic()
+            http_times, server_seconds, local_times = [], [], []
+            timing: dict[str, list[float]] = {}
+            for n, p in enumerate(points):
+                value = 1 + n % 2
+                click = Click(value, (p[0], p[1], p[2]))
+
+                def http(value: int = value, p: list[int] = p, n: int = n) -> tuple[float, float]:
+                    t0 = time.perf_counter()
+                    r = c.post(f"/sessions/{sid}/clicks", json={"clicks": [{"class": value, "points": [p]}]})
+                    dt = time.perf_counter() - t0
+                    assert r.status_code == 200 and len(r.content) > 100, r.text
+                    if n >= 2:
+                        for part in r.headers.get("server-timing", "").split(","):
+                            name, _, dur = part.strip().partition(";dur=")
+                            if dur:
+                                timing.setdefault(name, []).append(float(dur))
+                    return dt, float(r.headers["x-segloop-seconds"])
+
+                if n % 2:
+                    (dt, ss), dl = http(), state.pool.submit(timed_click, click).result()
+                else:
+                    dl = state.pool.submit(timed_click, click).result()
+                    dt, ss = http()
+                if n >= 2:  # warm-up
+                    http_times.append(dt)
+                    server_seconds.append(ss)
+                    local_times.append(dl)
+            others = others_busy(cpu0, time.monotonic() - t0, our_pids(os.getpid()))
+            c.delete(f"/sessions/{sid}")
+    finally:
+        server.should_exit = True
+        thread.join(60)
+    http_p50, local_p50 = statistics.median(http_times), statistics.median(local_times)
+    paired = [h - loc for h, loc in zip(http_times, local_times, strict=True)]
+    return {
+        "http_p50_ms": http_p50 * 1e3,
+        "http_p95_ms": pct(http_times, 95) * 1e3,
+        "server_reported_p50_ms": statistics.median(server_seconds) * 1e3,
+        "in_process_p50_ms": local_p50 * 1e3,
+        "in_process_p95_ms": pct(local_times, 95) * 1e3,
+        "overhead_ratio_p50": http_p50 / local_p50 - 1.0,
+        # click by click: HTTP minus the in-process call made right before/after it
+        "paired_overhead_p50_ms": statistics.median(paired) * 1e3,
+        "paired_overhead_ratio": statistics.median(paired) / local_p50,
+        # what HTTP adds on top of the same session call inside the server (parse, encode, transfer)
+        "http_minus_server_p50_ms": statistics.median([h - s for h, s in zip(http_times, server_seconds, strict=True)]) * 1e3,
+        "n": len(http_times),
+        # the server's own account of an HTTP click (Server-Timing): waiting for the worker,
+        # parsing the clicks, the session call, encoding the mask
+        "server_timing_p50_ms": {k: statistics.median(v) for k, v in timing.items()},
+        "loadavg": os.getloadavg(),
+        "other_processes_busy": others,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=60, help="requests of each kind per phase")
+    ap.add_argument("--rounds", type=int, default=80, help="requests of each kind per phase")
+    ap.add_argument("--interval", type=float, default=0.25, help="seconds between rounds (spreads a phase out)")
     ap.add_argument("--clicks", type=int, default=15, help="clicks measured each way")
     ap.add_argument("--quick", action="store_true", help="smoke run (fewer rounds and clicks)")
+    ap.add_argument("--only", choices=("all", "latency", "click"), default="all", help="run one part only")
+    ap.add_argument("--job-idle-class", choices=("on", "off"), default="on",
+                    help="training child in SCHED_IDLE (the server's default) or at nice 10 only")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
     if args.quick:
-        args.rounds, args.clicks = 15, 5
+        args.rounds, args.clicks, args.interval = 15, 5, 0.05
 
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_at_start": os.getloadavg(),
         "volume_shape": list(BIG_SHAPE),
+        "rounds": args.rounds,
+        "interval_s": args.interval,
     }
     server: ServerProc | None = None
+    big_id = "big_256x256x128"
     try:
         print("preparing data ...", file=sys.stderr)
         data = build_data(work)
-        server = ServerProc(data, work / "server.log")
+        print("training a first model version (in this process: set-up, not measured) ...", file=sys.stderr)
+        train_first(data)
+        results["job_idle_class"] = args.job_idle_class
+        server = ServerProc(data, work / "server.log", {"SEGLOOP_JOB_IDLE_CLASS": "1" if args.job_idle_class == "on" else "0"})
         c = httpx.Client(base_url=server.api, timeout=600)
-        big_id = "big_256x256x128"
         results["volume_bytes"] = len(c.get(f"/images/{big_id}/volume").content)
-
-        print("training a first model version ...", file=sys.stderr)
-        first = c.post("/models/bench/train", json={"config": {**TRAIN, "epochs": 2, "val_every": 1}}).json()
-        assert wait_job(c, first["id"])["state"] == "done"
-
-        print("idle phase ...", file=sys.stderr)
-        measure(c, big_id, 3)  # warm-up
-        idle = measure(c, big_id, args.rounds)
-
-        print("loaded phase: training + automatic inference ...", file=sys.stderr)
-        job = c.post("/models/bench/train", json={"config": TRAIN, "fine_tune": 1}).json()
-        while c.get(f"/jobs/{job['id']}", params={"metrics": False}).json()["detail"].get("step", 0) < 2:
-            time.sleep(0.5)  # training really runs
-        stop = threading.Event()
-        infer_times: list[float] = []
-
-        def infer_loop() -> None:
-            with httpx.Client(base_url=server.api, timeout=600) as ic:  # type: ignore[union-attr]
-                while not stop.is_set():
-                    t0 = time.perf_counter()
-                    r = ic.post("/models/bench/infer", json={"image_id": big_id, "version": 1})
-                    if r.status_code == 200:
-                        infer_times.append(time.perf_counter() - t0)
-
-        inferer = threading.Thread(target=infer_loop, daemon=True)
-        inferer.start()
-        time.sleep(1.0)
-        loaded = measure(c, big_id, args.rounds)
-        stop.set()
-        c.post(f"/jobs/{job['id']}/cancel")
-        inferer.join()
-        wait_job(c, job["id"])
-        s_idle, s_loaded = summarize(idle), summarize(loaded)
-        results["latency"] = {
-            "idle": s_idle,
-            "loaded": s_loaded,
-            "ratio_p50": {k: s_loaded[k]["p50_ms"] / s_idle[k]["p50_ms"] for k in s_idle},
-            "ratio_p95": {k: s_loaded[k]["p95_ms"] / s_idle[k]["p95_ms"] for k in s_idle},
-            "inferences_during_load": len(infer_times),
-            "inference_seconds_p50": pct(infer_times, 50),
-        }
-
-        print("interactive click: HTTP vs in-process (interleaved) ...", file=sys.stderr)
-        from segloop.ml.clicks import Click
-        from segloop.ml.predictor import Predictor
-        from segloop.store.local import open_datastore
-
-        store = open_datastore(data)
-        predictor = Predictor.load(store, "bench", 1)
-        session = predictor.session(store.load_image(big_id))
-        sess = c.post("/sessions", json={"image_id": big_id, "model": "bench", "version": 1}).json()
-        rng = np.random.default_rng(0)
-        points = [[int(rng.integers(16, s - 16)) for s in BIG_SHAPE] for _ in range(args.clicks + 2)]
-        http_times, server_seconds, local_times = [], [], []
-        for n, p in enumerate(points):
-            # the same click both ways, back to back, so background load hits both alike
-            t0 = time.perf_counter()
-            r = c.post(f"/sessions/{sess['id']}/clicks", json={"clicks": [{"class": 1 + n % 2, "points": [p]}]})
-            dt = time.perf_counter() - t0
-            assert r.status_code == 200, r.text
-            t0 = time.perf_counter()
-            session.add_clicks([Click(1 + n % 2, (p[0], p[1], p[2]))])
-            dl = time.perf_counter() - t0
-            if n >= 2:  # warm-up
-                http_times.append(dt)
-                server_seconds.append(float(r.headers["x-segloop-seconds"]))
-                local_times.append(dl)
-        c.delete(f"/sessions/{sess['id']}")
-        store.close()
-        http_p50, local_p50 = statistics.median(http_times), statistics.median(local_times)
-        results["click"] = {
-            "http_p50_ms": http_p50 * 1e3,
-            "http_p95_ms": pct(http_times, 95) * 1e3,
-            "server_reported_p50_ms": statistics.median(server_seconds) * 1e3,
-            "in_process_p50_ms": local_p50 * 1e3,
-            "in_process_p95_ms": pct(local_times, 95) * 1e3,
-            "overhead_ratio_p50": http_p50 / local_p50 - 1.0,
-            # what HTTP adds on top of the same session call inside the server (encode + transfer)
-            "http_minus_server_p50_ms": statistics.median([h - s for h, s in zip(http_times, server_seconds, strict=True)]) * 1e3,
-            "n": len(http_times),
-        }
+        if args.only in ("all", "latency"):
+            results["latency"] = latency_phases(c, server, big_id, args.rounds, args.interval)
+        c.close()
+        server.stop()
+        server = None
+        if args.only in ("all", "click"):
+            print("interactive click: HTTP vs in-process (one process, one predictor, interleaved) ...", file=sys.stderr)
+            results["click"] = click_phase(data, big_id, args.clicks)
     finally:
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    lat = results["latency"]
-    print(f"\nserver benchmark ({results['machine']['cpus']} CPUs); volume {BIG_SHAPE}, {results['volume_bytes'] / 1e6:.1f} MB gzip NIfTI")
-    print(f"{'call':<10}{'idle p50':>10}{'idle p95':>10}{'load p50':>10}{'load p95':>10}{'p50 x':>8}{'p95 x':>8}")
-    for k in ("list", "volume"):
-        i, lo = lat["idle"][k], lat["loaded"][k]
-        print(f"{k:<10}{i['p50_ms']:>9.1f}m{i['p95_ms']:>9.1f}m{lo['p50_ms']:>9.1f}m{lo['p95_ms']:>9.1f}m"
-              f"{lat['ratio_p50'][k]:>8.2f}{lat['ratio_p95'][k]:>8.2f}")
-    print(f"(load: 1 training job + {lat['inferences_during_load']} automatic inference(s) of the volume, "
-          f"p50 {lat['inference_seconds_p50']:.1f} s each)")
-    ck = results["click"]
-    print(f"click      HTTP p50 {ck['http_p50_ms']:.1f} ms (server-side {ck['server_reported_p50_ms']:.1f} ms)  "
-          f"in-process p50 {ck['in_process_p50_ms']:.1f} ms  overhead {ck['overhead_ratio_p50'] * 100:+.0f}% "
-          f"(HTTP minus server-side p50 {ck['http_minus_server_p50_ms']:.1f} ms)")
+    print(f"\nserver benchmark ({results['machine']['cpus']} CPUs, load average at start "
+          f"{results['loadavg_at_start'][0]:.2f}); volume {BIG_SHAPE}, {results['volume_bytes'] / 1e6:.1f} MB gzip NIfTI")
+    lat = results.get("latency")
+    if lat:
+        print(f"{'call':<10}{'idle p50':>10}{'idle p95':>10}{'load p50':>10}{'load p95':>10}{'p50 x':>8}{'p95 x':>8}")
+        for k in ("list", "volume"):
+            i, lo = lat["idle"][k], lat["loaded"][k]
+            print(f"{k:<10}{i['p50_ms']:>9.1f}m{i['p95_ms']:>9.1f}m{lo['p50_ms']:>9.1f}m{lo['p95_ms']:>9.1f}m"
+                  f"{lat['ratio_p50'][k]:>8.2f}{lat['ratio_p95'][k]:>8.2f}")
+        steps = lat["training_step_at_start_and_end"]
+        print(f"(load: 1 training job (step {steps[0]} -> {steps[1]} of epoch {lat['training_epoch_at_end']} "
+              f"during the {lat['loaded_phase_seconds']} s phase) + {lat['inferences_during_load']} "
+              f"finished automatic inference(s) of the volume, one in flight; load average "
+              f"{lat['loadavg_loaded_phase'][0]:.2f})")
+        for j in lat["job_processes"]:
+            print(f"  job process {j['pid']}: nice {j['nice']}, {j['policy']}, {j['threads']} threads {j['thread_sched']}")
+        for phase, busy in lat["other_processes_busy"].items():
+            for b in busy:
+                print(f"  not ours, busy during the {phase}: {b['cpu_share']:.2f} core  {b['cmd'][:80]}")
+    ck = results.get("click")
+    if ck:
+        print(f"click      HTTP p50 {ck['http_p50_ms']:.1f} ms (server-side {ck['server_reported_p50_ms']:.1f} ms)  "
+              f"in-process p50 {ck['in_process_p50_ms']:.1f} ms  overhead {ck['overhead_ratio_p50'] * 100:+.1f}% "
+              f"(paired {ck['paired_overhead_p50_ms']:.1f} ms = {ck['paired_overhead_ratio'] * 100:+.1f}%; "
+              f"HTTP minus server-side p50 {ck['http_minus_server_p50_ms']:.1f} ms; n={ck['n']})")
+        print("  server timing p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in ck["server_timing_p50_ms"].items()))
+        for b in ck["other_processes_busy"]:
+            print(f"  not ours, busy during the clicks: {b['cpu_share']:.2f} core  {b['cmd'][:80]}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
