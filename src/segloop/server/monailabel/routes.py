@@ -350,12 +350,13 @@ def info(state: State, _: Viewer) -> dict[str, Any]:
 
 def _implicit_prediction(
     state: ServerState, cs: CompatState, owner: str, key: str | None, predictor: Any,
-    volume: Volume, clicks: list[Click], initial: Volume | None,
+    load: Callable[[], Volume], clicks: list[Click], initial: Volume | None,
 ) -> Any:
     """The prediction for ``clicks`` (the request's complete click set), reusing the implicit
-    session of (owner, key, model version) when its clicks are a subset of these."""
+    session of (owner, key, model version) when its clicks are a subset of these (the image is
+    then not even read: the session holds it, pre-processed)."""
     if key is None or initial is not None:
-        session = predictor.session(volume, initial)
+        session = predictor.session(load(), initial)
         return session.add_clicks(clicks)
     ck = (owner, key, predictor.model, int(predictor.version))
     with cs.lock:
@@ -368,7 +369,7 @@ def _implicit_prediction(
                 new = list(dict.fromkeys(c for c in clicks if c not in have))
                 return entry.session.add_clicks(new) if new else entry.session.prediction
         state.sessions.close(entry.id)
-    session = predictor.session(volume)
+    session = predictor.session(load())
     pred = session.add_clicks(list(dict.fromkeys(clicks)))
     for _ in range(MAX_IMPLICIT_SESSIONS + 1):
         try:
@@ -453,22 +454,29 @@ async def infer(
         def work() -> tuple[bytes, dict[str, Any]]:
             t1 = time.perf_counter()
             schema = state.store.get_schema()
-            volume = upload if upload is not None else state.store.load_image(rec.id)  # type: ignore[union-attr]
-            req = convert.parse_clicks(params, schema, volume.shape)
+            loaded: list[Volume] = [upload] if upload is not None else []
+
+            def load() -> Volume:
+                if not loaded:
+                    loaded.append(state.store.load_image(rec.id))  # type: ignore[union-attr]
+                return loaded[0]
+
+            shape = upload.shape if upload is not None else tuple(rec.shape)  # type: ignore[union-attr]
+            req = convert.parse_clicks(params, schema, shape)
             initial: Volume | None = None
             if label_file is not None:
-                lab = convert.read_label_file(label_file[0], label_file[1], volume.shape)
+                lab = convert.read_label_file(label_file[0], label_file[1], shape)
                 arr = np.asarray(lab.array if isinstance(lab, Volume) else lab)
-                if arr.shape != volume.shape:
-                    raise convert.ParamsError(f"label shape {arr.shape} does not match the image shape {volume.shape}")
-                initial = volume.with_array(arr.astype(np.uint8))
+                if arr.shape != tuple(shape):
+                    raise convert.ParamsError(f"label shape {arr.shape} does not match the image shape {tuple(shape)}")
+                initial = load().with_array(arr.astype(np.uint8))
             predictor = state.predictors.get(name)
             t2 = time.perf_counter()
             try:
                 if req.clicks or initial is not None:
-                    pred = _implicit_prediction(state, cs, principal.name, key, predictor, volume, req.clicks, initial)
+                    pred = _implicit_prediction(state, cs, principal.name, key, predictor, load, req.clicks, initial)
                 else:
-                    pred = predictor.predict(volume)
+                    pred = predictor.predict(load())
             except ValueError as exc:  # a class the model does not know, a channel mismatch...
                 raise convert.ParamsError(str(exc)) from exc
             t3 = time.perf_counter()
