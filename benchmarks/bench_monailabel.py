@@ -145,12 +145,13 @@ def clicks_for(shape: tuple[int, int, int], n: int, seed: int) -> list[list[int]
     return [[int(rng.integers(s // 4, 3 * s // 4)) for s in shape] for _ in range(n)]
 
 
-def bench_volume(c: httpx.Client, image: str, shape: tuple[int, int, int], rounds: int) -> dict[str, Any]:
+def bench_volume(c: httpx.Client, image: str, shape: tuple[int, int, int], rounds: int,
+                 auto: bool = True) -> dict[str, Any]:
     out: dict[str, list[float]] = {"auto_compat": [], "auto_native": [], "click_compat": [], "click_native": []}
-    # warm both paths (model load, first-call allocations)
-    timed(lambda: compat_infer(c, image, {}))
-    timed(lambda: c.post(f"/api/v1/models/{MODEL}/infer", json={"image_id": image}))
-    for r in range(rounds):
+    if auto:  # warm both paths (model load, first-call allocations)
+        timed(lambda: compat_infer(c, image, {}))
+        timed(lambda: c.post(f"/api/v1/models/{MODEL}/infer", json={"image_id": image}))
+    for r in range(rounds if auto else 0):
         pair: list[tuple[str, Any]] = [("auto_compat", lambda: compat_infer(c, image, {})),
                 ("auto_native", lambda: c.post(f"/api/v1/models/{MODEL}/infer", json={"image_id": image}))]
         for key, fn in pair if r % 2 == 0 else pair[::-1]:
@@ -177,11 +178,12 @@ def bench_volume(c: httpx.Client, image: str, shape: tuple[int, int, int], round
             out[key].append(timed(fn))
     c.delete(f"/api/v1/sessions/{sid}")
     summary: dict[str, Any] = {k: {"p50_ms": round(1000 * statistics.median(v), 1),
-                                   "min_ms": round(1000 * min(v), 1), "n": len(v)} for k, v in out.items()}
+                                   "min_ms": round(1000 * min(v), 1), "n": len(v)} for k, v in out.items() if v}
     summary["first"] = {k: round(1000 * v, 1) for k, v in first.items()}
     for kind in ("auto", "click"):
-        a, b = statistics.median(out[f"{kind}_compat"]), statistics.median(out[f"{kind}_native"])
-        summary[f"{kind}_compat_over_native"] = round(a / b, 3)
+        if out[f"{kind}_compat"] and out[f"{kind}_native"]:
+            a, b = statistics.median(out[f"{kind}_compat"]), statistics.median(out[f"{kind}_native"])
+            summary[f"{kind}_compat_over_native"] = round(a / b, 3)
     return summary
 
 
@@ -191,6 +193,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="3 rounds")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"volumes to measure (default {','.join(SHAPES)})")
+    ap.add_argument("--clicks-only", action="store_true", help="skip the automatic inferences (slow on CPU)")
     args = ap.parse_args()
     rounds = 3 if args.quick else args.rounds
     if not HIPPO.is_dir():
@@ -206,9 +210,9 @@ def main() -> int:
             while c.get(f"/api/v1/jobs/{job['id']}", params={"metrics": False}).json()["state"] in ("queued", "running"):
                 time.sleep(0.5)
             results = {}
-            for name, shape in SHAPES.items():
+            for name in [n.strip() for n in args.shapes.split(",") if n.strip()]:
                 print(f"measuring {name} ...", flush=True)
-                results[name] = bench_volume(c, f"vol_{name}", shape, rounds)
+                results[name] = bench_volume(c, f"vol_{name}", SHAPES[name], rounds, auto=not args.clicks_only)
                 print(json.dumps({name: results[name]}), flush=True)  # kept even if a later volume is cut short
         report = {
             "benchmark": "monailabel-compat-vs-native",
@@ -222,6 +226,8 @@ def main() -> int:
         print(f"{'volume':<12} {'what':<10} {'compat p50 ms':>14} {'native p50 ms':>14} {'ratio':>7}")
         for name, r in results.items():
             for kind in ("auto", "click"):
+                if f"{kind}_compat_over_native" not in r:
+                    continue
                 print(f"{name:<12} {kind:<10} {r[f'{kind}_compat']['p50_ms']:>14.1f} "
                       f"{r[f'{kind}_native']['p50_ms']:>14.1f} {r[f'{kind}_compat_over_native']:>7.2f}")
             f = r["first"]
