@@ -168,6 +168,11 @@ def test_fine_tune_adds_version(store_with_model, tmp_path: Path) -> None:  # ty
     assert store.get_model("seg").current_version == 2
     store.set_current_version("seg", 1)  # roll back
     assert Predictor.load(store, "seg").version == 1
+    # a version added beside the current one (the active-learning loop decides afterwards)
+    v3 = train(store, "seg", tiny_config(epochs=1), fine_tune=1, device="cpu", make_current=False)
+    model = store.get_model("seg")
+    assert v3.version == 3 and model.current_version == 1 and [v.version for v in model.versions] == [1, 2, 3]
+    assert Predictor.load(store, "seg").version == 1 and Predictor.load(store, "seg", 3).version == 3
 
 
 def test_bad_training_input(tmp_path: Path) -> None:

@@ -416,8 +416,9 @@ def train(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     device: str | torch.device | None = None,
+    make_current: bool = True,
 ) -> ModelVersion:
-    """Train (or fine-tune) ``model`` and add the result to the store as its new current version.
+    """Train (or fine-tune) ``model`` and add the result to the store as its new version.
 
     Args:
         store: the datastore (images, labels, models).
@@ -429,6 +430,9 @@ def train(
         progress: called after every step and validation.
         cancel: set it to stop; the run raises `TrainingCancelled` and writes nothing.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
+        make_current: make the new version the model's current one (default). ``False`` adds it
+            beside the current version, for a caller that decides afterwards (the active-learning
+            loop keeps the old version unless the new one is at least as good on validation images).
 
     Returns:
         The new `ModelVersion`: config (`ModelSpec` + the TrainConfig), ``trained_on`` = every
@@ -465,7 +469,8 @@ def train(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads or max(1, min(2, os.cpu_count() or 1)))
     try:
-        return _train(store, model, config, dev, schema, train_pairs, val_pairs, base_spec, base_state, fine_tune, progress, cancel)
+        return _train(store, model, config, dev, schema, train_pairs, val_pairs, base_spec, base_state, fine_tune, progress, cancel,
+                      make_current)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -483,6 +488,7 @@ def _train(
     fine_tune: int | None,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
+    make_current: bool,
 ) -> ModelVersion:
     t0 = time.monotonic()
     rng = np.random.default_rng(config.seed)
@@ -654,6 +660,7 @@ def _train(
             config=version_config,
             trained_on=train_pairs + val_pairs,
             metrics=metrics,
+            make_current=make_current,
         )
     finally:
         with contextlib.suppress(FileNotFoundError):
