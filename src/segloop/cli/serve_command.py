@@ -8,8 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from segloop.cli.common import CommandError, add_data_arg
+
+if TYPE_CHECKING:
+    from segloop.server import ServerSettings
 
 
 def _size(text: str) -> int:
@@ -50,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--job-mode", choices=("process", "thread"), default="process",
                    help="run jobs in child processes (default) or threads")
     p.add_argument("--job-threads", type=int, metavar="N", help="torch threads per job (default: cores - 1)")
+    p.add_argument("--job-priority", choices=("idle", "nice"),
+                   help="CPU priority of training and scoring jobs: 'idle' (Linux SCHED_IDLE on top of nice 10: "
+                        "they use only CPU the server leaves idle, so clicks stay fast) or 'nice' (nice 10 only: "
+                        "jobs still progress on a machine kept busy by other work). Default idle, or the "
+                        "SEGLOOP_JOB_IDLE_CLASS environment variable (0 = nice)")
+    p.add_argument("--score-sync-passes", type=int, metavar="N",
+                   help="GET /next scores unscored images itself when that costs at most N forward passes, "
+                        "else starts a scoring job (0: always a job). Default 16, or SEGLOOP_SCORE_SYNC_PASSES")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dicomweb", metavar="URL",
                    help="images come from this DICOMweb server (QIDO-RS/WADO-RS/STOW-RS, e.g. Orthanc's "
@@ -72,27 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from segloop.server.auth import hash_password, new_token
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The `ServerSettings` that ``segloop serve`` ARGS describe (checked by `create_app`, not here).
 
-    if args.hash_password:
-        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
-        if not password:
-            raise CommandError("empty password")
-        print(hash_password(password))
-        return 0
-    if args.new_token:
-        token, digest = new_token()
-        print(f"token (give it to the client; it is not stored): {token}")
-        print("auth file entry (under \"tokens\"):")
-        print(json.dumps({"name": "token-name", "role": args.new_token, "sha256": digest}))
-        return 0
-    if args.data is None:
-        raise CommandError("--data DIR is required")
-
-    import uvicorn
-
-    from segloop.server import ServerSettings, SettingsError, create_app
+    Flags left unset keep the settings' defaults, which some read from the environment
+    (``SEGLOOP_JOB_IDLE_CLASS``, ``SEGLOOP_SCORE_SYNC_PASSES``).
+    """
+    from segloop.server import ServerSettings
 
     auth_text = args.dicomweb_auth or os.environ.get("SEGLOOP_DICOMWEB_AUTH") or ""
     dicomweb_auth = None
@@ -111,7 +109,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise CommandError(str(exc)) from exc
 
-    settings = ServerSettings(
+    optional: dict[str, Any] = {}
+    if args.job_priority is not None:
+        optional["job_idle_class"] = args.job_priority == "idle"
+    if args.score_sync_passes is not None:
+        optional["score_sync_passes"] = args.score_sync_passes
+    return ServerSettings(
         data=args.data,
         host=args.host,
         port=args.port,
@@ -133,7 +136,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dicomweb_filters=filters,
         dicomweb_cache_bytes=args.dicomweb_cache,
         ephemeral=args.ephemeral,
+        **optional,
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from segloop.server.auth import hash_password, new_token
+
+    if args.hash_password:
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise CommandError("empty password")
+        print(hash_password(password))
+        return 0
+    if args.new_token:
+        token, digest = new_token()
+        print(f"token (give it to the client; it is not stored): {token}")
+        print("auth file entry (under \"tokens\"):")
+        print(json.dumps({"name": "token-name", "role": args.new_token, "sha256": digest}))
+        return 0
+    if args.data is None:
+        raise CommandError("--data DIR is required")
+
+    import uvicorn
+
+    from segloop.server import SettingsError, create_app
+
+    settings = settings_from_args(args)
     try:
         app = create_app(settings)
     except SettingsError as exc:

@@ -1,0 +1,47 @@
+"""``segloop serve`` flags -> `ServerSettings` (the server itself is tested in tests/integration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segloop.cli import build_parser
+from segloop.cli.common import CommandError
+from segloop.cli.serve_command import settings_from_args
+from segloop.server import ServerSettings
+
+
+def settings(*argv: str) -> ServerSettings:
+    return settings_from_args(build_parser().parse_args(["serve", *argv]))
+
+
+def test_job_priority_and_score_passes_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEGLOOP_JOB_IDLE_CLASS", raising=False)
+    monkeypatch.delenv("SEGLOOP_SCORE_SYNC_PASSES", raising=False)
+    default = settings("--data", str(tmp_path))
+    assert default.job_idle_class is True and default.score_sync_passes == 16
+    s = settings("--data", str(tmp_path), "--job-priority", "nice", "--score-sync-passes", "0")
+    assert s.job_idle_class is False and s.score_sync_passes == 0
+    assert settings("--data", str(tmp_path), "--job-priority", "idle").job_idle_class is True
+
+
+def test_flags_override_environment_and_unset_flags_keep_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGLOOP_JOB_IDLE_CLASS", "0")
+    monkeypatch.setenv("SEGLOOP_SCORE_SYNC_PASSES", "3")
+    from_env = settings("--data", str(tmp_path))
+    assert from_env.job_idle_class is False and from_env.score_sync_passes == 3
+    flags = settings("--data", str(tmp_path), "--job-priority", "idle", "--score-sync-passes", "5")
+    assert flags.job_idle_class is True and flags.score_sync_passes == 5
+
+
+def test_bad_values_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--data", str(tmp_path), "--job-priority", "realtime"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(CommandError, match="need --dicomweb"):
+        settings("--data", str(tmp_path), "--dicomweb-filter", "modality=CT")
+    from segloop.server import SettingsError
+
+    with pytest.raises(SettingsError, match="score_sync_passes"):
+        settings("--data", str(tmp_path), "--score-sync-passes", "-1").resolve()
