@@ -124,6 +124,46 @@ def test_existing_seg_on_pacs_imports_onto_an_unfetched_series(
     assert dw_store.get_image(ct_id).label_state == "final"
 
 
+def _listed(client: TestClient, headers: dict[str, str], **params: str) -> set[str]:
+    r = client.get("/api/v1/images", headers=headers, params=params)
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] == len(r.json()["items"])
+    return {i["id"] for i in r.json()["items"]}
+
+
+def test_request_filters_go_to_qido_within_the_start_up_filters(
+    orthanc: OrthancServer, tmp_path: Path, uploaded: dict[str, tuple[str, str]]
+) -> None:
+    ct_id, mr_id = series_image_id(uploaded["ct"][1]), series_image_id(uploaded["mr"][1])
+    # CT: study date 20030417, no description; MR: 20200119, "HippoCrop"
+    settings, auth = _settings(orthanc, tmp_path / "open")
+    h = {"Authorization": auth["annotator"]}
+    with TestClient(create_app(settings)) as client:
+        everything = _listed(client, h)
+        assert {ct_id, mr_id} <= everything
+        mr = _listed(client, h, modality="mr")
+        assert mr_id in mr and ct_id not in mr
+        assert ct_id in _listed(client, h, study_date="20030417") and mr_id not in _listed(client, h, study_date="20030417")
+        in_2020 = _listed(client, h, study_date="20200101-20201231")
+        assert mr_id in in_2020 and ct_id not in in_2020
+        assert mr_id in _listed(client, h, study_date="20200101-") and ct_id in _listed(client, h, study_date="-20100101")
+        assert mr_id in _listed(client, h, description="hippocrop")  # Orthanc matches case-insensitively too
+        assert ct_id not in _listed(client, h, description="hippo*")
+        assert _listed(client, h, modality="MR", study_date="20030417") == set()
+        bad = client.get("/api/v1/images", headers=h, params={"study_date": "17.04.2003"})
+        assert bad.status_code == 422 and "YYYYMMDD" in bad.json()["error"]["message"]
+        # nothing was fetched to answer these
+        assert list((tmp_path / "open" / "images").iterdir()) == []
+
+    settings, auth = _settings(orthanc, tmp_path / "ct-only", dicomweb_filters={"modality": "CT"})
+    h = {"Authorization": auth["annotator"]}
+    with TestClient(create_app(settings)) as client:
+        assert ct_id in _listed(client, h) and mr_id not in _listed(client, h)
+        assert _listed(client, h, modality="MR") == set()  # a request cannot widen the start-up filter
+        assert mr_id not in _listed(client, h, study_date="20200119")
+        assert ct_id in _listed(client, h, study_date="20030417", modality="ct")
+
+
 # --- the server: browse, fetch, label, download SEG, send to PACS -----------------------------
 
 

@@ -8,7 +8,8 @@ method  path                                           role       what
 GET     /health, /version                              none       liveness, load summary / version
 POST    /auth/login; GET /auth/me                      none/any   session token; who am I
 GET     /schema; PUT /schema                           ann/admin  label schema
-GET     /images?label_state=&offset=&limit=            annotator  paged list
+GET     /images?label_state=&offset=&limit=            annotator  paged list; &modality=&study_date=&description=
+                                                                  filter (QIDO-RS with --dicomweb, metadata otherwise)
 POST    /images (multipart ``file``, repeatable)       reviewer   streamed upload, validated, all or nothing
 GET     /images/{id}; DELETE /images/{id}              ann/admin  metadata; delete
 GET     /images/{id}/volume                            annotator  gzip NIfTI

@@ -21,6 +21,7 @@ from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
 from segloop.server.state import ServerState, current_principal, require, server_state
 from segloop.server.uploads import receive_multipart
+from segloop.store.filters import SeriesFilter
 from segloop.store.ingest import IngestError, import_paths
 from segloop.store.records import LabelClass, LabelSchema
 
@@ -175,14 +176,30 @@ def list_images(
     label_state: LabelStateQ | None = None,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    modality: Annotated[
+        str | None, Query(max_length=16, description="DICOM modality code (CT, MR, ...), case-insensitive")
+    ] = None,
+    study_date: Annotated[
+        str | None,
+        Query(max_length=17, description="YYYYMMDD or a range YYYYMMDD-YYYYMMDD (an open end: YYYYMMDD- or -YYYYMMDD)"),
+    ] = None,
+    description: Annotated[
+        str | None,
+        Query(max_length=64, description="text in the series description (the name when there is none); * and ? are wildcards"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Images, oldest first, optionally only those whose latest label is none/draft/final."""
-    items = state.store.list_images(label_state=label_state, offset=offset, limit=limit)
+    """Images, oldest first, optionally only those whose latest label is none/draft/final and
+    that match the series filters. With a DICOMweb server the filters go to its QIDO-RS search,
+    within the server's ``--dicomweb-filter`` (a request cannot widen those); on the local store
+    they apply to the metadata kept at import. A malformed filter → 422 naming it."""
+    filters = SeriesFilter.parse(modality, study_date, description)
+    items = state.store.list_images(label_state=label_state, offset=offset, limit=limit, filters=filters or None)
     return {
         "items": [finite(r.to_dict()) for r in items],
-        "total": state.store.count_images(label_state=label_state),
+        "total": state.store.count_images(label_state=label_state, filters=filters or None),
         "offset": offset,
         "limit": limit,
+        "filters": filters.to_dict(),
     }
 
 

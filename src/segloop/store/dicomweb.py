@@ -114,13 +114,13 @@ class DicomWebSource:
         if study_date:
             filters["StudyDate"] = study_date
         if description:
-            filters["SeriesDescription"] = description if "*" in description else f"*{description}*"
+            filters["SeriesDescription"] = description if "*" in description or "?" in description else f"*{description}*"
         fields = ["StudyDate", "SeriesDescription", "NumberOfSeriesRelatedInstances", "PatientID", "Modality"]
         # Built by hand: clients percent-encode "*" and Orthanc then matches it literally.
         query = [(k, v) for k, v in filters.items()] + [("includefield", f) for f in fields]
         if limit is not None:
             query.append(("limit", str(limit)))
-        qs = "&".join(f"{quote(k)}={quote(str(v), safe='*-,.')}" for k, v in query)
+        qs = "&".join(f"{quote(k)}={quote(str(v), safe='*?-,.')}" for k, v in query)
         try:
             response = self.session.get(
                 f"{self.url}/series?{qs}", headers={"Accept": "application/dicom+json"}, timeout=self.timeout

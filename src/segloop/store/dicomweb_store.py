@@ -54,6 +54,7 @@ import numpy as np
 from segloop.imaging.volume import Volume
 from segloop.store.dicomweb import DEFAULT_CACHE_BYTES, DicomWebSource, SeriesInfo
 from segloop.store.errors import NotFoundError, ValidationError
+from segloop.store.filters import SeriesFilter
 from segloop.store.ingest import HEADERS_KIND
 from segloop.store.local import LocalDatastore
 from segloop.store.records import (
@@ -94,7 +95,7 @@ def parse_filters(items: Iterable[str]) -> dict[str, str]:
                 f"DICOMweb filter {item!r} must be modality=..., study_date=YYYYMMDD[-YYYYMMDD] or description=..."
             )
         out[key] = value.strip()
-    return out
+    return SeriesFilter.from_dict(out).to_dict()  # validated (dates, modality codes), normalised
 
 
 class DicomWebDatastore:
@@ -112,11 +113,12 @@ class DicomWebDatastore:
     ) -> None:
         self.local = local
         self.source = source
-        self.filters = dict(filters or {})
+        self.filter = SeriesFilter.from_dict(filters)
+        self.filters = self.filter.to_dict()
         self.cache_bytes = int(cache_bytes)
         self.ephemeral = ephemeral
         self.listing_ttl = listing_ttl
-        self._listing: tuple[float, list[SeriesInfo]] | None = None
+        self._listings: dict[SeriesFilter, tuple[float, list[SeriesInfo]]] = {}
         self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._used: dict[str, float] = {}
@@ -179,19 +181,24 @@ class DicomWebDatastore:
 
     # --- the PACS listing ------------------------------------------------------------------
 
-    def series(self, *, refresh: bool = False) -> list[SeriesInfo]:
-        """The image series QIDO-RS lists under the store's filters (cached ``listing_ttl`` s)."""
+    def series(self, *, refresh: bool = False, filter: SeriesFilter | None = None) -> list[SeriesInfo]:
+        """The image series QIDO-RS lists under the store's start-up filters, narrowed by
+        ``filter`` (a request's; it cannot widen them). Cached ``listing_ttl`` s per filter."""
+        wanted = self.filter.narrow(filter) if filter else self.filter
+        if wanted.empty:
+            return []
         with self._lock:
             now = time.monotonic()
-            if refresh or self._listing is None or now - self._listing[0] > self.listing_ttl:
+            cached = self._listings.get(wanted)
+            if refresh or cached is None or now - cached[0] > self.listing_ttl:
                 found = self.source.list_series(
-                    modality=self.filters.get("modality"),
-                    study_date=self.filters.get("study_date"),
-                    description=self.filters.get("description"),
+                    modality=wanted.modality, study_date=wanted.study_date, description=wanted.description
                 )
                 images = [s for s in found if s.modality.upper() not in NON_IMAGE_MODALITIES]
-                self._listing = (now, images)
-            return list(self._listing[1])
+                if len(self._listings) > 32:  # many different request filters: keep the cache small
+                    self._listings.clear()
+                cached = self._listings[wanted] = (now, images)
+            return list(cached[1])
 
     def series_of(self, image_id: str) -> SeriesInfo:
         """The listed series behind ``image_id``. Raises `NotFoundError`."""
@@ -212,7 +219,7 @@ class DicomWebDatastore:
             for s in self.source.list_series(series_uid=uid):
                 if s.series_uid == uid and s.modality.upper() not in NON_IMAGE_MODALITIES:
                     with self._lock:
-                        self._listing = None  # the next listing shows it too
+                        self._listings.clear()  # the next listing shows it too
                     return self._virtual(s)
         return None
 
@@ -254,24 +261,34 @@ class DicomWebDatastore:
 
     # --- images -----------------------------------------------------------------------------
 
-    def _all_images(self) -> list[ImageRecord]:
+    def _all_images(self, filter: SeriesFilter | None = None) -> list[ImageRecord]:
+        """PACS series (start-up filters and ``filter`` through QIDO-RS, the descriptions checked
+        here too), then local images the listing does not show — uploads, and fetched series the
+        PACS no longer lists — filtered by ``filter`` on their stored metadata."""
         local = {r.id: r for r in self.local.list_images()}
         out: list[ImageRecord] = []
         listed: set[str] = set()
-        for s in self.series():
+        checks = [f for f in (self.filter, filter) if f and f.description]
+        for s in self.series(filter=filter):
             image_id = series_image_id(s.series_uid)
             listed.add(image_id)
-            out.append(self._shown(local[image_id]) if image_id in local else self._virtual(s))
+            record = self._virtual(s)  # what the PACS says now decides whether it matches
+            if all(f.matches(record) for f in checks):
+                out.append(self._shown(local[image_id]) if image_id in local else record)
         # uploads, and fetched series the PACS no longer lists (they still hold labels)
-        out.extend(self._shown(r) for r in local.values() if r.id not in listed)
+        out.extend(self._shown(r) for r in local.values() if r.id not in listed and (not filter or filter.matches(r)))
         return out
 
     def list_images(
-        self, label_state: LabelState | None = None, offset: int = 0, limit: int | None = None
+        self,
+        label_state: LabelState | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        filters: SeriesFilter | None = None,
     ) -> list[ImageRecord]:
         if offset < 0 or (limit is not None and limit < 0):
             raise ValidationError(f"offset and limit must not be negative (offset={offset}, limit={limit})")
-        images = self._all_images()
+        images = self._all_images(filters)
         if label_state is not None:
             if label_state not in ("none", "draft", "final"):
                 raise ValidationError(f"label_state must be one of ['none', 'draft', 'final'], got {label_state!r}")
@@ -279,8 +296,8 @@ class DicomWebDatastore:
         images = images[offset:]
         return images if limit is None else images[:limit]
 
-    def count_images(self, label_state: LabelState | None = None) -> int:
-        return len(self.list_images(label_state))
+    def count_images(self, label_state: LabelState | None = None, filters: SeriesFilter | None = None) -> int:
+        return len(self.list_images(label_state, filters=filters))
 
     def get_image(self, image_id: str) -> ImageRecord:
         try:

@@ -41,6 +41,7 @@ from segloop.imaging.errors import GeometryError, ImagingError
 from segloop.imaging.nifti import read_nifti
 from segloop.imaging.volume import Volume
 from segloop.store.errors import ConflictError, NotFoundError, ValidationError
+from segloop.store.filters import SeriesFilter
 from segloop.store.records import (
     ImageRecord,
     LabelClass,
@@ -401,14 +402,28 @@ class LocalDatastore:
             return _image_record(self._image_row(s, image_id))
 
     def list_images(
-        self, label_state: LabelState | None = None, offset: int = 0, limit: int | None = None
+        self,
+        label_state: LabelState | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        filters: SeriesFilter | None = None,
     ) -> list[ImageRecord]:
-        """Images in the order they were added, optionally only those with ``label_state``."""
+        """Images in the order they were added, optionally only those with ``label_state`` and
+        matching ``filters`` (modality, study date, description; `segloop.store.filters`)."""
         if offset < 0 or (limit is not None and limit < 0):
             raise ValidationError(f"offset and limit must not be negative (offset={offset}, limit={limit})")
         query = select(ImageRow).order_by(ImageRow.created_at, ImageRow.id)
         if label_state is not None:
             query = query.where(ImageRow.label_state == _check_state(label_state))
+        if filters:
+            if filters.empty:
+                return []
+            if filters.modality:
+                query = query.where(func.upper(ImageRow.modality) == filters.modality)
+            with self._read() as s:  # date and description live in the metadata: matched here
+                found = [r for r in (_image_record(row) for row in s.scalars(query).all()) if filters.matches(r)]
+            found = found[offset:]
+            return found if limit is None else found[:limit]
         if offset:
             query = query.offset(offset)
         if limit is not None:
@@ -416,7 +431,9 @@ class LocalDatastore:
         with self._read() as s:
             return [_image_record(r) for r in s.scalars(query).all()]
 
-    def count_images(self, label_state: LabelState | None = None) -> int:
+    def count_images(self, label_state: LabelState | None = None, filters: SeriesFilter | None = None) -> int:
+        if filters:
+            return len(self.list_images(label_state, filters=filters))
         query = select(func.count()).select_from(ImageRow)
         if label_state is not None:
             query = query.where(ImageRow.label_state == _check_state(label_state))
