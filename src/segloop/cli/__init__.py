@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "segloop.cli.ml_commands",
     "segloop.cli.serve_command",
     "segloop.cli.emulate_command",
+    "segloop.cli.select_command",
 )
 
 
