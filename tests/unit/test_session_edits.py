@@ -115,3 +115,61 @@ def test_set_label_checks_its_input(session: InteractiveSession) -> None:
     with pytest.raises(ValueError, match="affine"):
         session.set_label(Volume(mask(session), shifted))
     assert session.undo_depth == 0
+
+
+def test_step_predictions_keep_their_probabilities(session: InteractiveSession) -> None:
+    """Steps share the session's probability array (no per-step copy); each step's prediction
+    still gives that step's values, however many steps (clicks, undo, redo, uploads) came after."""
+    preds = [session.prediction]
+    eager = [session.prediction.probabilities.copy()]  # read at once: the values of that moment
+    lazy = [session.prediction]  # read only at the end
+    session.add_clicks([Click(1, (10, 4, 10))])
+    lazy.append(session.prediction)
+    session.add_clicks([Click(2, (10, 30, 10))])
+    preds.append(session.prediction)
+    eager.append(session.prediction.probabilities.copy())
+    lazy.append(session.prediction)
+    session.undo()
+    lazy.append(session.prediction)
+    session.redo()
+    lazy.append(session.prediction)
+    edited = mask(session)
+    edited[2:6, 30:36, 2:6] = 2
+    session.set_label(edited)
+    lazy.append(session.prediction)
+    session.add_clicks([Click(1, (12, 20, 8))])
+    lazy.append(session.prediction)
+    session.undo()
+    session.undo()
+    lazy.append(session.prediction)
+
+    # what each state must hold: a fresh session replaying the same steps, copied at once
+    image = session.image
+    ref = session.predictor.session(image)
+    want = [ref.prediction.probabilities.copy()]
+    ref.add_clicks([Click(1, (10, 4, 10))])
+    want.append(ref.prediction.probabilities.copy())
+    ref.add_clicks([Click(2, (10, 30, 10))])
+    want.append(ref.prediction.probabilities.copy())
+    ref.undo()
+    want.append(ref.prediction.probabilities.copy())
+    ref.redo()
+    want.append(ref.prediction.probabilities.copy())
+    ref.set_label(edited)
+    want.append(ref.prediction.probabilities.copy())
+    ref.add_clicks([Click(1, (12, 20, 8))])
+    want.append(ref.prediction.probabilities.copy())
+    ref.undo()
+    ref.undo()
+    want.append(ref.prediction.probabilities.copy())
+
+    assert np.array_equal(eager[0], want[0]) and np.array_equal(eager[1], want[2])
+    assert np.array_equal(preds[1].probabilities, want[2])
+    for n, (p, w) in enumerate(zip(lazy, want, strict=True)):
+        assert np.array_equal(p.probabilities, w), f"state {n}"
+        assert np.array_equal(p.label.array, w.argmax(axis=0)), f"label of state {n}"
+    # the current state is the session's live array until the next step, then its own copy
+    current = session.prediction.probabilities
+    assert current is not session._probs
+    session.add_clicks([Click(2, (5, 5, 5))])
+    assert np.array_equal(current, want[-1])

@@ -18,6 +18,10 @@
   be redone.
 - Results (`Prediction`) are on the image's own grid: labels (uint8 class values) and softmax
   probabilities ``(C, X, Y, Z)``, C = number of classes incl. background, in the model's class order.
+  A session's steps do not copy the probabilities (C x 4 bytes a voxel: 100 MB for three classes on
+  256x256x128, ~30 ms to copy, more than the click's own compute): each step's `Prediction` gets
+  them on first access, rebuilt from the session's current array and the boxes that later steps
+  changed (the same box copies undo keeps), so it still holds that step's values.
 
 Set ``Predictor.mc_dropout = True`` to keep dropout active at inference (MC-dropout uncertainty);
 each call then gives a different sample.
@@ -25,6 +29,7 @@ each call then gives a different sample.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -176,6 +181,62 @@ class Predictor:
 _Step = tuple[list[Click], tuple[slice, ...], np.ndarray, np.ndarray]
 
 
+class _ProbsState:
+    """The probabilities of one state of a session, without a copy.
+
+    While the state is the session's current one (``newer`` None) they are the session's array.
+    When a step changes ``box``, the state is retired: ``old`` keeps its values in the box (the
+    copy the step takes for undo anyway) and ``newer`` links the state that follows, so its
+    probabilities are the newer state's with ``old`` put back in ``box``.
+    """
+
+    __slots__ = ("session", "newer", "box", "old", "array")
+
+    def __init__(self, session: InteractiveSession) -> None:
+        self.session = session
+        self.newer: _ProbsState | None = None
+        self.box: tuple[slice, ...] = ()
+        self.old: np.ndarray | None = None
+        self.array: np.ndarray | None = None  # materialised
+
+    def materialize(self) -> np.ndarray:
+        if self.array is not None:
+            return self.array
+        with self.session._probs_lock:
+            chain: list[_ProbsState] = []
+            node: _ProbsState = self
+            while node.newer is not None and node.array is None:
+                chain.append(node)
+                node = node.newer
+            out = (node.array if node.array is not None else self.session._probs).copy()
+        for older in reversed(chain):  # newest change first
+            assert older.old is not None
+            out[(slice(None), *older.box)] = older.old
+        self.array = out
+        return out
+
+
+class _SessionPrediction(Prediction):
+    """A `Prediction` of a session step whose probabilities are materialised on first access."""
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        state = self.__dict__.get("_state")
+        if state is not None:
+            self.__dict__["_probabilities"] = state.materialize()
+            self.__dict__["_state"] = None
+        out: np.ndarray = self.__dict__["_probabilities"]
+        return out
+
+    @probabilities.setter
+    def probabilities(self, value: np.ndarray | _ProbsState) -> None:
+        if isinstance(value, _ProbsState):
+            self.__dict__["_state"] = value
+        else:
+            self.__dict__["_state"] = None
+            self.__dict__["_probabilities"] = value
+
+
 def _taper(size: int, lo_edge: bool, hi_edge: bool) -> np.ndarray:
     w = np.ones(size, dtype=np.float32)
     t = max(1, size // 8)
@@ -215,23 +276,36 @@ class InteractiveSession:
             for n, v in enumerate(spec.class_values):
                 self._probs[n][lab == v] = 1.0
         self._label = predictor.labels_from(self._probs)
+        self._probs_lock = threading.Lock()
+        self._state = _ProbsState(self)
         self.clicks: list[Click] = []
         # steps: (clicks before/after the step, box, probabilities and labels in the box)
         self._history: list[_Step] = []
         self._redo: list[_Step] = []
-        self.prediction = self._snapshot(time.perf_counter() - t0)
+        self.prediction = self._snapshot(t0)
 
-    def _snapshot(self, seconds: float) -> Prediction:
+    def _snapshot(self, t0: float) -> Prediction:
+        """The current state as a `Prediction`; ``t0``: when the step began (its ``seconds``)."""
         p = self.predictor
-        return Prediction(
-            Volume(self._label.copy(), self.image.affine.copy(), {"source": f"model:{p.model}@{p.version}"}),
-            self._probs.copy(),
+        label = Volume(self._label.copy(), self.image.affine.copy(), {"source": f"model:{p.model}@{p.version}"})
+        return _SessionPrediction(
+            label,
+            self._state,  # type: ignore[arg-type]  # materialised on first access
             p.model,
             p.version,
-            seconds,
+            time.perf_counter() - t0,
             p.class_values,
             tuple(self.clicks),
         )
+
+    def _write_probs(self, box: tuple[slice, ...], old: np.ndarray, values: np.ndarray) -> None:
+        """``self._probs[:, box] = values``; ``old``: the values there before (not changed later).
+        Earlier steps' predictions keep theirs through ``old`` (see `_ProbsState`)."""
+        with self._probs_lock:
+            retired = self._state
+            self._state = _ProbsState(self)
+            retired.newer, retired.box, retired.old = self._state, box, old
+            self._probs[(slice(None), *box)] = values
 
     def _roi(self, points: Sequence[Sequence[float]]) -> tuple[list[int], list[int]]:
         """Model-grid box ``[lo, hi)`` around ``points``: at least one patch, clipped to the volume."""
@@ -300,10 +374,10 @@ class InteractiveSession:
             if all(0 <= r < hi[a] - lo[a] for a, r in enumerate(rel)):
                 merged[:, rel[0], rel[1], rel[2]] = 0.0
                 merged[spec.class_values.index(c.value), rel[0], rel[1], rel[2]] = 1.0
-        self._probs[(slice(None), *box)] = merged
+        self._write_probs(box, old_p, merged)
         self._label[box] = p.labels_from(merged)
         self.clicks = all_clicks
-        self.prediction = self._snapshot(time.perf_counter() - t0)
+        self.prediction = self._snapshot(t0)
         return self.prediction
 
     def _previous_mask(self, lo_m: Sequence[int], hi_m: Sequence[int]) -> np.ndarray:
@@ -333,7 +407,7 @@ class InteractiveSession:
         """Put ``step``'s state into the session; return the state it replaced (same box)."""
         clicks, box, probs, label = step
         current: _Step = (list(self.clicks), box, self._probs[(slice(None), *box)].copy(), self._label[box].copy())
-        self._probs[(slice(None), *box)] = probs
+        self._write_probs(box, current[2], probs)
         self._label[box] = label
         self.clicks = list(clicks)
         return current
@@ -344,7 +418,7 @@ class InteractiveSession:
         if not self._history:
             return self.prediction
         self._redo.append(self._swap(self._history.pop()))
-        self.prediction = self._snapshot(time.perf_counter() - t0)
+        self.prediction = self._snapshot(t0)
         return self.prediction
 
     def redo(self) -> Prediction:
@@ -353,7 +427,7 @@ class InteractiveSession:
         if not self._redo:
             return self.prediction
         self._history.append(self._swap(self._redo.pop()))
-        self.prediction = self._snapshot(time.perf_counter() - t0)
+        self.prediction = self._snapshot(t0)
         return self.prediction
 
     @property
@@ -392,17 +466,19 @@ class InteractiveSession:
             return self.prediction
         nz = np.nonzero(changed)
         box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
-        self._history.append((list(self.clicks), box, self._probs[(slice(None), *box)].copy(), self._label[box].copy()))
+        old_p = self._probs[(slice(None), *box)].copy()
+        self._history.append((list(self.clicks), box, old_p, self._label[box].copy()))
         self._redo.clear()
         sub = changed[box]
         new = lab[box][sub].astype(self._label.dtype)
-        probs = self._probs[(slice(None), *box)]  # a view: written in place
+        probs = old_p.copy()
         for n, v in enumerate(values):
             channel = probs[n]
             channel[sub] = (new == v).astype(np.float32)
+        self._write_probs(box, old_p, probs)
         self._label[box][sub] = new
         self.clicks = []
-        self.prediction = self._snapshot(time.perf_counter() - t0)
+        self.prediction = self._snapshot(t0)
         return self.prediction
 
     def info(self) -> dict[str, Any]:
