@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pydicom.uid import generate_uid
 from segloop.imaging import ImagingError
 from segloop.imaging.dicom_seg import read_dicom_seg
 from segloop.server import ServerSettings, create_app
+from segloop.server.app import RELEASE_GRACE_SECONDS
 from segloop.server.auth import AuthConfig, new_token
 from segloop.store.dicomweb import DicomWebSource
 from segloop.store.dicomweb_store import DicomWebDatastore, series_image_id
@@ -278,6 +280,97 @@ def test_ephemeral_mode_leaves_nothing_of_the_patient_on_disk(
     # what was sent is on the PACS
     source = DicomWebSource(orthanc.dicomweb_url, tmp_path / "check", auth=orthanc.auth)
     assert sent.json()["series_instance_uid"] in {s.series_uid for s in source.list_series(modality="SEG")}
+
+
+def _wait(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _events(state: Any, type_: str, image_id: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in state.bus.recent(0) if e["type"] == type_ and e["data"].get("image_id") == image_id]
+
+
+def test_ephemeral_release_when_the_last_session_ends_never_loses_an_unsent_label(
+    orthanc: OrthancServer, tmp_path: Path, uploaded: dict[str, tuple[str, str]], dicom_sets: dict[str, Path]
+) -> None:
+    """Sessions are opened on the session manager directly (the DELETE /sessions route, expiry and
+    the MONAI Label surface all end them through `SessionManager.close`); no model is needed."""
+    data = tmp_path / "data"
+    settings, auth = _settings(orthanc, data, ephemeral=True)
+    study, series = uploaded["mr"]
+    mr_id, ct_id = series_image_id(series), series_image_id(uploaded["ct"][1])
+    header = pydicom.dcmread(sorted(dicom_sets["mr"].iterdir())[0], stop_before_pixels=True)
+    needles = [str(header.PatientID), series, str(header.SOPInstanceUID), study]
+    reviewer = {"Authorization": auth["reviewer"]}
+
+    def on_disk(image_id: str) -> bool:
+        return (data / "images" / f"{image_id}.nii.gz").exists() or (data / "attachments" / image_id).exists()
+
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.segloop  # type: ignore[attr-defined]
+        state.store.set_schema(SCHEMA)
+        for image_id in (mr_id, ct_id):
+            assert client.get(f"/api/v1/images/{image_id}/volume", headers=reviewer).status_code == 200
+        assert on_disk(mr_id) and on_disk(ct_id)
+
+        # CT, no label: released once its *last* session ends
+        first = state.sessions.add(ct_id, "m", 1, "reviewer", object())
+        second = state.sessions.add(ct_id, "m", 1, "reviewer", object())
+        state.sessions.close(first.id)
+        time.sleep(RELEASE_GRACE_SECONDS + 1.0)
+        assert on_disk(ct_id), "another session is still open on it"
+        state.sessions.close(second.id)
+        _wait(lambda: bool(_events(state, "image.released", ct_id)), "image.released")
+        assert not on_disk(ct_id)
+        assert _events(state, "image.released", ct_id)[-1]["why"] == "session_ended"
+
+        # MR with a draft that was never sent: the expired session releases nothing
+        shape = state.store.get_image(mr_id).shape
+        session = state.sessions.add(mr_id, "m", 1, "reviewer", object())
+        state.store.save_label(mr_id, _label_for(shape), author="t", status="draft")
+        session.last_used -= 10 * state.sessions.idle_seconds
+        assert state.sessions.expire() == [session.id]
+        _wait(lambda: bool(_events(state, "image.kept", mr_id)), "image.kept")
+        assert _events(state, "image.kept", mr_id)[-1]["unsent_revisions"] == [1]
+        assert on_disk(mr_id) and [p for p in (data / "labels").rglob("*") if p.is_file()]
+        refused = client.post(f"/api/v1/images/{mr_id}/release", headers=reviewer)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "unsent_labels"
+        assert refused.json()["error"]["unsent_revisions"] == [1] and on_disk(mr_id)
+        assert client.get("/api/v1/pacs", headers=reviewer).json()["held"] == {mr_id: [1]}
+
+        # a final revision sent to the PACS: the next session end releases the image and its labels
+        state.store.save_label(mr_id, _label_for(shape), author="t", status="final", base_revision=1)
+        sent = client.post(f"/api/v1/images/{mr_id}/labels/2/send", headers=reviewer)
+        assert sent.status_code == 200, sent.text
+        assert client.get("/api/v1/pacs", headers=reviewer).json()["held"] == {}
+        session = state.sessions.add(mr_id, "m", 1, "reviewer", object())
+        state.sessions.close(session.id)
+        _wait(lambda: bool(_events(state, "image.released", mr_id)), "the MR to leave the disk")
+        assert not on_disk(mr_id)
+        assert [p for p in (data / "labels").rglob("*") if p.is_file()] == []
+        assert _files_containing(data, needles) == []
+
+        # still viewing it, the user saves on top of the released revision: fetched again, saved
+        again = state.store.save_label(mr_id, _label_for(shape), author="t", status="draft", base_revision=2)
+        assert again.revision == 1 and on_disk(mr_id)
+
+    # the server stopped: the unsent draft stays on disk, logged; a restart does not purge it
+    assert on_disk(mr_id) and not on_disk(ct_id)
+    settings, auth = _settings(orthanc, data, ephemeral=True)
+    reviewer = {"Authorization": auth["reviewer"]}
+    with TestClient(create_app(settings)) as client:
+        assert on_disk(mr_id)
+        assert client.get("/api/v1/pacs", headers=reviewer).json()["held"] == {mr_id: [1]}
+        gone = client.post(f"/api/v1/images/{mr_id}/release", headers=reviewer, params={"discard_unsent": "true"})
+        assert gone.status_code == 200 and gone.json()["reason"] == "discarded_unsent"
+        assert not on_disk(mr_id)
+    assert list((data / "images").iterdir()) == [] and list((data / "attachments").iterdir()) == []
+    assert [p for p in (data / "labels").rglob("*") if p.is_file()] == []
+    assert _files_containing(data, needles) == []
 
 
 def test_ephemeral_needs_dicomweb(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ from segloop.server.workers import Busy, PredictorCache, SessionManager, WorkerP
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("job.state", "job.progress", "job.metrics", "model.version", "label.revision", "image.added",
-               "image.deleted", "schema.changed", "evaluation")
+               "image.deleted", "schema.changed", "evaluation", "label.sent", "image.released", "image.kept")
 
 
 def _open_state(settings: ServerSettings) -> ServerState:
@@ -118,7 +118,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if state.runner.interrupted_on_start:
             log.warning("marked %d job(s) interrupted (the server stopped while they ran)",
                         len(state.runner.interrupted_on_start))
-        state.background.append(asyncio.create_task(_expire_sessions(state)))
+        releaser = None
+        if getattr(state.store, "ephemeral", False):
+            releaser = EphemeralReleaser(state, asyncio.get_running_loop())
+            state.sessions.on_last_closed = releaser.session_ended
+        state.background.append(asyncio.create_task(_expire_sessions(state, releaser)))
         try:
             yield
         finally:
@@ -166,12 +170,72 @@ def create_app(settings: ServerSettings) -> FastAPI:
     return app
 
 
-async def _expire_sessions(state: ServerState) -> None:
+async def _expire_sessions(state: ServerState, releaser: EphemeralReleaser | None = None) -> None:
     interval = max(1.0, min(30.0, state.sessions.idle_seconds / 4))
     while True:
         await asyncio.sleep(interval)
-        for sid in state.sessions.expire():
+        for sid in state.sessions.expire():  # closing the last session of an image releases it
             log.info("interactive session %s expired", sid)
+        if releaser is not None:
+            try:
+                await releaser.release_idle()
+            except Exception:
+                log.exception("ephemeral: releasing idle images failed")
+
+
+RELEASE_GRACE_SECONDS = 2.0
+
+
+class EphemeralReleaser:
+    """Ephemeral mode (``--ephemeral``): images fetched from the PACS leave the local disk
+
+    * when the **last interactive session** on the image is closed or expires — after a grace of
+      `RELEASE_GRACE_SECONDS`, and only if no new session opened on it meanwhile;
+    * when a fetched image **without a session** is left unused (no fetch, view or save through
+      the API) for the session idle time (``--session-idle``), e.g. viewed or brushed only;
+    * at server stop (`DicomWebDatastore.close`).
+
+    An image holding a label revision that was not sent to the PACS is kept (`DicomWebDatastore.release`
+    answers ``unsent``): event ``image.kept`` names the revisions; it goes once its label is sent
+    and it is idle again, or by ``POST /images/{id}/release?discard_unsent=true``. A release
+    publishes ``image.released`` (with ``why``: session_ended / idle) and drops the in-memory volume.
+    """
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop, grace: float = RELEASE_GRACE_SECONDS) -> None:
+        self.state = state
+        self.loop = loop
+        self.grace = grace
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def session_ended(self, image_id: str) -> None:
+        """`SessionManager.on_last_closed`: from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop has stopped: close() cleans up
+            self.loop.call_soon_threadsafe(self.loop.call_later, self.grace, self._spawn, image_id)
+
+    def _spawn(self, image_id: str) -> None:
+        task = self.loop.create_task(self.release(image_id, "session_ended"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def release(self, image_id: str, why: str) -> Any:
+        store = self.state.store
+        if not store.is_ephemeral_image(image_id) or image_id in self.state.sessions.image_ids():
+            return None
+        try:
+            result = await asyncio.to_thread(store.release, image_id)
+        except Exception:
+            log.exception("ephemeral: releasing %s failed", image_id)
+            return None
+        routes_pacs.publish_release(self.state, result, why)
+        if result.reason == "unsent":
+            store.touch(image_id)  # asked again after the next idle period, not every round
+        return result
+
+    async def release_idle(self) -> None:
+        store = self.state.store
+        busy = self.state.sessions.image_ids()
+        for image_id in await asyncio.to_thread(store.idle_ephemeral, self.state.sessions.idle_seconds, busy):
+            await self.release(image_id, "idle")
 
 
 def _parse_types(types: str | None) -> set[str] | None:

@@ -248,6 +248,9 @@ async def get_volume(image_id: ImageId, state: State, _: Viewer) -> Response:
     Recently fetched files are served from memory (checked against the file on each call; see
     `segloop.server.filecache`): no thread-pool hop, one send."""
     headers = {"Content-Disposition": f'attachment; filename="{image_id}.nii.gz"'}
+    touch = getattr(state.store, "touch", None)  # DICOMweb store: in use, not idle (ephemeral release)
+    if touch is not None:
+        touch(image_id)
     hit = state.volumes.get(image_id)
     if hit is not None:
         return Response(hit.data, media_type=NIFTI, headers=headers)

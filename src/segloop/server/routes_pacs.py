@@ -4,25 +4,28 @@
 GET  /pacs                                          annotator  DICOMweb configuration (url, filters, ephemeral)
 GET  /images/{id}/labels/{rev}/dicom-seg            annotator  the revision as a DICOM SEG (application/dicom)
 POST /images/{id}/labels/{rev}/send                 reviewer   STOW-RS the SEG of a *final* revision to the PACS
-POST /images/{id}/release                           annotator  ephemeral mode: delete the local copy now
+POST /images/{id}/release[?discard_unsent=true]     annotator  ephemeral mode: delete the local copy now
 ```
 
 ``rev`` is a number or ``latest``. The SEG references the source instances through the headers
 the datastore kept at import / fetch time. Errors: no DICOMweb server configured → 409
 ``no_dicomweb``; the image has no DICOM headers (not from DICOM) → 422 ``not_dicom``; a draft
 revision → 409 ``not_final``; the PACS refuses or is unreachable → 502 ``pacs_error`` (naming
-the UIDs). Events: ``label.sent`` (image_id, revision, sop_instance_uid, series_instance_uid,
-url, by) and ``image.released``.
+the UIDs); a release that would delete label revisions not sent to the PACS → 409
+``unsent_labels`` (naming them). Events: ``label.sent`` (image_id, revision, sop_instance_uid,
+series_instance_uid, url, by), ``image.released`` and ``image.kept`` (see
+`segloop.server.app.EphemeralReleaser` for the automatic releases).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -34,6 +37,7 @@ from segloop.server.errors import ApiError
 from segloop.server.state import ServerState, get_state, require
 from segloop.store.errors import ValidationError
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["pacs"])
 
 State = Annotated[ServerState, Depends(get_state)]
@@ -85,6 +89,8 @@ def pacs_info(state: State, _: Viewer) -> dict[str, Any]:
         "url": getattr(source, "url", None),
         "filters": dict(getattr(store, "filters", {}) or {}),
         "ephemeral": bool(getattr(store, "ephemeral", False)),
+        # ephemeral images kept on disk because label revisions of theirs were not sent: id -> revisions
+        "held": store.held() if hasattr(store, "held") else {},
     }
 
 
@@ -117,6 +123,7 @@ async def send_to_pacs(image_id: ImageId, revision: Revision, state: State, prin
             raise ApiError(502, "pacs_error", str(exc)) from exc
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
+        store.mark_sent(image_id, rev.revision)  # an ephemeral release now loses nothing of it
         return {
             "image_id": image_id,
             "revision": rev.revision,
@@ -133,12 +140,45 @@ async def send_to_pacs(image_id: ImageId, revision: Revision, state: State, prin
 
 
 @router.post("/images/{image_id}/release")
-async def release(image_id: ImageId, state: State, _: Viewer) -> dict[str, Any]:
-    """Ephemeral mode: delete the image's local copy (voxels, headers, label revisions) now."""
+async def release(
+    image_id: ImageId,
+    state: State,
+    _: Viewer,
+    discard_unsent: Annotated[
+        bool, Query(description="also delete label revisions that were not sent to the PACS (otherwise: 409)")
+    ] = False,
+) -> dict[str, Any]:
+    """Ephemeral mode: delete the image's local copy (voxels, headers, label revisions) now.
+    A label revision not sent to the PACS is not deleted silently: 409 ``unsent_labels`` naming
+    the revisions, unless ``discard_unsent=true``."""
     store = _dicomweb(state)
     if not store.ephemeral:
         raise ApiError(409, "not_ephemeral", "the server is not in ephemeral mode (--ephemeral)")
     await run_in_threadpool(store.get_image, image_id)
-    await run_in_threadpool(store.release, image_id)
-    state.bus.publish("image.released", {"image_id": image_id})
-    return {"image_id": image_id, "released": True}
+    result = await run_in_threadpool(lambda: store.release(image_id, discard_unsent=discard_unsent))
+    if result.reason == "unsent":
+        revs = ", ".join(map(str, result.unsent_revisions))
+        raise ApiError(
+            409,
+            "unsent_labels",
+            f"label revision(s) {revs} of {image_id!r} were not sent to the PACS; send the final label first, "
+            "or release with discard_unsent=true to delete them",
+            unsent_revisions=list(result.unsent_revisions),
+        )
+    if result.released:
+        state.sessions.close_image(image_id)  # their images are gone (no release is scheduled: none left)
+    publish_release(state, result, "asked")
+    return result.to_dict()
+
+
+def publish_release(state: ServerState, result: Any, why: str) -> None:
+    """Events and memory after `DicomWebDatastore.release` (here, on request, and by the app's releaser)."""
+    data = {**result.to_dict(), "why": why}
+    if result.released:
+        state.volumes.forget(result.image_id)
+        state.bus.publish("image.released", data)
+        log.info("ephemeral: %s released from local disk (%s)", result.image_id, why)
+    elif result.reason == "unsent":
+        state.bus.publish("image.kept", data)
+        log.info("ephemeral: %s kept on disk (%s): revision(s) %s not sent to the PACS",
+                 result.image_id, why, ", ".join(map(str, result.unsent_revisions)))

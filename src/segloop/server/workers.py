@@ -7,12 +7,16 @@ interactive sessions.
 - `PredictorCache`: loaded model versions (LRU), so a click does not reload a checkpoint.
 - `SessionManager`: open interactive sessions (the pre-processed image stays in the session);
   a session unused for ``idle_seconds`` is closed by `expire`, which the app calls periodically.
+  ``on_last_closed(image_id)`` is called when the last open session of an image is closed,
+  however it ends (DELETE, expiry, a deleted image, the MONAI Label surface): the app releases
+  ephemeral images then (`segloop.server.app`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import secrets
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Busy(Exception):
@@ -176,9 +181,12 @@ class SessionEntry:
 
 
 class SessionManager:
-    def __init__(self, idle_seconds: float, max_sessions: int) -> None:
+    def __init__(
+        self, idle_seconds: float, max_sessions: int, on_last_closed: Callable[[str], None] | None = None
+    ) -> None:
         self.idle_seconds = idle_seconds
         self.max_sessions = max_sessions
+        self.on_last_closed = on_last_closed
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionEntry] = {}
 
@@ -208,9 +216,20 @@ class SessionManager:
     def close(self, session_id: str) -> SessionEntry | None:
         with self._lock:
             entry = self._sessions.pop(session_id, None)
+            last = entry is not None and not any(s.image_id == entry.image_id for s in self._sessions.values())
         if entry is not None:
             entry.closed = True
+            if last and self.on_last_closed is not None:
+                try:
+                    self.on_last_closed(entry.image_id)
+                except Exception:  # a failing listener must not make closing a session fail
+                    log.exception("on_last_closed(%s) failed", entry.image_id)
         return entry
+
+    def image_ids(self) -> set[str]:
+        """Images with at least one open session."""
+        with self._lock:
+            return {s.image_id for s in self._sessions.values()}
 
     def close_image(self, image_id: str) -> int:
         with self._lock:

@@ -20,12 +20,17 @@
   exports need their grid and headers.
 * **Label revisions, the label schema, models and jobs** live in the local store only (the
   PACS receives labels as DICOM SEG through "send to PACS").
-* **Ephemeral mode** (``ephemeral=True``, ``segloop serve --ephemeral``): every image fetched
-  from the PACS is deleted from local disk — voxels, headers, the WADO cache *and its label
-  revisions* — when the server stops (`close`), or when `release` is called for it (end of a
-  viewing/inference session). Fetched ids are recorded in ``dicomweb-ephemeral.json`` before
-  the fetch, so a crash is cleaned up at the next start. Labels that must survive are sent to
-  the PACS as SEG first.
+* **Ephemeral mode** (``ephemeral=True``, ``segloop serve --ephemeral``): images fetched from
+  the PACS are deleted from local disk — voxels, headers, the WADO cache entry and their label
+  revisions — by `release` (the server calls it when an image's last interactive session ends,
+  when a fetched image is left unused, and on ``POST /images/{id}/release``) and by `close`
+  (server stop). **A label revision that was not sent to the PACS is never deleted silently**:
+  an image whose latest revision was not sent (`mark_sent`, by "send to PACS") is *kept* —
+  `release` answers ``unsent`` and `close` leaves it on disk, logged — until its label is sent
+  or the release is asked with ``discard_unsent=True``. Fetched ids are recorded in
+  ``dicomweb-ephemeral.json`` before the fetch, so a crash is cleaned up at the next start (by
+  the same rule); sent revisions are recorded in ``dicomweb-sent.json`` until the image is
+  released.
 
 `delete_image` on a fetched series deletes the local copy and its revisions; the series stays
 on the PACS (and in the listing).
@@ -44,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,7 +77,23 @@ log = logging.getLogger(__name__)
 ID_PREFIX = "dw-"
 NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"})
 EPHEMERAL_FILE = "dicomweb-ephemeral.json"
+SENT_FILE = "dicomweb-sent.json"
 _IDENTITY = tuple(tuple(float(v) for v in row) for row in np.eye(4))
+
+
+@dataclass(frozen=True)
+class Release:
+    """What `DicomWebDatastore.release` did: ``reason`` is released, discarded_unsent, unsent
+    (kept: ``unsent_revisions`` were not sent to the PACS), not_fetched or not_ephemeral."""
+
+    image_id: str
+    released: bool
+    reason: str
+    unsent_revisions: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "released": self.released, "reason": self.reason,
+                "unsent_revisions": list(self.unsent_revisions)}
 
 
 def series_image_id(series_uid: str) -> str:
@@ -123,6 +144,11 @@ class DicomWebDatastore:
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._used: dict[str, float] = {}
         self._just_fetched: tuple[str, np.ndarray] | None = None
+        # Ephemeral release vs. label saves: the "unsent?" check and the deletion are one step.
+        self._release_lock = threading.RLock()
+        self._released: dict[str, int | None] = {}  # image id -> its latest revision when released
+        if ephemeral:
+            self.local.secure_delete()  # a released image's rows are zeroed, not just unlinked
         if ephemeral and self._ephemeral_ids():
             self.purge_ephemeral()  # leftovers of a run that did not stop cleanly
             self.local.close()
@@ -160,6 +186,24 @@ class DicomWebDatastore:
         self.local.close()
         if self.ephemeral:
             self._compact()
+
+    def _checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into the database and truncate it, so the old page
+        images of deleted rows do not stay in the WAL file (best effort while readers are busy)."""
+        if not self.local.url.startswith("sqlite:///"):
+            return
+        db = Path(self.local.url.removeprefix("sqlite:///"))
+        try:
+            con = sqlite3.connect(db, timeout=10, isolation_level=None)
+            try:
+                busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            log.warning("ephemeral: could not checkpoint %s (%s)", db, exc)
+            return
+        if busy and busy[0]:
+            log.warning("ephemeral: %s is busy; its write-ahead log is truncated at the next release or at stop", db)
 
     def _compact(self) -> None:
         """Rewrite the SQLite file so deleted rows (patient metadata) do not linger in free
@@ -407,7 +451,14 @@ class DicomWebDatastore:
         return self.local.add_image(volume, name, source, modality)
 
     def delete_image(self, image_id: str) -> None:
-        self.local.delete_image(image_id)
+        with self._release_lock:
+            self.local.delete_image(image_id)
+            self._forget_ephemeral(image_id)  # revision numbers start again at 1: forget what was sent
+            self._released.pop(image_id, None)
+
+    def is_ephemeral_image(self, image_id: str) -> bool:
+        """Fetched from the PACS in ephemeral mode (and not released yet)."""
+        return self.ephemeral and image_id in self._ephemeral_ids()
 
     def attachments_dir(self, image_id: str, kind: str) -> Path:
         if image_id.startswith(ID_PREFIX):
@@ -437,29 +488,138 @@ class DicomWebDatastore:
                 tmp.write_text(json.dumps(ids))
                 os.replace(tmp, self._ephemeral_path())
 
-    def release(self, image_id: str) -> bool:
-        """Ephemeral mode: delete a fetched image (voxels, headers, label revisions) now."""
-        if not self.ephemeral:
-            return False
-        with contextlib.suppress(NotFoundError):
-            self.local.delete_image(image_id)
-        with self._lock:
-            ids = [i for i in self._ephemeral_ids() if i != image_id]
-            self._ephemeral_path().write_text(json.dumps(ids))
-        return True
+    def _sent(self) -> dict[str, list[int]]:
+        try:
+            data = json.loads((self.local.root / SENT_FILE).read_text())
+            return {str(k): [int(r) for r in v] for k, v in data.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
 
-    def purge_ephemeral(self) -> list[str]:
-        """Delete every image fetched in ephemeral mode, and the whole WADO cache."""
-        removed = []
+    def _write_sent(self, sent: dict[str, list[int]]) -> None:
+        path = self.local.root / SENT_FILE
+        if not sent:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sent))
+        os.replace(tmp, path)
+
+    def mark_sent(self, image_id: str, revision: int) -> None:
+        """Record that ``revision`` of the image is on the PACS (as a SEG): its release then loses nothing."""
+        with self._release_lock:
+            sent = self._sent()
+            sent[image_id] = sorted(set(sent.get(image_id, [])) | {int(revision)})
+            self._write_sent(sent)
+
+    def sent_revisions(self, image_id: str) -> list[int]:
+        return self._sent().get(image_id, [])
+
+    def unsent_revisions(self, image_id: str) -> list[int]:
+        """The revisions a release would lose: those after the last one sent to the PACS; none when
+        the latest revision was sent (it carries the earlier ones) or there is no revision."""
+        if not self.is_fetched(image_id):
+            return []
+        revisions = [r.revision for r in self.local.list_revisions(image_id)]
+        if not revisions:
+            return []
+        sent = set(self.sent_revisions(image_id))
+        if max(revisions) in sent:
+            return []
+        last_sent = max(sent, default=0)
+        return sorted(r for r in revisions if r > last_sent)
+
+    def touch(self, image_id: str) -> None:
+        """The image is in use (viewed): `idle_ephemeral` leaves it alone for a while."""
+        if image_id.startswith(ID_PREFIX):
+            self._touch(image_id)
+
+    def release(self, image_id: str, *, discard_unsent: bool = False) -> Release:
+        """Ephemeral mode: delete a fetched image (voxels, headers, WADO cache entry, label
+        revisions) from local disk now — unless a revision would be lost that was not sent to the
+        PACS: then nothing is deleted and the answer says ``unsent`` (``discard_unsent=True``
+        deletes them anyway)."""
+        if not self.ephemeral:
+            return Release(image_id, False, "not_ephemeral")
+        with self._release_lock:
+            try:
+                record = self.local.get_image(image_id)
+            except NotFoundError:
+                self._forget_ephemeral(image_id)
+                return Release(image_id, False, "not_fetched")
+            unsent = self.unsent_revisions(image_id)
+            if unsent and not discard_unsent:
+                return Release(image_id, False, "unsent", tuple(unsent))
+            self.local.delete_image(image_id)
+            self._released[image_id] = record.latest_revision
+            self._forget_ephemeral(image_id)
+            self._used.pop(image_id, None)
+            series_uid = str(record.metadata.get("series_uid") or "")
+            if series_uid:
+                self.source.drop(series_uid)
+        self._checkpoint()
+        log.info("ephemeral: released %s from local disk%s", image_id,
+                 f" (discarded unsent revision(s) {unsent})" if unsent else "")
+        return Release(image_id, True, "discarded_unsent" if unsent else "released", tuple(unsent))
+
+    def _forget_ephemeral(self, image_id: str) -> None:
         with self._lock:
+            ids = self._ephemeral_ids()
+            if image_id in ids:
+                ids.remove(image_id)
+                tmp = self._ephemeral_path().with_suffix(".tmp")
+                tmp.write_text(json.dumps(ids))
+                os.replace(tmp, self._ephemeral_path())
+        with self._release_lock:
+            sent = self._sent()
+            if sent.pop(image_id, None) is not None:
+                self._write_sent(sent)
+
+    def held(self) -> dict[str, list[int]]:
+        """Ephemeral images kept on disk because a label revision of theirs was not sent: id -> revisions."""
+        if not self.ephemeral:
+            return {}
+        out = {}
+        for image_id in self._ephemeral_ids():
+            unsent = self.unsent_revisions(image_id)
+            if unsent:
+                out[image_id] = unsent
+        return out
+
+    def idle_ephemeral(self, idle_seconds: float, busy: Iterable[str] = ()) -> list[str]:
+        """Ephemeral images fetched here, not in ``busy`` (open sessions) and unused for
+        ``idle_seconds`` (the clock starts at the fetch, or now for a leftover of an earlier run)."""
+        if not self.ephemeral:
+            return []
+        now, skip = time.time(), set(busy)
+        out = []
+        for image_id in self._ephemeral_ids():
+            used = self._used.setdefault(image_id, now)
+            if image_id not in skip and now - used > idle_seconds and self.is_fetched(image_id):
+                out.append(image_id)
+        return out
+
+    def purge_ephemeral(self, *, discard_unsent: bool = False) -> list[str]:
+        """Delete every image fetched in ephemeral mode — except those holding a label revision
+        that was not sent to the PACS (kept and logged; ``discard_unsent=True`` deletes them
+        too) — and the whole WADO cache."""
+        removed, kept = [], {}
+        with self._release_lock:  # lock order everywhere: _release_lock, then _lock
             for image_id in self._ephemeral_ids():
-                with contextlib.suppress(NotFoundError):
-                    self.local.delete_image(image_id)
+                result = self.release(image_id, discard_unsent=discard_unsent)
+                if result.released:
                     removed.append(image_id)
-            self._ephemeral_path().unlink(missing_ok=True)
+                elif result.reason == "unsent":
+                    kept[image_id] = list(result.unsent_revisions)
             self.source.clear()
         if removed:
             log.info("ephemeral: deleted %d fetched image(s) from local disk", len(removed))
+        if kept:
+            log.warning(
+                "ephemeral: kept %d fetched image(s) on local disk because label revisions were not sent to "
+                "the PACS (%s); send them (POST /images/ID/labels/N/send) or discard them "
+                "(POST /images/ID/release?discard_unsent=true)",
+                len(kept), "; ".join(f"{i}: revision(s) {', '.join(map(str, r))}" for i, r in kept.items()),
+            )
         return removed
 
     # --- everything else: the local store ------------------------------------------------------
@@ -481,9 +641,18 @@ class DicomWebDatastore:
         base_revision: int | None = None,
     ) -> LabelRevision:
         self.ensure_local(image_id)
-        return self.local.save_label(
-            image_id, label, author=author, source=source, status=status, base_revision=base_revision
-        )
+        with self._release_lock:
+            if not self.is_fetched(image_id):  # released meanwhile: fetch it again
+                self.ensure_local(image_id)
+            released_at = self._released.get(image_id)
+            if base_revision is not None and base_revision == released_at and self.local.get_image(image_id).latest_revision is None:
+                # edited from a revision that was sent to the PACS and then released here
+                base_revision = None
+            rev = self.local.save_label(
+                image_id, label, author=author, source=source, status=status, base_revision=base_revision
+            )
+            self._released.pop(image_id, None)
+            return rev
 
     def list_revisions(self, image_id: str) -> list[LabelRevision]:
         if not self.is_fetched(image_id):
@@ -503,7 +672,8 @@ class DicomWebDatastore:
         return self.local.load_label(image_id, revision)
 
     def mark_final(self, image_id: str, revision: int, *, author: str) -> LabelRevision:
-        return self.local.mark_final(image_id, revision, author=author)
+        with self._release_lock:
+            return self.local.mark_final(image_id, revision, author=author)
 
     def final_labels(self) -> list[LabelRevision]:
         return self.local.final_labels()

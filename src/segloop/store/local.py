@@ -33,7 +33,7 @@ from typing import Any, cast, get_args
 
 import nibabel as nib
 import numpy as np
-from sqlalchemy import CursorResult, Engine, and_, delete, func, select, update
+from sqlalchemy import CursorResult, Engine, and_, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -236,6 +236,23 @@ class LocalDatastore:
 
     def close(self) -> None:
         """Close pooled database connections (the store can still be used; it reconnects)."""
+        self._engine.dispose()
+
+    def secure_delete(self) -> None:
+        """SQLite: from now on deleted rows are overwritten with zeros in the database file
+        (``PRAGMA secure_delete``), so a deleted image's metadata does not linger in free space
+        (ephemeral mode). Pooled connections are closed so every connection gets the setting."""
+        if self._engine.dialect.name != "sqlite":
+            return
+
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cur = dbapi_connection.cursor()
+            try:
+                cur.execute("PRAGMA secure_delete = ON")
+            finally:
+                cur.close()
+
+        event.listen(self._engine, "connect", _on_connect)
         self._engine.dispose()
 
     def __enter__(self) -> LocalDatastore:
