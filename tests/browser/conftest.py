@@ -8,6 +8,7 @@ the playwright package). Missing pieces skip the tier with the command that prov
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -82,18 +83,18 @@ def browser_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-@pytest.fixture(scope="session")
-def server(web_dist: Path, browser_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def web_server(
+    data: Path, dist: Path, log: Path, extra: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`tests.browser.webserver` on a free loopback port (stopped, by its process id, at exit); yields its URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("browser-server") / "server.log"
-    # SEGLOOP_SCORE_SYNC_PASSES=0: a model-based queue is always ranked by a score job (GET /next
-    # answers 202 first), so the tests see the scoring progress in the worklist.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", SEGLOOP_SCORE_SYNC_PASSES="0")
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", **(env or {}))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.browser.webserver", "--data", str(browser_data), "--port", str(port),
-             "--dist", str(web_dist)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tests.browser.webserver", "--data", str(data), "--port", str(port),
+             "--dist", str(dist), *extra],
+            cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -116,6 +117,15 @@ def server(web_dist: Path, browser_data: Path, tmp_path_factory: pytest.TempPath
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(web_dist: Path, browser_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("browser-server") / "server.log"
+    # SEGLOOP_SCORE_SYNC_PASSES=0: a model-based queue is always ranked by a score job (GET /next
+    # answers 202 first), so the tests see the scoring progress in the worklist.
+    with web_server(browser_data, web_dist, log, env={"SEGLOOP_SCORE_SYNC_PASSES": "0"}) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

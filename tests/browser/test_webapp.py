@@ -407,6 +407,7 @@ def test_dicom_seg_export_for_a_dicom_image(app: AppPage, api: httpx.Client) -> 
     if not app.has_feature("dicomSeg"):
         pytest.skip("the server has no DICOM SEG download")
     assert app.page.is_visible("#export-seg")
+    assert app.page.is_hidden("#send-pacs"), "no PACS connected: no Send to PACS button"
     with app.page.expect_download() as dl:
         app.page.click("#export-seg")
     path = dl.value.path()

@@ -8,7 +8,7 @@ export interface Schema { classes: LabelClass[] }
 export interface ImageRecord {
   id: string; name: string; modality: string | null; shape: number[]; spacing: number[];
   label_state: "none" | "draft" | "final"; latest_revision: number | null; latest_author: string | null;
-  created_at: string; source: string;
+  created_at: string; source: string; metadata?: Record<string, unknown>;
 }
 export interface Revision {
   image_id: string; revision: number; parent: number | null; author: string; source: string;
@@ -29,7 +29,7 @@ export interface Evaluation {
   id: string; kind: string; params: Record<string, unknown>; result: Record<string, any>;
   created_at: string; author: string; discrepancy_url: string | null;
 }
-export interface LiveEvent { type: string; seq: number; data: Record<string, any> }
+export interface LiveEvent { type: string; seq: number; time?: string; data: Record<string, any> }
 
 /** An error from the server (or the network) in words a clinician understands. */
 export class ApiError extends Error {
@@ -62,8 +62,10 @@ const PLAIN: Record<string, string> = {
   nothing_to_redo: "There is nothing to redo.",
   invalid_label: "The label could not be used by the model session.",
   not_dicom: "This image was not imported from DICOM, so it cannot be exported as DICOM SEG. Export NIfTI instead.",
-  not_final: "Only final labels can be sent to the PACS.",
-  pacs_error: "The PACS refused the request or cannot be reached.",
+  not_final: "Only final labels can be sent to the PACS. Save the label as final first (reviewer role).",
+  pacs_error: "The PACS did not accept the label, or cannot be reached. Nothing was stored there; try again later, or ask your PACS administrator.",
+  no_dicomweb: "This server is not connected to a PACS.",
+  unsent_labels: "This image holds a label that was not sent to the PACS yet, so its local copy was kept.",
   scoring_failed: "Ranking the images with this model failed a moment ago. Try again in a minute, or choose another queue.",
   strategy_unavailable: "This ranking cannot be used with the chosen model.",
 };

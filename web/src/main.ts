@@ -43,7 +43,10 @@ const S = {
   jobs: [] as Job[],
   lastEval: null as Evaluation | null,
   evaluations: [] as Evaluation[], // of the open image, newest first
-  features: { putLabel: false, redo: false, dicomSeg: false }, // optional server routes, from its OpenAPI schema
+  features: { putLabel: false, redo: false, dicomSeg: false, sendPacs: false }, // optional server routes, from its OpenAPI schema
+  pacs: null as { dicomweb: boolean; url: string | null; ephemeral: boolean } | null, // GET /pacs, when offered
+  sending: false, // a "send to PACS" is on its way
+  sent: new Map<string, { at: string; sop: string }>(), // "image:revision" -> sent from this browser (or seen in the events)
   scoringJob: null as string | null,
   stats: {
     openMs: 0, previewMs: null as number | null, opens: 0, clickServerMs: 0, clickShownMs: 0, clicks: 0, pushMs: 0, pushes: 0,
@@ -377,7 +380,9 @@ async function openImage(id: string, force = false): Promise<void> {
     // the record, the volume and the latest label at once: the first slices come with their label
     const recP = api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`);
     const labelP = recP.then((r) => (r.latest_revision ? fetchLabel(r.id, r.latest_revision) : null));
-    const [rec, vol, mask] = await Promise.all([recP, api.binary("GET", `/images/${encodeURIComponent(id)}/volume`), labelP]);
+    const [listed, vol, mask] = await Promise.all([recP, api.binary("GET", `/images/${encodeURIComponent(id)}/volume`), labelP]);
+    // a PACS series not fetched yet is described by its listing (no shape or spacing): now it is here
+    const rec = listed.metadata?.fetched === false ? await api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`) : listed;
     const raw = await gunzipIfNeeded(vol.data);
     await clearOverlays();
     const shown = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
@@ -436,6 +441,7 @@ async function loadRevisions(): Promise<void> {
   $select("#ev-pred").innerHTML = revOpts + S.models.filter((m) => m.current_version).map((m) => `<option value="model:${esc(m.name)}">model ${esc(m.name)} v${m.current_version}</option>`).join("");
   $select("#ev-ref").innerHTML = `<option value="">latest final revision</option>` + revOpts;
   if (r.items.length > 1) $select("#ev-pred").value = String(r.items[r.items.length - 1].revision);
+  renderSendPacs(); // the shown revision's status decides whether it can go to the PACS
 }
 
 $("#revisions tbody").addEventListener("click", (e) => {
@@ -972,6 +978,7 @@ function renderExport(): void {
   seg.hidden = !S.features.dicomSeg || !isDicom(im);
   seg.disabled = !im?.latest_revision;
   $("#export-note").textContent = note;
+  renderSendPacs();
 }
 
 $("#export-view").addEventListener("click", () => void guard("Export", async () => {
@@ -993,6 +1000,92 @@ $("#export-seg").addEventListener("click", () => void guard("DICOM SEG export", 
   download(new Blob([data], { type: "application/dicom" }), `${im.id}-r${rev}.seg.dcm`);
   document.body.dataset.exported = `dicom-seg:${rev}`;
 }));
+
+// --- send to PACS (servers connected to a DICOMweb server) ----------------------------------------
+
+async function loadPacs(): Promise<void> {
+  S.pacs = null;
+  if (S.features.sendPacs) {
+    try {
+      S.pacs = await api.get<{ dicomweb: boolean; url: string | null; ephemeral: boolean }>("/pacs");
+    } catch {
+      S.pacs = null; // an older or locked-down server: no button
+    }
+  }
+  document.body.dataset.pacs = S.pacs?.dicomweb ? "1" : "0";
+  renderSendPacs();
+}
+
+/** The revision "Send to PACS" would send: the one shown, else the latest. */
+function sendableRevision(): Revision | null {
+  const im = S.image;
+  if (!im?.latest_revision) return null;
+  const n = S.viewRevision ?? im.latest_revision;
+  return S.revisions.find((r) => r.revision === n) ?? null;
+}
+
+/** Shown only with a PACS and a DICOM image; disabled, with the reason in words, when it cannot be used. */
+function renderSendPacs(): void {
+  const btn = $("#send-pacs") as HTMLButtonElement;
+  const status = $("#pacs-status");
+  const im = S.image;
+  const offered = !!S.pacs?.dicomweb && !!im && isDicom(im);
+  btn.hidden = !offered;
+  if (!offered) {
+    btn.disabled = true;
+    status.textContent = "";
+    delete btn.dataset.reason;
+    return;
+  }
+  const rev = sendableRevision();
+  let reason = "";
+  if (!im!.latest_revision) reason = "Save the label as final first: only final labels can be sent to the PACS.";
+  else if (!rev) reason = "Loading the revisions…";
+  else if (rev.status !== "final") reason = `Revision ${rev.revision} is a draft. Only final labels can be sent to the PACS: save it as final first.`;
+  else if (!can("reviewer")) reason = "Sending labels to the PACS needs the reviewer role.";
+  btn.disabled = !!reason || S.sending;
+  btn.textContent = S.sending ? "Sending…" : "Send to PACS";
+  btn.dataset.reason = reason;
+  btn.title = reason || `Store revision ${rev!.revision} in the PACS as a DICOM segmentation, in this image's study`;
+  if (S.sending) return; // the progress line stays until the answer
+  const sent = rev ? S.sent.get(`${im!.id}:${rev.revision}`) : undefined;
+  if (sent) {
+    status.innerHTML = `Revision ${rev!.revision} was sent to the PACS at ${esc(when(sent.at))}. ` +
+      `<details class="inline"><summary>Details</summary><code>${esc(sent.sop)}</code></details>`;
+  } else {
+    status.textContent = reason;
+  }
+}
+
+$("#send-pacs").addEventListener("click", () => void sendToPacs());
+
+async function sendToPacs(): Promise<void> {
+  const im = S.image;
+  const rev = sendableRevision();
+  if (!im || !rev || rev.status !== "final" || S.sending) return;
+  const key = `${im.id}:${rev.revision}`;
+  if (S.sent.has(key) && !window.confirm(`Revision ${rev.revision} was already sent to the PACS. Send it again (the PACS then holds two copies)?`)) return;
+  if (editor.dirty) notify("The PACS receives the saved revision, not your unsaved changes.", "info");
+  S.sending = true;
+  document.body.dataset.sending = "1";
+  renderSendPacs();
+  $("#pacs-status").textContent = `Sending revision ${rev.revision} to the PACS…`;
+  try {
+    await guard("Sending to the PACS", async () => {
+      const r = await api.post<{ revision: number; sop_instance_uid: string; series_instance_uid: string; study_instance_uid: string; url: string }>(
+        `/images/${encodeURIComponent(im.id)}/labels/${rev.revision}/send`);
+      S.sent.set(`${im.id}:${r.revision}`, { at: new Date().toISOString(), sop: r.sop_instance_uid });
+      document.body.dataset.sent = `${r.revision}:${r.sop_instance_uid}`;
+      notify(`Revision ${r.revision} was sent to the PACS. It is stored there as a segmentation in this patient's study.`, "ok",
+        `PACS: ${r.url}\nstudy ${r.study_instance_uid}\nsegmentation series ${r.series_instance_uid}\ninstance ${r.sop_instance_uid}`);
+    });
+  } finally {
+    S.sending = false;
+    delete document.body.dataset.sending;
+    renderSendPacs();
+    if (!S.sent.has(key)) $("#pacs-status").textContent = "Not sent. See the message above for what happened.";
+  }
+}
 
 // --- models ---------------------------------------------------------------------------------------
 
@@ -1316,6 +1409,10 @@ function onEvent(ev: api.LiveEvent): void {
     case "image.deleted":
       soon(loadWorklist);
       break;
+    case "label.sent":
+      S.sent.set(`${d.image_id}:${d.revision}`, { at: ev.time ?? new Date().toISOString(), sop: String(d.sop_instance_uid ?? "") });
+      if (S.image && d.image_id === S.image.id && !S.sending) renderSendPacs();
+      break;
     case "schema.changed":
       S.schema = d as Schema;
       renderClasses();
@@ -1354,6 +1451,7 @@ async function loadFeatures(): Promise<void> {
     S.features.putLabel = has(/^\/api\/v1\/sessions\/\{[^}]+\}\/label$/, "put");
     S.features.redo = has(/^\/api\/v1\/sessions\/\{[^}]+\}\/redo$/, "post");
     S.features.dicomSeg = has(/^\/api\/v1\/images\/\{[^}]+\}\/labels\/\{[^}]+\}\/dicom-seg$/, "get");
+    S.features.sendPacs = has(/^\/api\/v1\/images\/\{[^}]+\}\/labels\/\{[^}]+\}\/send$/, "post") && has(/^\/api\/v1\/pacs$/, "get");
   } catch {
     /* an old or locked-down server: keep the basic behaviour */
   }
@@ -1375,6 +1473,7 @@ async function start(): Promise<void> {
   $select("#strategy").innerHTML = `<option value="">(no ranking)</option>` +
     strategies.available.map((s) => `<option value="${esc(s.name)}" title="${esc(s.description)}">${esc(s.name)}${S.modelStrategies.has(s.name) ? " (model)" : ""}</option>`).join("");
   await loadFeatures();
+  await loadPacs();
   await Promise.all([loadWorklist(), loadModels(), loadArchitectures(), loadJobs()]);
   document.body.dataset.ready = "1";
 }

@@ -98,8 +98,10 @@ export const SHELL = `
       <h3>Revisions</h3>
       <div class="scroll small-table"><table id="revisions" class="grid"><thead><tr><th>Revision</th><th>Author · source</th><th>Time</th><th></th></tr></thead><tbody></tbody></table></div>
       <div class="row"><button id="export-rev" class="small" title="Download the latest saved revision">Export saved (NIfTI)</button><button id="export-view" class="small" title="Download the label as shown, unsaved edits included">Export view (NIfTI)</button>
-        <button id="export-seg" class="small" title="Download the latest saved revision as DICOM SEG (images imported from DICOM)">Export DICOM SEG</button></div>
+        <button id="export-seg" class="small" title="Download the latest saved revision as DICOM SEG (images imported from DICOM)">Export DICOM SEG</button>
+        <button id="send-pacs" class="small" hidden title="Store the shown final revision in the PACS as a DICOM segmentation, in the image's study">Send to PACS</button></div>
       <div id="export-note" class="muted"></div>
+      <div id="pacs-status" class="muted" role="status" aria-live="polite"></div>
     </div>
     <div id="tab-models" class="tab" hidden>
       <h3>Models</h3><div id="models"></div>
