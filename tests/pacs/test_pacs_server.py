@@ -373,6 +373,21 @@ def test_ephemeral_release_when_the_last_session_ends_never_loses_an_unsent_labe
     assert _files_containing(data, needles) == []
 
 
+def test_ephemeral_image_viewed_without_a_session_is_released_when_left_unused(
+    orthanc: OrthancServer, tmp_path: Path, uploaded: dict[str, tuple[str, str]]
+) -> None:
+    data = tmp_path / "data"
+    settings, auth = _settings(orthanc, data, ephemeral=True, session_idle_seconds=2.0)
+    ct_id = series_image_id(uploaded["ct"][1])
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.segloop  # type: ignore[attr-defined]
+        assert client.get(f"/api/v1/images/{ct_id}/volume", headers={"Authorization": auth["reviewer"]}).status_code == 200
+        assert (data / "images" / f"{ct_id}.nii.gz").exists()
+        _wait(lambda: bool(_events(state, "image.released", ct_id)), "the idle release", timeout=30)
+        assert _events(state, "image.released", ct_id)[-1]["why"] == "idle"
+        assert not (data / "images" / f"{ct_id}.nii.gz").exists() and not (data / "attachments" / ct_id).exists()
+
+
 def test_ephemeral_needs_dicomweb(tmp_path: Path) -> None:
     from segloop.server import SettingsError
 
