@@ -17,7 +17,7 @@ import requests
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from segloop.imaging import ImagingError
+from segloop.imaging import ImagingError, Volume
 from segloop.imaging.dicom_seg import read_dicom_seg
 from segloop.server import ServerSettings, create_app
 from segloop.server.app import RELEASE_GRACE_SECONDS
@@ -386,6 +386,11 @@ def test_ephemeral_image_viewed_without_a_session_is_released_when_left_unused(
         _wait(lambda: bool(_events(state, "image.released", ct_id)), "the idle release", timeout=30)
         assert _events(state, "image.released", ct_id)[-1]["why"] == "idle"
         assert not (data / "images" / f"{ct_id}.nii.gz").exists() and not (data / "attachments" / ct_id).exists()
+        # an upload is not a cached copy of the PACS: never released, neither automatically nor on request
+        upload = state.store.add_image(Volume(np.zeros((4, 4, 4), dtype=np.int16), np.eye(4)), "upload", "file:u.nii.gz")
+        refused = client.post(f"/api/v1/images/{upload.id}/release", headers={"Authorization": auth["reviewer"]})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_from_pacs"
+        assert state.store.is_fetched(upload.id)
 
 
 def test_ephemeral_needs_dicomweb(tmp_path: Path) -> None:
@@ -496,7 +501,6 @@ def _series_from_array(array: np.ndarray, template: Path) -> list[pydicom.Datase
 def test_infer_on_a_pacs_series_save_and_send_back(
     orthanc: OrthancServer, tmp_path: Path, dicom_sets: dict[str, Path]
 ) -> None:
-    from segloop.imaging import Volume
     from segloop.ml.predictor import Predictor
     from segloop.ml.training import train
     from tests.unit.al_synthetic import SCHEMA as AL_SCHEMA

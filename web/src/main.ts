@@ -1021,7 +1021,7 @@ function sendableRevision(): Revision | null {
   const im = S.image;
   if (!im?.latest_revision) return null;
   const n = S.viewRevision ?? im.latest_revision;
-  return S.revisions.find((r) => r.revision === n) ?? null;
+  return S.revisions.find((r) => r.image_id === im.id && r.revision === n) ?? null; // not the previous image's list
 }
 
 /** Shown only with a PACS and a DICOM image; disabled, with the reason in words, when it cannot be used. */

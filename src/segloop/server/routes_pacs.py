@@ -156,6 +156,8 @@ async def release(
         raise ApiError(409, "not_ephemeral", "the server is not in ephemeral mode (--ephemeral)")
     await run_in_threadpool(store.get_image, image_id)
     result = await run_in_threadpool(lambda: store.release(image_id, discard_unsent=discard_unsent))
+    if result.reason == "not_from_pacs":
+        raise ApiError(409, "not_from_pacs", f"{image_id!r} was not fetched from the PACS (an upload): delete it instead")
     if result.reason == "unsent":
         revs = ", ".join(map(str, result.unsent_revisions))
         raise ApiError(

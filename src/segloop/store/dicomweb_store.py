@@ -84,7 +84,8 @@ _IDENTITY = tuple(tuple(float(v) for v in row) for row in np.eye(4))
 @dataclass(frozen=True)
 class Release:
     """What `DicomWebDatastore.release` did: ``reason`` is released, discarded_unsent, unsent
-    (kept: ``unsent_revisions`` were not sent to the PACS), not_fetched or not_ephemeral."""
+    (kept: ``unsent_revisions`` were not sent to the PACS), not_fetched, not_from_pacs (a local
+    upload) or not_ephemeral."""
 
     image_id: str
     released: bool
@@ -540,6 +541,8 @@ class DicomWebDatastore:
         deletes them anyway)."""
         if not self.ephemeral:
             return Release(image_id, False, "not_ephemeral")
+        if not image_id.startswith(ID_PREFIX):
+            return Release(image_id, False, "not_from_pacs")  # an upload is the user's, not a cached copy
         with self._release_lock:
             try:
                 record = self.local.get_image(image_id)
