@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="local space for fetched, unlabelled series before the least recently used go (default 2G)")
     p.add_argument("--ephemeral", action="store_true",
                    help="with --dicomweb: delete images fetched from the PACS (and their labels) from local "
-                        "disk when released and when the server stops")
+                        "disk when their last interactive session ends, when left unused, when released and "
+                        "at stop; an image with a label revision not yet sent to the PACS is kept (docs/pacs.md)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--hash-password", action="store_true",
                    help="read a password (prompt or stdin) and print its scrypt hash for the auth file, then exit")
@@ -170,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     auth = "open (loopback only)" if settings.open else "required"
     print(f"segloop {settings.url}/api/v1  data: {settings.data}  auth: {auth}", file=sys.stderr, flush=True)
     if settings.dicomweb_url:
-        mode = " (ephemeral: fetched images are deleted at stop)" if settings.ephemeral else ""
+        mode = " (ephemeral: fetched images leave the disk when their sessions end; unsent labels are kept)" if settings.ephemeral else ""
         print(f"images from DICOMweb {settings.dicomweb_url}{mode}", file=sys.stderr, flush=True)
     uvicorn.run(
         app,
