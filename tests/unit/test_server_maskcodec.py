@@ -46,11 +46,81 @@ def test_incremental_encoding_round_trips(shape: tuple[int, int, int]) -> None:
         assert np.array_equal(np.asarray(img.dataobj), label) and np.allclose(img.affine, affine)
         d = zlib.decompressobj(31)  # one gzip member, nothing after it
         assert d.decompress(out) + d.flush() == raw and d.eof and not d.unused_data
-    slabs = -(-shape[2] // 8)
-    assert encoder.slabs_encoded < 8 * slabs  # later steps re-encoded only what changed
+    blocks = shape[2] * -(-shape[1] // max(1, 8192 // shape[0]))
+    assert encoder.blocks_encoded < 8 * blocks  # later steps re-encoded only what changed
 
 
 def test_encoder_refuses_another_shape() -> None:
     encoder = IncrementalLabelEncoder(np.eye(4), (8, 8, 8))
     with pytest.raises(ValueError, match="shape"):
         encoder.encode(np.zeros((8, 8, 9), np.uint8))
+
+
+def test_since_hint_compares_the_box_only() -> None:
+    shape = (32, 40, 24)
+    rng = np.random.default_rng(1)
+    encoder = IncrementalLabelEncoder(np.eye(4), shape)
+    first = rng.integers(0, 2, shape).astype(np.uint8)
+    encoder.encode(first, tag=1)
+    second = first.copy()
+    box = (slice(3, 11), slice(20, 33), slice(5, 17))
+    second[box] = 2
+    out = encoder.encode(second, tag=2, since=(1, box))
+    assert encoder.full_compares == 0  # (the first mask has nothing to compare with)
+    assert gzip.decompress(out) == gzip.decompress(label_nifti_gz(Volume(second, np.eye(4))))
+    # a hint from another state than the last one encoded is not trusted: the whole mask is compared
+    third = second.copy()
+    third[30, 1, 1] = 3
+    out = encoder.encode(third, tag=4, since=(3, (slice(0, 1), slice(0, 1), slice(0, 1))))
+    assert encoder.full_compares == 1
+    assert gzip.decompress(out) == gzip.decompress(label_nifti_gz(Volume(third, np.eye(4))))
+    # the same mask again: nothing to compare
+    assert encoder.encode(third, tag=4) == out and encoder.full_compares == 1
+
+
+def test_session_masks_over_the_route_encoder() -> None:
+    """The click/undo/redo/upload responses of a session large enough for the incremental
+    encoder (2^20 voxels) decode to the session's mask, comparing only each step's box."""
+    import torch
+
+    from segloop.ml.clicks import Click
+    from segloop.ml.modelspec import ModelSpec
+    from segloop.ml.predictor import Predictor
+    from segloop.server.routes_ml import _session_mask
+    from segloop.server.workers import SessionEntry
+
+    torch.manual_seed(0)
+    spec = ModelSpec.from_config(
+        {
+            "network": {"arch": "unet", "channels": [4, 8], "num_res_units": 0, "dropout": 0.0},
+            "classes": [{"value": 0, "name": "background"}, {"value": 1, "name": "a"}, {"value": 2, "name": "b"}],
+            "image_channels": 1,
+            "patch_size": [16, 16, 16],
+            "spacing": None,
+        }
+    )
+    net = spec.build()
+    net.eval()
+    predictor = Predictor(net, spec, "tiny", 1, torch.device("cpu"))
+    shape = (128, 128, 64)
+    image = Volume(np.random.default_rng(0).normal(size=shape).astype(np.float32), np.diag([0.8, 0.8, 2.0, 1.0]))
+    session = predictor.session(image)
+    entry = SessionEntry("s", "img", "tiny", 1, "me", session)
+    entry.encode(session.prediction.label)
+    _session_mask(entry, session.prediction)
+
+    def check(pred: object) -> None:
+        raw = gzip.decompress(_session_mask(entry, pred))
+        img = nib.Nifti1Image.from_bytes(raw)
+        assert np.array_equal(np.asarray(img.dataobj), np.asarray(pred.label.array))  # type: ignore[attr-defined]
+
+    check(session.add_clicks([Click(1, (10, 20, 30))]))
+    check(session.add_clicks([Click(2, (100, 90, 10)), Click(1, (60, 64, 32))]))
+    check(session.undo())
+    check(session.redo())
+    edited = np.asarray(session.prediction.label.array).copy()
+    edited[70:80, 5:9, 40:60] = 2
+    check(session.set_label(edited))
+    check(session.undo())
+    check(session.prediction)  # the current mask again (GET /sessions/{id}/label)
+    assert entry.encoder.full_compares == 0  # every step compared its box only

@@ -173,3 +173,27 @@ def test_step_predictions_keep_their_probabilities(session: InteractiveSession) 
     assert current is not session._probs
     session.add_clicks([Click(2, (5, 5, 5))])
     assert np.array_equal(current, want[-1])
+
+
+def test_each_step_says_where_it_changed_the_mask(session: InteractiveSession) -> None:
+    """``Prediction.changed``: (the previous state's step, the box the step changed)."""
+    assert session.prediction.changed is None
+    prev = session.prediction
+    edited = mask(session)
+    edited[2:6, 30:36, 2:6] = 2
+    steps = [
+        lambda: session.add_clicks([Click(1, (10, 4, 10))]),
+        lambda: session.add_clicks([Click(2, (3, 35, 15)), Click(1, (15, 20, 4))]),
+        session.undo,
+        session.redo,
+        lambda: session.set_label(edited),
+        session.undo,
+        session.undo,
+    ]
+    for step in steps:
+        pred = step()
+        assert pred.changed is not None and pred.changed[0] == prev.step and pred.step > prev.step
+        outside = np.ones(SHAPE, dtype=bool)
+        outside[pred.changed[1]] = False
+        assert np.array_equal(np.asarray(pred.label.array)[outside], np.asarray(prev.label.array)[outside])
+        prev = pred

@@ -59,6 +59,12 @@ class Prediction:
         seconds: wall time of the call that produced it.
         class_values: class value of each probability channel.
         clicks: the clicks it honours (interactive sessions).
+        step: interactive sessions: which state of the session's mask this is (a number that
+            grows with every step of the session); 0 otherwise.
+        changed: interactive sessions: ``(step, box)`` — this mask differs from the mask of the
+            session's state ``step`` (the one before) only inside ``box`` (slices of image
+            voxels), so an encoder that sent that state can re-encode the box alone; None when
+            there is no previous state.
     """
 
     label: Volume
@@ -68,6 +74,8 @@ class Prediction:
     seconds: float
     class_values: tuple[int, ...] = ()
     clicks: tuple[Click, ...] = field(default_factory=tuple)
+    step: int = 0
+    changed: tuple[int, tuple[slice, ...]] | None = None
 
 
 @dataclass
@@ -278,15 +286,19 @@ class InteractiveSession:
         self._label = predictor.labels_from(self._probs)
         self._probs_lock = threading.Lock()
         self._state = _ProbsState(self)
+        self._mask_step = 0
         self.clicks: list[Click] = []
         # steps: (clicks before/after the step, box, probabilities and labels in the box)
         self._history: list[_Step] = []
         self._redo: list[_Step] = []
         self.prediction = self._snapshot(t0)
 
-    def _snapshot(self, t0: float) -> Prediction:
-        """The current state as a `Prediction`; ``t0``: when the step began (its ``seconds``)."""
+    def _snapshot(self, t0: float, box: tuple[slice, ...] | None = None) -> Prediction:
+        """The current state as a `Prediction`; ``t0``: when the step began (its ``seconds``);
+        ``box``: where the step changed the mask (None: the session's first state)."""
         p = self.predictor
+        previous = self._mask_step
+        self._mask_step += 1
         label = Volume(self._label.copy(), self.image.affine.copy(), {"source": f"model:{p.model}@{p.version}"})
         return _SessionPrediction(
             label,
@@ -296,6 +308,8 @@ class InteractiveSession:
             time.perf_counter() - t0,
             p.class_values,
             tuple(self.clicks),
+            self._mask_step,
+            None if box is None else (previous, box),
         )
 
     def _write_probs(self, box: tuple[slice, ...], old: np.ndarray, values: np.ndarray) -> None:
@@ -377,7 +391,7 @@ class InteractiveSession:
         self._write_probs(box, old_p, merged)
         self._label[box] = p.labels_from(merged)
         self.clicks = all_clicks
-        self.prediction = self._snapshot(t0)
+        self.prediction = self._snapshot(t0, box)
         return self.prediction
 
     def _previous_mask(self, lo_m: Sequence[int], hi_m: Sequence[int]) -> np.ndarray:
@@ -417,8 +431,9 @@ class InteractiveSession:
         t0 = time.perf_counter()
         if not self._history:
             return self.prediction
-        self._redo.append(self._swap(self._history.pop()))
-        self.prediction = self._snapshot(t0)
+        step = self._swap(self._history.pop())
+        self._redo.append(step)
+        self.prediction = self._snapshot(t0, step[1])
         return self.prediction
 
     def redo(self) -> Prediction:
@@ -426,8 +441,9 @@ class InteractiveSession:
         t0 = time.perf_counter()
         if not self._redo:
             return self.prediction
-        self._history.append(self._swap(self._redo.pop()))
-        self.prediction = self._snapshot(t0)
+        step = self._swap(self._redo.pop())
+        self._history.append(step)
+        self.prediction = self._snapshot(t0, step[1])
         return self.prediction
 
     @property
@@ -478,7 +494,7 @@ class InteractiveSession:
         self._write_probs(box, old_p, probs)
         self._label[box][sub] = new
         self.clicks = []
-        self.prediction = self._snapshot(t0)
+        self.prediction = self._snapshot(t0, box)
         return self.prediction
 
     def info(self) -> dict[str, Any]:
