@@ -14,6 +14,11 @@ Measured in one run:
    server app is started in this process (uvicorn in a thread), the in-process call runs on the
    server's own inference worker thread (same priority, same torch thread pool), and the two
    alternate click by click (order swapped every click), so background noise hits both alike.
+   Besides wall time, the process's CPU time per click is reported (all its threads: client,
+   event loop, worker, torch, mask encoding): on a machine shared with other busy processes the
+   wall time of the nice-10 inference worker grows with their load while the server's own
+   additions do not, so the wall-time ratio alone flatters the server; the CPU-time ratio and
+   the fastest samples show the overhead an idle machine would see.
 
 The volume is made of real Task04_Hippocampus crops tiled to 256x256x128; training uses a few
 hippocampus cases with their reference labels (a small network, as in the integration tests).
@@ -23,6 +28,9 @@ Usage::
     .venv/bin/python benchmarks/bench_server.py --out benchmarks/results/server.json
     .venv/bin/python benchmarks/bench_server.py --quick
     .venv/bin/python benchmarks/bench_server.py --only click     # just part 2
+
+With ``--only`` and an existing ``--out`` file, only that part of the file is replaced (it then
+carries its own ``started`` and ``loadavg_at_start``).
 """
 
 from __future__ import annotations
@@ -338,6 +346,7 @@ def latency_phases(c: httpx.Client, server: ServerProc, big_id: str, rounds: int
 def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
     """HTTP click vs the bare in-process call, in one process on one warm predictor (see the
     module docstring)."""
+    import torch
     import uvicorn
 
     from segloop.ml.clicks import Click
@@ -364,41 +373,46 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
             image = state.store.load_image(big_id)
             local = state.pool.submit(predictor.session, image).result()
 
-            def timed_click(click: Click) -> float:
-                t0 = time.perf_counter()
+            def timed_click(click: Click) -> tuple[float, float]:
+                c0, t0 = time.process_time(), time.perf_counter()
                 local.add_clicks([click])
-                return time.perf_counter() - t0
+                return time.perf_counter() - t0, time.process_time() - c0
 
             rng = np.random.default_rng(0)
             points = [[int(rng.integers(16, s - 16)) for s in BIG_SHAPE] for _ in range(clicks + 2)]
             cpu0, t0 = cpu_times(), time.monotonic()
             http_times, server_seconds, local_times = [], [], []
+            http_cpu, local_cpu, sizes = [], [], []
             timing: dict[str, list[float]] = {}
             for n, p in enumerate(points):
                 value = 1 + n % 2
                 click = Click(value, (p[0], p[1], p[2]))
 
-                def http(value: int = value, p: list[int] = p, n: int = n) -> tuple[float, float]:
-                    t0 = time.perf_counter()
+                def http(value: int = value, p: list[int] = p, n: int = n) -> tuple[float, float, float]:
+                    c0, t0 = time.process_time(), time.perf_counter()
                     r = c.post(f"/sessions/{sid}/clicks", json={"clicks": [{"class": value, "points": [p]}]})
-                    dt = time.perf_counter() - t0
+                    dt, dc = time.perf_counter() - t0, time.process_time() - c0
                     assert r.status_code == 200 and len(r.content) > 100, r.text
+                    if n >= 2:
+                        sizes.append(len(r.content))
                     if n >= 2:
                         for part in r.headers.get("server-timing", "").split(","):
                             name, _, dur = part.strip().partition(";dur=")
                             if dur:
                                 timing.setdefault(name, []).append(float(dur))
-                    return dt, float(r.headers["x-segloop-seconds"])
+                    return dt, float(r.headers["x-segloop-seconds"]), dc
 
                 if n % 2:
-                    (dt, ss), dl = http(), state.pool.submit(timed_click, click).result()
+                    (dt, ss, dc), (dl, cl) = http(), state.pool.submit(timed_click, click).result()
                 else:
-                    dl = state.pool.submit(timed_click, click).result()
-                    dt, ss = http()
+                    dl, cl = state.pool.submit(timed_click, click).result()
+                    dt, ss, dc = http()
                 if n >= 2:  # warm-up
                     http_times.append(dt)
                     server_seconds.append(ss)
                     local_times.append(dl)
+                    http_cpu.append(dc)
+                    local_cpu.append(cl)
             others = others_busy(cpu0, time.monotonic() - t0, our_pids(os.getpid()))
             c.delete(f"/sessions/{sid}")
     finally:
@@ -419,6 +433,20 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
         # what HTTP adds on top of the same session call inside the server (parse, encode, transfer)
         "http_minus_server_p50_ms": statistics.median([h - s for h, s in zip(http_times, server_seconds, strict=True)]) * 1e3,
         "n": len(http_times),
+        # the fastest samples (least disturbed by other processes) and their ratio
+        "http_min_ms": min(http_times) * 1e3,
+        "in_process_min_ms": min(local_times) * 1e3,
+        "overhead_ratio_min": min(http_times) / min(local_times) - 1.0,
+        # CPU time of this process per click (all threads), which other processes' load hardly changes
+        "http_cpu_p50_ms": statistics.median(http_cpu) * 1e3,
+        "in_process_cpu_p50_ms": statistics.median(local_cpu) * 1e3,
+        "overhead_ratio_cpu_p50": statistics.median(http_cpu) / statistics.median(local_cpu) - 1.0,
+        "response_bytes_p50": statistics.median(sizes),
+        # torch's intra-op threads here. They were first started by this process's nice-0 main
+        # thread (the set-up training), unlike in `segloop serve`, where the nice-10 inference
+        # worker starts them: on a machine loaded by other processes that server's clicks are
+        # far slower with 2 threads (measured ~300 ms vs ~25 ms with --inference-threads 1)
+        "torch_threads": torch.get_num_threads(),
         # the server's own account of an HTTP click (Server-Timing): waiting for the worker,
         # parsing the clicks, the session call, encoding the mask
         "server_timing_p50_ms": {k: statistics.median(v) for k, v in timing.items()},
@@ -499,12 +527,22 @@ def main() -> int:
               f"in-process p50 {ck['in_process_p50_ms']:.1f} ms  overhead {ck['overhead_ratio_p50'] * 100:+.1f}% "
               f"(paired {ck['paired_overhead_p50_ms']:.1f} ms = {ck['paired_overhead_ratio'] * 100:+.1f}%; "
               f"HTTP minus server-side p50 {ck['http_minus_server_p50_ms']:.1f} ms; n={ck['n']})")
+        print(f"  fastest: HTTP {ck['http_min_ms']:.1f} ms, in-process {ck['in_process_min_ms']:.1f} ms "
+              f"({ck['overhead_ratio_min'] * 100:+.1f}%); CPU time p50: HTTP {ck['http_cpu_p50_ms']:.1f} ms, "
+              f"in-process {ck['in_process_cpu_p50_ms']:.1f} ms ({ck['overhead_ratio_cpu_p50'] * 100:+.1f}%); "
+              f"response {ck['response_bytes_p50'] / 1e6:.2f} MB; load average {ck['loadavg'][0]:.2f}")
         print("  server timing p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in ck["server_timing_p50_ms"].items()))
         for b in ck["other_processes_busy"]:
             print(f"  not ours, busy during the clicks: {b['cpu_share']:.2f} core  {b['cmd'][:80]}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        out = results
+        if args.only != "all" and args.out.exists():
+            # one part re-measured: the other part's figures stay, with their own date and load
+            out = json.loads(args.out.read_text())
+            part = "latency" if args.only == "latency" else "click"
+            out[part] = {**results[part], "started": results["started"], "loadavg_at_start": results["loadavg_at_start"]}
+        args.out.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.out}")
     return 0
 
