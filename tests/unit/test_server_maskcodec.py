@@ -106,8 +106,7 @@ def test_session_masks_over_the_route_encoder() -> None:
     image = Volume(np.random.default_rng(0).normal(size=shape).astype(np.float32), np.diag([0.8, 0.8, 2.0, 1.0]))
     session = predictor.session(image)
     entry = SessionEntry("s", "img", "tiny", 1, "me", session)
-    entry.encode(session.prediction.label)
-    _session_mask(entry, session.prediction)
+    entry.encode_prediction(session.prediction)  # what opening a session does: the first, full encoding
 
     def check(pred: object) -> None:
         raw = gzip.decompress(_session_mask(entry, pred))

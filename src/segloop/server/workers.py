@@ -150,9 +150,14 @@ class SessionEntry:
     closed: bool = False
     encoder: Any = None
 
-    def encode(self, label: Any) -> bytes:
+    def encode(
+        self, label: Any, tag: int | None = None, since: tuple[int, tuple[slice, ...]] | None = None
+    ) -> bytes:
         """The session's mask as gzip NIfTI; large masks through an incremental encoder that
-        re-compresses only the slabs the last step changed (`segloop.server.maskcodec`)."""
+        re-compresses only the blocks the last step changed (`segloop.server.maskcodec`).
+        ``tag``/``since``: the step's hint for that encoder (`IncrementalLabelEncoder.encode`):
+        this mask's step, and ``(previous step, box)`` — when the previous step is the last mask
+        encoded, only ``box`` is compared with it instead of the whole mask."""
         import numpy as np
 
         from segloop.server.maskcodec import INCREMENTAL_MIN_VOXELS, IncrementalLabelEncoder, label_nifti_gz
@@ -162,8 +167,13 @@ class SessionEntry:
             return label_nifti_gz(label)
         if self.encoder is None:
             self.encoder = IncrementalLabelEncoder(label.affine, (data.shape[0], data.shape[1], data.shape[2]))
-        encoded: bytes = self.encoder.encode(data)
+        encoded: bytes = self.encoder.encode(data, tag=tag, since=since)
         return encoded
+
+    def encode_prediction(self, pred: Any) -> bytes:
+        """``encode`` of a session step's mask with the step's own hint (``Prediction.step`` /
+        ``Prediction.changed``)."""
+        return self.encode(pred.label, tag=getattr(pred, "step", None), since=getattr(pred, "changed", None))
 
     def info(self, idle_seconds: float) -> dict[str, Any]:
         details = self.session.info() if hasattr(self.session, "info") else {}
