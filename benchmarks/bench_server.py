@@ -443,9 +443,9 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
         "overhead_ratio_cpu_p50": statistics.median(http_cpu) / statistics.median(local_cpu) - 1.0,
         "response_bytes_p50": statistics.median(sizes),
         # torch's intra-op threads here. They were first started by this process's nice-0 main
-        # thread (the set-up training), unlike in `segloop serve`, where the nice-10 inference
-        # worker starts them: on a machine loaded by other processes that server's clicks are
-        # far slower with 2 threads (measured ~300 ms vs ~25 ms with --inference-threads 1)
+        # thread (the set-up training), unlike in `segloop serve`, where the inference worker
+        # starts them: bench_click_priority.py measures clicks of real serve processes with a
+        # busy neighbour (spinning nice-10 OpenMP threads made them ~11x slower)
         "torch_threads": torch.get_num_threads(),
         # the server's own account of an HTTP click (Server-Timing): waiting for the worker,
         # parsing the clicks, the session call, encoding the mask

@@ -45,3 +45,49 @@ def test_bad_values_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
     with pytest.raises(SettingsError, match="score_sync_passes"):
         settings("--data", str(tmp_path), "--score-sync-passes", "-1").resolve()
+
+
+def test_inference_nice_flag_environment_and_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segloop.server import SettingsError
+
+    monkeypatch.delenv("SEGLOOP_INFERENCE_NICE", raising=False)
+    assert settings("--data", str(tmp_path)).inference_nice == 5
+    assert settings("--data", str(tmp_path), "--inference-nice", "0").inference_nice == 0
+    monkeypatch.setenv("SEGLOOP_INFERENCE_NICE", "5")
+    assert settings("--data", str(tmp_path)).inference_nice == 5
+    assert settings("--data", str(tmp_path), "--inference-nice", "3").inference_nice == 3
+    with pytest.raises(SettingsError, match="inference nice"):
+        settings("--data", str(tmp_path), "--inference-nice", "20").resolve()
+    with pytest.raises(SettingsError, match="inference threads"):
+        settings("--data", str(tmp_path), "--inference-threads", "0").resolve()
+
+
+def test_passive_openmp_is_preferred_unless_the_user_chose() -> None:
+    from segloop.server.settings import prefer_passive_openmp
+
+    env: dict[str, str] = {"PATH": "/bin"}
+    assert prefer_passive_openmp(env) is True and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
+        env = dict(chosen)
+        assert prefer_passive_openmp(env) is False and env == chosen  # left as the user set it
+
+
+def test_inference_pool_threads_run_at_the_configured_nice() -> None:
+    import os
+    import threading
+
+    from segloop.server.workers import WorkerPool
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priorities here")
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice_of_this_thread()
+    for nice in (0, 7):
+        pool = WorkerPool(1, 0, nice=nice)
+        try:
+            assert pool.submit(nice_of_this_thread).result() == max(base, nice)
+        finally:
+            pool.shutdown()

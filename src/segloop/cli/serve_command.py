@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inference-queue", type=int, default=4, metavar="N",
                    help="inference requests that may wait before 429 (default 4)")
     p.add_argument("--inference-threads", type=int, metavar="N", help="torch threads of the server process")
+    p.add_argument("--inference-nice", type=int, metavar="N",
+                   help="nice value of the inference threads (0-19; default 5, or SEGLOOP_INFERENCE_NICE)")
     p.add_argument("--session-idle", type=float, default=900.0, metavar="SECONDS",
                    help="close interactive sessions idle this long (default 900)")
     p.add_argument("--max-sessions", type=int, default=8, metavar="N", help="open interactive sessions (default 8)")
@@ -113,6 +115,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     optional: dict[str, Any] = {}
     if args.job_priority is not None:
         optional["job_idle_class"] = args.job_priority == "idle"
+    if args.inference_nice is not None:
+        optional["inference_nice"] = args.inference_nice
     if args.score_sync_passes is not None:
         optional["score_sync_passes"] = args.score_sync_passes
     return ServerSettings(
@@ -159,6 +163,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data is None:
         raise CommandError("--data DIR is required")
 
+    from segloop.server.settings import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads (see its docstring): clicks stay fast on a busy machine
     import uvicorn
 
     from segloop.server import SettingsError, create_app

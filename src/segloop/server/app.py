@@ -93,7 +93,7 @@ def _open_state(settings: ServerSettings) -> ServerState:
         bus=bus,
         hub=LiveHub(bus),
         auth=Authenticator(settings.auth),
-        pool=WorkerPool(settings.inference_workers, settings.inference_queue),
+        pool=WorkerPool(settings.inference_workers, settings.inference_queue, nice=settings.inference_nice),
         predictors=PredictorCache(store, settings.device),
         sessions=SessionManager(settings.session_idle_seconds, settings.max_sessions),
     )

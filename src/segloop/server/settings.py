@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,27 @@ def _env_int(name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, not {text!r}") from None
+
+
+def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Make OpenMP threads sleep at once when they wait (``OMP_WAIT_POLICY=PASSIVE``) instead of
+    spinning ~3 ms at every barrier (libgomp's default), unless ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` is already set. libgomp reads these when it loads, so this must run before
+    torch is imported (``segloop serve`` calls it first); returns whether it set the policy.
+
+    Why: the inference pool's threads run at nice 10 and torch's OpenMP team started from them
+    inherits it. When other processes keep the cores busy, a spinning low-priority thread burns
+    the CPU share its descheduled partner needs to reach the barrier: a click on 256x256x128 then
+    took 7x the CPU and ~4x the time of a single-threaded one (benchmarks/bench_click_priority.py).
+    Child processes (jobs) inherit the policy; their teams run at nice 10 / SCHED_IDLE as well.
+    """
+    env = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
+        return False
+    if environ is None and "torch" in sys.modules:
+        return False  # too late: libgomp has read the environment
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
 
 
 class SettingsError(ValueError):
@@ -35,6 +58,15 @@ class ServerSettings:
         inference_workers: threads running inference/clicks/evaluations in the server process.
         inference_queue: requests allowed to wait for a worker; beyond that → 429 + Retry-After.
         inference_threads: torch intra-op threads of the server process (None: all cores).
+        inference_nice: nice value of the inference pool's threads (and the torch threads they
+            start), so list and volume requests stay fast during inference. Default 5, or the
+            ``SEGLOOP_INFERENCE_NICE`` environment variable. With other busy processes on the
+            machine (a browser rendering the viewer, training), nice 10 left a click a tenth of a
+            contended core; nice 5 about a quarter, and list/volume latency during back-to-back
+            clicks stayed as at nice 10 (benchmarks/results/click-priority.json). ``segloop serve``
+            also makes OpenMP threads sleep instead of spin when they wait
+            (`prefer_passive_openmp`): spinning low-priority threads starve their partners, a
+            click took ~5x the time and ~7x the CPU.
         session_idle_seconds: an interactive session unused this long is closed.
         max_sessions: open interactive sessions at most; one more → 429.
         job_mode: "process" (each job in a spawned child process) or "thread".
@@ -74,6 +106,7 @@ class ServerSettings:
     inference_workers: int = 1
     inference_queue: int = 4
     inference_threads: int | None = None
+    inference_nice: int = field(default_factory=lambda: _env_int("SEGLOOP_INFERENCE_NICE", 5))
     session_idle_seconds: float = 900.0
     max_sessions: int = 8
     job_mode: str = "process"
@@ -116,6 +149,10 @@ class ServerSettings:
             raise SettingsError("max upload size must be positive")
         if self.inference_workers < 1 or self.inference_queue < 0:
             raise SettingsError("inference workers must be >= 1 and the queue >= 0")
+        if not 0 <= self.inference_nice <= 19:
+            raise SettingsError("inference nice must be between 0 and 19")
+        if self.inference_threads is not None and self.inference_threads < 1:
+            raise SettingsError("inference threads must be >= 1")
         if self.gil_switch_interval is not None and not 1e-6 <= self.gil_switch_interval <= 1.0:
             raise SettingsError("gil_switch_interval must be between 1e-6 and 1 second")
         if self.score_sync_passes < 0:

@@ -39,7 +39,7 @@ class Busy(Exception):
 
 
 class WorkerPool:
-    def __init__(self, workers: int, queue: int, name: str = "segloop-infer", nice: int = 10) -> None:
+    def __init__(self, workers: int, queue: int, name: str = "segloop-infer", nice: int = 5) -> None:
         self.workers = workers
         self.queue = queue
         self.nice = nice
