@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 # tests/conftest.py -> repo root is parents[1]; shared/ sits beside the checkout.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CHROMIUM = Path(os.environ.get("SEGLOOP_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +31,32 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"test data folder {SHARED_DATA} is missing (see ARCHITECTURE.md)")
     return SHARED_DATA
+
+
+# The browser fixtures live here, not in tests/browser, because two tiers use them (tests/browser and
+# tests/pacs): one session-wide Playwright instance for the whole run — a second `sync_playwright()`
+# started while the first is alive fails ("Sync API inside the asyncio loop").
+
+
+@pytest.fixture(scope="session")
+def web_dist() -> Path:
+    dist = ROOT / "web" / "dist"
+    if not (dist / "index.html").is_file():
+        if shutil.which("npm") is None:
+            pytest.skip("web/dist is missing and npm is not installed: run scripts/web.sh build")
+        subprocess.run(["bash", str(ROOT / "scripts" / "web.sh"), "build"], check=True, timeout=900)
+    return dist
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: run scripts/web.sh install-browser")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/web.sh install-browser")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

@@ -22,17 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT  # noqa: F401 (re-exported for the tests)
+
 DATA = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
-CHROMIUM = Path(os.environ.get("SEGLOOP_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_007"]
 VIEWPORT = {"width": 1366, "height": 768}
 
@@ -46,16 +38,6 @@ def _free_port() -> int:
 def _segloop(*args: str) -> None:
     exe = Path(sys.executable).parent / "segloop"
     subprocess.run([str(exe), *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
-
-
-@pytest.fixture(scope="session")
-def web_dist() -> Path:
-    dist = ROOT / "web" / "dist"
-    if not (dist / "index.html").is_file():
-        if shutil.which("npm") is None:
-            pytest.skip("web/dist is missing and npm is not installed: run scripts/web.sh build")
-        subprocess.run(["bash", str(ROOT / "scripts" / "web.sh"), "build"], check=True, timeout=900)
-    return dist
 
 
 @pytest.fixture(scope="session")
@@ -126,20 +108,6 @@ def server(web_dist: Path, browser_data: Path, tmp_path_factory: pytest.TempPath
     # answers 202 first), so the tests see the scoring progress in the worklist.
     with web_server(browser_data, web_dist, log, env={"SEGLOOP_SCORE_SYNC_PASSES": "0"}) as url:
         yield url
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed: run scripts/web.sh install-browser")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is missing: run scripts/web.sh install-browser")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 class AppPage:

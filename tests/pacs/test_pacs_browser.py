@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from segloop.store.dicomweb import DicomWebSource
 from segloop.store.dicomweb_store import series_image_id
-from tests.browser.conftest import VIEWPORT, AppPage, browser, web_dist, web_server  # noqa: F401 (fixtures)
+from tests.browser.conftest import VIEWPORT, AppPage, web_server
 from tests.pacs.orthanc import OrthancServer
 
 pytestmark = pytest.mark.slow
