@@ -82,6 +82,12 @@ def test_refusals(tmp_path: Path, runs: list[Path]) -> None:
     twice = write_run(tmp_path / "twice", 0, [0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.8)
     with pytest.raises(EmulationError, match="same seed"):
         aggregate([runs[0], twice])
+    other_train = write_run(tmp_path / "lr", 4, [0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.8, train={"lr": 1e-3})
+    with pytest.raises(EmulationError, match="train differ"):
+        aggregate([runs[0], other_train])
+    # the number of torch threads changes the speed, not the experiment
+    threads = write_run(tmp_path / "threads", 5, [0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.8, train={"num_threads": 1})
+    assert aggregate([runs[0], threads])["seeds"] == [0, 5]
     with pytest.raises(EmulationError, match="no report.json"):
         aggregate([runs[0], tmp_path / "missing"])
     with pytest.raises(EmulationError, match="nothing to aggregate"):

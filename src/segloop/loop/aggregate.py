@@ -28,6 +28,18 @@ from segloop.loop.emulate import FULL, EmulationError, _write_atomic, _write_jso
 
 # Settings that may differ between the runs being aggregated.
 MAY_DIFFER = {"seed", "out", "device"}
+# Training settings that change how fast a run computes, not what it computes (beyond
+# floating-point summation order, as with ``device``): runs may differ in them.
+TRAIN_MAY_DIFFER = {"num_threads"}
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without the settings that may differ (``train.num_threads`` removed, an empty ``train`` dropped)."""
+    out = {k: v for k, v in cfg.items() if k not in MAY_DIFFER}
+    train = {k: v for k, v in (out.pop("train", None) or {}).items() if k not in TRAIN_MAY_DIFFER}
+    if train:
+        out["train"] = train
+    return out
 
 
 def spread(values: Sequence[float | None]) -> dict[str, Any]:
@@ -66,10 +78,10 @@ def load_reports(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
             reports.append(json.loads(path.read_text()))
         except json.JSONDecodeError as exc:
             raise EmulationError(f"{path}: not valid JSON ({exc})") from exc
-    base = reports[0]["config"]
+    base = _comparable(reports[0]["config"])
     for folder, rep in zip(folders, reports, strict=True):
-        cfg = rep["config"]
-        diff = sorted(k for k in set(base) | set(cfg) if k not in MAY_DIFFER and base.get(k) != cfg.get(k))
+        cfg = _comparable(rep["config"])
+        diff = sorted(k for k in set(base) | set(cfg) if base.get(k) != cfg.get(k))
         if diff:
             raise EmulationError(
                 f"{folder}: its emulation has other settings than {folders[0]} ({', '.join(diff)} differ); "
