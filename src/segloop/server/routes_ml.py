@@ -25,7 +25,7 @@ from segloop.imaging.volume import Volume
 from segloop.jobs.records import JOB_KINDS, JOB_STATES, JobRejected
 from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
-from segloop.server.maskcodec import label_nifti_gz
+from segloop.server.maskcodec import BOX_MEDIA_TYPE, encode_box, format_box, label_nifti_gz
 from segloop.server.routes import (
     NIFTI,
     NIFTI_RESPONSE,
@@ -151,7 +151,9 @@ class InferBody(BaseModel):
     )
 
 
-def _label_response(pred: Any, extra: dict[str, str] | None = None, body: bytes | None = None) -> Response:
+def _label_response(
+    pred: Any, extra: dict[str, str] | None = None, body: bytes | None = None, media_type: str = NIFTI
+) -> Response:
     """The mask of ``pred`` as gzip NIfTI with its model, version, timing and click count;
     ``body``: already encoded bytes (a session's incremental encoder)."""
     headers = {
@@ -161,7 +163,7 @@ def _label_response(pred: Any, extra: dict[str, str] | None = None, body: bytes 
         "X-Segloop-Clicks": str(len(getattr(pred, "clicks", ()) or ())),
     }
     headers.update(extra or {})
-    return Response(label_nifti_gz(pred.label) if body is None else body, media_type=NIFTI, headers=headers)
+    return Response(label_nifti_gz(pred.label) if body is None else body, media_type=media_type, headers=headers)
 
 
 def _session_mask(entry: Any, pred: Any) -> bytes:
@@ -174,6 +176,47 @@ def _session_mask(entry: Any, pred: Any) -> bytes:
 def _session_response(entry: Any, pred: Any) -> Response:
     """A session's mask response, encoded incrementally (only the blocks the step changed)."""
     return _label_response(pred, body=_session_mask(entry, pred))
+
+
+SINCE_DESCRIPTION = (
+    "Opt-in compact response: the session step whose mask the client holds (the `X-Segloop-Step` "
+    "header of an earlier response; 0: none). When the server knows what changed since that step, "
+    f"the response is `{BOX_MEDIA_TYPE}`: only the changed box, as the box's label voxels (uint8, "
+    "x fastest like the NIfTI mask, one gzip member) with headers `X-Segloop-Base-Step` (the step "
+    "the box applies on top of: `since`), `X-Segloop-Step` (the new step) and `X-Segloop-Box: "
+    "x0,x1,y0,y1,z0,z1` (start, stop per image axis; an empty box: nothing changed). Otherwise "
+    "(unknown or stale step, a change of most of the volume) the whole mask comes back as gzip "
+    "NIfTI, with `X-Segloop-Step`. Without `since` the response is the whole mask, as always."
+)
+Since = Annotated[int | None, Query(ge=0, le=2**62, description=SINCE_DESCRIPTION)]
+SESSION_MASK_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            NIFTI: {"schema": {"type": "string", "format": "binary"}},
+            BOX_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+        "description": f"gzip NIfTI-1 (the whole mask), or with `since` the changed box ({BOX_MEDIA_TYPE})",
+    }
+}
+
+
+def _session_reply(entry: Any, pred: Any, since: int | None) -> Response:
+    """The response to a session step: the whole mask (``since`` None: exactly as ever), or the
+    box changed since step ``since`` when the client asked for it and the server knows it."""
+    if since is None:
+        return _session_response(entry, pred)
+    entry.note(pred)
+    step = int(getattr(pred, "step", 0) or 0)
+    data = np.asarray(pred.label.array)
+    box = entry.box_since(since, pred) if data.ndim == 3 and step else None
+    if box is None:
+        response = _session_response(entry, pred)
+    else:
+        response = _label_response(pred, body=encode_box(data, box), media_type=BOX_MEDIA_TYPE)
+        response.headers["X-Segloop-Base-Step"] = str(since)
+        response.headers["X-Segloop-Box"] = format_box(box)
+    response.headers["X-Segloop-Step"] = str(step)
+    return response
 
 
 @router.post("/models/{name}/infer", tags=["models"], response_class=Response, responses=NIFTI_RESPONSE)
@@ -285,10 +328,13 @@ class ClicksBody(BaseModel):
     clicks: list[ClickGroup] = Field(min_length=1, max_length=100)
 
 
-@router.post("/sessions/{session_id}/clicks", tags=["sessions"], response_class=Response, responses=NIFTI_RESPONSE)
-async def add_clicks(session_id: SessionId, body: ClicksBody, state: State, principal: Annotator) -> Response:
+@router.post("/sessions/{session_id}/clicks", tags=["sessions"], response_class=Response, responses=SESSION_MASK_RESPONSE)
+async def add_clicks(
+    session_id: SessionId, body: ClicksBody, state: State, principal: Annotator, since: Since = None
+) -> Response:
     """Add positive (a class) / negative (``background``) clicks; the updated mask comes back as
-    gzip NIfTI. Clicks accumulate; `undo` takes back the last request."""
+    gzip NIfTI (with ``since``: only the box the click changed, see that parameter). Clicks
+    accumulate; `undo` takes back the last request."""
     from segloop.ml.clicks import parse_clicks
 
     entry = _session(state, session_id, principal)
@@ -310,7 +356,7 @@ async def add_clicks(session_id: SessionId, body: ClicksBody, state: State, prin
             except ValueError as exc:
                 raise ApiError(422, "invalid_clicks", str(exc)) from exc
         t_encode = time.perf_counter()
-        response = _session_response(entry, pred)  # on the same worker: no second thread hop
+        response = _session_reply(entry, pred, since)  # on the same worker: no second thread hop
         t_end = time.perf_counter()
         # where the server's time went (browsers show it in the network panel; benchmarks read it)
         response.headers["Server-Timing"] = ", ".join(
@@ -323,14 +369,16 @@ async def add_clicks(session_id: SessionId, body: ClicksBody, state: State, prin
     return await state.pool.run(work)
 
 
-@router.post("/sessions/{session_id}/undo", tags=["sessions"], response_class=Response, responses=NIFTI_RESPONSE)
-async def undo(session_id: SessionId, state: State, principal: Annotator) -> Response:
+@router.post("/sessions/{session_id}/undo", tags=["sessions"], response_class=Response, responses=SESSION_MASK_RESPONSE)
+async def undo(session_id: SessionId, state: State, principal: Annotator, since: Since = None) -> Response:
+    """Take back the last step (clicks or uploaded mask); the mask comes back as gzip NIfTI (with
+    ``since``: only the box that changed, see that parameter)."""
     entry = _session(state, session_id, principal)
 
     def work() -> Response:
         with entry.lock:
             pred = entry.session.undo()
-        return _session_response(entry, pred)
+        return _session_reply(entry, pred, since)
 
     return await state.pool.run(work)
 
@@ -339,11 +387,12 @@ async def undo(session_id: SessionId, state: State, principal: Annotator) -> Res
     "/sessions/{session_id}/redo",
     tags=["sessions"],
     response_class=Response,
-    responses={**NIFTI_RESPONSE, 409: {"description": "nothing to redo"}},
+    responses={**SESSION_MASK_RESPONSE, 409: {"description": "nothing to redo"}},
 )
-async def redo(session_id: SessionId, state: State, principal: Annotator) -> Response:
+async def redo(session_id: SessionId, state: State, principal: Annotator, since: Since = None) -> Response:
     """Re-apply the step (clicks or uploaded mask) the last undo took back; the mask comes back
-    as gzip NIfTI. 409 when there is nothing to redo: a new click or upload clears the redo steps."""
+    as gzip NIfTI (with ``since``: only the box that changed, see that parameter). 409 when there
+    is nothing to redo: a new click or upload clears the redo steps."""
     entry = _session(state, session_id, principal)
 
     def work() -> Any:
@@ -353,7 +402,7 @@ async def redo(session_id: SessionId, state: State, principal: Annotator) -> Res
             if not entry.session.redo_depth:
                 raise ApiError(409, "nothing_to_redo", "nothing to redo in this session")
             pred = entry.session.redo()
-        return _session_response(entry, pred)
+        return _session_reply(entry, pred, since)
 
     return await state.pool.run(work)
 
@@ -409,9 +458,10 @@ async def put_session_label(session_id: SessionId, request: Request, state: Stat
                     raise ApiError(404, "not_found", f"session {session_id!r} was closed")
                 changed = int(np.count_nonzero(data != np.asarray(entry.session.prediction.label.array)))
                 try:
-                    entry.session.set_label(Volume(data, entry.session.image.affine))
+                    pred = entry.session.set_label(Volume(data, entry.session.image.affine))
                 except ValueError as exc:
                     raise ApiError(422, "invalid_label", str(exc)) from exc
+                entry.note(pred)  # a later compact click response may span this step
                 info = entry.info(state.sessions.idle_seconds)
             return {**info, "changed_voxels": changed}
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+STEP_LINKS = 64  # steps of a session whose changed box is remembered (compact click responses)
+BOX_MAX_FRACTION = 0.9  # a change box larger than this share of the volume is sent as the whole mask
 log = logging.getLogger(__name__)
 
 
@@ -149,6 +151,10 @@ class SessionEntry:
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
     encoder: Any = None
+    # step -> (previous step, box the step changed), the last STEP_LINKS steps: which box to send
+    # a client that holds an earlier step (`box_since`)
+    links: OrderedDict[int, tuple[int, tuple[slice, ...]]] = field(default_factory=OrderedDict)
+    _links_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def encode(
         self, label: Any, tag: int | None = None, since: tuple[int, tuple[slice, ...]] | None = None
@@ -172,8 +178,56 @@ class SessionEntry:
 
     def encode_prediction(self, pred: Any) -> bytes:
         """``encode`` of a session step's mask with the step's own hint (``Prediction.step`` /
-        ``Prediction.changed``)."""
-        return self.encode(pred.label, tag=getattr(pred, "step", None), since=getattr(pred, "changed", None))
+        ``Prediction.changed``); when the encoder last encoded an earlier step than the one before
+        (clients of the compact response skip it), the union of the boxes since that step."""
+        self.note(pred)
+        step = getattr(pred, "step", None)
+        since = getattr(pred, "changed", None)
+        last = getattr(self.encoder, "_last_tag", None)
+        if since is not None and step is not None and last is not None and since[0] != last:
+            box = self.box_since(last, pred)
+            since = None if box is None else (last, box)
+        return self.encode(pred.label, tag=step, since=since)
+
+    def note(self, pred: Any) -> None:
+        """Remember which box a step changed (every step of the session should pass here: the
+        routes call it for clicks, undo, redo and uploaded masks)."""
+        changed = getattr(pred, "changed", None)
+        step = getattr(pred, "step", None)
+        if changed is None or step is None:
+            return
+        with self._links_lock:
+            self.links[int(step)] = (int(changed[0]), tuple(changed[1]))
+            self.links.move_to_end(int(step))
+            while len(self.links) > STEP_LINKS:
+                self.links.popitem(last=False)
+
+    def box_since(self, since: int, pred: Any) -> tuple[slice, slice, slice] | None:
+        """The box outside which ``pred``'s mask equals the mask of step ``since`` (empty when
+        ``pred`` is that step); None when unknown (a step not noted, or too old) or when the box
+        would be most of the volume (then the whole mask is the better answer)."""
+        from segloop.server.maskcodec import box_bounds, box_size, box_union
+
+        shape = tuple(pred.label.array.shape)
+        step = int(getattr(pred, "step", 0) or 0)
+        if since == step:
+            return (slice(0, 0), slice(0, 0), slice(0, 0))
+        if since > step or since < 1:
+            return None
+        box = None
+        cur = step
+        while cur != since:
+            with self._links_lock:
+                link = self.links.get(cur)
+            if link is None or link[0] >= cur:
+                return None
+            box = box_union(box, box_bounds(link[1], shape))
+            cur = link[0]
+            if cur < since:
+                return None
+        if box is None or box_size(box) > BOX_MAX_FRACTION * math.prod(shape):
+            return None
+        return box
 
     def info(self, idle_seconds: float) -> dict[str, Any]:
         details = self.session.info() if hasattr(self.session, "info") else {}
