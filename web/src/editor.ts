@@ -15,11 +15,18 @@ type Entry =
   | { kind: "stroke"; idx: Int32Array; before: Int16Array; after: Int16Array } // local, not in a session
   | { kind: "server"; what: "click" | "brush"; group?: ClickGroup }; // a step of the session's history
 
+/**
+ * A session's mask from the server. `box` ([x0, x1, y0, y1, z0, z1], start/stop per axis): the
+ * mask is the editor's current base changed only inside it (a compact response applied in place),
+ * so only the box needs showing again; without it, anything may have changed.
+ */
+export interface ServerMask { mask: Uint8Array; box?: number[] }
+
 export interface SessionBackend {
-  click(group: ClickGroup): Promise<Uint8Array>;
-  undo(): Promise<Uint8Array>;
+  click(group: ClickGroup): Promise<ServerMask>;
+  undo(): Promise<ServerMask>;
   /** Redo the last undone step on the server (`group` is the click, for servers without redo). */
-  redo(group?: ClickGroup): Promise<Uint8Array>;
+  redo(group?: ClickGroup): Promise<ServerMask>;
   /** Replace the session's mask with `mask` (one step of its history); null when unsupported. */
   push: ((mask: Uint8Array) => Promise<void>) | null;
 }
@@ -54,12 +61,31 @@ export class Editor {
     this.onChange();
   }
 
-  /** The server sent a new mask (session prediction): show it with the strokes on top. */
-  setBase(mask: Uint8Array<ArrayBufferLike>): void {
+  /**
+   * The server sent a new mask (session prediction): show it with the strokes on top. `box`:
+   * the mask differs from what is shown (strokes aside) only inside it (see `ServerMask`).
+   */
+  setBase(mask: Uint8Array<ArrayBufferLike>, box?: number[]): void {
     this.base = mask;
     this.baseIsInitial = false;
     const ov = this.overrides;
-    if (this.overrideCount === 0) this.viewer.setLabel(mask);
+    if (box) {
+      const [nx, ny] = this.viewer.dims;
+      const out = this.viewer.labelData();
+      const [x0, x1, y0, y1, z0, z1] = box;
+      for (let z = z0; z < z1; z++) {
+        for (let y = y0; y < y1; y++) {
+          const row = nx * (y + ny * z);
+          for (let i = row + x0; i < row + x1; i++) {
+            const v = ov[i] >= 0 ? ov[i] : mask[i];
+            if (out[i] !== v) {
+              out[i] = v;
+              this.viewer.touch(i);
+            }
+          }
+        }
+      }
+    } else if (this.overrideCount === 0) this.viewer.setLabel(mask);
     else {
       const out = this.viewer.labelData();
       for (let i = 0; i < mask.length; i++) {
@@ -94,11 +120,11 @@ export class Editor {
   // --- clicks and pushed strokes --------------------------------------------------------------
 
   async click(group: ClickGroup, backend: SessionBackend): Promise<void> {
-    const mask = await backend.click(group);
+    const got = await backend.click(group);
     this.undoStack.push({ kind: "server", what: "click", group });
     this.redoStack = [];
     this.dirty = true;
-    this.setBase(mask);
+    this.setBase(got.mask, got.box);
     this.onChange();
   }
 
@@ -258,7 +284,8 @@ export class Editor {
     if (e.kind === "stroke") this.applyOverrides(e.idx, e.before);
     else {
       if (!backend) throw new Error("the interactive session has ended; its steps cannot be undone");
-      this.setBase(await backend.undo());
+      const got = await backend.undo();
+      this.setBase(got.mask, got.box);
     }
     this.undoStack.pop();
     this.redoStack.push(e);
@@ -273,7 +300,8 @@ export class Editor {
     if (e.kind === "stroke") this.applyOverrides(e.idx, e.after);
     else {
       if (!backend) throw new Error("the interactive session has ended; its steps cannot be redone");
-      this.setBase(await backend.redo(e.group));
+      const got = await backend.redo(e.group);
+      this.setBase(got.mask, got.box);
     }
     this.redoStack.pop();
     this.undoStack.push(e);

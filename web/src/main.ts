@@ -4,7 +4,7 @@
 import "./style.css";
 import * as api from "./api";
 import type { Evaluation, ImageRecord, Job, LabelClass, ModelRecord, Revision, Schema } from "./api";
-import { Editor, type ClickGroup, type SessionBackend } from "./editor";
+import { Editor, type ClickGroup, type ServerMask, type SessionBackend } from "./editor";
 import { gunzipIfNeeded, gzip, readLabel, writeLabel } from "./nifti";
 import { $, $input, $select, drawChart, esc, fmt, guard, notify, showError, when, type Series } from "./ui";
 import { OVERLAY_SLOTS, PRESETS, Viewer, type LutEntry, type OverlaySlot, type ViewMode } from "./viewer";
@@ -12,7 +12,12 @@ import { HELP, SHELL } from "./shell";
 
 type Tool = "navigate" | "positive" | "negative" | "brush" | "eraser" | "fill";
 
-interface Session { id: string; model: string; version: number; initial: number | null }
+interface Session {
+  id: string; model: string; version: number; initial: number | null;
+  /** The mask of one step of the session as the server sent it: later responses send only the
+   * box that changed since (`?since=`), applied here in place. */
+  held?: { step: number; mask: Uint8Array };
+}
 
 const S = {
   me: { name: "", role: "annotator" },
@@ -688,15 +693,37 @@ async function pushLabel(s: Session, mask: Uint8Array): Promise<void> {
   await api.request("PUT", `/sessions/${s.id}/label`, form);
 }
 
-let lastCall = { fetchMs: 0, decodeMs: 0, serverMs: NaN };
-async function sessionCall(path: string, body?: unknown): Promise<Uint8Array> {
-  const call = async (s: Session) => {
+const BOX_TYPE = "application/vnd.segloop.label-box";
+let lastCall = { fetchMs: 0, decodeMs: 0, serverMs: NaN, bytes: 0 };
+/**
+ * A session call that returns its mask. It asks for the compact response (`?since=` the step
+ * whose mask it holds): only the box the step(s) changed, written into the held mask in place;
+ * the server answers the whole mask when it cannot (and older servers always do).
+ */
+async function sessionCall(path: string, body?: unknown): Promise<ServerMask> {
+  const call = async (s: Session): Promise<ServerMask> => {
     const t0 = performance.now();
-    const { data, headers } = await api.binary("POST", `/sessions/${s.id}${path}`, body ?? {});
+    const held = s.held;
+    const { data, headers } = await api.binary("POST", `/sessions/${s.id}${path}?since=${held?.step ?? 0}`, body ?? {});
     const t1 = performance.now();
-    const mask = (await readLabel(data)).data;
-    lastCall = { fetchMs: t1 - t0, decodeMs: performance.now() - t1, serverMs: Number(headers.get("X-Segloop-Seconds") ?? NaN) * 1000 };
-    return mask;
+    const step = Number(headers.get("X-Segloop-Step") ?? NaN);
+    let out: ServerMask;
+    if ((headers.get("Content-Type") ?? "").startsWith(BOX_TYPE)) {
+      const box = (headers.get("X-Segloop-Box") ?? "").split(",").map(Number);
+      if (!held || Number(headers.get("X-Segloop-Base-Step")) !== held.step || box.length !== 6 || !Number.isFinite(step)) {
+        throw new Error("The server sent a change of a mask this page does not hold.");
+      }
+      const shown = editor.base === held.mask; // then only the box needs showing again
+      applyBox(held.mask, box, new Uint8Array(await gunzipIfNeeded(data)));
+      held.step = step;
+      out = shown ? { mask: held.mask, box } : { mask: held.mask };
+    } else {
+      const mask = (await readLabel(data)).data;
+      s.held = Number.isFinite(step) ? { step, mask } : undefined;
+      out = { mask };
+    }
+    lastCall = { fetchMs: t1 - t0, decodeMs: performance.now() - t1, serverMs: Number(headers.get("X-Segloop-Seconds") ?? NaN) * 1000, bytes: data.byteLength };
+    return out;
   };
   const s = await ensureSession();
   try {
@@ -708,6 +735,18 @@ async function sessionCall(path: string, body?: unknown): Promise<Uint8Array> {
     notify("The interactive session had expired; it was reopened from the label you see (earlier clicks can no longer be undone).", "info");
     if (S.features.putLabel) editor.forgetHistoryAsBase();
     return await call(await ensureSession());
+  }
+}
+
+/** Write a compact response's voxels (x fastest, the box's own extent) into `mask` (file order). */
+function applyBox(mask: Uint8Array, box: number[], voxels: Uint8Array): void {
+  const [nx, ny] = viewer.dims;
+  const [x0, x1, y0, y1, z0, z1] = box;
+  const w = x1 - x0;
+  if (voxels.length !== w * (y1 - y0) * (z1 - z0)) throw new Error("The server's mask change has the wrong size.");
+  let k = 0;
+  for (let z = z0; z < z1; z++) {
+    for (let y = y0; y < y1; y++, k += w) mask.set(voxels.subarray(k, k + w), x0 + nx * (y + ny * z));
   }
 }
 
@@ -766,6 +805,7 @@ async function placeClick(vox: [number, number, number], positive: boolean): Pro
       decodeMs: Math.round(lastCall.decodeMs),
       applyMs: Math.round(tMask - t0 - lastCall.fetchMs - lastCall.decodeMs),
       shownMs: Math.round(shown - t0),
+      responseBytes: lastCall.bytes, // the compact response: the changed box only
     };
     S.stats.clickServerMs = rec.roundTripMs;
     S.stats.clickShownMs = rec.shownMs;
