@@ -126,3 +126,22 @@ def test_without_since_the_response_is_unchanged(api: httpx.Client) -> None:
         r = api.post(f"/sessions/{sid}/{path}")
         assert r.headers["content-type"] == "application/gzip" and "x-segloop-step" not in r.headers
     api.delete(f"/sessions/{sid}")
+
+
+def test_clicks_see_a_schema_change_at_once(api: httpx.Client) -> None:
+    """Clicks parse class names with a cached schema: a renamed class is known from the next click."""
+    old = api.get("/schema").json()
+    sid = api.post("/sessions", json={"image_id": "hippocampus_006", "model": "m"}).json()["id"]
+    try:
+        names = {c["value"]: c["name"] for c in old["classes"] if c["value"]}
+        first = names[1]
+        assert api.post(f"/sessions/{sid}/clicks", json={"clicks": [{"class": first, "points": [[5, 5, 5]]}]}).status_code == 200
+        renamed = [{**c, "name": f"{c['name']}-renamed"} if c["value"] else c for c in old["classes"]]
+        assert api.put("/schema", json={"classes": renamed}).status_code == 200
+        r = api.post(f"/sessions/{sid}/clicks", json={"clicks": [{"class": first, "points": [[6, 6, 6]]}]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_clicks"
+        r = api.post(f"/sessions/{sid}/clicks", json={"clicks": [{"class": f"{first}-renamed", "points": [[6, 6, 6]]}]})
+        assert r.status_code == 200, r.text
+    finally:
+        api.put("/schema", json={"classes": old["classes"]})
+        api.delete(f"/sessions/{sid}")

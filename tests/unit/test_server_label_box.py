@@ -5,6 +5,7 @@ a box applied to the client's earlier mask gives the new mask; unknown or stale 
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -95,3 +96,25 @@ def test_box_since_sends_whole_volume_changes_whole() -> None:
     pred = _pred(mask, 2, (1, (slice(0, 8), slice(0, 8), slice(0, 8))))
     entry.note(pred)
     assert entry.box_since(1, pred) is None
+
+
+def test_schema_cache_sees_every_schema_change(tmp_path: Path) -> None:
+    from segloop.server.routes_ml import SchemaCache
+    from segloop.store import LabelClass, LabelSchema
+    from segloop.store.local import open_datastore
+
+    store = open_datastore(tmp_path / "store")
+    store.set_schema(LabelSchema((LabelClass(1, "liver", (255, 0, 0)),)))
+    cache = SchemaCache()
+    first = cache.get(store)
+    assert [c.name for c in first.foreground] == ["liver"]
+    assert cache.get(store) is first  # no database change: the cached schema
+    store.set_schema(LabelSchema((LabelClass(1, "tumour", (0, 255, 0)),)))
+    assert [c.name for c in cache.get(store).foreground] == ["tumour"]
+    # a write by another process (here: another connection of this one) is seen too
+    other = open_datastore(tmp_path / "store")
+    other.set_schema(LabelSchema((LabelClass(2, "cyst", (0, 0, 255)),)))
+    assert [c.name for c in cache.get(store).foreground] == ["cyst"]
+    # a store of another folder: its own schema
+    elsewhere = open_datastore(tmp_path / "other")
+    assert [c.name for c in cache.get(elsewhere).foreground] == []

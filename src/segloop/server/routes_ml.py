@@ -7,7 +7,9 @@ full); training, batch inference, model evaluation and scoring run as background
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -328,6 +330,60 @@ class ClicksBody(BaseModel):
     clicks: list[ClickGroup] = Field(min_length=1, max_length=100)
 
 
+class SchemaCache:
+    """The label schema for parsing clicks without a database read per click (~1 ms of a click's
+    "prepare"). On SQLite the cached schema is used only while ``PRAGMA data_version`` of a private
+    connection is unchanged: SQLite changes it whenever any other connection, of this process or
+    another (an import run from the command line), commits, so a schema change is always seen —
+    as is any other write, after which the schema is read again. Other databases: no cache."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._store: Any = None
+        self._con: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self._schema: Any = None
+
+    @staticmethod
+    def _sqlite_path(store: Any) -> str | None:
+        url = getattr(store, "url", None) or getattr(getattr(store, "local", None), "url", None)
+        if not isinstance(url, str) or not url.startswith("sqlite:///") or "?" in url:
+            return None
+        path = url[len("sqlite:///") :]
+        return path if path and path != ":memory:" and Path(path).is_file() else None
+
+    def get(self, store: Any) -> Any:
+        with self._lock:
+            if self._store is not store:
+                if self._con is not None:
+                    self._con.close()
+                self._store, self._con, self._version, self._schema = store, None, None, None
+                path = self._sqlite_path(store)
+                if path is not None:
+                    try:
+                        self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                    except sqlite3.Error:
+                        self._con = None
+            if self._con is None:
+                return store.get_schema()
+            try:
+                version = int(self._con.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error:
+                return store.get_schema()
+            if version == self._version and self._schema is not None:
+                return self._schema
+        # read after taking the version: a commit in between changes the version again, so a
+        # schema read too early is never used past that commit
+        schema = store.get_schema()
+        with self._lock:
+            if self._store is store:
+                self._version, self._schema = version, schema
+        return schema
+
+
+_schemas = SchemaCache()
+
+
 @router.post("/sessions/{session_id}/clicks", tags=["sessions"], response_class=Response, responses=SESSION_MASK_RESPONSE)
 async def add_clicks(
     session_id: SessionId, body: ClicksBody, state: State, principal: Annotator, since: Since = None
@@ -344,7 +400,7 @@ async def add_clicks(
     def work() -> Any:
         t_worker = time.perf_counter()
         try:
-            clicks = parse_clicks(spec, state.store.get_schema(), entry.session.image.shape)
+            clicks = parse_clicks(spec, _schemas.get(state.store), entry.session.image.shape)
         except ValueError as exc:
             raise ApiError(422, "invalid_clicks", str(exc)) from exc
         with entry.lock:
