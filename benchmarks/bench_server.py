@@ -10,10 +10,12 @@ Measured in one run:
    figure taken on a shared machine says so.
 2. One interactive click on the 256x256x128 volume: the HTTP round trip (request → updated mask
    as gzip NIfTI received) versus the bare in-process ``InteractiveSession.add_clicks`` call
-   (target: server overhead ≤ 20%). Both run in *one* process on the *same* warm predictor: the
+   (target: server overhead ≤ 20%), and the compact response (``?since=``: only the box the
+   click changed, applied by the client to the mask it holds, on a second session) as a third
+   variant. All run in *one* process on the *same* warm predictor: the
    server app is started in this process (uvicorn in a thread), the in-process call runs on the
-   server's own inference worker thread (same priority, same torch thread pool), and the two
-   alternate click by click (order swapped every click), so background noise hits both alike.
+   server's own inference worker thread (same priority, same torch thread pool), and the three
+   alternate click by click (order rotated every click), so background noise hits both alike.
    Besides wall time, the process's CPU time per click is reported (all its threads: client,
    event loop, worker, torch, mask encoding): on a machine shared with other busy processes the
    wall time of the nice-10 inference worker grows with their load while the server's own
@@ -343,14 +345,25 @@ def latency_phases(c: httpx.Client, server: ServerProc, big_id: str, rounds: int
     }
 
 
+def server_timing(r: httpx.Response, into: dict[str, list[float]]) -> None:
+    for part in r.headers.get("server-timing", "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            into.setdefault(name, []).append(float(dur))
+
+
 def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
     """HTTP click vs the bare in-process call, in one process on one warm predictor (see the
     module docstring)."""
+    import gzip
+
+    import nibabel as nib
     import torch
     import uvicorn
 
     from segloop.ml.clicks import Click
     from segloop.server import ServerSettings, create_app
+    from segloop.server.maskcodec import BOX_MEDIA_TYPE, apply_box, parse_box
 
     port = free_port()
     app = create_app(ServerSettings(data=data, port=port, job_threads=1, inference_queue=8))
@@ -373,6 +386,12 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
             image = state.store.load_image(big_id)
             local = state.pool.submit(predictor.session, image).result()
 
+            # the compact response (``?since=``: only the box the click changed) on a second
+            # session of the same image and predictor, as the web app asks for it: the client
+            # keeps the mask of the last step it received and writes each box into it
+            sid_box = c.post("/sessions", json={"image_id": big_id, "model": "bench", "version": 1}).json()["id"]
+            held: dict[str, Any] = {"step": 0, "mask": None}
+
             def timed_click(click: Click) -> tuple[float, float]:
                 c0, t0 = time.process_time(), time.perf_counter()
                 local.add_clicks([click])
@@ -383,36 +402,67 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
             cpu0, t0 = cpu_times(), time.monotonic()
             http_times, server_seconds, local_times = [], [], []
             http_cpu, local_cpu, sizes = [], [], []
+            box_times, box_seconds, box_cpu, box_sizes, box_apply = [], [], [], [], []
+            boxes = 0
             timing: dict[str, list[float]] = {}
+            box_timing: dict[str, list[float]] = {}
             for n, p in enumerate(points):
                 value = 1 + n % 2
                 click = Click(value, (p[0], p[1], p[2]))
+                body = {"clicks": [{"class": value, "points": [p]}]}
 
-                def http(value: int = value, p: list[int] = p, n: int = n) -> tuple[float, float, float]:
+                def http(n: int = n, body: dict[str, Any] = body) -> tuple[float, float, float]:
                     c0, t0 = time.process_time(), time.perf_counter()
-                    r = c.post(f"/sessions/{sid}/clicks", json={"clicks": [{"class": value, "points": [p]}]})
+                    r = c.post(f"/sessions/{sid}/clicks", json=body)
                     dt, dc = time.perf_counter() - t0, time.process_time() - c0
                     assert r.status_code == 200 and len(r.content) > 100, r.text
                     if n >= 2:
                         sizes.append(len(r.content))
-                    if n >= 2:
-                        for part in r.headers.get("server-timing", "").split(","):
-                            name, _, dur = part.strip().partition(";dur=")
-                            if dur:
-                                timing.setdefault(name, []).append(float(dur))
+                        server_timing(r, timing)
                     return dt, float(r.headers["x-segloop-seconds"]), dc
 
-                if n % 2:
-                    (dt, ss, dc), (dl, cl) = http(), state.pool.submit(timed_click, click).result()
-                else:
-                    dl, cl = state.pool.submit(timed_click, click).result()
-                    dt, ss, dc = http()
+                def http_box(n: int = n, body: dict[str, Any] = body) -> tuple[float, float, float]:
+                    nonlocal boxes
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    r = c.post(f"/sessions/{sid_box}/clicks", params={"since": held["step"]}, json=body)
+                    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                    assert r.status_code == 200, r.text
+                    a0 = time.perf_counter()
+                    if r.headers["content-type"] == BOX_MEDIA_TYPE:
+                        assert int(r.headers["x-segloop-base-step"]) == held["step"]
+                        apply_box(held["mask"], parse_box(r.headers["x-segloop-box"]), r.content)
+                        boxes += n >= 2
+                    else:
+                        held["mask"] = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(r.content)).dataobj).copy()
+                    held["step"] = int(r.headers["x-segloop-step"])
+                    if n >= 2:
+                        box_apply.append(time.perf_counter() - a0)
+                        box_sizes.append(len(r.content))
+                        server_timing(r, box_timing)
+                    return dt, float(r.headers["x-segloop-seconds"]), dc
+
+                def in_process(click: Click = click) -> tuple[float, float]:
+                    return state.pool.submit(timed_click, click).result()
+
+                # the three alternate, the order rotating click by click
+                got: dict[str, Any] = {}
+                calls = [("http", http), ("box", http_box), ("local", in_process)]
+                for name, fn in calls[n % 3 :] + calls[: n % 3]:
+                    got[name] = fn()
+                (dt, ss, dc), (db, sb, cb), (dl, cl) = got["http"], got["box"], got["local"]
                 if n >= 2:  # warm-up
                     http_times.append(dt)
                     server_seconds.append(ss)
                     local_times.append(dl)
                     http_cpu.append(dc)
                     local_cpu.append(cl)
+                    box_times.append(db)
+                    box_seconds.append(sb)
+                    box_cpu.append(cb)
+            # the boxes rebuilt the whole mask the server holds
+            whole = c.get(f"/sessions/{sid_box}/label").content
+            assert np.array_equal(held["mask"], np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(whole)).dataobj))
+            c.delete(f"/sessions/{sid_box}")
             others = others_busy(cpu0, time.monotonic() - t0, our_pids(os.getpid()))
             c.delete(f"/sessions/{sid}")
     finally:
@@ -420,6 +470,7 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
         thread.join(60)
     http_p50, local_p50 = statistics.median(http_times), statistics.median(local_times)
     paired = [h - loc for h, loc in zip(http_times, local_times, strict=True)]
+    box_paired = [h - loc for h, loc in zip(box_times, local_times, strict=True)]
     return {
         "http_p50_ms": http_p50 * 1e3,
         "http_p95_ms": pct(http_times, 95) * 1e3,
@@ -450,6 +501,25 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
         # the server's own account of an HTTP click (Server-Timing): waiting for the worker,
         # parsing the clicks, the session call, encoding the mask
         "server_timing_p50_ms": {k: statistics.median(v) for k, v in timing.items()},
+        # the compact response (?since=: the changed box only), alternating with the two above
+        "compact": {
+            "http_p50_ms": statistics.median(box_times) * 1e3,
+            "http_p95_ms": pct(box_times, 95) * 1e3,
+            "overhead_ratio_p50": statistics.median(box_times) / local_p50 - 1.0,
+            "paired_overhead_p50_ms": statistics.median(box_paired) * 1e3,
+            "paired_overhead_ratio": statistics.median(box_paired) / local_p50,
+            "http_minus_server_p50_ms": statistics.median([h - s for h, s in zip(box_times, box_seconds, strict=True)]) * 1e3,
+            "http_min_ms": min(box_times) * 1e3,
+            "overhead_ratio_min": min(box_times) / min(local_times) - 1.0,
+            "http_cpu_p50_ms": statistics.median(box_cpu) * 1e3,
+            "overhead_ratio_cpu_p50": statistics.median(box_cpu) / statistics.median(local_cpu) - 1.0,
+            "response_bytes_p50": statistics.median(box_sizes),
+            "box_responses": boxes,
+            # the client writing the box into its mask (not in the times above, as the full
+            # mask's decoding is not in its)
+            "client_apply_p50_ms": statistics.median(box_apply) * 1e3,
+            "server_timing_p50_ms": {k: statistics.median(v) for k, v in box_timing.items()},
+        },
         "loadavg": os.getloadavg(),
         "other_processes_busy": others,
     }
@@ -532,6 +602,14 @@ def main() -> int:
               f"in-process {ck['in_process_cpu_p50_ms']:.1f} ms ({ck['overhead_ratio_cpu_p50'] * 100:+.1f}%); "
               f"response {ck['response_bytes_p50'] / 1e6:.2f} MB; load average {ck['loadavg'][0]:.2f}")
         print("  server timing p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in ck["server_timing_p50_ms"].items()))
+        bx = ck.get("compact")
+        if bx:
+            print(f"  compact (?since=, the changed box): HTTP p50 {bx['http_p50_ms']:.1f} ms p95 {bx['http_p95_ms']:.1f} ms  "
+                  f"overhead {bx['overhead_ratio_p50'] * 100:+.1f}% (full mask {ck['overhead_ratio_p50'] * 100:+.1f}%; "
+                  f"paired {bx['paired_overhead_p50_ms']:.1f} ms = {bx['paired_overhead_ratio'] * 100:+.1f}%; "
+                  f"fastest {bx['overhead_ratio_min'] * 100:+.1f}%; CPU {bx['overhead_ratio_cpu_p50'] * 100:+.1f}%)  "
+                  f"response {bx['response_bytes_p50'] / 1e3:.1f} kB ({bx['box_responses']} of {ck['n']} as boxes)")
+            print("  compact server timing p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in bx["server_timing_p50_ms"].items()))
         for b in ck["other_processes_busy"]:
             print(f"  not ours, busy during the clicks: {b['cpu_share']:.2f} core  {b['cmd'][:80]}")
     if args.out:
