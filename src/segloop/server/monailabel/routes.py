@@ -350,14 +350,18 @@ def info(state: State, _: Viewer) -> dict[str, Any]:
 
 def _implicit_prediction(
     state: ServerState, cs: CompatState, owner: str, key: str | None, predictor: Any,
-    load: Callable[[], Volume], clicks: list[Click], initial: Volume | None,
-) -> Any:
+    load: Callable[[], Volume], clicks: list[Click], initial: Volume | None, encode: bool = False,
+) -> tuple[Any, bytes | None]:
     """The prediction for ``clicks`` (the request's complete click set), reusing the implicit
     session of (owner, key, model version) when its clicks are a subset of these (the image is
-    then not even read: the session holds it, pre-processed)."""
+    then not even read: the session holds it, pre-processed).
+
+    With ``encode``, also the mask as gzip NIfTI (uint8) from the implicit session's incremental
+    encoder — only the blocks this step changed are compressed again, as for native sessions —
+    or None when the prediction has no implicit session (the caller encodes it whole)."""
     if key is None or initial is not None:
         session = predictor.session(load(), initial)
-        return session.add_clicks(clicks)
+        return session.add_clicks(clicks), None
     ck = (owner, key, predictor.model, int(predictor.version))
     with cs.lock:
         sid = cs.implicit.get(ck)
@@ -367,7 +371,8 @@ def _implicit_prediction(
             have = set(entry.session.clicks)
             if have <= set(clicks):
                 new = list(dict.fromkeys(c for c in clicks if c not in have))
-                return entry.session.add_clicks(new) if new else entry.session.prediction
+                pred = entry.session.add_clicks(new) if new else entry.session.prediction
+                return pred, (bytes(entry.encode_prediction(pred)) if encode else None)
         state.sessions.close(entry.id)
     session = predictor.session(load())
     pred = session.add_clicks(list(dict.fromkeys(clicks)))
@@ -379,11 +384,15 @@ def _implicit_prediction(
             with cs.lock:
                 oldest = next(iter(cs.implicit.items()), None)
                 if oldest is None:
-                    return pred  # the manager is full of native sessions: answer without caching
+                    return pred, None  # the manager is full of native sessions: answer without caching
                 cs.implicit.pop(oldest[0], None)
             state.sessions.close(oldest[1])
     else:
-        return pred
+        return pred, None
+    data = None
+    if encode:
+        with new_entry.lock:  # the first, whole encoding: the next clicks re-compress only what they change
+            data = bytes(new_entry.encode_prediction(pred))
     with cs.lock:
         cs.implicit[ck] = new_entry.id
         cs.implicit.move_to_end(ck)
@@ -392,7 +401,7 @@ def _implicit_prediction(
             evict.append(cs.implicit.popitem(last=False)[1])
     for old in evict:
         state.sessions.close(old)
-    return pred
+    return pred, data
 
 
 @route("POST", "/infer/{model}")
@@ -472,9 +481,15 @@ async def infer(
                 initial = load().with_array(arr.astype(np.uint8))
             predictor = state.predictors.get(name)
             t2 = time.perf_counter()
+            # the whole label map as compressed uint8 NIfTI: the implicit session's incremental
+            # encoder can write it (a 256x256x128 mask re-compressed whole costs more than the click)
+            whole_nifti = fmt == (".nii.gz", "uint8", True) and not (interactive and req.label is not None)
+            encoded: bytes | None = None
             try:
                 if req.clicks or initial is not None:
-                    pred = _implicit_prediction(state, cs, principal.name, key, predictor, load, req.clicks, initial)
+                    pred, encoded = _implicit_prediction(
+                        state, cs, principal.name, key, predictor, load, req.clicks, initial, encode=whole_nifti
+                    )
                 else:
                     pred = predictor.predict(load())
             except ValueError as exc:  # a class the model does not know, a channel mismatch...
@@ -485,7 +500,7 @@ async def infer(
             if interactive and req.label is not None:
                 label = label.with_array((np.asarray(label.array) == req.label).astype(np.uint8))
                 names = {schema.by_value(req.label).name: 1}
-            data = convert.encode_label(label, fmt[0], fmt[1], schema, compress=fmt[2])
+            data = encoded if encoded is not None else convert.encode_label(label, fmt[0], fmt[1], schema, compress=fmt[2])
             t4 = time.perf_counter()
             meta = {
                 "label_names": names,
