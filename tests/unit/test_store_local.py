@@ -258,6 +258,23 @@ def test_schema_validation_leaves_schema(store: LocalDatastore, classes: tuple[L
     assert store.get_schema() == SCHEMA
 
 
+def test_schema_cannot_drop_a_class_that_labels_use(store: LocalDatastore) -> None:
+    image = store.add_image(Volume(np.zeros((4, 5, 6), np.float32), np.eye(4)), "img", "test")
+    label = np.zeros((4, 5, 6), np.uint8)
+    label[1, 1, 1] = max(c.value for c in SCHEMA.foreground)
+    store.save_label(image.id, label, author="a")
+    used = SCHEMA.by_value(int(label.max()))
+    others = tuple(c for c in SCHEMA.classes if c.value not in (0, used.value))
+    with pytest.raises(ValidationError, match=rf"drops classes .*'{used.name}' \(value {used.value}, in 1 revision\)"):
+        store.set_schema(LabelSchema(others))
+    assert store.get_schema() == SCHEMA
+    # renaming / recolouring a used class, or dropping an unused one, is fine
+    renamed = LabelSchema((LabelClass(used.value, "renamed", (9, 9, 9)),))
+    store.set_schema(renamed)
+    assert store.get_schema().by_value(used.value).name == "renamed"
+    assert [c.value for c in store.get_schema().classes] == [0, used.value]
+
+
 # --- label revisions ---------------------------------------------------------------------------
 
 

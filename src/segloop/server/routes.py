@@ -155,6 +155,8 @@ def get_schema(state: State, _: Viewer) -> dict[str, Any]:
 
 @router.put("/schema", tags=["schema"])
 def set_schema(body: SchemaBody, state: State, _: Admin) -> dict[str, Any]:
+    """Replace the label schema (admin). Names and colours may change; a class value that saved
+    label revisions contain cannot be removed (422 naming the classes)."""
     for c in body.classes:
         if not all(0 <= v <= 255 for v in c.color):
             raise ApiError(422, "invalid", f"class {c.name!r}: colour components must be 0-255")

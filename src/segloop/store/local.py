@@ -318,9 +318,29 @@ class LocalDatastore:
         return LabelSchema(tuple(classes))
 
     def set_schema(self, schema: LabelSchema) -> None:
-        """Replace the label schema. Value 0 (background) is added when missing."""
+        """Replace the label schema. Value 0 (background) is added when missing.
+
+        Names and colours may change freely; a class value that saved label revisions contain
+        cannot be removed (those revisions would hold values outside the schema): `ValidationError`
+        naming the classes and how many revisions use them, and the schema is left as it was.
+        """
         classes = _validate_schema(schema)
         with self._write() as s:
+            old = {row.value: row.name for row in s.scalars(select(LabelClassRow))}
+            removed = set(old) - {c.value for c in classes} - {0}
+            if removed:
+                used: dict[int, int] = {}
+                for counts in s.scalars(select(LabelRevisionRow.voxel_counts)):
+                    for key, n in (counts or {}).items():
+                        if int(key) in removed and n:
+                            used[int(key)] = used.get(int(key), 0) + 1
+                if used:
+                    listed = ", ".join(f"{old[v]!r} (value {v}, in {n} revision{'s' if n != 1 else ''})"
+                                       for v, n in sorted(used.items()))
+                    raise ValidationError(
+                        f"the new label schema drops classes that saved label revisions use: {listed}; "
+                        "keep them (rename or recolour them instead)"
+                    )
             s.execute(delete(LabelClassRow))
             s.flush()
             for c in classes:
