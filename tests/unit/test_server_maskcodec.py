@@ -123,3 +123,14 @@ def test_session_masks_over_the_route_encoder() -> None:
     check(session.undo())
     check(session.prediction)  # the current mask again (GET /sessions/{id}/label)
     assert entry.encoder.full_compares == 0  # every step compared its box only
+
+
+def test_whole_mask_bytes_do_not_depend_on_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two encodings of one mask are the same bytes (gzip mtime 0), whenever they are made."""
+    from segloop.server.maskcodec import label_nifti_gz
+
+    label = Volume(np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3, np.eye(4))
+    monkeypatch.setattr(gzip.time, "time", lambda: 1_000_000_000.0)  # type: ignore[attr-defined]
+    first = label_nifti_gz(label)
+    monkeypatch.setattr(gzip.time, "time", lambda: 2_000_000_000.0)  # type: ignore[attr-defined]
+    assert label_nifti_gz(label) == first and first[4:8] == b"\x00\x00\x00\x00"

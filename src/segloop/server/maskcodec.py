@@ -74,7 +74,8 @@ def label_nifti_gz(label: Volume) -> bytes:
         if data.size and (data.min() < 0 or data.max() > 255):
             return nifti_bytes(label)
         data = data.astype(np.uint8)
-    return gzip.compress(nifti_header(label.affine, data.shape) + fortran_bytes(data), compresslevel=LEVEL)
+    # mtime 0: the same mask always gives the same bytes (as the incremental encoder writes them)
+    return gzip.compress(nifti_header(label.affine, data.shape) + fortran_bytes(data), compresslevel=LEVEL, mtime=0)
 
 
 def _deflate_block(data: bytes | memoryview) -> bytes:
@@ -363,7 +364,7 @@ def encode_box(label: np.ndarray, box: Box) -> bytes:
     sub = np.asarray(label[box])
     if sub.dtype != np.uint8:
         sub = sub.astype(np.uint8)
-    return gzip.compress(sub.tobytes(order="F"), compresslevel=LEVEL)
+    return gzip.compress(sub.tobytes(order="F"), compresslevel=LEVEL, mtime=0)
 
 
 def apply_box(mask: np.ndarray, box: Box, body: bytes) -> np.ndarray:
