@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,3 +53,24 @@ def open_store(data: Path, must_exist: bool = True) -> Any:
     if must_exist and not (data / "segloop.db").exists():
         raise CommandError(f"{data}: no segloop data folder here (run `segloop import ... --data {data}` first)")
     return open_datastore(data)
+
+
+@contextmanager
+def counting_bar(desc: str, unit: str = "img", disable: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (made on the first call,
+    closed on exit), for the layers' ``progress=`` arguments."""
+    from tqdm import tqdm
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=disable)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from segloop.cli.common import CommandError, add_data_arg, open_store, print_json
+from segloop.cli.common import CommandError, add_data_arg, counting_bar, open_store, print_json
 
 
 def _resolve_image(store: Any, ref: str) -> str:
@@ -192,21 +192,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     store = open_store(args.data)
     ids = [_resolve_image(store, i) for i in args.images] if args.images else None
-    bar: tqdm | None = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=f"evaluating {args.model}", unit="img", file=sys.stderr, leave=False)
-        bar.update(done - bar.n)
-
     try:
-        report = evaluate_model(store, args.model, args.version, ids, progress=progress)
+        with counting_bar(f"evaluating {args.model}") as progress:
+            report = evaluate_model(store, args.model, args.version, ids, progress=progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     classes = report["classes"]

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from tqdm import tqdm
-
-from segloop.cli.common import CommandError, add_data_arg, open_store, print_json
+from segloop.cli.common import CommandError, add_data_arg, counting_bar, open_store, print_json
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -52,23 +49,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         from segloop.ml.predictor import Predictor
 
         predictor = Predictor.load(store, args.model, args.version, device=args.device)
-    bar: tqdm | None = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=f"scoring ({strategy.name})", unit="img", file=sys.stderr,
-                       leave=False, disable=args.json)
-        bar.update(done - bar.n)
-
     try:
-        ranking = rank_pool(store, strategy, predictor=predictor, limit=args.count, diversity=args.diversity,
-                            cache=not args.no_cache, progress=progress)
+        with counting_bar(f"scoring ({strategy.name})", disable=args.json) as progress:
+            ranking = rank_pool(store, strategy, predictor=predictor, limit=args.count, diversity=args.diversity,
+                                cache=not args.no_cache, progress=progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    finally:
-        if bar is not None:
-            bar.close()
     if args.json:
         print_json(ranking.to_dict())
         return 0
