@@ -219,6 +219,11 @@ class IncrementalLabelEncoder:
                 out.append((full, z, np.ascontiguousarray(diff.T), 0, x))
         return out
 
+    @property
+    def last_tag(self) -> int | None:
+        """The ``tag`` of the last mask encoded (None: none, or it was encoded without a tag)."""
+        return self._last_tag
+
     def _shift_for(self, nbytes: int) -> list[int]:
         op = self._shift.get(nbytes)
         if op is None:

@@ -183,7 +183,7 @@ class SessionEntry:
         self.note(pred)
         step = getattr(pred, "step", None)
         since = getattr(pred, "changed", None)
-        last = getattr(self.encoder, "_last_tag", None)
+        last = None if self.encoder is None else self.encoder.last_tag
         if since is not None and step is not None and last is not None and since[0] != last:
             box = self.box_since(last, pred)
             since = None if box is None else (last, box)
