@@ -81,27 +81,12 @@ def test_since_hint_compares_the_box_only() -> None:
 def test_session_masks_over_the_route_encoder() -> None:
     """The click/undo/redo/upload responses of a session large enough for the incremental
     encoder (2^20 voxels) decode to the session's mask, comparing only each step's box."""
-    import torch
-
     from segloop.ml.clicks import Click
-    from segloop.ml.modelspec import ModelSpec
-    from segloop.ml.predictor import Predictor
     from segloop.server.routes_ml import _session_mask
     from segloop.server.workers import SessionEntry
+    from tests.unit.tiny_model import tiny_predictor
 
-    torch.manual_seed(0)
-    spec = ModelSpec.from_config(
-        {
-            "network": {"arch": "unet", "channels": [4, 8], "num_res_units": 0, "dropout": 0.0},
-            "classes": [{"value": 0, "name": "background"}, {"value": 1, "name": "a"}, {"value": 2, "name": "b"}],
-            "image_channels": 1,
-            "patch_size": [16, 16, 16],
-            "spacing": None,
-        }
-    )
-    net = spec.build()
-    net.eval()
-    predictor = Predictor(net, spec, "tiny", 1, torch.device("cpu"))
+    predictor = tiny_predictor()
     shape = (128, 128, 64)
     image = Volume(np.random.default_rng(0).normal(size=shape).astype(np.float32), np.diag([0.8, 0.8, 2.0, 1.0]))
     session = predictor.session(image)

@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from segloop.imaging.volume import Volume
 from segloop.ml.clicks import Click
-from segloop.ml.modelspec import ModelSpec
 from segloop.ml.predictor import InteractiveSession, Predictor
+from tests.unit.tiny_model import tiny_predictor
 
 SHAPE = (20, 40, 20)
 
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    torch.manual_seed(0)
-    spec = ModelSpec.from_config(
-        {
-            "network": {"arch": "unet", "channels": [4, 8], "num_res_units": 0, "dropout": 0.0},
-            "classes": [{"value": 0, "name": "background"}, {"value": 1, "name": "a"}, {"value": 2, "name": "b"}],
-            "image_channels": 1,
-            "patch_size": [16, 16, 16],
-            "spacing": None,
-        }
-    )
-    net = spec.build()
-    net.eval()
-    return Predictor(net, spec, "tiny", 1, torch.device("cpu"))
+    return tiny_predictor()
 
 
 @pytest.fixture()
