@@ -44,7 +44,9 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
 
     def progress(tp: Any) -> None:
         steps = int(tp.steps or 0)
-        fraction = (tp.step / steps) if steps else None
+        fraction = getattr(tp, "fraction", None)  # counts the time limit too
+        if fraction is None:
+            fraction = (tp.step / steps) if steps else None
         detail = _finite(
             {
                 "epoch": tp.epoch,

@@ -164,6 +164,7 @@ class TrainProgress:
     val_dice: dict[str, float] | None
     eta_seconds: float | None
     message: str = ""
+    fraction: float | None = None  # share of the run done: max(step / steps, elapsed / time limit), 0..1
 
 
 ProgressCallback = Callable[[TrainProgress], None]
@@ -598,8 +599,11 @@ def _train(
                 eta = elapsed / step * (total - step)
                 if budget:
                     eta = min(eta, max(0.0, budget - elapsed))
+                done = step / total
+                if budget:
+                    done = max(done, elapsed / budget)
                 report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=losses[-1],
-                       val_dice=last_val, eta_seconds=eta, message="training")
+                       val_dice=last_val, eta_seconds=eta, message="training", fraction=min(1.0, done))
                 if budget and elapsed >= budget:
                     stopped_early = True
                     break
@@ -618,7 +622,8 @@ def _train(
                 elapsed = time.monotonic() - t0
                 report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=entry["loss"],
                        val_dice=last_val, eta_seconds=elapsed / step * (total - step) if not stopped_early else 0.0,
-                       message=f"validation: mean Dice {score:.3f}")
+                       message=f"validation: mean Dice {score:.3f}",
+                       fraction=min(1.0, max(step / total, elapsed / budget if budget else 0.0)))
             history.append(entry)
             if stopped_early:
                 break
@@ -643,7 +648,7 @@ def _train(
         "history": history,
     }
     report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=None, val_dice=best_val,
-           eta_seconds=0.0, message="saving")
+           eta_seconds=0.0, message="saving", fraction=1.0)
     fd, tmp_name = tempfile.mkstemp(prefix=f"{model}-", suffix=".pt", dir=store.staging_dir())
     os.close(fd)
     tmp = Path(tmp_name)
