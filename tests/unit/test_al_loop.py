@@ -45,7 +45,9 @@ def test_round_saves_virtual_user_labels_and_retrains_in_background(setup: dict[
     assert outcome is not None and outcome.error is None and outcome.version == 2
     assert outcome.fine_tuned_from == 1 and outcome.trained_on == 4  # 2 reference + 2 virtual user (not the validation image)
     assert outcome.old_score is not None and outcome.new_score is not None
-    assert outcome.accepted == (outcome.new_score >= outcome.old_score)
+    # one validation image: the default safety gate refuses only a collapse (worse by > 0.05)
+    assert outcome.gate is not None and outcome.gate["rule"] == "safety" and outcome.gate["images"] == 1
+    assert outcome.accepted == (outcome.new_score >= outcome.old_score - 0.05)
     assert store.get_model("seg").current_version == loop.current_version == (2 if outcome.accepted else 1)
     loop.close()
 
@@ -55,7 +57,7 @@ def test_worse_version_is_not_switched_to(setup: dict[str, Any]) -> None:
     user = VirtualAnnotator(setup["refs"], clicks_per_class=1)
     loop = ActiveLearningLoop(
         store, "seg", "random", user, train_config=tiny_train_config(epochs=1), retrain_every=1, auto_train=False,
-        fine_tune=False, validation_ids=[setup["train"][2]], min_improvement=2.0, device="cpu",
+        fine_tune=False, validation_ids=[setup["train"][2]], min_improvement=2.0, gate="strict", device="cpu",
     )
     loop.annotate(setup["pool"][0])
     assert loop.new_labels() == 1 and not loop.training_running
@@ -92,7 +94,7 @@ def test_unchecked_version_never_current_when_train_takes_make_current(
     user = VirtualAnnotator(setup["refs"], clicks_per_class=1)
     loop = ActiveLearningLoop(
         store, "seg", "random", user, train_config=tiny_train_config(epochs=1), retrain_every=1, auto_train=False,
-        validation_ids=[setup["train"][2]], min_improvement=2.0, device="cpu",
+        validation_ids=[setup["train"][2]], min_improvement=2.0, gate="strict", device="cpu",
     )
     loop.annotate(setup["pool"][0])
     assert loop.start_training()

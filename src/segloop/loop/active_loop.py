@@ -5,9 +5,12 @@ annotator. Each saved final label is counted; when ``retrain_every`` (K) final l
 arrived since the last training started, a training (fine-tuning the current version, or from
 scratch) starts in a background thread on a snapshot of the final labels, while annotation
 goes on with the current version. When the training ends, both versions are scored on the
-validation images (``validation_ids``, held out of training; by default the new version's own
-validation split), and the loop switches to the new version only if it is at least
-``min_improvement`` better in mean Dice. Where `segloop.ml.training.train` takes
+validation images (``validation_ids``; by default the new version's own validation split),
+image by image, and `segloop.loop.gate.decide` says whether the new version replaces the current
+one. The default rule (``gate="safety"``) is continuous fine-tuning with the gate as a safety net:
+the new version is refused only when it is clearly worse (its paired 95 % interval below zero and
+worse than a tolerance), so noise on a handful of validation images no longer decides the round;
+``gate="strict"`` is the old rule (at least ``min_improvement`` better in mean Dice). Where `segloop.ml.training.train` takes
 ``make_current=False`` the new version is added without becoming current, so an unchecked
 version is never the store's current one; with an older ``train`` (which makes it current) the
 store's current version is set back to the old one when the new one loses. Only one training runs at a time; labels that arrived during a training start the
@@ -28,7 +31,6 @@ from typing import Any
 from segloop.activelearning.ranking import Ranking, rank_pool
 from segloop.activelearning.strategies import Strategy, get_strategy
 from segloop.loop.annotator import AnnotationTask, Annotator
-from segloop.loop.evaluation import evaluate_pairs
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 
@@ -66,6 +68,7 @@ class TrainingOutcome:
     accepted: bool = False
     new_score: float | None = None
     old_score: float | None = None
+    gate: dict[str, Any] | None = None  # `GateDecision.to_dict()`: rule, images, difference, interval, reason
     seconds: float = 0.0
     error: str | None = None
     started_at: float = field(default_factory=time.time)
@@ -74,7 +77,7 @@ class TrainingOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
             "base_version", "fine_tuned_from", "trained_on", "version", "accepted", "new_score", "old_score",
-            "seconds", "error", "made_current_unchecked",
+            "gate", "seconds", "error", "made_current_unchecked",
         )}
 
 
@@ -95,8 +98,13 @@ class ActiveLearningLoop:
         train_config: `segloop.ml.training.TrainConfig` for each (re)training.
         retrain_every: K, final labels since the last training that start a new one.
         fine_tune: fine-tune the current version (True) or train from scratch (False).
-        validation_ids: images (with final labels) held out of training and used to compare versions.
-        min_improvement: mean-Dice margin the new version needs to become current.
+        validation_ids: images (with final labels) used to compare versions (held out of training
+            unless ``train_on_validation``).
+        min_improvement: mean-Dice margin the new version needs (rules ``strict`` and ``paired``).
+        gate: the version gate's rule, one of `segloop.loop.gate.GATES` (default ``safety``).
+        train_on_validation: also train on the validation images (for a tiny labelled set, where
+            holding images out would leave too few to learn from; the gate is then a safety net
+            against a collapse on images the model has seen, nothing more).
         diversity: diversity weight for `rank_pool`.
         auto_train: start trainings by themselves after saves (False: call `start_training`).
         device: torch device for training and inference (default: CUDA when available).
@@ -116,6 +124,8 @@ class ActiveLearningLoop:
         fine_tune: bool = True,
         validation_ids: Sequence[str] | None = None,
         min_improvement: float = 0.0,
+        gate: str = "safety",
+        train_on_validation: bool = False,
         diversity: float = 0.0,
         auto_train: bool = True,
         device: str | None = None,
@@ -132,6 +142,12 @@ class ActiveLearningLoop:
         self.fine_tune = fine_tune
         self.validation_ids = list(validation_ids or [])
         self.min_improvement = float(min_improvement)
+        from segloop.loop.gate import GATES
+
+        if gate not in GATES:
+            raise ValueError(f"unknown version gate {gate!r}: choose one of {', '.join(GATES)}")
+        self.gate = gate
+        self.train_on_validation = bool(train_on_validation)
         self.diversity = float(diversity)
         self.auto_train = auto_train
         self.device = device
@@ -227,8 +243,9 @@ class ActiveLearningLoop:
     # --- training -------------------------------------------------------------------------------
 
     def training_pairs(self) -> list[tuple[str, int]]:
-        """Final labels to train on: ``(image_id, revision)``, validation images excluded."""
-        held = set(self.validation_ids)
+        """Final labels to train on: ``(image_id, revision)``, validation images excluded (unless
+        ``train_on_validation``)."""
+        held = set() if self.train_on_validation else set(self.validation_ids)
         return [(r.image_id, r.revision) for r in self.store.final_labels() if r.image_id not in held]
 
     def new_labels(self) -> int:
@@ -288,12 +305,14 @@ class ActiveLearningLoop:
             return [(i, finals[i]) for i in self.validation_ids if i in finals]
         return [(str(i), int(r)) for i, r in (new_version.metrics.get("val_images") or [])]
 
-    def _score(self, version: int, pairs: list[tuple[str, int]]) -> float:
+    def _score(self, version: int, pairs: list[tuple[str, int]]) -> list[float]:
+        """Per-image mean Dice of ``version`` on ``pairs`` (automatic segmentation)."""
+        from segloop.loop.gate import per_image_mean_dice
         from segloop.ml.predictor import Predictor
 
         pred = Predictor.load(self.store, self.model, version, device=self.device)
         data = ((self.store.load_image(i), self.store.load_label(i, r).array) for i, r in pairs)
-        return float(evaluate_pairs(pred, data)["mean_dice"])
+        return per_image_mean_dice(pred, data)
 
     def _train(self, outcome: TrainingOutcome, pairs: list[tuple[str, int]]) -> None:
         from segloop.ml.training import train
@@ -313,9 +332,14 @@ class ActiveLearningLoop:
             if old is None or not val:
                 outcome.accepted = True
             else:
-                outcome.old_score = self._score(old, val)
-                outcome.new_score = self._score(new.version, val)
-                outcome.accepted = outcome.new_score >= outcome.old_score + self.min_improvement
+                from segloop.loop.gate import decide
+
+                old_scores = self._score(old, val)
+                new_scores = self._score(new.version, val)
+                decision = decide(new_scores, old_scores, self.gate, min_improvement=self.min_improvement)
+                outcome.old_score, outcome.new_score = decision.old_mean, decision.new_mean
+                outcome.gate = decision.to_dict()
+                outcome.accepted = decision.accepted
             if outcome.accepted:
                 with self._lock:
                     self._version = new.version
