@@ -20,8 +20,12 @@ Recipe (see `TrainConfig` for the knobs):
 6. Loss: soft Dice over the foreground classes + focal loss (gamma 2) with ``class_weights``;
    AdamW; learning rate decays polynomially (power 0.9) over the run, where the run's progress
    is the larger of step/total and elapsed/``max_minutes``.
-7. Validation every ``val_every`` epochs: automatic (click-free) sliding-window prediction of the
-   validation images, Dice per class; the best state (mean Dice) is what gets saved.
+7. Validation every ``val_every`` epochs: automatic (click-free) sliding-window prediction of (at
+   most ``val_max_images`` of) the validation images, Dice per class; the best state (mean Dice)
+   is what gets saved. Validation costs a bounded share of the run: a due validation is skipped
+   while the time spent validating would exceed ``val_budget`` of the time spent so far, and the
+   last epoch always validates (a run of 256x256x160 volumes once spent most of a 15-minute budget
+   validating whole volumes after every 8-step epoch).
 8. Checkpoint: ``torch.save`` to a temporary file in ``store.staging_dir()``, then
    ``store.add_model_version`` (moves it in atomically). Any error or a cancel before that leaves
    the store untouched, so the previous version stays current.
@@ -30,6 +34,7 @@ Recipe (see `TrainConfig` for the knobs):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -44,12 +49,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from segloop.ml import case_cache
 from segloop.ml.clicks import Click
 from segloop.ml.guidance import encode_guidance
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.networks import network_config, size_divisor
-from segloop.ml.preprocess import normalize_intensity, resample, resampled_shape, zoom_factors
+from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.virtual_user import next_click
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
@@ -75,6 +81,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     val_split: float = 0.2
     val_every: int = 1
+    val_budget: float = 0.15  # at most this share of the run's time goes to validation (the last one excepted)
+    val_max_images: int | None = 8  # validate on at most this many of the validation images (a fixed subset)
     patch_size: list[int] | None = None  # None: from the training images' median shape
     spacing: list[float] | None = None  # None: median spacing of the training images
     fg_ratio: float = 0.67
@@ -112,6 +120,12 @@ class TrainConfig:
             bad("weight_decay", "must be >= 0")
         if not (isinstance(self.val_split, (int, float)) and 0 <= self.val_split < 1):
             bad("val_split", "must be in [0, 1)")
+        if not (isinstance(self.val_budget, (int, float)) and 0 < self.val_budget <= 1):
+            bad("val_budget", "must be in (0, 1]")
+        if self.val_max_images is not None and (
+            not isinstance(self.val_max_images, int) or isinstance(self.val_max_images, bool) or self.val_max_images < 1
+        ):
+            bad("val_max_images", "must be a positive integer or null")
         for name in ("fg_ratio", "click_prob"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
@@ -174,6 +188,15 @@ ProgressCallback = Callable[[TrainProgress], None]
 # data
 
 
+@dataclass(frozen=True)
+class _ImageMeta:
+    """Geometry of an image whose pre-processed array is in `segloop.ml.case_cache` (not read again)."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    channels: int
+
+
 @dataclass
 class _Case:
     image_id: str
@@ -209,9 +232,12 @@ def _split(pairs: list[tuple[str, int]], val_split: float, seed: int) -> tuple[l
 
 
 def _prepare_case(
-    image_id: str, revision: int, image: Any, label: Any, spec: ModelSpec, rng: np.random.Generator
+    image_id: str, revision: int, image: Any, label: Any, spec: ModelSpec, rng: np.random.Generator,
+    prepared: np.ndarray | None = None,
 ) -> _Case:
-    arr = normalize_intensity(image.array)
+    """``prepared``: the image already normalised and resampled to the model grid (from the cache)."""
+    # the model's own normalisation (imported models may differ)
+    arr = prepared if prepared is not None else spec.normalize(image.array)
     lab = np.asarray(label.array)
     lut = {v: i for i, v in enumerate(spec.class_values)}
     values = np.unique(lab)
@@ -224,7 +250,8 @@ def _prepare_case(
     factors = zoom_factors(image.spacing, spec.spacing)
     if factors is not None:
         shape = resampled_shape(image.shape, factors)
-        arr = resample(arr, shape, order=1)
+        if prepared is None:
+            arr = resample(arr, shape, order=1)
         idx = resample(idx, shape, order=0)
     fg = []
     for k in range(1, spec.num_classes):
@@ -504,10 +531,17 @@ def _train(
             progress(TrainProgress(**kw))
 
     # Load everything first (bad data fails before any training work).
-    raw = []
-    for image_id, rev in train_pairs + val_pairs:
+    val_used = val_pairs
+    if config.val_max_images is not None and len(val_pairs) > config.val_max_images:
+        keep = np.random.default_rng(config.seed + 1).permutation(len(val_pairs))[: config.val_max_images]
+        val_used = [val_pairs[i] for i in sorted(keep)]
+    raw: list[tuple[str, int, Any, Any]] = []
+    for image_id, rev in train_pairs + val_used:
         check_cancel()
-        raw.append((image_id, rev, store.load_image(image_id), store.load_label(image_id, rev)))
+        record = store.get_image(image_id)
+        cached = case_cache.IMAGES.has_prefix((str(store.staging_dir()), image_id, str(record.created_at)))
+        image: Any = _ImageMeta(record.shape, record.spacing, record.channels) if cached else store.load_image(image_id)
+        raw.append((image_id, rev, image, store.load_label(image_id, rev)))
     channels = {v.channels for _, _, v, _ in raw}
     if len(channels) != 1:
         raise ValueError(f"training images have different channel counts: {sorted(channels)}")
@@ -540,7 +574,18 @@ def _train(
     if config.class_weights is not None and len(config.class_weights) != spec.num_classes:
         raise ValueError(f"class_weights has {len(config.class_weights)} entries, the model has {spec.num_classes} classes")
 
-    cases = [_prepare_case(i, r, img, lab, spec, rng) for i, r, img, lab in raw]
+    cases = []
+    norm_key = json.dumps(spec.to_config().get("intensity"), sort_keys=True, default=str)  # imported models normalise their own way
+    for i, r, img, lab in raw:
+        record = store.get_image(i)
+        key = (str(store.staging_dir()), i, str(record.created_at), tuple(float(x) for x in spec.spacing) if spec.spacing is not None else None, norm_key)
+        prepared = case_cache.IMAGES.get(key)
+        if prepared is None and isinstance(img, _ImageMeta):  # evicted or another spacing: read it after all
+            img = store.load_image(i)
+        case = _prepare_case(i, r, img, lab, spec, rng, prepared)
+        if prepared is None:
+            case_cache.IMAGES.put(key, case.image)
+        cases.append(case)
     del raw
     train_cases, val_cases = cases[: len(train_pairs)], cases[len(train_pairs) :]
 
@@ -563,6 +608,8 @@ def _train(
     step = 0
     epoch = 0
     stopped_early = False
+    val_seconds = 0.0  # time spent validating so far
+    val_runs = 0
     net.train()
     try:
         for epoch in range(1, config.epochs + 1):
@@ -576,7 +623,7 @@ def _train(
                 for g in opt.param_groups:
                     g["lr"] = config.lr * max(0.0, 1.0 - frac) ** 0.9
                 imgs, labs = _sample_batch(train_cases, config, spec.patch_size, rng)
-                if rng.random() < config.click_prob:
+                if spec.interactive and rng.random() < config.click_prob:  # automatic-only: no guidance
                     guidance = _simulate_clicks(net, imgs, labs, spec, config, dev, rng)
                 else:
                     guidance = np.zeros((imgs.shape[0], spec.extra_channels, *imgs.shape[2:]), dtype=np.float32)
@@ -608,9 +655,18 @@ def _train(
                     stopped_early = True
                     break
             entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None}
-            if val_cases and (epoch % config.val_every == 0 or epoch == config.epochs or stopped_early):
+            last_epoch = epoch == config.epochs or stopped_early
+            due = val_cases and (epoch % config.val_every == 0 or last_epoch)
+            if due and not last_epoch and val_seconds > 0:
+                # bounded share: skip while validating again would exceed val_budget of the time so far
+                spent = time.monotonic() - t0
+                due = (val_seconds + val_seconds / val_runs) <= config.val_budget * (spent + val_seconds / val_runs)
+            if due:
                 check_cancel()
+                tv = time.monotonic()
                 last_val = _validate(net, val_cases, spec, dev)
+                val_seconds += time.monotonic() - tv
+                val_runs += 1
                 score = float(np.mean(list(last_val.values())))
                 entry["val_dice"] = last_val
                 if writer is not None:
@@ -645,6 +701,9 @@ def _train(
         "stopped_at_time_budget": stopped_early,
         "train_images": len(train_cases),
         "val_images": [list(p) for p in val_pairs],
+        "validated_on": [[c.image_id, c.revision] for c in val_cases],
+        "validations": val_runs,
+        "validation_seconds": round(val_seconds, 1),
         "history": history,
     }
     report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=None, val_dice=best_val,
