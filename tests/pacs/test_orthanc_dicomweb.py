@@ -16,9 +16,10 @@ import pydicom
 import pytest
 import requests
 
-from segloop.imaging import ImagingError, read_dicom_series
+from segloop.imaging import read_dicom_series
 from segloop.imaging.dicom_seg import read_dicom_seg
 from segloop.store.dicomweb import DicomWebSource
+from segloop.store.dicomweb_http import PacsError
 from segloop.store.local import LocalDatastore, open_datastore
 from segloop.store.records import LabelClass, LabelSchema
 from segloop.store.seg_import import export_dicom_seg, import_dicom_seg
@@ -43,8 +44,9 @@ def store(tmp_path: Path) -> Iterator[LocalDatastore]:
 def test_authentication_is_required(orthanc: OrthancServer, tmp_path: Path) -> None:
     assert requests.get(f"{orthanc.dicomweb_url}/series", timeout=10).status_code == 401
     anonymous = DicomWebSource(orthanc.dicomweb_url, tmp_path / "c")
-    with pytest.raises(ImagingError, match="QIDO-RS series search failed"):
+    with pytest.raises(PacsError, match="QIDO-RS series search failed: the PACS refused segloop's credentials") as err:
         anonymous.list_series()
+    assert (err.value.status, err.value.code, err.value.http_status) == (502, "pacs_auth", 401)
 
 
 def test_qido_lists_and_filters_series(source: DicomWebSource, uploaded: dict[str, tuple[str, str]]) -> None:
@@ -92,7 +94,7 @@ def test_series_that_is_not_there_names_uids(
     source: DicomWebSource, uploaded: dict[str, tuple[str, str]]
 ) -> None:
     study = uploaded["ct"][0]
-    with pytest.raises(ImagingError, match=rf"study {study} series 1\.2\.3\.4\.5"):
+    with pytest.raises(PacsError, match=rf"study {study} series 1\.2\.3\.4\.5"):
         source.fetch_series(study, "1.2.3.4.5")
     assert not source.is_cached("1.2.3.4.5")
 

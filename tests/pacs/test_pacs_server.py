@@ -23,6 +23,7 @@ from segloop.server import ServerSettings, create_app
 from segloop.server.app import RELEASE_GRACE_SECONDS
 from segloop.server.auth import AuthConfig, new_token
 from segloop.store.dicomweb import DicomWebSource
+from segloop.store.dicomweb_http import PacsError
 from segloop.store.dicomweb_store import DicomWebDatastore, series_image_id
 from segloop.store.ingest import HEADERS_KIND, import_paths
 from segloop.store.local import open_datastore
@@ -431,7 +432,7 @@ def test_series_listed_but_not_delivered_stores_nothing(
     try:
         image_id = series_image_id(series)
         assert image_id in {r.id for r in dw_store.list_images()}  # QIDO still lists it
-        with pytest.raises(ImagingError, match=rf"study {study} series {series}"):
+        with pytest.raises(PacsError, match=rf"study {study} series {series}"):
             dw_store.load_image(image_id)
         assert dw_store.local.list_images() == []
         assert list((dw_store.root / "images").iterdir()) == []

@@ -75,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "description=TEXT (repeatable)")
     p.add_argument("--dicomweb-cache", type=_size, default="2G", metavar="SIZE",
                    help="local space for fetched, unlabelled series before the least recently used go (default 2G)")
+    p.add_argument("--dicomweb-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds the PACS may stay silent before a call fails with 504 (default 10; a "
+                        "refused connection fails at once, retried once)")
     p.add_argument("--ephemeral", action="store_true",
                    help="with --dicomweb: delete images fetched from the PACS (and their labels) from local "
                         "disk when their last interactive session ends, when left unused, when released and "
@@ -140,9 +143,24 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         dicomweb_auth=dicomweb_auth,
         dicomweb_filters=filters,
         dicomweb_cache_bytes=args.dicomweb_cache,
+        dicomweb_timeout=args.dicomweb_timeout,
         ephemeral=args.ephemeral,
         **optional,
     )
+
+
+def check_pacs(store: Any) -> None:
+    """Ask the PACS once at start and say what it answered. Credentials it refuses stop the
+    start (nothing from the PACS would work); an unreachable PACS is a warning (segloop serves
+    local images meanwhile and reconnects by itself)."""
+    state = store.source.link.check()
+    if state.get("reachable"):
+        print(f"PACS {store.source.url}: reachable, credentials accepted", file=sys.stderr, flush=True)
+        return
+    if state.get("code") == "pacs_auth":
+        raise CommandError(f"{state['error']} (segloop did not start)")
+    print(f"warning: {state.get('error')}; starting anyway: local images work, and PACS calls answer "
+          "502/503/504 until the PACS is back (no restart needed)", file=sys.stderr, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -180,6 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.dicomweb_url:
         mode = " (ephemeral: fetched images leave the disk when their sessions end; unsent labels are kept)" if settings.ephemeral else ""
         print(f"images from DICOMweb {settings.dicomweb_url}{mode}", file=sys.stderr, flush=True)
+        check_pacs(app.state.segloop.store)
     uvicorn.run(
         app,
         host=settings.host,

@@ -285,6 +285,14 @@ class SegmentInfo:
     voxels: int
 
 
+def stable_seg_uids(*key: object) -> tuple[str, str]:
+    """``(series_instance_uid, sop_instance_uid)`` derived from ``key`` (e.g. source series,
+    image id, revision and its creation time): the SEG of one label revision always has the
+    same UIDs, so sending it again replaces nothing and duplicates nothing on the PACS."""
+    sources = ["segloop-seg", *(str(k) for k in key)]
+    return generate_uid(entropy_srcs=[*sources, "series"]), generate_uid(entropy_srcs=[*sources, "instance"])
+
+
 def write_dicom_seg(
     label: Volume,
     classes: Sequence[ClassSpec],
@@ -298,6 +306,7 @@ def write_dicom_seg(
     content_creator: str | None = None,
     codes: Mapping[int, CodePair] | None = None,
     position_tolerance: float | None = None,
+    uids: tuple[str, str] | None = None,
 ) -> tuple[Dataset, list[SegmentInfo]]:
     """Write ``label`` as a BINARY DICOM SEG referencing its source series.
 
@@ -315,6 +324,8 @@ def write_dicom_seg(
         codes: explicit ``(category, type)`` per class value; others follow `segment_codes`.
         position_tolerance: mm allowed between a slice origin and an ImagePositionPatient
             (default 1 % of the smallest voxel size, at least 0.001 mm).
+        uids: ``(series_instance_uid, sop_instance_uid)`` of the SEG (`stable_seg_uids`);
+            new random ones by default.
 
     Returns:
         The SEG dataset and its segments.
@@ -401,9 +412,9 @@ def write_dicom_seg(
                 pixel_array=frames,
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
                 segment_descriptions=descriptions,
-                series_instance_uid=generate_uid(),
+                series_instance_uid=uids[0] if uids else generate_uid(),
                 series_number=series_number,
-                sop_instance_uid=generate_uid(),
+                sop_instance_uid=uids[1] if uids else generate_uid(),
                 instance_number=1,
                 manufacturer="segloop",
                 manufacturer_model_name="segloop",

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from segloop.imaging.errors import GeometryError, ImagingError
 from segloop.jobs.records import JobConflict, JobNotFound, JobRejected
 from segloop.server.auth import AuthError
+from segloop.store.dicomweb_http import PacsError
 from segloop.store.errors import ConflictError, NotFoundError, ValidationError
 from segloop.store.ingest import IngestError
 
@@ -33,7 +34,9 @@ _CODES = {
     422: "invalid",
     429: "busy",
     500: "internal_error",
+    502: "bad_gateway",
     503: "unavailable",
+    504: "gateway_timeout",
 }
 
 
@@ -106,6 +109,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IngestError)
     async def _ingest(_: Request, exc: IngestError) -> JSONResponse:
         return _json(422, "invalid_upload", str(exc), problems=exc.problems)
+
+    @app.exception_handler(PacsError)
+    async def _pacs(_: Request, exc: PacsError) -> JSONResponse:
+        # the PACS failed, not the request: 502/503/504, never 422
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return _json(exc.status, exc.code, str(exc), headers, pacs_url=exc.url, operation=exc.operation)
 
     @app.exception_handler(ImagingError)
     async def _imaging(_: Request, exc: ImagingError) -> JSONResponse:

@@ -196,13 +196,16 @@ def list_images(
     they apply to the metadata kept at import. A malformed filter → 422 naming it."""
     filters = SeriesFilter.parse(modality, study_date, description)
     items = state.store.list_images(label_state=label_state, offset=offset, limit=limit, filters=filters or None)
-    return {
+    out = {
         "items": [finite(r.to_dict()) for r in items],
         "total": state.store.count_images(label_state=label_state, filters=filters or None),
         "offset": offset,
         "limit": limit,
         "filters": filters.to_dict(),
     }
+    if getattr(state.store, "listing_problem", None):  # DICOMweb: QIDO failed, local images only (docs/pacs.md)
+        out["pacs_unreachable"] = state.store.listing_problem
+    return out
 
 
 def _strip(text: str, folder: Path) -> str:

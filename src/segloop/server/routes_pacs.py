@@ -1,7 +1,7 @@
 """PACS routes under ``/api/v1``: DICOM SEG download, "send to PACS" (STOW-RS), ephemeral release.
 
 ```
-GET  /pacs                                          annotator  DICOMweb configuration (url, filters, ephemeral)
+GET  /pacs                                          annotator  DICOMweb configuration (url, filters, ephemeral, state)
 GET  /images/{id}/labels/{rev}/dicom-seg            annotator  the revision as a DICOM SEG (application/dicom)
 POST /images/{id}/labels/{rev}/send                 reviewer   STOW-RS the SEG of a *final* revision to the PACS
 POST /images/{id}/release[?discard_unsent=true]     annotator  ephemeral mode: delete the local copy now
@@ -10,8 +10,9 @@ POST /images/{id}/release[?discard_unsent=true]     annotator  ephemeral mode: d
 ``rev`` is a number or ``latest``. The SEG references the source instances through the headers
 the datastore kept at import / fetch time. Errors: no DICOMweb server configured → 409
 ``no_dicomweb``; the image has no DICOM headers (not from DICOM) → 422 ``not_dicom``; a draft
-revision → 409 ``not_final``; the PACS refuses or is unreachable → 502 ``pacs_error`` (naming
-the UIDs); a release that would delete label revisions not sent to the PACS → 409
+revision → 409 ``not_final``; the PACS fails (`segloop.store.dicomweb_http.PacsError`): unreachable
+→ 503 ``pacs_unreachable``, silent → 504 ``pacs_timeout`` (both with ``Retry-After``), an error
+answer → 502 ``pacs_error`` / ``pacs_auth`` / ``pacs_refused``, naming the PACS and the UIDs; a release that would delete label revisions not sent to the PACS → 409
 ``unsent_labels`` (naming them). Events: ``label.sent`` (image_id, revision, sop_instance_uid,
 series_instance_uid, url, by), ``image.released`` and ``image.kept`` (see
 `segloop.server.app.EphemeralReleaser` for the automatic releases).
@@ -31,7 +32,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from segloop.imaging.errors import ImagingError
 from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
 from segloop.server.state import ServerState, get_state, require
@@ -91,6 +91,8 @@ def pacs_info(state: State, _: Viewer) -> dict[str, Any]:
         "ephemeral": bool(getattr(store, "ephemeral", False)),
         # ephemeral images kept on disk because label revisions of theirs were not sent: id -> revisions
         "held": store.held() if hasattr(store, "held") else {},
+        # what the last call to the PACS found: reachable (None before any call), error, code, since
+        "state": source.link.state() if source is not None else None,
     }
 
 
@@ -118,9 +120,7 @@ async def send_to_pacs(image_id: ImageId, revision: Revision, state: State, prin
     def work() -> dict[str, Any]:
         path, ds, _ = _make_seg(state, image_id, str(rev.revision))
         try:
-            store.source.store_seg(ds)
-        except ImagingError as exc:
-            raise ApiError(502, "pacs_error", str(exc)) from exc
+            store.source.store_seg(ds)  # PacsError -> 502/503/504 (server.errors)
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
         store.mark_sent(image_id, rev.revision)  # an ephemeral release now loses nothing of it

@@ -93,6 +93,7 @@ class ServerSettings:
         dicomweb_url / dicomweb_auth / dicomweb_filters / dicomweb_cache_bytes: images come
             from this DICOMweb server (QIDO filters; fetched series cache bound), everything
             else stays in ``data`` (`segloop.store.dicomweb_store`).
+        dicomweb_timeout: seconds the PACS may stay silent before a call fails (504).
         ephemeral: with ``dicomweb_url``: images fetched from the PACS (and their labels) are
             deleted from local disk when released and when the server stops.
     """
@@ -125,6 +126,7 @@ class ServerSettings:
     dicomweb_auth: tuple[str, str] | None = None
     dicomweb_filters: dict[str, str] = field(default_factory=dict)
     dicomweb_cache_bytes: int = 2 * 1024**3
+    dicomweb_timeout: float = 10.0
     ephemeral: bool = False
 
     def resolve(self) -> ServerSettings:
@@ -163,6 +165,8 @@ class ServerSettings:
             raise SettingsError("--ephemeral needs --dicomweb URL (it applies to images fetched from a PACS)")
         if self.dicomweb_url and not self.dicomweb_url.startswith(("http://", "https://")):
             raise SettingsError(f"--dicomweb {self.dicomweb_url!r} must be an http:// or https:// URL")
+        if not 0 < self.dicomweb_timeout <= 3600:
+            raise SettingsError(f"--dicomweb-timeout must be between 0 and 3600 seconds, got {self.dicomweb_timeout}")
         return self
 
     @property

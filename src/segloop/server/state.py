@@ -122,6 +122,7 @@ def open_store(settings: ServerSettings) -> Any:
             filters=settings.dicomweb_filters,
             cache_bytes=settings.dicomweb_cache_bytes,
             ephemeral=settings.ephemeral,
+            timeout=settings.dicomweb_timeout,
         )
     from segloop.store.local import open_datastore
 

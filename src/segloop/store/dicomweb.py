@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -34,9 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pydicom
-import requests
 from dicomweb_client import DICOMwebClient
-from dicomweb_client.session_utils import create_session_from_user_pass
 from pydicom.dataset import Dataset
 
 from segloop.imaging.dicom import read_dicom_series
@@ -44,6 +43,7 @@ from segloop.imaging.errors import ImagingError
 from segloop.imaging.nifti import read_nifti, write_nifti
 from segloop.imaging.volume import Volume
 from segloop.store.base import Datastore
+from segloop.store.dicomweb_http import DEFAULT_TIMEOUT, PacsError, PacsLink
 from segloop.store.errors import NotFoundError
 from segloop.store.records import ImageRecord
 
@@ -84,12 +84,14 @@ class DicomWebSource:
         *,
         auth: tuple[str, str] | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.session = create_session_from_user_pass(*auth) if auth else requests.Session()
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.client = DICOMwebClient(self.url, session=self.session, timeout=timeout)
+        self.link = PacsLink(url, auth=auth, timeout=timeout)
+        self.session = self.link.session
+        self.url = self.link.url
+        self.timeout = self.link.timeout
+        self.client = DICOMwebClient(self.url, session=self.session, timeout=self.link.timeouts)
+        self.client.set_http_retry_params(retry=False)  # its 5 attempts with back-off took 30 s; PacsLink retries once
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache_bytes = int(cache_bytes)
@@ -121,16 +123,12 @@ class DicomWebSource:
         if limit is not None:
             query.append(("limit", str(limit)))
         qs = "&".join(f"{quote(k)}={quote(str(v), safe='*?-,.')}" for k, v in query)
+        response = self.link.get("QIDO-RS series search", f"/series?{qs}",
+                                 headers={"Accept": "application/dicom+json"})
         try:
-            response = self.session.get(
-                f"{self.url}/series?{qs}", headers={"Accept": "application/dicom+json"}, timeout=self.timeout
-            )
-            response.raise_for_status()
             found = response.json() if response.content else []
-        except Exception as exc:
-            raise ImagingError(
-                self.url, f"QIDO-RS series search failed ({type(exc).__name__}: {exc})"
-            ) from exc
+        except ValueError as exc:
+            raise PacsError(self.url, "QIDO-RS series search", f"the answer is not DICOM JSON ({exc})") from exc
         out = []
         for item in found:
             count = _value(item, "00201209")
@@ -215,8 +213,9 @@ class DicomWebSource:
         keep the series themselves (`DicomWebDatastore`), which saves a second volume write.
 
         Raises:
-            ImagingError: the server cannot deliver the series, delivers fewer instances than
-                QIDO announced, or the instances are not one volume (messages name the UIDs).
+            PacsError: the PACS is unreachable, silent, answers an error, or delivers fewer
+                instances than QIDO announced (messages name the PACS and the UIDs).
+            ImagingError: the delivered instances are not one volume.
         """
         entry = self._entry(series_uid)
         volume_path = entry / "volume.nii.gz"
@@ -225,38 +224,30 @@ class DicomWebSource:
             volume = read_nifti(volume_path)
             volume.metadata = json.loads((entry / "series.json").read_text())["metadata"]
             return volume
-        what = f"study {study_uid} series {series_uid} at {self.url}"
+        what = f"study {study_uid} series {series_uid}"
         if expected_instances is None:
-            try:
-                listed = self.client.search_for_instances(
+            listed = self.link.call(
+                f"QIDO-RS instance search of {what}",
+                lambda: self.client.search_for_instances(
                     study_uid, series_uid, fields=["SOPInstanceUID"], get_remaining=True
-                )
-            except Exception as exc:
-                raise ImagingError(
-                    None, f"{what}: QIDO-RS instance search failed ({type(exc).__name__}: {exc})"
-                ) from exc
-            expected_instances = len(listed)
-        try:
-            datasets = self.client.retrieve_series(study_uid, series_uid)
-        except Exception as exc:
-            raise ImagingError(
-                None, f"{what}: WADO-RS retrieval failed ({type(exc).__name__}: {exc})"
-            ) from exc
-        if not datasets:
-            raise ImagingError(None, f"{what}: the server delivered no instances")
-        if expected_instances and len(datasets) < expected_instances:
-            raise ImagingError(
-                None,
-                f"{what}: the server delivered {len(datasets)} of {expected_instances} instances (frames missing)",
+                ),
             )
+            expected_instances = len(listed)
+        parts = self.retrieve_series_parts(study_uid, series_uid)
+        if not parts or (expected_instances and len(parts) < expected_instances):
+            got = f"{len(parts)} of {expected_instances}" if expected_instances else "no"
+            err = PacsError(self.url, f"WADO-RS retrieval of {what}",
+                            f"the PACS delivered {got} instances (frames missing)", code="pacs_incomplete")
+            raise err
+        what = f"{what} at {self.url}"
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.cache_dir))
         try:
             files = staging / "files"
             headers = staging / "headers"
             files.mkdir()
             headers.mkdir()
-            for n, ds in enumerate(datasets):
-                _save(ds, files / f"{n:06d}.dcm")
+            for n, part in enumerate(parts):
+                (files / f"{n:06d}.dcm").write_bytes(part)
             try:
                 volume = read_dicom_series(files)
             except ImagingError as exc:
@@ -265,11 +256,8 @@ class DicomWebSource:
                 raise ImagingError(
                     None, f"{what}: delivered instances belong to series {volume.metadata.get('series_uid')}"
                 )
-            for n, ds in enumerate(datasets):
-                for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-                    if keyword in ds:
-                        delattr(ds, keyword)
-                _save(ds, headers / f"{n:06d}.dcm")
+            for n, part in enumerate(parts):
+                _save(_header_of(part), headers / f"{n:06d}.dcm")
             shutil.rmtree(files)
             volume.metadata.update(
                 {"study_uid": study_uid, "series_uid": series_uid, "dicomweb_url": self.url}
@@ -304,28 +292,104 @@ class DicomWebSource:
         name = str(volume.metadata.get("series_description") or volume.metadata.get("name") or "series")
         return store.add_image(volume, name=name, source=f"dicomweb:{study_uid}/{series_uid}")
 
+    def retrieve_series_parts(self, study_uid: str, series_uid: str) -> list[bytes]:
+        """WADO-RS of a whole series in one request, each instance in its **stored** transfer
+        syntax (``transfer-syntax=*``: a PACS asked for Explicit VR Little Endian transcodes, and
+        Orthanc cannot for JPEG 2000 — it answered 500 or dropped the instance); decoding is
+        local (`segloop.imaging.dicom`), as for imported files. The parts as bytes."""
+        operation = f"WADO-RS retrieval of study {study_uid} series {series_uid}"
+        response = self.link.get(operation, f"/studies/{study_uid}/series/{series_uid}", headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        try:
+            return split_multipart(response.headers.get("Content-Type", ""), response.content)
+        except ValueError as exc:
+            raise PacsError(self.url, operation, str(exc)) from exc
+
     # --- STOW ----------------------------------------------------------------------------
 
     def store_instances(self, datasets: list[Dataset]) -> None:
-        """STOW-RS ``datasets``.
+        """STOW-RS ``datasets`` (not retried here: see `store_seg`).
 
         Raises:
-            ImagingError: the server refused them (naming the SOP instance UIDs).
+            PacsError: the PACS is unreachable, silent or refused them (naming the SOP instance UIDs).
         """
         uids = ", ".join(str(ds.get("SOPInstanceUID", "?")) for ds in datasets[:5])
-        try:
-            response = self.client.store_instances(datasets)
-        except Exception as exc:
-            raise ImagingError(self.url, f"STOW-RS of {uids} failed ({type(exc).__name__}: {exc})") from exc
+        operation = f"STOW-RS of {uids}"
+        response = self.link.call(operation, lambda: self.client.store_instances(datasets))
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
-            raise ImagingError(self.url, f"STOW-RS refused {len(failed)} instance(s) of {uids}")
+            reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
+            raise PacsError(self.url, operation, f"the PACS refused {len(failed)} instance(s) "
+                            f"(FailureReason {', '.join(reasons)})", code="pacs_refused")
+
+    def has_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        """Whether the PACS holds this instance (QIDO-RS). Raises `PacsError`."""
+        found = self.link.call(
+            f"QIDO-RS instance search of {sop_uid}",
+            lambda: self.client.search_for_instances(
+                study_uid, series_uid, search_filters={"SOPInstanceUID": sop_uid}, fields=["SOPInstanceUID"]
+            ),
+        )
+        return any(_value(item, "00080018") == sop_uid for item in found or [])
 
     def store_seg(self, seg: Dataset | Path | str) -> str:
-        """Send a SEG to the server (STOW-RS); returns its SOPInstanceUID."""
+        """Send a SEG to the server (STOW-RS); returns its SOPInstanceUID.
+
+        A STOW that failed without an answer (timed out, connection lost) may still have been
+        stored: the PACS is then asked (QIDO-RS) whether it holds the instance before the failure
+        is reported. With segloop's stable SEG UIDs (one per image and revision) a re-send
+        therefore never makes a second SEG.
+
+        Raises:
+            PacsError: the SEG is not on the PACS.
+        """
         ds = seg if isinstance(seg, Dataset) else pydicom.dcmread(seg)
-        self.store_instances([ds])
+        try:
+            self.store_instances([ds])
+        except PacsError as exc:
+            if exc.status not in (502, 503, 504) or exc.code in ("pacs_auth", "pacs_refused"):
+                raise
+            try:
+                stored = self.has_instance(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                                           str(ds.SOPInstanceUID))
+            except PacsError:
+                raise exc from None
+            if not stored:
+                raise
         return str(ds.SOPInstanceUID)
+
+
+def split_multipart(content_type: str, body: bytes) -> list[bytes]:
+    """The bodies of a ``multipart/related`` message (RFC 2046), or the body itself when the
+    server sent one non-encapsulated ``application/dicom`` instance.
+
+    Raises:
+        ValueError: a multipart type without a boundary.
+    """
+    if content_type.lower().startswith("application/dicom"):
+        return [body] if body else []
+    boundary = ""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        raise ValueError(f"the answer is not multipart/related with a boundary (Content-Type {content_type!r})")
+    delimiter = b"--" + boundary.encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break  # the close delimiter
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        parts.append(content[:-2] if content.endswith(b"\r\n") else content)
+    return parts
+
+
+def _header_of(part: bytes) -> Dataset:
+    """One delivered instance without its pixel data (what a SEG export needs)."""
+    return pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True)
 
 
 def _save(ds: Dataset, path: Path) -> None:

@@ -58,6 +58,7 @@ import numpy as np
 
 from segloop.imaging.volume import Volume
 from segloop.store.dicomweb import DEFAULT_CACHE_BYTES, DicomWebSource, SeriesInfo
+from segloop.store.dicomweb_http import DEFAULT_TIMEOUT, PacsError
 from segloop.store.errors import NotFoundError, ValidationError
 from segloop.store.filters import SeriesFilter
 from segloop.store.ingest import HEADERS_KIND
@@ -141,6 +142,9 @@ class DicomWebDatastore:
         self.ephemeral = ephemeral
         self.listing_ttl = listing_ttl
         self._listings: dict[SeriesFilter, tuple[float, list[SeriesInfo]]] = {}
+        # set by each listing: None, or what failed when the PACS could not be asked (the list
+        # then holds the local images only, each with metadata["pacs_unreachable"])
+        self.listing_problem: dict[str, Any] | None = None
         self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._used: dict[str, float] = {}
@@ -165,9 +169,11 @@ class DicomWebDatastore:
         filters: dict[str, str] | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         ephemeral: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> DicomWebDatastore:
         local = LocalDatastore(data)
-        source = DicomWebSource(url, local.root / "dicomweb-cache", auth=auth, cache_bytes=cache_bytes)
+        source = DicomWebSource(url, local.root / "dicomweb-cache", auth=auth, cache_bytes=cache_bytes,
+                                timeout=timeout)
         return cls(local, source, filters=filters, cache_bytes=cache_bytes, ephemeral=ephemeral)
 
     def __repr__(self) -> str:
@@ -314,7 +320,15 @@ class DicomWebDatastore:
         out: list[ImageRecord] = []
         listed: set[str] = set()
         checks = [f for f in (self.filter, filter) if f and f.description]
-        for s in self.series(filter=filter):
+        try:
+            series = self.series(filter=filter)
+        except PacsError as exc:
+            # the worklist outlives the PACS: what is held here still opens, with its labels
+            self.listing_problem = {"url": exc.url, "code": exc.code, "error": str(exc), "status": exc.status}
+            log.warning("listing without the PACS: %s", exc)
+            return [_flag_unreachable(self._shown(r)) for r in local.values() if not filter or filter.matches(r)]
+        self.listing_problem = None
+        for s in series:
             image_id = series_image_id(s.series_uid)
             listed.add(image_id)
             record = self._virtual(s)  # what the PACS says now decides whether it matches
@@ -709,6 +723,10 @@ class DicomWebDatastore:
 
     def set_current_version(self, name: str, version: int) -> ModelRecord:
         return self.local.set_current_version(name, version)
+
+
+def _flag_unreachable(record: ImageRecord) -> ImageRecord:
+    return replace(record, metadata={**record.metadata, "pacs_unreachable": True})
 
 
 def _size(path: Path) -> int:

@@ -36,7 +36,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from segloop.imaging.dicom_seg import SegmentInfo, read_dicom_seg, seg_referenced_series, write_dicom_seg
+from segloop.imaging.dicom_seg import (
+    SegmentInfo,
+    read_dicom_seg,
+    seg_referenced_series,
+    stable_seg_uids,
+    write_dicom_seg,
+)
 from segloop.imaging.errors import ImagingError
 from segloop.store.base import Datastore
 from segloop.store.errors import ValidationError
@@ -243,6 +249,7 @@ def export_dicom_seg(
         series_uid=series_uid,
         series_description=description,
         algorithm=algorithm,
+        uids=stable_seg_uids(series_uid, image_id, rev.revision, rev.created_at.isoformat()),
     )
 
 
