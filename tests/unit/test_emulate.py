@@ -44,7 +44,8 @@ def make_msd(root: Path, n: int = N_CASES) -> Path:
 def config(ds: Path, out: Path, **kw: Any) -> EmulationConfig:
     base: dict[str, Any] = dict(dataset=str(ds), out=str(out), strategy="entropy", compare=["random", "entropy", "full"],
                                 initial="5", per_round=2, rounds=2, clicks=2, seed=0, minutes_per_round=None,
-                                pretrain_minutes=None, full_minutes=None, train=TRAIN, device="cpu")
+                                pretrain_minutes=None, full_minutes=None, steps_per_image=None, train=TRAIN,
+                                diagnose=["entropy", "soft-dice"], diagnose_images=4, device="cpu")
     base.update(kw)
     return EmulationConfig(**base)
 
@@ -93,6 +94,22 @@ def test_outputs_exist_and_agree(finished: tuple[Path, Path, dict[str, Any]]) ->
         assert csv_dice == pytest.approx([r["test_mean_dice"] for r in rounds], abs=1e-4)
         assert report["summary"][arm]["auc"] is not None
     assert report["arms"]["full"][0]["labelled_fraction"] == 1.0
+    # the correlation diagnostic: every scorer on the same pool images with the same model, each round
+    diag_rows = list(csv.DictReader((out / "diagnostic.csv").open()))
+    assert {(r["arm"], r["round"], r["scorer"]) for r in diag_rows} == {
+        (a, str(k), n) for a in ("random", "entropy") for k in (1, 2) for n in ("entropy", "soft-dice")}
+    for arm in ("random", "entropy"):
+        for k in (1, 2):
+            saved = json.loads((out / "arms" / arm / f"diagnostic-{k:02d}.json").read_text())
+            assert saved["images"] == 4 and set(saved["scores"]) == {"entropy", "soft-dice"}
+            assert all(0.0 <= e <= 1.0 for e in saved["errors"].values())
+        s = report["summary"][arm]
+        # annotation effort: clicks and reviewed slices cost minutes, drawing by hand costs more
+        assert 0 < s["minutes_per_volume"] < s["manual_minutes_per_volume"]
+        assert report["arms"][arm][-1]["annotation_minutes_total"] == pytest.approx(
+            sum(r.get("annotation_minutes") or 0 for r in report["arms"][arm]))
+        assert "labels_to_95pct_of_full" in s and set(s["score_error_spearman"]) == {"entropy", "soft-dice"}
+    assert report["effort_model"]["click_seconds"] > 0 and report["budgets"]["pretrain"]["steps"] is None
     # the virtual user's labels are saved, not the references
     store_labels = out / "arms" / "entropy" / "data" / "labels"
     assert any(store_labels.iterdir())
@@ -161,26 +178,36 @@ def test_cli_reports_errors_as_one_line(tmp_path: Path) -> None:
         args.func(args)
 
 
-def test_defaults_are_the_hippocampus_preset() -> None:
-    """The defaults reach ~30% of the 208-image hippocampus pool; the CLI help quotes them."""
+def test_defaults_are_the_small_start_preset(tmp_path: Path) -> None:
+    """The defaults start from 2 labelled images and add small batches up to >= 30 % of the pool, with
+    step budgets proportional to the images trained on (a floor for the small sets); the CLI help quotes them."""
     import segloop.loop.emulate as emu
     from segloop.cli.emulate_command import register
 
     cfg = EmulationConfig(dataset="d", out="o")
-    assert (cfg.per_round, cfg.rounds) == (emu.PRESET_PER_ROUND, emu.PRESET_ROUNDS)
-    assert (cfg.pretrain_minutes, cfg.minutes_per_round, cfg.full_minutes) == (
-        emu.PRESET_PRETRAIN_MINUTES, emu.PRESET_MINUTES_PER_ROUND, emu.PRESET_FULL_MINUTES)
-    pool = 260 - round(260 * cfg.test_fraction)
-    labelled = parse_initial(cfg.initial, pool) + cfg.rounds * cfg.per_round
-    assert pool == 208 and 0.27 <= labelled / pool <= 0.32
+    assert (cfg.initial, cfg.per_round, cfg.pool_size, cfg.validation) == ("2", emu.PRESET_PER_ROUND, emu.PRESET_POOL_SIZE, 0)
+    assert 2 <= cfg.per_round <= 4 and cfg.rounds is None and cfg.minutes_per_round is None
+    ds = make_msd(tmp_path / "ds", n=30)
+    p = emu.plan(EmulationConfig(dataset=str(ds), out="o", pool_size=20))
+    assert (len(p.test), len(p.pool), len(p.initial), len(p.validation)) == (6, 20, 2, 0)
+    assert p.labelled(p.rounds) / len(p.pool) >= cfg.target_fraction > p.labelled(p.rounds - 1) / len(p.pool)
+    b = p.budgets()
+    floor = cfg.min_steps
+    assert b["pretrain"]["steps"] == emu.PRESET_PRETRAIN_FACTOR * floor
+    steps = [r["steps"] for r in b["rounds"]]
+    assert steps == [max(floor, cfg.steps_per_image * p.labelled(r)) for r in range(1, p.rounds + 1)]
+    assert b["full"]["steps"] == b["pretrain"]["steps"] + sum(steps)  # the same training as an arm
+    assert "pre-training 300 steps" in emu.describe_budgets(b)
+    # validation images are extra labelled images, held out of training
+    v = emu.plan(EmulationConfig(dataset=str(ds), out="o", pool_size=20, validation=2))
+    assert len(v.initial) == 2 and len(v.validation) == 2 and not set(v.initial) & set(v.validation)
+    assert v.labelled(0) == 4 and v.budget("round", 1)[1] == max(floor, cfg.steps_per_image * 6)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["emulate"]
     helps = {a.dest: a.help or "" for a in sub._actions}
-    assert f"default {cfg.per_round})" in helps["per_round"] and f"default {cfg.rounds})" in helps["rounds"]
-    for dest, value in (("minutes_per_round", cfg.minutes_per_round), ("pretrain_minutes", cfg.pretrain_minutes),
-                        ("full_minutes", cfg.full_minutes)):
-        assert f"default {value:g}" in helps[dest], dest
+    assert f"default {cfg.per_round})" in helps["per_round"] and f"default {cfg.pool_size};" in helps["pool_size"]
+    assert f"default {cfg.steps_per_image};" in helps["steps_per_image"] and f"default {cfg.min_steps})" in helps["min_steps"]
 
 
 def test_helpers() -> None:

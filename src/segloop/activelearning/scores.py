@@ -3,8 +3,12 @@
 Shapes: ``probs`` is one softmax output ``(C, X, Y, Z)`` (C classes, background first);
 ``samples`` is a stack of N stochastic outputs ``(N, C, X, Y, Z)`` (MC-dropout passes or
 test-time-augmentation passes, already mapped back to one grid). Voxel maps are ``(X, Y, Z)``.
-Every image score is the mean of a voxel map over a region (the whole volume by default), so
-scores are comparable between images of different sizes. Higher = more uncertain = more
+Every image score is the mean of a voxel map over a region (`map_score`: each foreground
+class's dilated predicted region averaged over classes, the dilated predicted foreground, or the
+whole volume), so scores are comparable between images of different sizes; on images where the
+background is most of the volume, a whole-volume mean mostly measures how large the structure
+is, not how uncertain it is. `expected_dice_loss` estimates ``1 - Dice`` of the prediction from
+its own probabilities (per class, averaged). Higher = more uncertain = more
 worth annotating.
 """
 
@@ -128,17 +132,121 @@ def mean_entropy(probs: np.ndarray, foreground_only: bool = False, dilation: int
     return region_mean(voxel_entropy(probs), region)
 
 
-def sample_score(samples: np.ndarray, metric: str, foreground_only: bool = False, dilation: int = 2) -> float:
+def class_regions(probs: np.ndarray, dilation: int = 2, background_index: int = 0) -> list[np.ndarray | None]:
+    """Per foreground channel of ``probs`` ``(C, X, Y, Z)``: its arg-max region dilated by ``dilation``
+    voxels (None where the class is not predicted anywhere)."""
+    p = _check_probs(probs, 4, "probs")
+    labels = p.argmax(axis=0)
+    structure = ndimage.generate_binary_structure(3, 1)
+    out: list[np.ndarray | None] = []
+    for c in range(p.shape[0]):
+        if c == background_index:
+            continue
+        mask = labels == c
+        if not mask.any():
+            out.append(None)
+            continue
+        if dilation > 0:
+            mask = ndimage.binary_dilation(mask, structure, iterations=int(dilation))
+        out.append(np.asarray(mask, dtype=bool))
+    return out
+
+
+def class_entropy(probs: np.ndarray, dilation: int = 2, background_index: int = 0) -> float:
+    """Mean over foreground classes of the mean normalised entropy over that class's dilated
+    predicted region (its structure and boundary); a class predicted nowhere scores 1 (maximal:
+    the model misses a whole structure). Background no longer dilutes the score, and a small
+    class weighs as much as a large one.
+    """
+    h = voxel_entropy(probs)
+    values = [1.0 if r is None else float(h[r].mean()) for r in class_regions(probs, dilation, background_index)]
+    return float(np.mean(values)) if values else 0.0
+
+
+def soft_dice_agreement(probs: np.ndarray, background_index: int = 0) -> np.ndarray:
+    """Per foreground class, the soft Dice between the arg-max prediction and the probabilities:
+    ``2 * sum(M_c * p_c) / (sum(M_c) + sum(p_c))`` (the Dice the model expects of its own
+    prediction); 1 for a class neither predicted nor probable anywhere.
+
+    Returns:
+        ``(C - 1,)`` float64 in ``[0, 1]``.
+    """
+    p = _check_probs(probs, 4, "probs")
+    labels = p.argmax(axis=0)
+    out = []
+    for c in range(p.shape[0]):
+        if c == background_index:
+            continue
+        m = labels == c
+        pc = p[c].astype(np.float64)
+        denom = float(m.sum()) + float(pc.sum())
+        out.append(1.0 if denom < 1e-6 else 2.0 * float(pc[m].sum()) / denom)
+    return np.asarray(out, dtype=np.float64)
+
+
+def expected_dice_loss(probs: np.ndarray, background_index: int = 0) -> float:
+    """Image score of the ``soft-dice`` strategy: ``1 -`` mean over foreground classes of
+    `soft_dice_agreement` (the model's own estimate of its ``1 - Dice``)."""
+    a = soft_dice_agreement(probs, background_index)
+    return float(1.0 - a.mean()) if a.size else 0.0
+
+
+def pass_dice_disagreement(samples: np.ndarray, background_index: int = 0) -> float:
+    """``1 -`` mean Dice between each pass's arg-max and the mean prediction's arg-max, per
+    foreground class then averaged (0 when every pass segments exactly alike)."""
+    s = _check_probs(samples, 5, "samples")
+    ref = s.mean(axis=0).argmax(axis=0)
+    labels = s.argmax(axis=1)
+    values = []
+    for c in range(s.shape[1]):
+        if c == background_index:
+            continue
+        r = ref == c
+        for lab in labels:
+            m = lab == c
+            denom = int(m.sum()) + int(r.sum())
+            values.append(1.0 if denom == 0 else 2.0 * int((m & r).sum()) / denom)
+    return float(1.0 - np.mean(values)) if values else 0.0
+
+
+REGIONS = ("class", "foreground", "volume")
+
+
+def map_score(voxel_map: np.ndarray, probs: np.ndarray, region: str = "class", dilation: int = 2) -> float:
+    """Image score of a voxel map ``(X, Y, Z)`` over a region taken from ``probs`` ``(C, X, Y, Z)``.
+
+    ``region``: ``"class"`` (mean over each foreground class's dilated predicted region, averaged
+    over classes; a class predicted nowhere scores the map's maximum), ``"foreground"`` (the
+    dilated predicted foreground, `foreground_region`) or ``"volume"`` (every voxel).
+    """
+    if region == "volume":
+        return region_mean(voxel_map)
+    if region == "foreground":
+        return region_mean(voxel_map, foreground_region(probs, dilation))
+    if region != "class":
+        raise ValueError(f"unknown region {region!r} (known: {', '.join(REGIONS)})")
+    m = np.asarray(voxel_map, dtype=np.float64)
+    top = float(m.max()) if m.size else 0.0
+    values = [top if r is None else float(m[r].mean()) for r in class_regions(probs, dilation)]
+    return float(np.mean(values)) if values else 0.0
+
+
+def sample_score(samples: np.ndarray, metric: str, foreground_only: bool = False, dilation: int = 2,
+                 region: str | None = None) -> float:
     """Image score over N passes ``(N, C, X, Y, Z)``.
 
     Args:
         metric: ``"mi"`` (mutual information), ``"variance"``, ``"disagreement"`` (label
-            disagreement) or ``"entropy"`` (entropy of the mean prediction).
+            disagreement), ``"entropy"`` (entropy of the mean prediction) or ``"dice"``
+            (`pass_dice_disagreement`: per class, region-free).
         foreground_only, dilation: restrict to the mean prediction's dilated foreground.
+        region: `map_score`'s region (overrides ``foreground_only``).
     """
     s = _check_probs(samples, 5, "samples")
+    if metric == "dice":
+        return pass_dice_disagreement(s)
     mean = s.mean(axis=0)
-    region = foreground_region(mean, dilation) if foreground_only else None
+    where = region or ("foreground" if foreground_only else "volume")
     if metric == "mi":
         vmap = mutual_information(s)
     elif metric == "variance":
@@ -148,5 +256,5 @@ def sample_score(samples: np.ndarray, metric: str, foreground_only: bool = False
     elif metric == "entropy":
         vmap = voxel_entropy(mean)
     else:
-        raise ValueError(f"unknown metric {metric!r} (known: mi, variance, disagreement, entropy)")
-    return region_mean(vmap, region)
+        raise ValueError(f"unknown metric {metric!r} (known: mi, variance, disagreement, entropy, dice)")
+    return map_score(vmap, mean, where, dilation)

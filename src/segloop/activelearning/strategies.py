@@ -8,14 +8,20 @@ Strategies (`get_strategy(name, **params)`):
 
 - ``random`` (``seed``): a uniform score per image derived from (seed, image id): stable.
 - ``sequential``: import order (first imported first).
-- ``entropy`` (``foreground_only``, ``dilation``): mean normalised voxel-wise predictive entropy
-  of the automatic prediction (SAIM's criterion); optionally only over the predicted
-  foreground dilated by ``dilation`` voxels.
-- ``mc-dropout`` (``passes``, ``metric`` = ``mi`` | ``variance``, ``seed``, ``foreground_only``,
-  ``dilation``): epistemic uncertainty over stochastic passes with dropout active.
-- ``tta`` (``passes``, ``metric`` = ``disagreement`` | ``variance`` | ``entropy``, ``seed``,
-  ``intensity``, ``foreground_only``, ``dilation``): aleatoric uncertainty over flipped /
-  intensity-perturbed passes (flips along the axes the model was trained to flip).
+- ``entropy`` (``region`` = ``class`` | ``foreground`` | ``volume``, ``dilation``,
+  ``foreground_only``): mean normalised voxel-wise predictive entropy of the automatic
+  prediction (SAIM's criterion), by default per class over the class's predicted structure
+  dilated by ``dilation`` voxels, averaged over classes (`scores.map_score`); ``volume`` is
+  the whole-volume mean (background-dominated), ``foreground_only=true`` = ``region=foreground``.
+- ``soft-dice`` (no parameters): the model's expected Dice loss of its own prediction,
+  ``1 - soft Dice(arg-max, probabilities)`` per class, averaged (`scores.expected_dice_loss`).
+- ``mc-dropout`` (``passes``, ``metric`` = ``mi`` | ``variance`` | ``dice``, ``seed``, ``region``,
+  ``foreground_only``, ``dilation``): epistemic uncertainty over stochastic passes with dropout
+  active (``dice``: 1 - mean Dice of each pass's segmentation to the mean one, per class).
+- ``tta`` (``passes``, ``metric`` = ``disagreement`` | ``variance`` | ``entropy`` | ``dice``,
+  ``seed``, ``intensity``, ``region``, ``foreground_only``, ``dilation``): aleatoric
+  uncertainty over flipped / intensity-perturbed passes (flips along the axes the model was
+  trained to flip).
 """
 
 from __future__ import annotations
@@ -121,6 +127,12 @@ class _ModelStrategy(Strategy):
         if not isinstance(self.params["foreground_only"], bool):
             raise ValueError(f"strategy {self.name!r}: foreground_only must be true or false")
         self._int("dilation", 0)
+        self._choice("region", S.REGIONS)
+
+    @property
+    def region(self) -> str:
+        """Where the voxel map is averaged (``foreground_only=true`` means ``foreground``)."""
+        return "foreground" if self.params["foreground_only"] else str(self.params["region"])
 
     def _prepared(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
         if ctx.predictor is None:
@@ -133,7 +145,7 @@ class _ModelStrategy(Strategy):
 
 class EntropyStrategy(_ModelStrategy):
     name = "entropy"
-    defaults: ClassVar[dict[str, Any]] = {"foreground_only": False, "dilation": 2}
+    defaults: ClassVar[dict[str, Any]] = {"region": "class", "foreground_only": False, "dilation": 2}
 
     def _check(self) -> None:
         self._check_region()
@@ -142,18 +154,30 @@ class EntropyStrategy(_ModelStrategy):
         from segloop.activelearning.passes import automatic_probabilities
 
         probs = automatic_probabilities(ctx.predictor, self._prepared(image_id, ctx))
-        return S.mean_entropy(probs, self.params["foreground_only"], self.params["dilation"])
+        return S.map_score(S.voxel_entropy(probs), probs, self.region, self.params["dilation"])
+
+
+class SoftDiceStrategy(_ModelStrategy):
+    name = "soft-dice"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        from segloop.activelearning.passes import automatic_probabilities
+
+        return S.expected_dice_loss(automatic_probabilities(ctx.predictor, self._prepared(image_id, ctx)))
 
 
 class McDropoutStrategy(_ModelStrategy):
     name = "mc-dropout"
-    defaults: ClassVar[dict[str, Any]] = {"passes": 8, "metric": "mi", "seed": 0, "foreground_only": False, "dilation": 2}
+    defaults: ClassVar[dict[str, Any]] = {
+        "passes": 8, "metric": "mi", "seed": 0, "region": "volume", "foreground_only": False, "dilation": 2,
+    }
 
     def _check(self) -> None:
         self._check_region()
         self._int("passes", 2)
         self._int("seed", 0)
-        self._choice("metric", ("mi", "variance"))
+        self._choice("metric", ("mi", "variance", "dice"))
 
     def score(self, image_id: str, ctx: ScoringContext) -> float:
         from segloop.activelearning.passes import has_dropout, mc_dropout_samples
@@ -162,20 +186,21 @@ class McDropoutStrategy(_ModelStrategy):
         if not has_dropout(ctx.predictor):
             raise ValueError(f"model {ctx.predictor.model!r} has no dropout layers: mc-dropout needs them")
         samples = mc_dropout_samples(ctx.predictor, data, self.params["passes"], self._seed(image_id))
-        return S.sample_score(samples, self.params["metric"], self.params["foreground_only"], self.params["dilation"])
+        return S.sample_score(samples, self.params["metric"], dilation=self.params["dilation"], region=self.region)
 
 
 class TtaStrategy(_ModelStrategy):
     name = "tta"
     defaults: ClassVar[dict[str, Any]] = {
-        "passes": 6, "metric": "disagreement", "seed": 0, "intensity": 0.1, "foreground_only": False, "dilation": 2,
+        "passes": 6, "metric": "disagreement", "seed": 0, "intensity": 0.1, "region": "volume", "foreground_only": False,
+        "dilation": 2,
     }
 
     def _check(self) -> None:
         self._check_region()
         self._int("passes", 2)
         self._int("seed", 0)
-        self._choice("metric", ("disagreement", "variance", "entropy"))
+        self._choice("metric", ("disagreement", "variance", "entropy", "dice"))
         v = self.params["intensity"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise ValueError(f"strategy 'tta': intensity must be in [0, 1), got {v!r}")
@@ -189,11 +214,12 @@ class TtaStrategy(_ModelStrategy):
         samples = tta_samples(
             ctx.predictor, data, self.params["passes"], self._seed(image_id), flip_axes, float(self.params["intensity"])
         )
-        return S.sample_score(samples, self.params["metric"], self.params["foreground_only"], self.params["dilation"])
+        return S.sample_score(samples, self.params["metric"], dilation=self.params["dilation"], region=self.region)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RandomStrategy, SequentialStrategy, EntropyStrategy, McDropoutStrategy, TtaStrategy)
+    cls.name: cls for cls in (RandomStrategy, SequentialStrategy, EntropyStrategy, SoftDiceStrategy, McDropoutStrategy,
+                              TtaStrategy)
 }
 
 

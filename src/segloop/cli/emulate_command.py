@@ -1,6 +1,6 @@
 """``segloop emulate``: measure active learning with a virtual user on a labelled MSD dataset.
 
-The defaults are the *hippocampus CPU preset* (`segloop.loop.emulate.PRESET_*`): options left out
+The defaults are the *small-start preset* (`segloop.loop.emulate.PRESET_*`): options left out
 are not passed, so `EmulationConfig`'s defaults apply; the help texts quote them (a unit test keeps
 them in step). ``--aggregate OUT1 OUT2 ... --out AGG`` summarises finished runs (one per seed).
 """
@@ -41,17 +41,38 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     write_aggregate(agg, args.out)
     print(f"{len(agg['runs'])} run(s), seeds {agg['seeds']}: mean ± sd [min, max] over the runs")
-    print(f"{'arm':<12} {'rounds':>6} {'final test Dice':>28} {'AUC':>28} {'AUC - random':>28} {'reach 95% full':>15}")
+    print(f"{'arm':<12} {'rounds':>6} {'final test Dice':>28} {'AUC':>28} {'AUC - random (paired, 95% CI)':>32} "
+          f"{'labels to 95% of full':>24} {'min/volume':>10}")
     for arm, s in agg["summary"].items():
         if "final_test_mean_dice" not in s:
             print(f"{arm:<12} {s.get('note', '')}")
             continue
-        reached = "-" if "runs_reaching_95pct_of_full" not in s else f"{s['runs_reaching_95pct_of_full']}/{s['runs']} runs"
         print(f"{arm:<12} {_fmt(s.get('rounds_used'), 'd'):>6} {_spread(s['final_test_mean_dice']):>28} "
-              f"{_spread(s.get('auc')):>28} {_spread(s.get('auc_minus_random')):>28} {reached:>15}")
+              f"{_spread(s.get('auc')):>28} {_ci(s.get('auc_minus_random_ci')):>32} {_reach(s):>24} "
+              f"{_fmt((s.get('minutes_per_volume') or {}).get('mean'), '.1f'):>10}")
+    table = agg.get("score_error_spearman") or {}
+    if table:
+        print("score-error rank correlation (Spearman, pool images, every run x round; mean [95% CI]):")
+        for name, d in table.items():
+            print(f"  {name:<18} {_ci(d.get('ci'))} over {d['n']} diagnostics")
     out = Path(args.out)
-    print(f"wrote {out / 'aggregate.json'}, {out / 'aggregate.csv'}, {out / 'curves.png'}")
+    print(f"wrote {out / 'aggregate.json'}, {out / 'aggregate.csv'}, {out / 'diagnostic.csv'}, {out / 'curves.png'}")
     return 0
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    if not d or d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def _reach(s: dict[str, Any]) -> str:
+    """Labels needed to reach 95 % of full: mean ± sd over the runs that reached it, and how many did."""
+    d = s.get("labels_to_95pct_of_full")
+    if not d:
+        return "-"
+    got = f"{d['n']}/{s['runs']} runs"
+    return got if d["mean"] is None else f"{d['mean']:.1f} ± {d['sd']:.1f} ({got})"
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -71,9 +92,16 @@ def cmd_emulate(args: argparse.Namespace) -> int:
             raise CommandError(f"{args.train_config}: the training config must be a JSON object")
     compare = [a for a in (args.compare or "").split(",") if a.strip()]
     preset: dict[str, Any] = {}  # only what was given: EmulationConfig's defaults are the preset
-    for name in ("per_round", "rounds", "pretrain_steps", "steps_per_round", "full_steps"):
+    for name in ("per_round", "rounds", "pretrain_steps", "steps_per_round", "full_steps", "validation", "pool_size",
+                 "steps_per_image", "min_steps", "target_fraction", "diagnose_images"):
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
+    for name in ("pool_size", "steps_per_image"):
+        if preset.get(name) == 0:  # 0: off (the whole pool / the training config's epochs)
+            preset[name] = None
+    if args.diagnose is not None:
+        preset["diagnose"] = [] if args.diagnose.strip().lower() in ("", "none") else [
+            a.strip() for a in args.diagnose.split(",") if a.strip()]
     for name in ("minutes_per_round", "pretrain_minutes", "full_minutes"):
         value = getattr(args, name)
         if value is not None:
@@ -89,14 +117,22 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     except EmulationError as exc:
         raise CommandError(str(exc)) from exc
     out = Path(args.out)
-    print(f"{'arm':<12} {'labelled':>9} {'test Dice':>10} {'AUC':>7} {'annot. Dice':>12} {'clicks':>7}")
+    print(f"{'arm':<12} {'labelled':>9} {'test Dice':>10} {'AUC':>7} {'annot. Dice':>12} {'clicks':>7} "
+          f"{'labels to 95% full':>19} {'min/volume':>10} {'manual min/vol':>14}")
     for arm, s in report["summary"].items():
         auc = s.get("auc")
         ann = s.get("last_annotation_dice")
         print(f"{arm:<12} {s['final_labelled_fraction']:>9.1%} {s['final_test_mean_dice']:>10.3f} "
               f"{'-' if auc is None else f'{auc:.3f}':>7} {'-' if ann is None else f'{ann:.3f}':>12} "
-              f"{s.get('clicks_total', 0):>7}")
-    print(f"wrote {out / 'rounds.csv'}, {out / 'report.json'}, {out / 'curves.png'}")
+              f"{s.get('clicks_total', 0):>7} {_fmt(s.get('labels_to_95pct_of_full'), '.1f'):>19} "
+              f"{_fmt(s.get('minutes_per_volume'), '.2f'):>10} {_fmt(s.get('manual_minutes_per_volume'), '.2f'):>14}")
+    rho = {arm: s.get("score_error_spearman") or {} for arm, s in report["summary"].items()}
+    if any(rho.values()):
+        print("score-error rank correlation (Spearman over pool images, mean over rounds):")
+        for arm, table in rho.items():
+            if table:
+                print(f"  {arm:<10} " + ", ".join(f"{n} {_fmt(d['mean'], '+.2f')}" for n, d in table.items()))
+    print(f"wrote {out / 'rounds.csv'}, {out / 'diagnostic.csv'}, {out / 'report.json'}, {out / 'curves.png'}")
     return 0
 
 
@@ -110,8 +146,8 @@ def register(subparsers: Any) -> None:
             "let the virtual user annotate them (automatic prediction + up to --clicks clicks per class; the result "
             "is saved, not the reference), retrain or fine-tune, evaluate on the test split. Writes OUT/rounds.csv, "
             "OUT/report.json and OUT/curves.png. Run it again with the same options to resume. The defaults are the "
-            "hippocampus CPU preset: on all of Task04_Hippocampus, --compare random,entropy,full takes under an hour "
-            "on 2 cores (docs/emulation/README.md). --aggregate OUT1 OUT2 ... --out AGG summarises runs that differ "
+            "small-start preset: 2 labelled images, 4 per round up to 30 percent of a 60-image pool, step budgets "
+            "proportional to the images trained on (printed at the start; docs/emulation/README.md). --aggregate OUT1 OUT2 ... --out AGG summarises runs that differ "
             "only in --seed (mean, sd, min-max per round)."
         ),
     )
@@ -120,12 +156,20 @@ def register(subparsers: Any) -> None:
                    help="output folder (resumed if it holds a run; with --aggregate: where the summary goes)")
     p.add_argument("--aggregate", nargs="+", default=None, metavar="RUN",
                    help="summarise these finished emulation folders (one per seed) into OUT instead of running")
-    p.add_argument("--strategy", default="entropy", help="strategy (random, sequential, entropy, mc-dropout, tta)")
+    p.add_argument("--strategy", default="entropy",
+                   help="strategy (random, sequential, entropy, soft-dice, mc-dropout, tta)")
     p.add_argument("--compare", default=None, metavar="A,B,...",
                    help="several arms on one plot, e.g. random,entropy,full (full: all reference labels)")
-    p.add_argument("--initial", default="10%", help="initially labelled part of the pool: 10%%, 0.1 or a count")
-    p.add_argument("--per-round", type=int, default=None, metavar="N", help="images annotated per round (default 10)")
-    p.add_argument("--rounds", type=int, default=None, metavar="R", help="rounds (default 4)")
+    p.add_argument("--initial", default="2", help="initially labelled part of the pool: 10%%, 0.1 or a count (default 2)")
+    p.add_argument("--validation", type=int, default=None, metavar="N",
+                   help="N more pool images labelled and held out of training for the version gate (default 0)")
+    p.add_argument("--pool-size", type=int, default=None, metavar="N",
+                   help="use at most N pool images; the test split stays --test-fraction of all cases (default 60; 0: all)")
+    p.add_argument("--per-round", type=int, default=None, metavar="N", help="images annotated per round (default 4)")
+    p.add_argument("--rounds", type=int, default=None, metavar="R",
+                   help="rounds (default: until --target-fraction of the pool is labelled)")
+    p.add_argument("--target-fraction", type=float, default=None, metavar="F",
+                   help="labelled fraction of the pool the rounds reach when --rounds is not given (default 0.3)")
     p.add_argument("--clicks", type=int, default=3, help="click budget per class and image of the virtual user")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, training and strategies")
     p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of the cases in the fixed test split")
@@ -133,10 +177,15 @@ def register(subparsers: Any) -> None:
     mode.add_argument("--fine-tune", dest="fine_tune", action="store_true", default=True,
                       help="fine-tune the current version each round (default)")
     mode.add_argument("--from-scratch", dest="fine_tune", action="store_false", help="train from scratch each round")
+    p.add_argument("--steps-per-image", type=int, default=None, metavar="K",
+                   help="step budget of a training: K x the images it trains on, at least --min-steps (default 15; "
+                        "0: the training config's epochs decide)")
+    p.add_argument("--min-steps", type=int, default=None, metavar="S",
+                   help="floor of the proportional step budget; pre-training's is twice this (default 150)")
     p.add_argument("--minutes-per-round", type=float, default=None, metavar="M",
-                   help="training time budget per round (default 2; 0: the training config's epochs decide)")
-    p.add_argument("--pretrain-minutes", type=float, default=None, help="pre-training budget (default 6; 0: 3 x M)")
-    p.add_argument("--full-minutes", type=float, default=None, help="budget of the full arm (default 10; 0: 3 x M)")
+                   help="a wall-time budget per round instead of steps (default: steps)")
+    p.add_argument("--pretrain-minutes", type=float, default=None, help="a pre-training wall-time budget (default: steps)")
+    p.add_argument("--full-minutes", type=float, default=None, help="a wall-time budget for the full arm (default: steps)")
     p.add_argument("--pretrain-steps", type=int, default=None, metavar="S",
                    help="pre-train for S optimiser steps instead of minutes (same training on a busy machine)")
     p.add_argument("--steps-per-round", type=int, default=None, metavar="S", help="fine-tune S steps per round instead of M")
@@ -146,6 +195,11 @@ def register(subparsers: Any) -> None:
                    help="the virtual user stops clicking a class once its Dice reaches this (0: always use the budget)")
     p.add_argument("--diversity", type=float, default=0.0, help="near-duplicate penalty weight in a batch (0: off)")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick checks)")
+    p.add_argument("--diagnose", default=None, metavar="S,S,...",
+                   help="scorers whose rank correlation with the model's error is measured on the pool each round "
+                        "(default entropy,entropy-volume,soft-dice,mc-dropout-class,tta-dice; none: off)")
+    p.add_argument("--diagnose-images", type=int, default=None, metavar="N",
+                   help="pool images the diagnostic scores per round (default 20)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_emulate)

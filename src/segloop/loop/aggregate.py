@@ -5,9 +5,12 @@ checks that the runs differ only in their seed (and output folder / device), and
 and round, the mean, sample standard deviation, minimum and maximum of the test Dice, the
 labelled fraction, the virtual user's annotation Dice and the clicks; per arm, the same over the
 runs' summaries (area under the Dice-vs-fraction curve, final Dice, Dice relative to ``full``,
-the fraction that first reaches 95 % of ``full``); and per strategy, the paired difference of its
-area under the curve to ``random``'s in each run. Rounds are aggregated only as far as every run
-got (an unfinished run limits them; ``rounds_used`` says how far).
+the fraction that first reaches 95 % of ``full``, the labels needed to reach it, interpolated
+between rounds; the annotation effort in minutes per volume); per strategy, the *paired*
+difference of its area under the curve to ``random``'s in each run (same seed = same splits and
+pre-training) with a bootstrap 95 % interval over the runs; and the score-error rank
+correlations of the diagnostic, pooled over runs and rounds. Rounds are aggregated only as far
+as every run got (an unfinished run limits them; ``rounds_used`` says how far).
 
 `write_aggregate` writes ``AGG/aggregate.json``, ``AGG/aggregate.csv`` and ``AGG/curves.png``
 (mean line, min-max band).
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from segloop.loop.emulate import FULL, EmulationError, _write_atomic, _write_json, area_under_curve
+from segloop.loop.statistics import bootstrap_mean_ci, labels_to_target, paired_differences
 
 # Settings that may differ between the runs being aggregated.
 MAY_DIFFER = {"seed", "out", "device"}
@@ -117,6 +121,7 @@ def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
                 "annotation_dice": spread([r.get("annotation_dice") for r in recs]),
                 "clicks": spread([r.get("clicks") for r in recs]),
                 "seconds": spread([r.get("seconds") for r in recs]),
+                "minutes_per_volume": spread([r.get("minutes_per_volume") for r in recs]),
             })
         out_arms[arm] = rows
         s: dict[str, Any] = {"runs": len(runs), "rounds_used": n_rounds - 1 if arm != FULL else None,
@@ -140,6 +145,13 @@ def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
                     reach.append(hit[0] if hit else None)
                 s["fraction_reaching_95pct_of_full"] = spread(reach)
                 s["runs_reaching_95pct_of_full"] = sum(1 for v in reach if v is not None)
+                s["labels_to_95pct_of_full"] = spread([
+                    labels_to_target([r["labelled"] for r in x[:n_rounds]], [r["test_mean_dice"] for r in x[:n_rounds]], 0.95 * f)
+                    for x, f in zip(runs, fulls, strict=True)])
+            s["minutes_per_volume"] = spread([_mean_of(x[1:n_rounds], "minutes_per_volume") for x in runs])
+            s["manual_minutes_per_volume"] = spread([_mean_of(x[1:n_rounds], "manual_minutes_per_volume") for x in runs])
+            diags = [r["diagnostic"] for x in runs for r in x[1:n_rounds] if r.get("diagnostic")]
+            s["score_error_spearman"] = _pooled_correlations(diags)
         summary[arm] = s
     if "random" in out_arms:
         rnd = summary["random"]["auc"]["values"]
@@ -147,18 +159,40 @@ def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
             if arm in ("random", FULL):
                 continue
             mine = summary[arm]["auc"]["values"]
-            diffs = [None if a is None or b is None else a - b for a, b in zip(mine, rnd, strict=True)]
+            diffs = paired_differences(mine, rnd)
             summary[arm]["auc_minus_random"] = spread(diffs)
+            summary[arm]["auc_minus_random_ci"] = bootstrap_mean_ci(diffs)
             summary[arm]["runs_auc_above_random"] = sum(1 for d in diffs if d is not None and d > 0)
+    all_diags = [r["diagnostic"] for arm in out_arms if arm != FULL for x in (rep["arms"].get(arm) or [] for rep in reports)
+                 for r in x[1:] if r.get("diagnostic")]
     cfg = dict(reports[0]["config"])
     for key in MAY_DIFFER:
         cfg.pop(key, None)
-    return {"runs": [str(f) for f in folders], "seeds": [r["config"].get("seed") for r in reports],
+    return {"score_error_spearman": _pooled_correlations(all_diags), "effort_model": reports[0].get("effort_model"),
+            "budgets": reports[0].get("budgets"),"runs": [str(f) for f in folders], "seeds": [r["config"].get("seed") for r in reports],
             "config": cfg, "wall_seconds": [r.get("wall_seconds") for r in reports], "summary": summary, "arms": out_arms}
 
 
+def _mean_of(records: Sequence[dict[str, Any]], key: str) -> float | None:
+    vals = [float(r[key]) for r in records if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _pooled_correlations(diagnostics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per scorer: the Spearman correlations of every diagnostic (run x round), their mean and a
+    bootstrap 95 % interval of the mean (the diagnostics are not independent across the rounds of
+    one run: the interval is indicative)."""
+    names = list(dict.fromkeys(n for d in diagnostics for n in (d.get("spearman") or {})))
+    out: dict[str, Any] = {}
+    for n in names:
+        vals = [(d.get("spearman") or {}).get(n) for d in diagnostics]
+        out[n] = {**spread(vals), "ci": bootstrap_mean_ci(vals)}
+    return out
+
+
 def write_aggregate(agg: dict[str, Any], out: str | Path) -> None:
-    """``aggregate.json``, ``aggregate.csv`` (one row per arm and round) and ``curves.png`` in ``out``."""
+    """``aggregate.json``, ``aggregate.csv`` (one row per arm and round), ``diagnostic.csv`` (the
+    score-error rank correlations per scorer, pooled and per arm) and ``curves.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "aggregate.json", agg)
@@ -177,6 +211,15 @@ def write_aggregate(agg: dict[str, Any], out: str | Path) -> None:
             w.writerow([arm, r["round"], d["n"], f(r["labelled_fraction"]["mean"]), f(d["mean"]), f(d["sd"]), f(d["min"]),
                         f(d["max"]), f(a["mean"]), f(a["sd"]), "" if r["clicks"]["mean"] is None else f"{r['clicks']['mean']:.1f}"])
     _write_atomic(out / "aggregate.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["arm", "scorer", "diagnostics", "spearman_mean", "spearman_sd", "ci_low", "ci_high"])
+    pooled = [("all", agg.get("score_error_spearman") or {})]
+    pooled += [(arm, s.get("score_error_spearman") or {}) for arm, s in agg["summary"].items()]
+    for arm, table in pooled:
+        for name, d in table.items():
+            w.writerow([arm, name, d["n"], f(d["mean"]), f(d["sd"]), f(d["ci"]["low"]), f(d["ci"]["high"])])
+    _write_atomic(out / "diagnostic.csv", buf.getvalue().encode())
     plot_aggregate(agg, out / "curves.png")
 
 

@@ -56,21 +56,33 @@ from typing import Any
 import numpy as np
 
 from segloop.activelearning.strategies import get_strategy
+from segloop.loop.diagnostic import (
+    DEFAULT_DIAGNOSTIC,
+    check_scorers,
+    mean_correlations,
+    score_error_correlation,
+)
+from segloop.loop.effort import EffortModel, annotation_effort
 from segloop.loop.evaluation import evaluate_pairs, overlap_per_class
+from segloop.loop.statistics import labels_to_target
 from segloop.store.base import Datastore
 
 MODEL = "emulated"
 FULL = "full"
-VALIDATION_FRACTION = 0.2
 Log = Callable[[str], None]
 
-# The hippocampus CPU preset (the defaults): see the module docstring and docs/emulation/README.md.
-PRESET_PER_ROUND = 10
-PRESET_ROUNDS = 4
-PRESET_PRETRAIN_MINUTES = 6.0
-PRESET_MINUTES_PER_ROUND = 2.0
-PRESET_FULL_MINUTES = 10.0
+# The small-start preset (the defaults): see the module docstring and docs/emulation/README.md.
+PRESET_INITIAL = "2"
+PRESET_PER_ROUND = 4
+PRESET_TARGET_FRACTION = 0.3  # rounds (when not given): until this fraction of the pool is labelled
+PRESET_POOL_SIZE = 60
+PRESET_STEPS_PER_IMAGE = 15
+PRESET_MIN_STEPS = 150
+PRESET_PRETRAIN_FACTOR = 2  # pre-training's floor: this many times min_steps
 STEP_KEYS = ("pretrain_steps", "steps_per_round", "full_steps")
+# Optional settings left out of the pinned config while unset (runs pinned before they existed still resume).
+OPTIONAL_KEYS = (*STEP_KEYS, "rounds", "pool_size", "steps_per_image", "min_steps", "minutes_per_round",
+                 "pretrain_minutes", "full_minutes")
 
 
 class EmulationError(ValueError):
@@ -81,31 +93,47 @@ class EmulationError(ValueError):
 class EmulationConfig:
     """Settings of one emulation (JSON-friendly; pinned in ``OUT/config.json``).
 
-    ``initial`` is a fraction of the pool (``"10%"``, ``0.1``) or a count (``"12"``, ``12``).
+    ``initial`` is a fraction of the pool (``"10%"``, ``0.1``) or a count (``"12"``, ``12``): the
+    images pre-trained on. ``validation`` more pool images get reference labels and are held out
+    of training to decide whether a fine-tuned version replaces the current one (0: no held-out
+    images; the gate then has nothing to compare on and accepts). Both count as labelled.
+    ``rounds`` None: as many as reach ``target_fraction`` of the pool. ``pool_size``: use at most
+    this many pool images (the test split is still ``test_fraction`` of every case).
     ``train`` overrides `segloop.ml.training.TrainConfig` fields for every training.
-    Minutes are wall-time budgets per training (None: the config's epochs decide). Steps
-    (``pretrain_steps``, ``steps_per_round``, ``full_steps``) replace a phase's minutes with a fixed
-    number of optimiser steps: the same training whatever else runs on the machine (a wall budget
-    buys fewer steps on a busy machine, and arms trained at different times get different amounts).
+
+    Training budgets, per phase, first match wins: fixed steps (``pretrain_steps``,
+    ``steps_per_round``, ``full_steps``); minutes of wall time (``pretrain_minutes``,
+    ``minutes_per_round``, ``full_minutes``); else steps proportional to the images trained on,
+    ``max(min_steps, steps_per_image x images)`` (pre-training's floor ``PRESET_PRETRAIN_FACTOR x
+    min_steps``; ``full``: the total an active-learning arm gets, pre-training included). Steps
+    are the same training whatever else runs on the machine (a wall budget buys fewer steps on a
+    busy machine). `step_budgets` prints them.
     """
 
     dataset: str
     out: str
     strategy: str = "entropy"
     compare: list[str] = field(default_factory=list)
-    initial: str = "10%"
+    initial: str = PRESET_INITIAL
     per_round: int = PRESET_PER_ROUND
-    rounds: int = PRESET_ROUNDS
+    rounds: int | None = None  # None: until target_fraction of the pool is labelled
+    target_fraction: float = PRESET_TARGET_FRACTION
+    pool_size: int | None = PRESET_POOL_SIZE
+    validation: int = 0
     clicks: int = 3
     seed: int = 0
     test_fraction: float = 0.2
     fine_tune: bool = True
-    minutes_per_round: float | None = PRESET_MINUTES_PER_ROUND
-    pretrain_minutes: float | None = PRESET_PRETRAIN_MINUTES  # None: 3 x minutes_per_round
-    full_minutes: float | None = PRESET_FULL_MINUTES  # None: 3 x minutes_per_round
+    minutes_per_round: float | None = None  # set: a wall-time budget per round
+    pretrain_minutes: float | None = None  # set: a wall-time budget for pre-training
+    full_minutes: float | None = None  # set: a wall-time budget for the full arm
     pretrain_steps: int | None = None  # set: this many steps instead of pretrain_minutes
     steps_per_round: int | None = None  # set: this many steps per round instead of minutes_per_round
     full_steps: int | None = None  # set: this many steps instead of full_minutes
+    steps_per_image: int | None = PRESET_STEPS_PER_IMAGE
+    min_steps: int | None = PRESET_MIN_STEPS
+    diagnose: list[str] = field(default_factory=lambda: list(DEFAULT_DIAGNOSTIC))
+    diagnose_images: int = 20  # pool images the diagnostic scores per round (0: no diagnostic)
     train: dict[str, Any] = field(default_factory=dict)
     satisfied_dice: float | None = 0.95
     diversity: float = 0.0
@@ -120,7 +148,7 @@ class EmulationConfig:
         """The settings a resumed run must share (everything but the device)."""
         d = asdict(self)
         d.pop("device", None)
-        for key in STEP_KEYS:  # unset: left out, so runs pinned before these options existed still resume
+        for key in OPTIONAL_KEYS:  # unset: left out, so runs pinned before these options existed still resume
             if d.get(key) is None:
                 d.pop(key, None)
         d["dataset"] = str(Path(self.dataset).resolve())
@@ -140,10 +168,60 @@ class Plan:
     pool: list[str]
     initial: list[str]
     validation: list[str]
+    rounds: int = 0
 
     @property
     def class_names(self) -> dict[int, str]:
         return {c.value: c.name for c in self.schema.foreground}
+
+    def labelled(self, rnd: int) -> int:
+        """Pool images with a label after round ``rnd`` (validation images included)."""
+        return len(self.initial) + len(self.validation) + rnd * self.config.per_round
+
+    def budget(self, phase: str, rnd: int = 0) -> tuple[float | None, int | None]:
+        """``(minutes, steps)`` of one training: ``phase`` is ``pretrain``, ``round`` (round ``rnd``) or
+        ``full`` (see `EmulationConfig`); both None: the training config's epochs decide."""
+        cfg = self.config
+        fixed = {"pretrain": cfg.pretrain_steps, "round": cfg.steps_per_round, "full": cfg.full_steps}[phase]
+        if fixed is not None:
+            return None, int(fixed)
+        minutes = {"pretrain": cfg.pretrain_minutes, "round": cfg.minutes_per_round, "full": cfg.full_minutes}[phase]
+        if minutes is None and phase != "round" and cfg.minutes_per_round is not None:
+            minutes = 3 * cfg.minutes_per_round
+        if minutes is not None:
+            return float(minutes), None
+        if cfg.steps_per_image is None:
+            return None, None
+        floor = int(cfg.min_steps or 1)
+        if phase == "pretrain":
+            return None, max(PRESET_PRETRAIN_FACTOR * floor, cfg.steps_per_image * len(self.initial))
+        if phase == "round":
+            return None, max(floor, cfg.steps_per_image * (self.labelled(rnd) - len(self.validation)))
+        parts = [self.budget("pretrain"), *(self.budget("round", r) for r in range(1, self.rounds + 1))]
+        if all(st is not None for _, st in parts):
+            return None, int(sum(st or 0 for _, st in parts))  # the same training as an active-learning arm
+        return None, max(floor, cfg.steps_per_image * (len(self.pool) - len(self.validation)))
+
+    def budgets(self) -> dict[str, Any]:
+        """Every training's budget, for the log and the report."""
+        def one(phase: str, rnd: int = 0) -> dict[str, Any]:
+            minutes, steps = self.budget(phase, rnd)
+            return {"minutes": minutes, "steps": steps}
+
+        return {"pretrain": one("pretrain"), "rounds": [one("round", r) for r in range(1, self.rounds + 1)],
+                "full": one("full")}
+
+
+def describe_budgets(budgets: dict[str, Any]) -> str:
+    """One line: ``pre-training 300 steps; rounds 150, 150, ...; full 1080 steps``."""
+    def fmt(b: dict[str, Any]) -> str:
+        if b["steps"] is not None:
+            return f"{b['steps']}"
+        return f"{b['minutes']:g} min" if b["minutes"] is not None else "config epochs"
+
+    rounds = ", ".join(fmt(b) for b in budgets["rounds"]) or "none"
+    unit = " steps" if budgets["pretrain"]["steps"] is not None else ""
+    return f"training budgets: pre-training {fmt(budgets['pretrain'])}{unit}; rounds {rounds}; full {fmt(budgets['full'])}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,9 +289,20 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
                 get_strategy(arm)
             except ValueError as exc:
                 raise EmulationError(f"{exc} (or 'full' in --compare)") from exc
-    for name, value, low in (("--per-round", config.per_round, 1), ("--rounds", config.rounds, 0), ("--clicks", config.clicks, 0)):
-        if not isinstance(value, int) or value < low:
+    for name, value, low in (("--per-round", config.per_round, 1), ("--rounds", config.rounds, 0), ("--clicks", config.clicks, 0),
+                             ("--validation", config.validation, 0), ("--pool-size", config.pool_size, 1),
+                             ("--steps-per-image", config.steps_per_image, 1), ("--min-steps", config.min_steps, 1),
+                             ("--diagnose-images", config.diagnose_images, 0)):
+        if value is None and name not in ("--per-round", "--clicks", "--validation", "--diagnose-images"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise EmulationError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0 < config.target_fraction <= 1:
+        raise EmulationError(f"--target-fraction must be in (0, 1], got {config.target_fraction}")
+    try:
+        check_scorers(config.diagnose)
+    except ValueError as exc:
+        raise EmulationError(f"--diagnose: {exc}") from exc
     if not 0 < config.test_fraction < 1:
         raise EmulationError(f"--test-fraction must be in (0, 1), got {config.test_fraction}")
     for name, minutes in (("--minutes-per-round", config.minutes_per_round), ("--pretrain-minutes", config.pretrain_minutes),
@@ -263,23 +352,26 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
     shuffled = [names[i] for i in order]
     n_test = max(1, int(round(len(names) * config.test_fraction)))
     test, pool = sorted(shuffled[:n_test]), shuffled[n_test:]
+    if config.pool_size is not None:
+        pool = pool[: config.pool_size]
     n_init = parse_initial(config.initial, len(pool))
-    n_val = max(1, int(round(n_init * VALIDATION_FRACTION)))
-    if n_init - n_val < 2:
+    if n_init < 2:
         raise EmulationError(
-            f"--initial {config.initial} gives {n_init} labelled image(s) of a pool of {len(pool)}: too few to train "
-            f"(need at least {n_val + 2}: 2 to train and {n_val} to validate)"
+            f"--initial {config.initial} gives {n_init} labelled image(s) of a pool of {len(pool)}: too few to train (need 2)"
         )
-    needed = n_init + config.rounds * config.per_round
+    start = n_init + config.validation
+    rounds = config.rounds
+    if rounds is None:
+        rounds = max(1, int(math.ceil((config.target_fraction * len(pool) - start) / config.per_round - 1e-9)))
+    needed = start + rounds * config.per_round
     if needed > len(pool):
         raise EmulationError(
-            f"the pool has {len(pool)} images: --initial ({n_init}) + --rounds x --per-round "
-            f"({config.rounds} x {config.per_round}) needs {needed}"
+            f"the pool has {len(pool)} images: --initial ({n_init}) + --validation ({config.validation}) + --rounds x "
+            f"--per-round ({rounds} x {config.per_round}) needs {needed}"
         )
-    initial = pool[:n_init]
     return Plan(
         config, ds.schema, {case_name(i): i for i, _ in pairs}, {case_name(i): lab for i, lab in pairs if lab is not None},
-        test, pool, initial, initial[:n_val],
+        test, pool, pool[:n_init], pool[n_init:start], rounds,
     )
 
 
@@ -373,6 +465,7 @@ class Emulation:
         self._session: dict[str, Any] | None = None
         self._session_cpu: CpuSnapshot | None = None
         self._earlier_sessions: list[dict[str, Any]] = []
+        self.effort = EffortModel()
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -426,14 +519,12 @@ class Emulation:
         cfg = self.config
         t0 = time.monotonic()
         cpu0 = CpuSnapshot.now()
-        minutes = cfg.pretrain_minutes or (3 * cfg.minutes_per_round if cfg.minutes_per_round else None)
-        self.log(f"pre-training on {len(self.plan.initial)} initial images ({len(self.plan.validation)} held out for validation)")
+        minutes, steps = self.plan.budget("pretrain")
+        self.log(f"pre-training on {len(self.plan.initial)} initial images ({len(self.plan.validation)} more held out for validation)")
         store = self._fresh_store(self.out / "pretrain" / "data")
         self._fill_store(store, self.plan.initial, self.plan.initial)
-        held = set(self.plan.validation)
-        pairs = [(r.image_id, r.revision) for r in store.final_labels() if r.image_id not in held]
-        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed, cfg.pretrain_steps), revisions=pairs,
-                        device=cfg.device)
+        pairs = [(r.image_id, r.revision) for r in store.final_labels()]
+        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed, steps), revisions=pairs, device=cfg.device)
         metrics = self.evaluate(Predictor.load(store, MODEL, version.version, device=cfg.device))
         done = {"checkpoint": str(version.checkpoint), "config": version.config, "trained_on": [list(p) for p in version.trained_on],
                 "train_metrics": {k: v for k, v in version.metrics.items() if k != "history"}, "test": metrics,
@@ -458,7 +549,7 @@ class Emulation:
         if (folder / "setup.json").is_file():
             return open_datastore(folder / "data")
         store = self._fresh_store(folder / "data")
-        self._fill_store(store, self.plan.initial, self.plan.pool)
+        self._fill_store(store, [*self.plan.initial, *self.plan.validation], self.plan.pool)
         staged = store.staging_dir() / "pretrained.pt"
         shutil.copy(pre["checkpoint"], staged)
         store.create_model(MODEL, {"network": pre["config"]["network"], "classes": pre["config"]["classes"]})
@@ -466,6 +557,26 @@ class Emulation:
                                 metrics=pre["train_metrics"])
         _write_json(folder / "setup.json", {"arm": arm})
         return store
+
+    def diagnose(self, arm: str, rnd: int, loop: Any) -> dict[str, Any] | None:
+        """The correlation diagnostic before round ``rnd``'s selection (`segloop.loop.diagnostic`), saved
+        in ``OUT/arms/<arm>/diagnostic-NN.json`` (a resumed round reads it back)."""
+        cfg = self.config
+        if not cfg.diagnose or not cfg.diagnose_images:
+            return None
+        path = self.arm_dir(arm) / f"diagnostic-{rnd:02d}.json"
+        done = _read_json(path, None)
+        if done is not None:
+            return dict(done)
+        ids = loop.pool()[: cfg.diagnose_images]
+        t0 = time.monotonic()
+        diag = score_error_correlation(loop.predictor(), ids, loop.store.load_image, self.reference, cfg.diagnose)
+        diag["model_version"] = loop.current_version
+        _write_json(path, diag)
+        rho = ", ".join(f"{n} {_fmt(v, 2) or '-'}" for n, v in diag["spearman"].items())
+        self.log(f"[{arm}] round {rnd}: score-error rank correlation on {diag['images']} pool images: {rho} "
+                 f"({time.monotonic() - t0:.0f} s)")
+        return diag
 
     @staticmethod
     def _steps(store: Datastore, version: int | None) -> int | None:
@@ -495,11 +606,11 @@ class Emulation:
         folder = self.arm_dir(arm)
         rounds = self.arm_rounds(arm)
         if not rounds:
-            rounds = [self._record(arm, 0, len(self.plan.initial), pre["test"], clicks=0, clicks_total=0,
+            rounds = [self._record(arm, 0, self.plan.labelled(0), pre["test"], clicks=0, clicks_total=0,
                                    annotation_dice=None, annotation_dice_per_class=None, model_version=1,
                                    accepted=True, train_seconds=pre["seconds"], seconds=pre["seconds"], selected=[],
                                    steps=(pre.get("train_metrics") or {}).get("steps"), cpu=pre.get("cpu"))]
-        if len(rounds) > cfg.rounds:
+        if len(rounds) > self.plan.rounds:
             return rounds
         store = self._open_arm(arm, pre)
         _write_json(folder / "rounds.json", rounds)
@@ -507,15 +618,17 @@ class Emulation:
         strategy = get_strategy(arm, seed=cfg.seed) if "seed" in get_strategy(arm).params else get_strategy(arm)
         user = VirtualAnnotator(self.reference, cfg.clicks, cfg.satisfied_dice, seed=cfg.seed)
         names = self.plan.class_names
-        for rnd in range(len(rounds), cfg.rounds + 1):
+        for rnd in range(len(rounds), self.plan.rounds + 1):
             t0 = time.monotonic()
             cpu0 = CpuSnapshot.now()
+            minutes, steps = self.plan.budget("round", rnd)
             loop = ActiveLearningLoop(
-                store, MODEL, strategy, user, train_config=build_train_config(cfg, cfg.minutes_per_round, cfg.seed + rnd, cfg.steps_per_round),
+                store, MODEL, strategy, user, train_config=build_train_config(cfg, minutes, cfg.seed + rnd, steps),
                 retrain_every=cfg.per_round, fine_tune=cfg.fine_tune, validation_ids=self.plan.validation,
                 diversity=cfg.diversity, auto_train=False, device=cfg.device,
             )
             loop.set_version(int(rounds[-1]["model_version"]))
+            diag = self.diagnose(arm, rnd, loop)
             sel_file = folder / f"round-{rnd:02d}.json"
             sel = _read_json(sel_file, None)
             earlier = float(sel.get("select_seconds", 0.0)) if sel is not None else 0.0  # selection time of a resumed round
@@ -533,7 +646,9 @@ class Emulation:
                     ann_clicks = loop.annotate(image_id).clicks
                 saved = store.load_label(image_id).array
                 overlap = overlap_per_class(saved, self.reference(image_id), names)
-                sel["annotations"][image_id] = {"clicks": ann_clicks, "dice": {n: v["dice"] for n, v in overlap.items()}}
+                effort = annotation_effort(self.effort, ann_clicks or 0, saved, self.reference(image_id), list(names))
+                sel["annotations"][image_id] = {"clicks": ann_clicks, "dice": {n: v["dice"] for n, v in overlap.items()},
+                                                "effort": effort}
                 _write_json(sel_file, sel)
             t_train = time.monotonic()
             loop.start_training(force=True)
@@ -545,7 +660,9 @@ class Emulation:
             anns = [sel["annotations"][i] for i in sel["selected"]]
             clicks = int(sum(a["clicks"] or 0 for a in anns))
             per_class = {n: float(np.mean([a["dice"][n] for a in anns])) for n in names.values()}
-            labelled = len(self.plan.initial) + rnd * cfg.per_round
+            labelled = self.plan.labelled(rnd)
+            minutes_each = [float(a["effort"]["minutes"]) for a in anns if a.get("effort")]
+            manual_each = [float(a["effort"]["manual_minutes"]) for a in anns if a.get("effort")]
             rec = self._record(
                 arm, rnd, labelled, test, clicks=clicks, clicks_total=int(rounds[-1]["clicks_total"]) + clicks,
                 annotation_dice=float(np.mean(list(per_class.values()))), annotation_dice_per_class=per_class,
@@ -554,6 +671,11 @@ class Emulation:
                 seconds=earlier + time.monotonic() - t0, select_seconds=float(sel.get("select_seconds", 0.0)),
                 selected=sel["selected"], steps=self._steps(store, outcome.version),
                 made_current_unchecked=outcome.made_current_unchecked, cpu=cpu_usage(cpu0),
+                minutes_per_volume=float(np.mean(minutes_each)) if minutes_each else None,
+                manual_minutes_per_volume=float(np.mean(manual_each)) if manual_each else None,
+                annotation_minutes=float(np.sum(minutes_each)),
+                annotation_minutes_total=float(rounds[-1].get("annotation_minutes_total") or 0.0) + float(np.sum(minutes_each)),
+                diagnostic=None if diag is None else {"images": diag["images"], "spearman": diag["spearman"]},
             )
             rounds.append(rec)
             _write_json(folder / "rounds.json", rounds)
@@ -580,9 +702,8 @@ class Emulation:
         self._fill_store(store, self.plan.pool, self.plan.pool)
         held = set(self.plan.validation)
         pairs = [(r.image_id, r.revision) for r in store.final_labels() if r.image_id not in held]
-        minutes = cfg.full_minutes or (3 * cfg.minutes_per_round if cfg.minutes_per_round else None)
-        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed, cfg.full_steps), revisions=pairs,
-                        device=cfg.device)
+        minutes, steps = self.plan.budget("full")
+        version = train(store, MODEL, build_train_config(cfg, minutes, cfg.seed, steps), revisions=pairs, device=cfg.device)
         test = self.evaluate(Predictor.load(store, MODEL, version.version, device=cfg.device))
         seconds = time.monotonic() - t0
         rec = self._record(FULL, 0, len(self.plan.pool), test, clicks=0, clicks_total=0, annotation_dice=None,
@@ -613,6 +734,10 @@ class Emulation:
         self._session = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info()}
         _write_json(self.out / "splits.json", {"test": self.plan.test, "pool": self.plan.pool,
                                                "initial": self.plan.initial, "validation": self.plan.validation})
+        self.log(f"{len(self.plan.test)} test / {len(self.plan.pool)} pool images; {len(self.plan.initial)} initially labelled, "
+                 f"{len(self.plan.validation)} validation, {self.plan.rounds} rounds of {self.config.per_round} "
+                 f"-> {self.plan.labelled(self.plan.rounds) / len(self.plan.pool):.0%} labelled")
+        self.log(describe_budgets(self.plan.budgets()))
         pre = self.pretrain() if any(a != FULL for a in self.config.arms) else {}
         for arm in self.config.arms:
             self.run_arm(arm, pre)
@@ -645,10 +770,20 @@ class Emulation:
                     s["relative_to_full"] = last["test_mean_dice"] / full_dice
                     hit = [r["labelled_fraction"] for r in rounds if r["test_mean_dice"] >= 0.95 * full_dice]
                     s["fraction_reaching_95pct_of_full"] = hit[0] if hit else None
+                    s["labels_to_95pct_of_full"] = labels_to_target(
+                        [r["labelled"] for r in rounds], [r["test_mean_dice"] for r in rounds], 0.95 * full_dice)
+                done = rounds[1:]
+                minutes = [r["minutes_per_volume"] for r in done if r.get("minutes_per_volume") is not None]
+                manual = [r["manual_minutes_per_volume"] for r in done if r.get("manual_minutes_per_volume") is not None]
+                s["minutes_per_volume"] = float(np.mean(minutes)) if minutes else None
+                s["manual_minutes_per_volume"] = float(np.mean(manual)) if manual else None
+                s["annotation_minutes_total"] = last.get("annotation_minutes_total")
+                s["score_error_spearman"] = mean_correlations([r["diagnostic"] for r in done if r.get("diagnostic")])
             summary[arm] = s
         return {"config": self.config.pinned(), "classes": list(self.plan.class_names.values()),
                 "splits": {"test": len(self.plan.test), "pool": len(self.plan.pool), "initial": len(self.plan.initial),
-                           "validation": len(self.plan.validation)},
+                           "validation": len(self.plan.validation), "rounds": self.plan.rounds},
+                "budgets": self.plan.budgets(), "effort_model": self.effort.describe(),
                 "summary": summary, "arms": arms}
 
     def _sessions(self) -> list[dict[str, Any]]:
@@ -674,7 +809,7 @@ class Emulation:
         w.writerow(["arm", "round", "labelled", "labelled_fraction", "test_mean_dice", "test_mean_iou",
                     *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names], "clicks", "clicks_total",
                     "annotation_dice", "model_version", "accepted", "seconds", "train_seconds", "select_seconds", "steps",
-                    "own_cores", "other_cores"])
+                    "own_cores", "other_cores", "minutes_per_volume", "manual_minutes_per_volume"])
         for rounds in report["arms"].values():
             for r in rounds:
                 w.writerow([r["arm"], r["round"], r["labelled"], f"{r['labelled_fraction']:.4f}", f"{r['test_mean_dice']:.4f}",
@@ -683,8 +818,18 @@ class Emulation:
                             "" if r["annotation_dice"] is None else f"{r['annotation_dice']:.4f}", r["model_version"],
                             int(bool(r["accepted"])), f"{r['seconds']:.1f}", _fmt(r.get("train_seconds"), 1),
                             _fmt(r.get("select_seconds"), 1), r.get("steps") or "", _fmt((r.get("cpu") or {}).get("own_cores"), 2),
-                            _fmt((r.get("cpu") or {}).get("other_cores"), 2)])
+                            _fmt((r.get("cpu") or {}).get("other_cores"), 2), _fmt(r.get("minutes_per_volume"), 2),
+                            _fmt(r.get("manual_minutes_per_volume"), 2)])
         _write_atomic(self.out / "rounds.csv", buf.getvalue().encode())
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["arm", "round", "images", "scorer", "spearman"])
+        for rounds in report["arms"].values():
+            for r in rounds:
+                d = r.get("diagnostic") or {}
+                for scorer_name, rho in (d.get("spearman") or {}).items():
+                    w.writerow([r["arm"], r["round"], d.get("images"), scorer_name, _fmt(rho, 4)])
+        _write_atomic(self.out / "diagnostic.csv", buf.getvalue().encode())
         _write_json(self.out / "report.json", report)
         plot_curves(report, self.out / "curves.png")
         return report

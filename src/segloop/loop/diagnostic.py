@@ -1,0 +1,115 @@
+"""Which selection scores predict the model's error: the emulation's correlation diagnostic.
+
+At a round, every scorer scores the same pool images with the same model, and the model's
+actual error on each (``1 -`` mean Dice of its automatic segmentation against the reference,
+over the foreground classes) is measured. The Spearman rank correlation between a scorer's
+scores and the errors says whether ranking by that score puts the images the model gets most
+wrong first: a score that does not predict error cannot select well.
+
+Scorers are strategy names (default parameters) or the named variants in `SCORERS`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from segloop.activelearning.strategies import ScoringContext, Strategy, get_strategy
+from segloop.imaging.volume import Volume
+from segloop.loop.statistics import spearman
+
+# name -> (strategy, parameters). Passes kept small: the diagnostic runs every round.
+SCORERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "entropy": ("entropy", {}),
+    "entropy-foreground": ("entropy", {"region": "foreground"}),
+    "entropy-volume": ("entropy", {"region": "volume"}),
+    "soft-dice": ("soft-dice", {}),
+    "mc-dropout": ("mc-dropout", {"passes": 4}),
+    "mc-dropout-class": ("mc-dropout", {"passes": 4, "region": "class"}),
+    "mc-dropout-dice": ("mc-dropout", {"passes": 4, "metric": "dice"}),
+    "tta": ("tta", {"passes": 4}),
+    "tta-dice": ("tta", {"passes": 4, "metric": "dice"}),
+}
+DEFAULT_DIAGNOSTIC = ("entropy", "entropy-volume", "soft-dice", "mc-dropout-class", "tta-dice")
+
+
+def scorer(name: str) -> Strategy:
+    """The strategy behind a scorer name.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    if name in SCORERS:
+        strategy, params = SCORERS[name]
+        return get_strategy(strategy, **params)
+    try:
+        return get_strategy(name)
+    except ValueError:
+        raise ValueError(f"unknown diagnostic scorer {name!r} (known: {', '.join(SCORERS)}, or a strategy name)") from None
+
+
+def check_scorers(names: Sequence[str]) -> list[Strategy]:
+    """Strategies for ``names`` (raises ValueError for an unknown one)."""
+    return [scorer(n) for n in names]
+
+
+def model_error(prediction: np.ndarray, reference: np.ndarray, class_values: Sequence[int]) -> float:
+    """``1 -`` mean Dice over ``class_values`` of two label maps (a class absent from both counts as Dice 1)."""
+    from segloop.metrics import dice
+
+    p, r = np.asarray(prediction), np.asarray(reference)
+    if p.shape != r.shape:
+        raise ValueError(f"prediction shape {p.shape} does not match reference shape {r.shape}")
+    if not class_values:
+        raise ValueError("no foreground class to measure")
+    return float(1.0 - np.mean([float(dice(p, r, int(v))) for v in class_values]))
+
+
+def score_error_correlation(
+    predictor: Any,
+    image_ids: Sequence[str],
+    load: Callable[[str], Volume],
+    reference: Callable[[str], np.ndarray],
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """Scores of every scorer and the model's error on ``image_ids``, and their rank correlations.
+
+    Returns:
+        ``{"images", "spearman": {name: rho or None}, "scores": {name: {id: score}},
+        "errors": {id: error}, "seconds": {name: s, "error": s}}``.
+    """
+    strategies = {n: scorer(n) for n in names}
+    class_values = [int(v) for v in predictor.spec.foreground]
+    ctx = ScoringContext(load=load, predictor=predictor)
+    scores: dict[str, dict[str, float]] = {n: {} for n in names}
+    errors: dict[str, float] = {}
+    seconds: dict[str, float] = {n: 0.0 for n in [*names, "error"]}
+    for image_id in image_ids:
+        t0 = time.perf_counter()
+        volume = ctx.volume(image_id)
+        errors[image_id] = model_error(predictor.predict(volume).label.array, reference(image_id), class_values)
+        seconds["error"] += time.perf_counter() - t0
+        for n, strat in strategies.items():
+            t0 = time.perf_counter()
+            scores[n][image_id] = float(strat.score(image_id, ctx))
+            seconds[n] += time.perf_counter() - t0
+        ctx.forget(image_id)
+    ids = list(errors)
+    err = [errors[i] for i in ids]
+    rho = {n: spearman([scores[n][i] for i in ids], err) for n in names}
+    return {"images": len(ids), "spearman": rho, "scores": scores, "errors": errors,
+            "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+
+
+def mean_correlations(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per scorer, the mean and range of its Spearman correlation over several diagnostics."""
+    out: dict[str, dict[str, Any]] = {}
+    names = list(dict.fromkeys(n for r in records for n in (r.get("spearman") or {})))
+    for n in names:
+        vals = [float(v) for r in records if (v := (r.get("spearman") or {}).get(n)) is not None]
+        out[n] = {"n": len(vals), "mean": float(np.mean(vals)) if vals else None,
+                  "min": float(np.min(vals)) if vals else None, "max": float(np.max(vals)) if vals else None}
+    return out
