@@ -497,6 +497,44 @@ class InteractiveSession:
         self.prediction = self._snapshot(t0, box)
         return self.prediction
 
+    # --- prompts beyond clicks (segloop.ml.prompt_session): each one undoable step ---------------
+
+    def add_box(self, box: Any) -> Prediction:
+        """A `segloop.ml.prompts.Box` (2D or 3D): the structure inside it; one undoable step."""
+        from segloop.ml.prompt_session import add_box
+
+        return add_box(self, box)
+
+    def add_lasso(self, lasso: Any) -> Prediction:
+        """A `segloop.ml.prompts.Lasso` (closed contour on one slice) grown into 3D; one undoable step."""
+        from segloop.ml.prompt_session import add_lasso
+
+        return add_lasso(self, lasso)
+
+    def add_scribbles(self, strokes: Sequence[Any], mode: str = "guidance", params: Any = None) -> Prediction:
+        """`segloop.ml.prompts.Stroke` s as model guidance (``mode="guidance"``) or as seeds of a
+        graph-cut refinement of the current mask (``"graphcut"``); one undoable step."""
+        from segloop.ml.prompt_session import add_scribbles
+
+        return add_scribbles(self, strokes, mode, params)  # type: ignore[arg-type]
+
+    def _squash_steps(self, depth: int, before: int) -> Prediction:
+        """Merge the history steps past ``depth`` into one (a prompt made of several steps), so
+        one undo takes it all back; ``before``: the mask step the first of them started from."""
+        steps = self._history[depth:]
+        if len(steps) > 1:
+            del self._history[depth:]
+            box = tuple(slice(min(s[1][a].start for s in steps), max(s[1][a].stop for s in steps)) for a in range(3))
+            probs = self._probs[(slice(None), *box)].copy()
+            label = self._label[box].copy()
+            for _, b, old_p, old_l in reversed(steps):
+                rel = tuple(slice(s.start - u.start, s.stop - u.start) for s, u in zip(b, box, strict=True))
+                probs[(slice(None), *rel)] = old_p
+                label[rel] = old_l
+            self._history.append((steps[0][0], box, probs, label))
+            self.prediction.changed = (before, box)
+        return self.prediction
+
     def info(self) -> dict[str, Any]:
         return {
             "clicks": [c.to_dict() for c in self.clicks],

@@ -1,0 +1,142 @@
+"""Prompts as steps of an `InteractiveSession` (box, lasso, scribbles; see `segloop.ml.prompts`).
+
+Each prompt is built from the session's own steps — `add_clicks` for what the model should
+follow, `set_label` for the constraint the prompt states — and then squashed into **one** step
+of the session's history, so one `undo` takes the whole prompt back and `redo` re-applies it.
+
+- box: the box's clicks, then its class is removed outside the box;
+- lasso: the lasso's clicks (the model grows the outline into 3D), then its slice is set to the
+  contour's inside exactly;
+- scribbles, ``mode="guidance"``: the strokes sub-sampled into clicks (at least twice the
+  guidance width apart), then every scribbled voxel takes its stroke's class;
+- scribbles, ``mode="graphcut"``: no network call; a min-cut seeded by the strokes on the
+  current probabilities and the image's intensities (`segloop.ml.graphcut.refine_label`).
+
+After a model-based prompt its clicks stay the session's clicks (they keep steering the next
+click); the graph cut is an edit like the brush: the clicks so far are part of its mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from segloop.ml import prompts
+from segloop.ml.clicks import check_point
+from segloop.ml.graphcut import GraphCutParams, refine_label
+
+if TYPE_CHECKING:
+    from segloop.ml.predictor import InteractiveSession, Prediction
+
+ScribbleMode = Literal["guidance", "graphcut"]
+SCRIBBLE_MODES = ("guidance", "graphcut")
+
+
+def _check_value(session: InteractiveSession, value: int, what: str, background: bool = False) -> None:
+    values = session.predictor.spec.class_values
+    if int(value) not in values or (int(value) == 0 and not background):
+        raise ValueError(f"{what}: class {value} is not a foreground class of the model ({[v for v in values if v]})")
+
+
+def _check_points(session: InteractiveSession, points: Sequence[Sequence[int]]) -> None:
+    for p in points:
+        check_point(list(p), session.image.shape)
+
+
+def _one_step(session: InteractiveSession, build: Callable[[], object]) -> Prediction:
+    """Run ``build`` (which makes session steps) and squash what it added into one step."""
+    depth, before = session.undo_depth, session.prediction.step
+    try:
+        build()
+    except BaseException:
+        session._squash_steps(depth, before)
+        if session.undo_depth > depth:  # a half-applied prompt is taken back whole
+            session.undo()
+            session._redo.clear()
+        raise
+    return session._squash_steps(depth, before)
+
+
+def _require_interactive(session: InteractiveSession, what: str) -> None:
+    check = getattr(session.predictor, "require_interactive", None)  # automatic-only models refuse guidance
+    if check is not None:
+        check(what)
+
+
+def _keep_clicks(session: InteractiveSession, label: np.ndarray) -> None:
+    clicks = list(session.clicks)
+    session.set_label(label)
+    session.clicks = clicks
+
+
+def add_box(session: InteractiveSession, box: prompts.Box) -> Prediction:
+    _require_interactive(session, "a box")
+    _check_value(session, box.value, "box")
+    _check_points(session, [box.lo, box.hi])
+    values = session.predictor.spec.class_values
+
+    def build() -> None:
+        session.add_clicks(prompts.box_clicks(box, session._label))
+        outside = prompts.box_outside(box, session.image.shape)
+        _keep_clicks(session, prompts.reassign(session._label, session._probs, values, box.value, outside))
+
+    return _one_step(session, build)
+
+
+def add_lasso(session: InteractiveSession, lasso: prompts.Lasso) -> Prediction:
+    _require_interactive(session, "a lasso")
+    _check_value(session, lasso.value, "lasso")
+    _check_points(session, lasso.points)
+    shape = session.image.shape
+    values = session.predictor.spec.class_values
+    sl, inside = prompts.lasso_constraint(lasso, shape)
+    if not inside.any():
+        raise ValueError("the lasso encloses no voxel")
+
+    def build() -> None:
+        session.add_clicks(prompts.lasso_clicks(lasso, shape))
+        where = np.zeros(shape, dtype=bool)
+        where[sl] = ~inside
+        lab = prompts.reassign(session._label, session._probs, values, lasso.value, where)
+        lab[sl][inside] = lasso.value
+        _keep_clicks(session, lab)
+
+    return _one_step(session, build)
+
+
+def add_scribbles(
+    session: InteractiveSession,
+    strokes: Sequence[prompts.Stroke],
+    mode: ScribbleMode = "guidance",
+    params: GraphCutParams | None = None,
+) -> Prediction:
+    if mode not in SCRIBBLE_MODES:
+        raise ValueError(f"unknown scribbles mode {mode!r} (known: {', '.join(SCRIBBLE_MODES)})")
+    if not strokes:
+        raise ValueError("no scribbles")
+    for s in strokes:
+        _check_value(session, s.value, "scribble", background=True)
+        _check_points(session, s.points)
+    shape = session.image.shape
+    seeds = prompts.rasterize_strokes(strokes, shape)
+    if mode == "graphcut":
+        image = np.asarray(session.image.array, dtype=np.float32)
+        if image.ndim == 4:
+            image = image[..., 0]
+        lab = refine_label(
+            image, session._probs, session._label, session.predictor.spec.class_values, seeds, session.image.spacing, params
+        )
+        return _one_step(session, lambda: session.set_label(lab))
+    _require_interactive(session, "scribbles")
+    sigma = float(session.predictor.spec.guidance_sigma)
+
+    def build() -> None:
+        session.add_clicks(prompts.stroke_clicks(strokes, spacing=2.0 * sigma))
+        lab = session._label.copy()
+        for v, m in seeds.items():
+            lab[m] = v
+        _keep_clicks(session, lab)
+
+    return _one_step(session, build)
