@@ -242,13 +242,29 @@ def test_demo_imports_once_and_reports_the_folder(segloop: Segloop, hippo_subset
     data = tmp_path / "demo"
     first = segloop("demo", "--dataset", hippo_subset, "--data", data, "--no-train", "--no-serve")
     assert first.code == 0, first.err
-    assert "images:      4 (final labels: 4, drafts: 0, unlabelled: 0)" in first.out
+    # one of the four labels is held back (--unlabelled 0.25 by default): the pool "Next image" chooses from
+    assert "images:      4 (final labels: 3, drafts: 0, unlabelled: 1)" in first.out
+    assert "held back the labels of 1 image(s)" in first.err
     assert "classes:     0=background, 1=Anterior, 2=Posterior" in first.out
     before = snapshot(data)
     again = segloop("demo", "--dataset", hippo_subset, "--data", data, "--no-train", "--no-serve")
     assert again.code == 0, again.err
     assert "not importing again" in again.err
     assert snapshot(data) == before
+
+
+def test_demo_unlabelled_share_is_chosen_the_same_way_each_time(segloop: Segloop, hippo_subset: Path, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        res = segloop("demo", "--dataset", hippo_subset, "--data", tmp_path / name, "--no-train", "--no-serve")
+        assert res.code == 0, res.err
+        runs.append({img["id"] for img in segloop("images", "--data", tmp_path / name, "--state", "none", "--json").json()})
+    assert len(runs[0]) == 1 and runs[0] == runs[1]
+    every = segloop("demo", "--dataset", hippo_subset, "--data", tmp_path / "all", "--no-train", "--no-serve",
+                    "--unlabelled", "0")
+    assert "final labels: 4, drafts: 0, unlabelled: 0" in every.out
+    bad = segloop("demo", "--dataset", hippo_subset, "--data", tmp_path / "bad", "--no-serve", "--unlabelled", "1.5")
+    assert bad.code == 2 and "not in [0, 1)" in bad.err and not (tmp_path / "bad").exists()
 
 
 def test_demo_without_dataset_is_a_clear_error(segloop: Segloop, tmp_path: Path) -> None:

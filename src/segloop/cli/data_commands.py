@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,17 @@ def _fmt_spacing(spacing: tuple[float, ...] | list[float]) -> str:
 
 def _fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
     return "×".join(str(s) for s in shape)
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
 
 
 def _progress_bar(quiet: bool) -> tuple[Any, Any]:
@@ -189,9 +203,23 @@ def default_demo_dataset() -> Path:
     return checkout.parent / "shared" / "data" / "Task04_Hippocampus"
 
 
+def _hold_back_labels(labels_dir: Path, out: Path, fraction: float) -> list[str]:
+    """Copy the label files to ``out`` except a ``fraction`` of them (chosen with a fixed seed, so
+    every demo holds back the same cases); returns the names held back. At least two labels stay
+    (training needs them) and, when the fraction is above 0, at least one is held back."""
+    files = sorted(p for p in labels_dir.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.name.endswith((".nii", ".nii.gz", ".nrrd")))
+    n_hold = min(len(files) - 2, max(1, round(fraction * len(files)))) if len(files) >= 3 else 0
+    held = set(random.Random(0).sample([p.name for p in files], n_hold)) if n_hold > 0 else set()
+    for p in files:
+        if p.name not in held:
+            shutil.copyfile(p, out / p.name)
+    return sorted(held)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from segloop.store.ingest import IngestError, import_paths
-    from segloop.store.msd import open_msd
+    from segloop.store.msd import find_dataset_json, open_msd
 
     dataset: Path = args.dataset or default_demo_dataset()
     if not dataset.is_dir():
@@ -201,22 +229,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if store.count_images() == 0:
         print(f"importing {msd.name} from {dataset} into {args.data} ...", file=sys.stderr)
         progress, close = _progress_bar(False)
-        try:
-            report = import_paths(
-                store,
-                [dataset / "imagesTr"],
-                labels_dir=dataset / "labelsTr" if (dataset / "labelsTr").is_dir() else None,
-                author="reference",
-                modality=msd.modality or None,
-                progress=progress,
-            )
-        except IngestError as exc:
-            close()
-            for line in exc.problems:
-                print(f"segloop demo: error: {line}", file=sys.stderr)
-            return 2
+        labels_dir = dataset / "labelsTr" if (dataset / "labelsTr").is_dir() else None
+        with tempfile.TemporaryDirectory(prefix="segloop-demo-labels-") as kept_dir:
+            held: list[str] = []
+            if labels_dir is not None and args.unlabelled > 0:
+                held = _hold_back_labels(labels_dir, Path(kept_dir), args.unlabelled)
+                labels_dir = Path(kept_dir)
+                ds_json = find_dataset_json(dataset / "labelsTr")
+                if ds_json is not None:  # the class names and modality, read beside the labels
+                    shutil.copyfile(ds_json, labels_dir / "dataset.json")
+            try:
+                report = import_paths(
+                    store,
+                    [dataset / "imagesTr"],
+                    labels_dir=labels_dir,
+                    author="reference",
+                    modality=msd.modality or None,
+                    progress=progress,
+                )
+            except IngestError as exc:
+                close()
+                for line in exc.problems:
+                    print(f"segloop demo: error: {line}", file=sys.stderr)
+                return 2
         close()
         print(f"imported {len(report.images)} image(s)", file=sys.stderr)
+        if held:
+            print(f"held back the labels of {len(held)} image(s) (--unlabelled {args.unlabelled:g}): they are the "
+                  "unlabelled pool that 'Next image' and active learning choose from", file=sys.stderr)
     else:
         print(f"{args.data} already holds {store.count_images()} image(s); not importing again", file=sys.stderr)
     schema = store.get_schema()
@@ -318,6 +358,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", type=Path, help="MSD-layout dataset folder (default: ../shared/data/Task04_Hippocampus)")
     p.add_argument("--data", type=Path, default=Path("data/demo"), metavar="DIR", help="data folder (default: data/demo)")
     p.add_argument("--model", default="hippocampus", help="name of the model trained by the demo")
+    p.add_argument("--unlabelled", type=_fraction, default=0.25, metavar="F",
+                   help="share of the dataset's images imported without their label, the pool that 'Next image' "
+                        "and active learning choose from (default 0.25; 0 imports every label)")
     p.add_argument("--train-minutes", type=float, default=5.0, metavar="M", help="training budget (default 5)")
     p.add_argument("--no-train", action="store_true", help="do not train a model")
     p.add_argument("--no-serve", action="store_true", help="stop after importing (and training)")
