@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -94,14 +95,15 @@ class OrthancServer:
             "ConcurrentJobs": 1,
         }
 
-    def start(self, timeout: float = 60.0) -> OrthancServer:
+    def start(self, timeout: float = 60.0, *, same_port: bool = False) -> OrthancServer:
         exe, plugin = find_orthanc(), find_dicomweb_plugin()
         if exe is None or plugin is None:
             raise RuntimeError(
                 "Orthanc or its DICOMweb plugin is not installed: run scripts/orthanc.sh install"
             )
         for attempt in range(3):
-            self.port = free_port()
+            if not (same_port and self.port):
+                self.port = free_port()
             config = self.folder / "orthanc.json"
             config.write_text(json.dumps(self._config(plugin), indent=2))
             log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - kept open for the child
@@ -141,8 +143,31 @@ class OrthancServer:
         self.process = None
 
     def stop(self) -> None:
+        self.thaw()
         self._terminate()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    # --- faults for the tests: the PACS goes away and comes back ------------------------------
+
+    def pause(self) -> None:
+        """Stop the process, keep storage, index and port: connections are refused."""
+        self.thaw()
+        self._terminate()
+
+    def resume(self) -> OrthancServer:
+        """Start again on the same port with the same storage (after `pause`)."""
+        return self.start(same_port=True)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung PACS)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+            self._frozen = True
+
+    def thaw(self) -> None:
+        if getattr(self, "_frozen", False) and self.process is not None:
+            os.kill(self.process.pid, signal.SIGCONT)
+        self._frozen = False
 
     def __enter__(self) -> OrthancServer:
         return self.start()

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from segloop.store.errors import StoreError
@@ -61,11 +62,12 @@ class PacsError(StoreError):
         self.retry_after = retry_after
         super().__init__(f"PACS {url}: {operation} failed: {problem}")
 
-    def again(self, since: float) -> PacsError:
-        """The same failure, reported again without asking the PACS (during the hold)."""
+    def again(self, operation: str, since: float) -> PacsError:
+        """``operation`` not tried: the PACS failed this way a moment ago (during the hold)."""
         ago = max(0.0, time.monotonic() - since)
         return PacsError(
-            self.url, self.operation, f"{self.problem} ({ago:.0f} s ago; segloop asks again shortly)",
+            self.url, operation,
+            f"not tried, the PACS failed {ago:.0f} s ago ({self.operation}: {self.problem}); segloop asks again shortly",
             status=self.status, code=self.code, retry_after=self.retry_after, http_status=self.http_status,
         )
 
@@ -74,7 +76,7 @@ def classify(exc: BaseException, url: str, operation: str, timeout: float) -> Pa
     """The `PacsError` for an exception raised while talking to the PACS."""
     if isinstance(exc, PacsError):
         return exc
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, requests.Timeout) or _read_timeout(exc):
         return PacsError(url, operation, f"no answer within {timeout:g} s (timed out; --dicomweb-timeout)",
                          status=504, code="pacs_timeout", retry_after=max(1, int(timeout)))
     if isinstance(exc, requests.ConnectionError):
@@ -99,6 +101,15 @@ def from_response(response: requests.Response, url: str, operation: str) -> Pacs
                          code="pacs_unavailable", retry_after=int(retry) if retry.isdigit() else 5,
                          http_status=status)
     return PacsError(url, operation, f"the PACS answered {said}", http_status=status)
+
+
+def _read_timeout(exc: BaseException) -> bool:
+    """urllib3 with a `Retry` turns a read timeout into a `requests.ConnectionError` around
+    ``MaxRetryError(reason=ReadTimeoutError)``."""
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    inner = exc.args[0] if exc.args else None
+    return isinstance(getattr(inner, "reason", None), ReadTimeoutError) or "Read timed out" in str(exc)
 
 
 def _short(exc: BaseException) -> str:
@@ -168,7 +179,7 @@ class PacsLink:
         with self._lock:
             failure = self._failure
         if failure is not None and transient(failure.error) and time.monotonic() - failure.at < self.hold:
-            raise failure.error.again(failure.at)
+            raise failure.error.again(operation, failure.at)
         try:
             value = fn()
         except Exception as exc:
