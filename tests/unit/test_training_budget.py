@@ -70,6 +70,7 @@ def test_progress_fraction_rises_to_one(store) -> None:  # type: ignore[no-untyp
     seen: list[TrainProgress] = []
     train(store, "m", tiny_config(epochs=2, steps_per_epoch=2, val_split=0.0), progress=seen.append, device="cpu")
     fr = [p.fraction for p in seen if p.fraction is not None]
-    assert fr == sorted(fr) and fr[-1] == 1.0 and fr[0] == pytest.approx(0.25)
+    assert fr == sorted(fr) and fr[-1] == 1.0 and fr[0] == 0.0  # the plan's report, then the steps
+    assert seen[0].message.startswith("plan: ") and [p.fraction for p in seen][1] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="val_budget"):
         TrainConfig.from_dict({"val_budget": 0})

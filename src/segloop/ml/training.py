@@ -55,13 +55,12 @@ from segloop.ml.guidance import encode_guidance
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.networks import network_config, size_divisor
+from segloop.ml.plan import CPU_PATCH_VOXELS, GPU_PATCH_VOXELS, Plan, fingerprint_arrays, make_plan, patch_for
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.virtual_user import next_click
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 from segloop.store.records import ModelVersion
-
-MAX_AUTO_PATCH = 96
 
 
 class TrainingCancelled(Exception):
@@ -90,6 +89,7 @@ class TrainConfig:
     max_click_iters: int = 3
     guidance_sigma: float = 3.0
     mask_input: bool = False  # also feed the previous mask (interactive refinement); not benchmarked yet
+    intensity: dict[str, Any] | str | None = "auto"  # "auto": from the data's plan; None: robust z-score; or a ModelSpec intensity
     class_weights: list[float] | None = None  # focal-loss weight per class (background first)
     focal_weight: float = 1.0
     flip_axes: list[int] = field(default_factory=lambda: [0])
@@ -150,6 +150,13 @@ class TrainConfig:
             bad("num_threads", "must be positive")
         if self.max_minutes is not None and not self.max_minutes > 0:
             bad("max_minutes", "must be > 0")
+        if self.intensity != "auto":
+            from segloop.ml.modelspec import check_intensity
+
+            try:
+                check_intensity(self.intensity)
+            except ValueError as exc:
+                bad("intensity", f"is not 'auto', null or an intensity config: {exc}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -418,11 +425,19 @@ def _validate(net: torch.nn.Module, cases: list[_Case], spec: ModelSpec, device:
     return {spec.class_names[c + 1]: float(mean[c]) for c in range(spec.num_classes - 1)}
 
 
-def _auto_patch(shapes: Sequence[Sequence[int]], divisor: int) -> tuple[int, int, int]:
-    med = np.median(np.array(shapes), axis=0)
-    p = [int(min(MAX_AUTO_PATCH, math.ceil(m / divisor) * divisor)) for m in med]
-    p = [max(divisor, v) for v in p]
-    return (p[0], p[1], p[2])
+def _plan_from(store: Datastore, raw: Sequence[tuple[str, int, Any, Any]], config: TrainConfig, dev: torch.device) -> Plan:
+    """The data's fingerprint -> plan for a new model (images whose array was cached are read again
+    only for the fingerprint's intensity statistics)."""
+    modalities = [str(store.get_image(i).modality or "") for i, _, _, _ in raw]
+    modality = max(set(modalities), key=modalities.count) if modalities else ""
+
+    def items() -> Any:
+        for i, _, v, lab in raw:
+            vol = store.load_image(i) if isinstance(v, _ImageMeta) else v
+            yield np.asarray(vol.array), vol.spacing, np.asarray(lab.array)
+
+    fp = fingerprint_arrays(items(), modality=modality, seed=config.seed)
+    return make_plan(fp, device=dev.type, arch=config.arch, network=config.network, batch_size=config.batch_size)
 
 
 def _tensorboard(log_dir: str | None, store: Datastore, model: str) -> Any:
@@ -547,6 +562,7 @@ def _train(
         raise ValueError(f"training images have different channel counts: {sorted(channels)}")
     image_channels = channels.pop()
 
+    training_plan: dict[str, Any] | None = None  # a fine-tune keeps its version's settings
     if base_spec is not None:
         spec = base_spec
         if spec.image_channels != image_channels:
@@ -555,20 +571,33 @@ def _train(
         net_cfg = network_config(config.network, config.arch)
         values = [0] + sorted(c.value for c in schema.foreground)
         names = ["background"] + [schema.by_value(v).name for v in values[1:]]
-        spacing = config.spacing
-        if spacing is None:
-            spacing = np.median(np.array([v.spacing for _, _, v, _ in raw]), axis=0).tolist()
+        # settings the config leaves open come from the data: fingerprint -> plan (segloop.ml.plan)
+        plan = _plan_from(store, raw[: len(train_pairs)], config, dev)
+        training_plan = plan.to_dict()
+        planned_steps = config.epochs * (config.steps_per_epoch or max(1, math.ceil(len(train_pairs) / config.batch_size)))
+        report(epoch=0, epochs=config.epochs, step=0, steps=planned_steps, loss=None, val_dice=None, eta_seconds=None,
+               message=plan.describe().replace("\n", "; "), fraction=0.0)
+        spacing = config.spacing if config.spacing is not None else list(plan.spacing)
         sp = tuple(float(s) for s in spacing)
         if config.patch_size is not None:
             patch = (config.patch_size[0], config.patch_size[1], config.patch_size[2])
-        else:
+        elif config.spacing is None:
+            patch = plan.patch_size
+        else:  # the user's spacing: the plan's patch rule on that grid
             shapes = []
             for _, _, v, _ in raw[: len(train_pairs)]:
                 f = zoom_factors(v.spacing, sp)
                 shapes.append(resampled_shape(v.shape, f) if f else v.shape)
-            patch = _auto_patch(shapes, size_divisor(net_cfg))
+            med = np.median(np.array(shapes), axis=0)
+            voxels = GPU_PATCH_VOXELS if dev.type == "cuda" else CPU_PATCH_VOXELS
+            patch = patch_for([int(m) for m in med], sp, size_divisor(net_cfg), voxels)[0]
+        if config.intensity == "auto":
+            intensity = plan.intensity
+        else:
+            intensity = config.intensity if isinstance(config.intensity, dict) else None
         spec = ModelSpec(
-            net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), config.guidance_sigma, config.mask_input
+            net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), config.guidance_sigma, config.mask_input,
+            intensity=intensity,
         )
     spec.check_patch()
     if config.class_weights is not None and len(config.class_weights) != spec.num_classes:
@@ -699,6 +728,7 @@ def _train(
         "steps": step,
         "seconds": round(time.monotonic() - t0, 1),
         "stopped_at_time_budget": stopped_early,
+        "plan": training_plan,
         "train_images": len(train_cases),
         "val_images": [list(p) for p in val_pairs],
         "validated_on": [[c.image_id, c.revision] for c in val_cases],

@@ -1,0 +1,340 @@
+"""Fingerprint -> plan: training settings derived from the dataset itself (as nnU-Net does).
+
+Nothing here is tuned to one dataset. A `Fingerprint` summarises the labelled images (shapes,
+spacings, modality, foreground intensities, structure sizes); `make_plan` turns it into the
+settings a training needs on *this* machine:
+
+- **spacing**: the median spacing per axis (nnU-Net's rule). Where one axis is much coarser
+  than the others (anisotropy > 3), that axis keeps its 10th-percentile spacing instead of the
+  median, so thin slices are not invented by upsampling.
+- **patch size**: the median image shape on that grid, rounded up to the network's divisor —
+  unless it exceeds the device's voxel budget (`CPU_PATCH_VOXELS` on a CPU, `GPU_PATCH_VOXELS`
+  on a GPU); then it is scaled down, keeping its physical aspect, to fit. *Trade-off*: a smaller
+  field of view per step (the model sees less context, sliding-window inference stitches more
+  windows) for steps that a 2-core CPU can afford. Foreground-centred sampling keeps small
+  structures in view.
+- **intensity normalisation**: CT (HU) — one dataset-wide window, the 0.5–99.5 percentiles of
+  the foreground voxels, then a z-score with the foreground mean and sd (nnU-Net's CT scheme,
+  written as a ``range`` map so inference applies the same numbers); MR and anything else — a
+  robust z-score per image (segloop's default).
+- **throughput**: a short calibration (a few optimiser steps of the planned network and patch on
+  this device) gives seconds per step, so step budgets can be chosen from minutes without
+  guessing and the plan can say, before an hour is spent, that a dataset does not fit.
+
+Plain functions and frozen dataclasses; the CLI prints `Plan.describe()`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segloop.ml.networks import network_config, size_divisor
+from segloop.ml.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE, resampled_shape, zoom_factors
+
+CPU_PATCH_VOXELS = 64 * 64 * 64  # ~0.3-0.5 s per step of batch 2 on 2 CPU cores
+GPU_PATCH_VOXELS = 128 * 128 * 128
+MAX_PATCH_AXIS = 192
+ANISOTROPY = 3.0
+SAMPLE_VOXELS = 20_000  # foreground voxels sampled per image for the intensity statistics
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the labelled images look like. Shapes ``(X, Y, Z)`` in voxels, spacings in mm."""
+
+    cases: int
+    modality: str
+    channels: int
+    shapes: tuple[tuple[int, int, int], ...]
+    spacings: tuple[tuple[float, float, float], ...]
+    foreground_percentiles: tuple[float, float] | None  # 0.5 and 99.5 of foreground intensities
+    foreground_mean: float | None
+    foreground_sd: float | None
+    class_voxels: dict[int, float] = field(default_factory=dict)  # median voxels per case, by class value
+
+    @property
+    def median_shape(self) -> tuple[int, int, int]:
+        m = np.median(np.array(self.shapes), axis=0)
+        return (int(m[0]), int(m[1]), int(m[2]))
+
+    @property
+    def median_spacing(self) -> tuple[float, float, float]:
+        m = np.median(np.array(self.spacings), axis=0)
+        return (float(m[0]), float(m[1]), float(m[2]))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["median_shape"] = list(self.median_shape)
+        d["median_spacing"] = list(self.median_spacing)
+        d.pop("shapes")
+        d.pop("spacings")
+        d["class_voxels"] = {str(k): v for k, v in self.class_voxels.items()}
+        return d
+
+
+def fingerprint_arrays(
+    items: Iterable[tuple[np.ndarray, Sequence[float], np.ndarray | None]],
+    modality: str = "",
+    seed: int = 0,
+) -> Fingerprint:
+    """Fingerprint of ``(image (X, Y, Z[, C]), spacing, label (X, Y, Z) or None)`` items.
+
+    Raises:
+        ValueError: no item, or images with different channel counts.
+    """
+    rng = np.random.default_rng(seed)
+    shapes: list[tuple[int, int, int]] = []
+    spacings: list[tuple[float, float, float]] = []
+    samples: list[np.ndarray] = []
+    voxels: dict[int, list[int]] = {}
+    channels: set[int] = set()
+    for image, spacing, label in items:
+        arr = np.asarray(image)
+        channels.add(1 if arr.ndim == 3 else int(arr.shape[3]))
+        shapes.append((int(arr.shape[0]), int(arr.shape[1]), int(arr.shape[2])))
+        spacings.append((float(spacing[0]), float(spacing[1]), float(spacing[2])))
+        first = arr if arr.ndim == 3 else arr[..., 0]
+        if label is not None:
+            lab = np.asarray(label)
+            fg = first[lab > 0]
+            values, counts = np.unique(lab, return_counts=True)
+            for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+                if v != 0:
+                    voxels.setdefault(int(v), []).append(int(c))
+        else:
+            fg = first.ravel()
+        if fg.size:
+            take = fg if fg.size <= SAMPLE_VOXELS else fg[rng.choice(fg.size, SAMPLE_VOXELS, replace=False)]
+            samples.append(np.asarray(take, dtype=np.float64))
+    if not shapes:
+        raise ValueError("cannot fingerprint an empty dataset")
+    if len(channels) != 1:
+        raise ValueError(f"the images have different channel counts: {sorted(channels)}")
+    pct: tuple[float, float] | None = None
+    mean = sd = None
+    if samples:
+        allfg = np.concatenate(samples)
+        lo, hi = np.percentile(allfg, [LOW_PERCENTILE, HIGH_PERCENTILE])
+        pct = (float(lo), float(hi))
+        clipped = np.clip(allfg, lo, hi)
+        mean, sd = float(clipped.mean()), float(clipped.std())
+    return Fingerprint(
+        cases=len(shapes), modality=modality.upper(), channels=channels.pop(), shapes=tuple(shapes),
+        spacings=tuple(spacings), foreground_percentiles=pct, foreground_mean=mean, foreground_sd=sd,
+        class_voxels={v: float(np.median(c)) for v, c in sorted(voxels.items())},
+    )
+
+
+def fingerprint_msd(root: str | Path, names: Sequence[str] | None = None, max_cases: int | None = 50) -> Fingerprint:
+    """Fingerprint of an MSD dataset folder (``imagesTr``/``labelsTr``/``dataset.json``); at most
+    ``max_cases`` cases (evenly spread over the sorted list), or just ``names`` (file stems)."""
+    from segloop.imaging.nifti import read_nifti
+    from segloop.store.msd import open_msd
+
+    ds = open_msd(Path(root), require_labels=False)
+    pairs = sorted(ds.pairs, key=lambda p: p[0].name)
+    if names is not None:
+        wanted = set(names)
+        pairs = [p for p in pairs if p[0].name.split(".nii")[0] in wanted]
+    if max_cases is not None and len(pairs) > max_cases:
+        idx = np.linspace(0, len(pairs) - 1, max_cases).round().astype(int)
+        pairs = [pairs[i] for i in sorted(set(idx.tolist()))]
+
+    def items() -> Iterable[tuple[np.ndarray, Sequence[float], np.ndarray | None]]:
+        for img, lab in pairs:
+            v = read_nifti(img)
+            yield np.asarray(v.array), v.spacing, (np.asarray(read_nifti(lab).array) if lab is not None else None)
+
+    return fingerprint_arrays(items(), modality=str(ds.modality or ""))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Training settings for one dataset on one device (see the module docstring)."""
+
+    spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    batch_size: int
+    intensity: dict[str, Any] | None  # None: robust z-score per image
+    device: str
+    network: dict[str, Any]
+    seconds_per_step: float | None = None  # measured by `calibrate`
+    resampled_median_shape: tuple[int, int, int] | None = None
+    notes: tuple[str, ...] = ()
+
+    def train_overrides(self) -> dict[str, Any]:
+        """`segloop.ml.training.TrainConfig` fields this plan sets."""
+        out: dict[str, Any] = {"patch_size": list(self.patch_size), "spacing": list(self.spacing),
+                               "batch_size": self.batch_size}
+        if self.intensity is not None:
+            out["intensity"] = dict(self.intensity)
+        return out
+
+    def steps_for_minutes(self, minutes: float) -> int | None:
+        """Optimiser steps that ``minutes`` buy on this device (None before calibration)."""
+        if not self.seconds_per_step:
+            return None
+        return max(1, int(minutes * 60.0 / self.seconds_per_step))
+
+    def minutes_for_steps(self, steps: int) -> float | None:
+        return None if not self.seconds_per_step else steps * self.seconds_per_step / 60.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+    def describe(self) -> str:
+        """A few lines for the terminal."""
+        sps = f"{self.seconds_per_step:.2f} s/step ({60.0 / self.seconds_per_step:.0f} steps/min)" if self.seconds_per_step else "not calibrated"
+        norm = "robust z-score per image" if self.intensity is None else (
+            f"{self.intensity['kind']} [{self.intensity.get('a_min', 0):.1f}, {self.intensity.get('a_max', 0):.1f}] -> "
+            f"[{self.intensity.get('b_min', 0):.2f}, {self.intensity.get('b_max', 0):.2f}]"
+        )
+        lines = [
+            f"plan: spacing {_fmt3(self.spacing)} mm, patch {'x'.join(map(str, self.patch_size))}, batch {self.batch_size}, "
+            f"{self.network.get('arch')} {self.network.get('channels')}, on {self.device}",
+            f"plan: intensity {norm}; median image on that grid {'x'.join(map(str, self.resampled_median_shape or ()))}; "
+            f"throughput {sps}",
+        ]
+        lines += [f"plan: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt3(v: Sequence[float]) -> str:
+    return "x".join(f"{x:g}" for x in v)
+
+
+def target_spacing(fp: Fingerprint) -> tuple[tuple[float, float, float], str | None]:
+    """Median spacing; an axis much coarser than the others keeps its 10th percentile (nnU-Net)."""
+    sp = np.array(fp.spacings, dtype=float)
+    med = np.median(sp, axis=0)
+    note = None
+    worst = int(np.argmax(med))
+    others = np.delete(med, worst)
+    if others.size and med[worst] > ANISOTROPY * float(others.max()):
+        med[worst] = float(np.percentile(sp[:, worst], 10))
+        note = (f"anisotropic: axis {worst} keeps {med[worst]:g} mm (10th percentile), "
+                f"{ANISOTROPY:g}x coarser than the others")
+    return (float(med[0]), float(med[1]), float(med[2])), note
+
+
+def patch_for(shape: Sequence[int], spacing: Sequence[float], divisor: int, budget: int) -> tuple[tuple[int, int, int], bool]:
+    """The median shape rounded up to ``divisor``; scaled down (physical aspect kept) to fit ``budget`` voxels."""
+    want = np.array([max(divisor, math.ceil(s / divisor) * divisor) for s in shape], dtype=float)
+    want = np.minimum(want, MAX_PATCH_AXIS)
+    capped = False
+    if float(np.prod(want)) > budget:
+        capped = True
+        mm = np.array(shape, dtype=float) * np.array(spacing, dtype=float)  # field of view in mm
+        # largest s with prod(max(divisor, floor(mm * s / spacing / divisor) * divisor)) <= budget
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            p = np.maximum(divisor, np.floor(mm * mid / np.array(spacing) / divisor) * divisor)
+            p = np.minimum(p, want)
+            if float(np.prod(p)) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        want = np.minimum(np.maximum(divisor, np.floor(mm * lo / np.array(spacing) / divisor) * divisor), want)
+    return (int(want[0]), int(want[1]), int(want[2])), capped
+
+
+def ct_intensity(fp: Fingerprint) -> dict[str, Any] | None:
+    """nnU-Net's CT normalisation as a ``range`` map: clip to the foreground 0.5–99.5 percentiles,
+    z-score with the foreground mean/sd (None without foreground statistics)."""
+    if fp.foreground_percentiles is None or fp.foreground_mean is None or not fp.foreground_sd:
+        return None
+    lo, hi = fp.foreground_percentiles
+    m, s = fp.foreground_mean, max(fp.foreground_sd, 1e-6)
+    return {"kind": "range", "a_min": lo, "a_max": hi, "b_min": (lo - m) / s, "b_max": (hi - m) / s, "clip": True}
+
+
+def make_plan(
+    fp: Fingerprint,
+    *,
+    device: str = "cpu",
+    arch: str = "unet",
+    network: dict[str, Any] | None = None,
+    batch_size: int = 2,
+    patch_voxels: int | None = None,
+) -> Plan:
+    """The plan for ``fp`` on ``device`` (not calibrated: see `calibrate`)."""
+    net = network_config(network, arch)
+    div = size_divisor(net)
+    spacing, note = target_spacing(fp)
+    notes = [note] if note else []
+    shapes = []
+    for shp, sp in zip(fp.shapes, fp.spacings, strict=True):
+        f = zoom_factors(sp, spacing)
+        shapes.append(resampled_shape(shp, f) if f else tuple(shp))
+    med = np.median(np.array(shapes), axis=0)
+    med_shape = (int(med[0]), int(med[1]), int(med[2]))
+    budget = patch_voxels or (GPU_PATCH_VOXELS if device.startswith("cuda") else CPU_PATCH_VOXELS)
+    patch, capped = patch_for(med_shape, spacing, div, budget)
+    if capped:
+        fov = "x".join(f"{p * s:.0f}" for p, s in zip(patch, spacing, strict=True))
+        notes.append(
+            f"patch capped at {budget} voxels for {device}: {'x'.join(map(str, patch))} ({fov} mm) of a "
+            f"{'x'.join(map(str, med_shape))} median image — less context per step, more sliding windows, "
+            "affordable steps"
+        )
+    intensity = None
+    unknown = fp.modality in ("", "UNKNOWN", "OT")  # no modality recorded: HU-like values say CT
+    if fp.modality == "CT" or (unknown and fp.foreground_percentiles is not None and fp.foreground_percentiles[0] < -500):
+        intensity = ct_intensity(fp)
+        if intensity is not None:
+            notes.append("CT: one dataset-wide window from the foreground intensities (nnU-Net's CT scheme)")
+    small = [v for v, n in fp.class_voxels.items() if n < 0.001 * float(np.prod(med_shape))]
+    if small:
+        notes.append(f"small structures (classes {small}: < 0.1 % of the image): patches are centred on foreground "
+                     "2 times in 3")
+    return Plan(spacing, patch, batch_size, intensity, device, net, None, med_shape, tuple(notes))
+
+
+def calibrate(plan: Plan, image_channels: int, num_classes: int, steps: int = 3, threads: int | None = None) -> Plan:
+    """Time ``steps`` optimiser steps (after one warm-up) of the planned network on random input;
+    returns the plan with ``seconds_per_step`` set. Click simulation adds forward passes on half the
+    steps (about a third of a step each, 1–3 of them): that share is added to the measured time."""
+    import torch
+
+    from segloop.ml.networks import build_network
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = torch.device(plan.device)
+        in_ch = image_channels + num_classes  # image + guidance
+        net = build_network(plan.network, in_ch, num_classes).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        x = torch.randn(plan.batch_size, in_ch, *plan.patch_size, device=dev)
+        y = torch.randint(0, num_classes, (plan.batch_size, *plan.patch_size), device=dev)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        times = []
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            out = net(x)
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            loss_fn(out, y).backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - t0)
+        step = float(np.median(times)) * (1.0 + 0.5 * 2.0 / 3.0)  # + click simulation (mean 2 forwards on half)
+    finally:
+        torch.set_num_threads(old)
+    from dataclasses import replace
+
+    return replace(plan, seconds_per_step=step)

@@ -1,0 +1,111 @@
+"""Fingerprint -> plan on small made-up volumes: spacing, patch, normalisation, throughput."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segloop.ml.plan import (
+    CPU_PATCH_VOXELS,
+    Fingerprint,
+    calibrate,
+    fingerprint_arrays,
+    make_plan,
+    patch_for,
+)
+
+
+def _fp(shape: tuple[int, int, int], spacing: tuple[float, float, float], modality: str = "MR", n: int = 5,
+        pct: tuple[float, float] = (0.0, 100.0)) -> Fingerprint:
+    return Fingerprint(n, modality, 1, (shape,) * n, (spacing,) * n, pct, 50.0, 20.0, {1: 1000.0})
+
+
+def test_small_images_get_their_median_shape_rounded_to_the_divisor() -> None:
+    p = make_plan(_fp((35, 50, 36), (1.0, 1.0, 1.0)))
+    assert p.patch_size == (40, 56, 40) and p.spacing == (1.0, 1.0, 1.0) and p.intensity is None
+    assert not any("capped" in n for n in p.notes)
+
+
+def test_large_images_get_a_patch_within_the_cpu_budget() -> None:
+    p = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)))
+    assert np.prod(p.patch_size) <= CPU_PATCH_VOXELS and all(v % 8 == 0 for v in p.patch_size)
+    assert p.patch_size[0] == p.patch_size[1] > p.patch_size[2]  # the physical aspect is kept
+    assert any("capped" in n for n in p.notes)
+    gpu = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)), device="cuda")
+    assert np.prod(gpu.patch_size) > np.prod(p.patch_size)
+
+
+def test_anisotropic_axis_keeps_its_tenth_percentile_spacing() -> None:
+    fp = Fingerprint(10, "CT", 1, ((512, 512, 60),) * 10,
+                     tuple((0.8, 0.8, s) for s in (2.5, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0)),
+                     (-100.0, 300.0), 40.0, 60.0, {1: 5000.0})
+    p = make_plan(fp)
+    assert p.spacing[:2] == (0.8, 0.8) and p.spacing[2] == pytest.approx(np.percentile([2.5, 3.0] + [5.0] * 8, 10))
+    assert any("anisotropic" in n for n in p.notes)
+
+
+def test_ct_gets_one_dataset_window_mr_a_per_image_zscore() -> None:
+    ct = make_plan(_fp((64, 64, 32), (1.0, 1.0, 1.0), "CT", pct=(-120.0, 280.0)))
+    assert ct.intensity is not None and ct.intensity["kind"] == "range"
+    assert (ct.intensity["a_min"], ct.intensity["a_max"]) == (-120.0, 280.0)
+    assert ct.intensity["b_min"] == pytest.approx((-120.0 - 50.0) / 20.0)
+    assert make_plan(_fp((64, 64, 32), (1.0, 1.0, 1.0), "MR")).intensity is None
+
+
+def test_fingerprint_of_arrays() -> None:
+    rng = np.random.default_rng(0)
+    items = []
+    for n in range(3):
+        img = rng.normal(0, 1, (20, 24, 16 + n)).astype(np.float32)
+        lab = np.zeros(img.shape, np.uint8)
+        lab[5:10, 5:10, 5:10] = 1
+        img[lab == 1] += 100.0
+        items.append((img, (1.0, 1.0, 2.0), lab))
+    fp = fingerprint_arrays(items, modality="mr")
+    assert fp.cases == 3 and fp.modality == "MR" and fp.median_shape == (20, 24, 17)
+    assert fp.class_voxels == {1: 125.0} and fp.foreground_mean is not None and fp.foreground_mean > 90
+    with pytest.raises(ValueError, match="empty"):
+        fingerprint_arrays([])
+    with pytest.raises(ValueError, match="channel"):
+        fingerprint_arrays([(np.zeros((4, 4, 4)), (1, 1, 1), None), (np.zeros((4, 4, 4, 2)), (1, 1, 1), None)])
+
+
+def test_patch_for_never_exceeds_the_budget() -> None:
+    for shape in ((300, 300, 300), (512, 512, 20), (16, 400, 400)):
+        patch, capped = patch_for(shape, (1.0, 1.0, 1.0), 16, 100_000)
+        assert capped and np.prod(patch) <= 100_000 and all(v % 16 == 0 and v >= 16 for v in patch)
+
+
+def test_calibration_measures_seconds_per_step() -> None:
+    p = make_plan(_fp((16, 16, 16), (1.0, 1.0, 1.0)), network={"channels": [4, 8], "num_res_units": 0})
+    c = calibrate(p, image_channels=1, num_classes=2, steps=1, threads=1)
+    assert c.seconds_per_step is not None and c.seconds_per_step > 0
+    assert c.steps_for_minutes(1.0) == max(1, int(60 / c.seconds_per_step))
+    assert "steps/min" in c.describe()
+
+
+def test_a_ct_model_trained_from_scratch_carries_its_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from segloop.imaging.volume import Volume
+    from segloop.ml.training import train
+    from segloop.store.local import open_datastore
+    from segloop.store.records import LabelClass, LabelSchema
+    from tests.unit.test_ml_end_to_end import tiny_config
+
+    store = open_datastore(tmp_path / "d")
+    store.set_schema(LabelSchema((LabelClass(0, "background", (0, 0, 0)), LabelClass(1, "organ"))))
+    rng = np.random.default_rng(0)
+    for n in range(3):
+        img = rng.normal(-800, 50, (20, 28, 20)).astype(np.float32)  # air-like HU
+        lab = np.zeros(img.shape, np.uint8)
+        lab[6:14, 8:20, 6:14] = 1
+        img[lab == 1] = rng.normal(60, 20, int(lab.sum()))
+        store.add_image(Volume(img, np.eye(4), metadata={"modality": "CT"}), f"ct{n}", "test")
+        store.save_label(f"ct{n}", lab, author="t", status="final")
+    v = train(store, "ct", tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, patch_size=None), device="cpu")
+    assert v.metrics["plan"]["patch_size"] == [20, 28, 20] and store.get_image("ct0").modality == "CT"
+    assert v.config["intensity"]["kind"] == "range" and v.config["intensity"]["a_min"] > -200
+    # the window is applied at inference too: the model's input for an organ voxel is the same
+    from segloop.ml.predictor import Predictor
+
+    pred = Predictor.load(store, "ct", device="cpu")
+    assert pred.spec.intensity == v.config["intensity"]
