@@ -8,6 +8,8 @@ file's modification stamp.
 
 The cache is a separate database file on purpose: scoring writes only here, in one short
 transaction per batch, and never takes the store's write lock, so saving labels is never blocked.
+With a server database (``--db postgresql://...``, `segloop.store.database`) the tables live
+there instead, shared by every server and job worker; migrations: `segloop.store.migrations`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 CACHE_FILE = "activelearning.db"
@@ -57,6 +60,8 @@ _descriptors = Table(
     Column("vector", LargeBinary, nullable=False),
 )
 
+metadata = _meta  # the cache's tables (for `segloop db upgrade`)
+
 
 def params_key(params: Mapping[str, Any]) -> str:
     """Canonical JSON of strategy parameters (sorted keys, no spaces)."""
@@ -66,20 +71,40 @@ def params_key(params: Mapping[str, Any]) -> str:
 class ScoreCache:
     """Thread- and process-safe score cache in ``<folder>/activelearning.db``."""
 
-    def __init__(self, folder: Path | str) -> None:
-        self.path = Path(folder) / CACHE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 30, "check_same_thread": False})
+    def __init__(self, folder: Path | str, url: str | None = None) -> None:
+        from segloop.store.database import resolve
+        from segloop.store.migrations import ensure
+        from segloop.store.sql import WRITE_OPTION, make_engine
 
-        @event.listens_for(self._engine, "connect")
-        def _pragmas(conn: Any, _record: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.url = resolve(folder, "scores", url)
+        self.path: Path | None = folder / CACHE_FILE if self.url.startswith("sqlite") else None
+        if self.path is not None:
+            self._engine = create_engine(
+                f"sqlite:///{self.path}", connect_args={"timeout": 30, "check_same_thread": False}
+            )
 
+            @event.listens_for(self._engine, "connect")
+            def _pragmas(conn: Any, _record: Any) -> None:
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+            # the schema check-and-create through the store's engine settings (BEGIN IMMEDIATE)
+            schema_engine = make_engine(self.url)
+            try:
+                ensure(schema_engine.execution_options(**{WRITE_OPTION: True}), "scores", _meta)
+            finally:
+                schema_engine.dispose()
+        else:
+            self._engine = make_engine(self.url)
+            ensure(self._engine, "scores", _meta)
         self._lock = threading.Lock()
-        _meta.create_all(self._engine)
+
+    def _insert(self) -> Any:
+        return postgresql_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
 
     def close(self) -> None:
         self._engine.dispose()
@@ -117,7 +142,7 @@ class ScoreCache:
              "score": float(s), "computed_at": now}
             for i, s in scores.items()
         ]
-        stmt = sqlite_insert(_scores)
+        stmt = self._insert()(_scores)
         stmt = stmt.on_conflict_do_update(
             index_elements=["image_id", "model", "version", "strategy", "params"],
             set_={"score": stmt.excluded.score, "computed_at": stmt.excluded.computed_at},
@@ -139,7 +164,7 @@ class ScoreCache:
         return None if row is None else np.frombuffer(row[0], dtype=np.float32).copy()
 
     def put_descriptor(self, image_id: str, stamp: str, vector: np.ndarray) -> None:
-        stmt = sqlite_insert(_descriptors).values(
+        stmt = self._insert()(_descriptors).values(
             image_id=image_id, stamp=stamp, vector=np.asarray(vector, dtype=np.float32).tobytes()
         )
         stmt = stmt.on_conflict_do_update(

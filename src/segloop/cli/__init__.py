@@ -14,15 +14,18 @@ import sys
 from collections.abc import Sequence
 
 from segloop import __version__
-from segloop.cli.common import CommandError, user_errors
+from segloop.cli.common import CommandError, database_env, user_errors
 
 # Modules that contribute sub-commands; a module that is absent (a layer not installed) is skipped.
 COMMAND_MODULES = (
     "segloop.cli.data_commands",
     "segloop.cli.ml_commands",
+    "segloop.cli.models_import_command",  # after ml_commands: adds `models import`
     "segloop.cli.serve_command",
     "segloop.cli.emulate_command",
     "segloop.cli.select_command",
+    "segloop.cli.plan_command",
+    "segloop.cli.db_command",
 )
 
 
@@ -49,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with user_errors():
+        with user_errors(), database_env(getattr(args, "db", None)):
             code = args.func(args)
     except CommandError as exc:
         print(f"segloop {args.command}: error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,43 @@ def add_data_arg(parser: argparse.ArgumentParser, required: bool = True) -> None
         metavar="DIR",
         help="segloop data folder (created on first import)",
     )
+    add_db_arg(parser)
+
+
+def add_db_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=None,
+        help="keep the data folder's tables (images, labels, models, jobs, scores) in this database, e.g. "
+        "postgresql://USER:PASSWORD@HOST:PORT/NAME (pip install 'segloop[postgres]'); files stay in --data. "
+        "Default: $SEGLOOP_DB, else SQLite files in --data",
+    )
+
+
+@contextmanager
+def database_env(url: str | None) -> Iterator[None]:
+    """For one command: ``--db URL`` as ``$SEGLOOP_DB``, which every layer that opens the data folder
+    reads (the store, the jobs database, the score cache, job processes the command starts), and
+    restored afterwards (commands also run in-process, e.g. in tests)."""
+    from segloop.store.database import ENV_VAR, DatabaseError, normalize_url
+
+    if url is None:
+        yield
+        return
+    try:
+        normalize_url(url)
+    except DatabaseError as exc:
+        raise CommandError(str(exc)) from exc
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = url
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
 
 
 def print_json(obj: Any) -> None:
@@ -47,10 +85,12 @@ def print_json(obj: Any) -> None:
 
 
 def open_store(data: Path, must_exist: bool = True) -> Any:
-    """Open the local datastore in ``data``; refuse a folder that holds none when ``must_exist``."""
+    """Open the local datastore in ``data`` (its tables in ``--db``/``$SEGLOOP_DB`` when given);
+    refuse a folder that holds none when ``must_exist``."""
+    from segloop.store.database import BINDING_FILE, SQLITE_FILES
     from segloop.store.local import open_datastore
 
-    if must_exist and not (data / "segloop.db").exists():
+    if must_exist and not any((data / name).exists() for name in (SQLITE_FILES["store"], BINDING_FILE)):
         raise CommandError(f"{data}: no segloop data folder here (run `segloop import ... --data {data}` first)")
     return open_datastore(data)
 

@@ -36,6 +36,7 @@ class JobContext:
         sink: Sink,
         cancel: CancelFlag,
         store: Any | None = None,
+        db_url: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.kind = kind
@@ -44,6 +45,7 @@ class JobContext:
         self._sink = sink
         self._cancel = cancel
         self._store = store
+        self.db_url = db_url  # the data folder's server database, if any (None: $SEGLOOP_DB / SQLite)
 
     @property
     def store(self) -> Any:
@@ -51,7 +53,7 @@ class JobContext:
         if self._store is None:
             from segloop.store.local import open_datastore
 
-            self._store = open_datastore(self.root)
+            self._store = open_datastore(self.root, url=self.db_url)
         return self._store
 
     def progress(self, fraction: float | None, message: str = "", *, force: bool = False, **detail: Any) -> None:
@@ -116,10 +118,11 @@ def execute(
     cancel: CancelFlag,
     store: Any | None = None,
     capture_logs: bool = False,
+    db_url: str | None = None,
 ) -> None:
     """Run one handler and report its outcome as the last message on ``sink``:
     ``("done", result)``, ``("cancelled", message)`` or ``("failed", error, traceback)``."""
-    ctx = JobContext(job_id, kind, params, root, sink, cancel, store)
+    ctx = JobContext(job_id, kind, params, root, sink, cancel, store, db_url)
     log_handler: logging.Handler | None = None
     if capture_logs:
         log_handler = _SinkLogHandler(ctx)
@@ -161,6 +164,7 @@ def child_main(
     threads: int | None,
     nice: int,
     idle_class: bool = False,
+    db_url: str | None = None,
 ) -> None:
     """Entry point of a job's child process (spawned).
 
@@ -198,6 +202,6 @@ def child_main(
             torch.set_num_interop_threads(1)
         except Exception:  # torch missing or threads already fixed: run with the defaults
             pass
-    execute(job_id, kind, handler_path, params, Path(root), queue.put, cancel, capture_logs=True)
+    execute(job_id, kind, handler_path, params, Path(root), queue.put, cancel, capture_logs=True, db_url=db_url)
     queue.close()
     queue.join_thread()

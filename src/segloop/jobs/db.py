@@ -3,7 +3,12 @@
 The tables live in ``jobs.db`` beside the store's ``segloop.db`` in the data folder: a separate
 SQLite file keeps the job runner's frequent small writes (progress, log lines) from contending
 with the store's writes, and keeps the two schemas independent. Any process that opens the data
-folder (a server, the CLI) sees the same jobs.
+folder (a server, the CLI) sees the same jobs. With a server database (``--db postgresql://...``,
+`segloop.store.database`) they live there with the store's tables instead, so that every server
+on that database sees, and can cancel, every job. The schema's migrations: `segloop.store.migrations`.
+
+Also here: the tables several servers on one database share (``shared_events``, ``servers``,
+``server_sessions``; `segloop.jobs.relay`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import os
 import socket
 import uuid
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,6 +85,34 @@ evaluations_table = sa.Table(
 )
 
 
+shared_events_table = sa.Table(
+    "shared_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("time", sa.DateTime, nullable=False, index=True),
+    sa.Column("origin", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+
+servers_table = sa.Table(
+    "servers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("seen_at", sa.DateTime, nullable=False),
+)
+
+server_sessions_table = sa.Table(
+    "server_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("server", sa.String(64), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -121,23 +155,34 @@ def _runner_alive(runner: str | None) -> bool:
 class JobDB:
     """Thread-safe access to the jobs database of one data folder (short transactions)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, url: str | None = None) -> None:
+        from segloop.store.database import resolve
+        from segloop.store.migrations import ensure
+        from segloop.store.sql import make_engine
+
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / JOBS_DB
-        self.engine: Engine = sa.create_engine(
-            f"sqlite:///{self.path}",
-            connect_args={"check_same_thread": False, "timeout": 30},
-        )
-        event.listen(self.engine, "connect", self._on_connect)
-        event.listen(self.engine, "begin", self._on_begin)
-        # reads go through a second engine with the driver's default (deferred) transactions so
-        # that they never wait for the write lock (WAL readers do not block writers, nor vice versa)
-        self.reader: Engine = sa.create_engine(
-            f"sqlite:///{self.path}",
-            connect_args={"check_same_thread": False, "timeout": 30},
-        )
-        metadata.create_all(self.engine)
+        self.url = resolve(self.root, "jobs", url)
+        self.sqlite = self.url.startswith("sqlite")
+        if self.sqlite:
+            self.path: Path | None = self.root / JOBS_DB
+            self.engine: Engine = sa.create_engine(
+                f"sqlite:///{self.path}",
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
+            event.listen(self.engine, "connect", self._on_connect)
+            event.listen(self.engine, "begin", self._on_begin)
+            # reads go through a second engine with the driver's default (deferred) transactions so
+            # that they never wait for the write lock (WAL readers do not block writers, nor vice versa)
+            self.reader: Engine = sa.create_engine(
+                f"sqlite:///{self.path}",
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
+        else:  # a server database: row locks and MVCC, one pool for reads and writes
+            self.path = None
+            self.engine = make_engine(self.url)
+            self.reader = self.engine
+        ensure(self.engine, "jobs", metadata)
 
     @staticmethod
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -157,7 +202,8 @@ class JobDB:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        self.reader.dispose()
+        if self.reader is not self.engine:
+            self.reader.dispose()
 
     # --- jobs ---------------------------------------------------------------------------------
     def create(
@@ -171,6 +217,11 @@ class JobDB:
         """Insert a queued job. When ``resource`` is held by an active job, insert nothing and
         return ``(that job, that job)`` instead: the caller turns it into a conflict."""
         with self.engine.begin() as conn:
+            if resource is not None and not self.sqlite:
+                # SQLite's BEGIN IMMEDIATE serialises this check-then-insert; a server database
+                # needs a lock of its own (held to the commit), per resource
+                key = zlib.crc32(f"segloop-job-resource:{resource}".encode())
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
             if resource is not None:
                 row = conn.execute(
                     sa.select(jobs_table)

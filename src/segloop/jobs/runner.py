@@ -82,11 +82,13 @@ class JobRunner:
         poll_interval: float = 0.5,
         progress_interval: float = 0.25,
         store: Any | None = None,
+        db_url: str | None = None,
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError(f"mode must be 'process' or 'thread', not {mode!r}")
         self.root = Path(root)
-        self.db = JobDB(self.root)
+        self.db_url = db_url  # a server database (PostgreSQL); None: $SEGLOOP_DB, else jobs.db
+        self.db = JobDB(self.root, url=db_url)
         self.bus = bus or EventBus()
         self.mode = mode
         self.max_running = max(1, int(max_running))
@@ -279,7 +281,7 @@ class JobRunner:
         process = self._mp.Process(
             target=child_main,
             args=(job.id, job.kind, handler, job.params, str(self.root), q, cancel_ev, self.child_threads, self.nice,
-                  job.kind in self.idle_kinds),
+                  job.kind in self.idle_kinds, self.db_url),
             name=f"segloop-job-{job.id[:8]}",
         )
         thread = threading.Thread(
@@ -306,7 +308,7 @@ class JobRunner:
                 self._on_message(job.id, msg)
 
         try:
-            execute(job.id, job.kind, handler, job.params, self.root, sink, cancel, store=self.store)
+            execute(job.id, job.kind, handler, job.params, self.root, sink, cancel, store=self.store, db_url=self.db_url)
         finally:
             self._finish(job.id, outcome[-1] if outcome else ("failed", "the job ended without an outcome", ""))
 

@@ -152,7 +152,7 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     version = p.get("version")
     if version is None:
         version = ctx.store.get_model(p["model"]).current_version
-    db = JobDB(ctx.root)
+    db = JobDB(ctx.root, url=ctx.db_url)
     try:
         record = db.add_evaluation(
             "model-dataset",

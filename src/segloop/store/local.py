@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from segloop.imaging.errors import GeometryError, ImagingError
 from segloop.imaging.nifti import read_nifti
 from segloop.imaging.volume import Volume
+from segloop.store import database
 from segloop.store.errors import ConflictError, NotFoundError, ValidationError
 from segloop.store.filters import SeriesFilter
 from segloop.store.records import (
@@ -216,8 +217,8 @@ class LocalDatastore:
     """Images, label revisions and model versions in a folder plus SQLite.
 
     Safe to share between threads, and between processes opening the same folder.
-    ``url`` selects another database (e.g. PostgreSQL) for the same tables; files still
-    live under ``root``.
+    ``url`` (default: ``$SEGLOOP_DB``, else ``segloop.db`` in ``root``) selects another database
+    (PostgreSQL) for the same tables; files still live under ``root`` (`segloop.store.database`).
     """
 
     def __init__(self, root: Path | str, *, url: str | None = None) -> None:
@@ -225,11 +226,12 @@ class LocalDatastore:
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("images", "labels", "models", "staging", "attachments"):
             (self.root / sub).mkdir(exist_ok=True)
-        self.url = url or f"sqlite:///{self.root / DB_NAME}"
+        self.url = database.resolve(self.root, "store", url)
         self._engine = make_engine(self.url)
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         _engines.add(self._engine)
         create_schema(self._engine)
+        database.bind(self.root, self.url)
 
     def __repr__(self) -> str:
         return f"LocalDatastore({str(self.root)!r})"

@@ -24,7 +24,6 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
-    select,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -174,7 +173,11 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the SQLite settings above when it is SQLite."""
+    """An engine for ``url`` with the SQLite settings above when it is SQLite; a server database
+    (PostgreSQL) gets a checked connection pool (``postgresql://`` uses psycopg 3)."""
+    from segloop.store.database import normalize_url
+
+    url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -183,14 +186,16 @@ def make_engine(url: str) -> Engine:
         )
         _install_sqlite_hooks(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the tables if missing (serialised between processes by a write transaction)."""
+    """Create the tables if missing, or bring them to this version's schema (Alembic, see
+    `segloop.store.migrations`); serialised between processes by a write transaction."""
+    from segloop.store.migrations import ensure
+
     writer = engine.execution_options(**{WRITE_OPTION: True})
-    with writer.begin() as conn:
-        Base.metadata.create_all(conn)
-        found = conn.execute(select(StoreMetaRow.key).where(StoreMetaRow.key == "schema_version")).first()
-        if found is None:
+    result = ensure(writer, "store", Base.metadata)
+    if result.before is None:  # a new database: the same store_meta row as the baseline writes
+        with writer.begin() as conn:
             conn.execute(insert(StoreMetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))

@@ -1,0 +1,77 @@
+"""Fixtures of the scale-out tier: a private PostgreSQL cluster (scripts/postgres.sh) for the
+session, a fresh database per test, and data folders built with today's (pre-Alembic) schema."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data"
+LEGACY_FILES = {"store": "segloop.db", "jobs": "jobs.db", "scores": "activelearning.db"}
+
+
+def _pg_installed() -> bool:
+    return any(Path("/usr/lib/postgresql").glob("*/bin/initdb")) if Path("/usr/lib/postgresql").is_dir() else False
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a private PostgreSQL cluster's ``segloop`` database (started once per session)."""
+    if not _pg_installed():
+        pytest.skip("PostgreSQL not installed (scripts/postgres.sh install)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is missing: pip install 'segloop[postgres]'")
+    folder = Path("/tmp") / f"segloop-pg-{uuid.uuid4().hex[:8]}"  # the postgres user must reach it
+    url = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "postgres.sh"), "start", str(folder)],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout.strip()
+    try:
+        yield url
+    finally:
+        subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(folder)], timeout=60, check=False)
+
+
+@pytest.fixture
+def pg_url(postgres: str) -> Iterator[str]:
+    """A new, empty database on the session's cluster (dropped afterwards)."""
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def make_legacy_folder(folder: Path) -> Path:
+    """A data folder whose three SQLite files hold today's schema exactly as segloop created it
+    before Alembic (dumped from commit c1e1dfe into tests/scaleout/data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for schema, name in LEGACY_FILES.items():
+        con = sqlite3.connect(folder / name)
+        try:
+            con.executescript((DATA / f"{schema}_2026-12-03.sql").read_text())
+            con.commit()
+        finally:
+            con.close()
+    for sub in ("images", "labels", "models", "staging", "attachments"):
+        (folder / sub).mkdir(exist_ok=True)
+    return folder
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
