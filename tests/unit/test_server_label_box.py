@@ -99,7 +99,7 @@ def test_box_since_sends_whole_volume_changes_whole() -> None:
 
 
 def test_schema_cache_sees_every_schema_change(tmp_path: Path) -> None:
-    from segloop.server.routes_ml import SchemaCache
+    from segloop.server.routes_sessions import SchemaCache
     from segloop.store import LabelClass, LabelSchema
     from segloop.store.local import open_datastore
 

@@ -82,7 +82,7 @@ def test_session_masks_over_the_route_encoder() -> None:
     """The click/undo/redo/upload responses of a session large enough for the incremental
     encoder (2^20 voxels) decode to the session's mask, comparing only each step's box."""
     from segloop.ml.clicks import Click
-    from segloop.server.routes_ml import _session_mask
+    from segloop.server.routes_sessions import _session_mask
     from segloop.server.workers import SessionEntry
     from tests.unit.tiny_model import tiny_predictor
 

@@ -320,7 +320,7 @@ class IncrementalLabelEncoder:
 # Instead of the whole mask (1.1 MB of gzip NIfTI for 256x256x128), a client that holds the mask of
 # an earlier step gets only the box the steps since then changed: the box's voxels, uint8, in the
 # full mask's voxel order (x fastest, as in NIfTI), as one gzip member. The box travels as
-# ``X-Segloop-Box: x0,x1,y0,y1,z0,z1`` (start, stop per image axis); see `segloop.server.routes_ml`.
+# ``X-Segloop-Box: x0,x1,y0,y1,z0,z1`` (start, stop per image axis); see `segloop.server.routes_sessions`.
 
 BOX_MEDIA_TYPE = "application/vnd.segloop.label-box"
 Box = tuple[slice, slice, slice]

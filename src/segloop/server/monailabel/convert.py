@@ -166,7 +166,7 @@ def encode_label(label: Volume, ext: str, dtype: str, schema: LabelSchema, compr
     (names and colours from the schema)."""
     from segloop.imaging.nifti import nifti_bytes
     from segloop.imaging.nrrd import write_nrrd
-    from segloop.server.routes_ml import label_nifti_gz
+    from segloop.server.maskcodec import label_nifti_gz
 
     arr = np.asarray(label.array)
     if ext == ".nii.gz":
