@@ -76,6 +76,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         nonlocal bar, last_val
         if args.quiet:
             return
+        if p.message.startswith("plan: "):  # the data's fingerprint -> plan, before the first step
+            for line in p.message.split("; plan: "):
+                print(line if line.startswith("plan: ") else f"plan: {line}", file=sys.stderr)
+            return
         if bar is None:
             bar = tqdm(total=p.steps, desc=f"training {args.model}", unit="step", file=sys.stderr)
         bar.update(p.step - bar.n)
@@ -110,6 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.data is None:
+        raise CommandError("the following arguments are required: --data")
     store = open_store(args.data)
     models = store.list_models()
     if args.json:
@@ -233,7 +239,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list models, their versions and validation metrics")
-    add_data_arg(p)
+    add_data_arg(p, required=False)  # checked in cmd_models: `models import PATH --data D` has its own --data
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_models)
 
