@@ -62,7 +62,8 @@ def predict_probabilities(
     from monai.inferers import sliding_window_inference
 
     if extra is None:
-        extra = np.zeros((extra_channels or num_classes, *image.shape[1:]), dtype=np.float32)
+        n_extra = num_classes if extra_channels is None else extra_channels  # 0: automatic-only model
+        extra = np.zeros((n_extra, *image.shape[1:]), dtype=np.float32)
     x = torch.from_numpy(np.concatenate([image, extra], axis=0)[None]).to(device)
 
     def run(batch: torch.Tensor) -> torch.Tensor:

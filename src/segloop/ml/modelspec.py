@@ -10,18 +10,31 @@ The network's input is ``image_channels`` normalised image channels, then one gu
 per class (background first), then -- when ``mask_input`` is on -- the one-hot previous mask (one
 channel per class; all zero when there is none, as in automatic segmentation). Its output is one
 logit per class, in ``classes`` order.
+
+Imported models (`segloop.ml.bundle`: MONAI bundles, TorchScript files) add two keys:
+``"input_kind": "automatic"`` -- the network takes the image channels only (no guidance, so no
+clicks: `extra_channels` is 0) -- and ``"intensity"``, the normalisation the model was trained with
+(see `normalize_image`); without it segloop's robust z-score is used. segloop's own models are
+``"both"`` (automatic and interactive).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from segloop.ml import bundle_network  # noqa: F401  (registers the "monai" and "torchscript" architectures)
 from segloop.ml.guidance import DEFAULT_SIGMA
 from segloop.ml.networks import build_network, network_config, size_divisor
+from segloop.ml.preprocess import normalize_intensity
+
+INPUT_KINDS = ("both", "automatic")
+INTENSITY_KINDS = ("robust-zscore", "zscore", "range", "none")
 
 
 @dataclass
@@ -35,6 +48,13 @@ class ModelSpec:
     guidance_sigma: float = DEFAULT_SIGMA
     mask_input: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    input_kind: str = "both"
+    intensity: dict[str, Any] | None = None
+
+    @property
+    def interactive(self) -> bool:
+        """Whether the network takes guidance channels (clicks); imported models do not."""
+        return self.input_kind != "automatic"
 
     @property
     def num_classes(self) -> int:
@@ -46,7 +66,9 @@ class ModelSpec:
 
     @property
     def extra_channels(self) -> int:
-        """Input channels after the image: guidance (+ previous mask)."""
+        """Input channels after the image: guidance (+ previous mask); 0 for automatic-only models."""
+        if not self.interactive:
+            return 0
         return self.num_classes * (2 if self.mask_input else 1)
 
     @property
@@ -55,6 +77,10 @@ class ModelSpec:
 
     def name_of(self, value: int) -> str:
         return self.class_names[self.class_values.index(value)]
+
+    def normalize(self, array: Any) -> Any:
+        """The image ``(X, Y, Z[, C])`` as network input ``(C, X, Y, Z)`` float32 (see `normalize_image`)."""
+        return normalize_image(array, self.intensity)
 
     def build(self) -> nn.Module:
         return build_network(self.network, self.in_channels, self.num_classes)
@@ -69,6 +95,8 @@ class ModelSpec:
             "spacing": list(self.spacing) if self.spacing is not None else None,
             "guidance_sigma": self.guidance_sigma,
             "mask_input": self.mask_input,
+            "input_kind": self.input_kind,
+            **({"intensity": dict(self.intensity)} if self.intensity is not None else {}),
         }
 
     @classmethod
@@ -90,7 +118,11 @@ class ModelSpec:
                 guidance_sigma=float(config.get("guidance_sigma", DEFAULT_SIGMA)),
                 mask_input=bool(config.get("mask_input", False)),
                 extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
+                input_kind=str(config.get("input_kind", "both")),
+                intensity=check_intensity(config.get("intensity")),
             )
+            if spec.input_kind not in INPUT_KINDS:
+                raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {spec.input_kind!r}")
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"not a segloop model config (missing or bad {exc})") from exc
         return spec
@@ -102,11 +134,80 @@ class ModelSpec:
             raise ValueError(f"patch_size {list(self.patch_size)} must be positive multiples of {div} for this network")
 
 
-_OWN_KEYS = {"network", "classes", "image_channels", "patch_size", "spacing", "guidance_sigma", "mask_input"}
+_OWN_KEYS = {
+    "network", "classes", "image_channels", "patch_size", "spacing", "guidance_sigma", "mask_input", "input_kind",
+    "intensity",
+}
+
+
+def check_intensity(intensity: Any) -> dict[str, Any] | None:
+    """Validate an ``intensity`` config (None: segloop's robust z-score); ValueError naming the problem.
+
+    Forms: ``{"kind": "robust-zscore"}`` (segloop's own: clip to [p0.5, p99.5], z-score);
+    ``{"kind": "zscore", "nonzero": bool}`` (MONAI ``NormalizeIntensity``, per channel; ``nonzero``:
+    statistics of the non-zero voxels, zeros kept); ``{"kind": "range", "a_min", "a_max", "b_min",
+    "b_max", "clip": bool}`` (MONAI ``ScaleIntensityRange``: a linear map of [a_min, a_max] onto
+    [b_min, b_max], e.g. a CT window); ``{"kind": "none"}`` (raw values).
+    """
+    if intensity is None:
+        return None
+    if not isinstance(intensity, dict):
+        raise ValueError(f"intensity must be an object with a 'kind', got {intensity!r}")
+    kind = intensity.get("kind")
+    if kind not in INTENSITY_KINDS:
+        raise ValueError(f"intensity kind must be one of {', '.join(INTENSITY_KINDS)}, got {kind!r}")
+    out: dict[str, Any] = {"kind": kind}
+    if kind == "range":
+        for key in ("a_min", "a_max", "b_min", "b_max"):
+            value = intensity.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"intensity 'range' needs a number {key!r}, got {value!r}")
+            out[key] = float(value)
+        if out["a_max"] == out["a_min"]:
+            raise ValueError("intensity 'range' needs a_max != a_min")
+        out["clip"] = bool(intensity.get("clip", False))
+    elif kind == "zscore":
+        out["nonzero"] = bool(intensity.get("nonzero", False))
+    unknown = sorted(set(intensity) - set(out) - {"clip", "nonzero"})
+    if unknown:
+        raise ValueError(f"unknown intensity key(s) for kind {kind!r}: {', '.join(unknown)}")
+    return out
+
+
+def normalize_image(array: Any, intensity: dict[str, Any] | None) -> np.ndarray:
+    """Image ``(X, Y, Z)`` or ``(X, Y, Z, C)`` -> float32 ``(C, X, Y, Z)`` normalised as ``intensity`` says."""
+    if intensity is None or intensity["kind"] == "robust-zscore":
+        return normalize_intensity(array)
+    data = np.asarray(array)
+    if data.ndim == 3:
+        data = data[..., None]
+    out = np.moveaxis(data, -1, 0).astype(np.float32)  # a copy
+    kind = intensity["kind"]
+    for c in range(out.shape[0]):
+        x = out[c]
+        if kind == "range":
+            lo, hi, b_lo, b_hi = (intensity[k] for k in ("a_min", "a_max", "b_min", "b_max"))
+            x[...] = (x - lo) / (hi - lo) * (b_hi - b_lo) + b_lo
+            if intensity.get("clip"):
+                np.clip(x, min(b_lo, b_hi), max(b_lo, b_hi), out=x)
+        elif kind == "zscore":
+            sel = x != 0 if intensity.get("nonzero") else np.ones(x.shape, dtype=bool)
+            if sel.any():
+                mean, std = float(x[sel].mean()), float(x[sel].std())
+                x[sel] = (x[sel] - mean) / (std if std > 1e-8 else 1.0)
+    return np.ascontiguousarray(out)
 
 
 def load_checkpoint(path: Any, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a segloop checkpoint (a dict with ``state_dict`` and ``config``) without unpickling code."""
+    import zipfile
+
+    with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(path) as z:
+        if any(n.endswith("/constants.pkl") or n.split("/", 2)[1:2] == ["code"] for n in z.namelist()):
+            raise ValueError(
+                f"{path}: a TorchScript model (imported): it has no network definition, so it cannot be "
+                "trained or fine-tuned; it can only segment"
+            )
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a segloop checkpoint")

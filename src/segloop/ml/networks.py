@@ -71,6 +71,8 @@ def network_config(config: dict[str, Any] | None = None, arch: str | None = None
 def size_divisor(config: dict[str, Any]) -> int:
     """Spatial input sizes must be multiples of this (2 ** number of downsamplings)."""
     cfg = network_config(config)
+    if "divisor" in cfg:  # imported architectures (segloop.ml.bundle_network) state it
+        return int(cfg["divisor"])
     if cfg["arch"] == "segresnet":
         return int(2 ** (len(cfg["blocks_down"]) - 1))
     return int(2 ** (len(cfg["channels"]) - 1))

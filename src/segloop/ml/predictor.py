@@ -43,7 +43,7 @@ from segloop.ml.clicks import Click, validate_clicks
 from segloop.ml.guidance import encode_guidance
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
-from segloop.ml.preprocess import normalize_intensity, resample, resampled_shape, zoom_factors
+from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 
@@ -124,10 +124,14 @@ class Predictor:
             raise NotFoundError(f"model {model!r} has no trained version yet")
         v = record.version(version)
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        ckpt = load_checkpoint(v.checkpoint, map_location=dev)
-        spec = ModelSpec.from_config(v.config or ckpt["config"])
-        net = spec.build()
-        net.load_state_dict(ckpt["state_dict"])
+        if (v.config.get("network") or {}).get("arch") == "torchscript":  # imported: the file is the model
+            spec = ModelSpec.from_config(v.config)
+            net: torch.nn.Module = torch.jit.load(str(v.checkpoint), map_location=dev)
+        else:
+            ckpt = load_checkpoint(v.checkpoint, map_location=dev)
+            spec = ModelSpec.from_config(v.config or ckpt["config"])
+            net = spec.build()
+            net.load_state_dict(ckpt["state_dict"])
         net.to(dev)
         net.eval()
         return cls(net, spec, model, v.version, dev)
@@ -136,6 +140,15 @@ class Predictor:
     def class_values(self) -> tuple[int, ...]:
         return tuple(self.spec.class_values)
 
+    def require_interactive(self, what: str = "clicks") -> None:
+        """ValueError when the model takes no guidance (an imported automatic-only model)."""
+        if not self.spec.interactive:
+            raise ValueError(
+                f"model {self.model!r} version {self.version} is automatic-only (input kind automatic: "
+                f"imported, no guidance input), so it cannot follow {what}; correct its result with the "
+                f"brush, or use an interactive segloop model"
+            )
+
     def prepare(self, image: Volume) -> PreparedImage:
         """Normalise and resample ``image`` to the model grid. ValueError on a channel mismatch."""
         if image.channels != self.spec.image_channels:
@@ -143,7 +156,7 @@ class Predictor:
                 f"the image has {image.channels} channel(s), model {self.model!r} version {self.version} "
                 f"expects {self.spec.image_channels}"
             )
-        data = normalize_intensity(image.array)
+        data = self.spec.normalize(image.array)
         factors = zoom_factors(image.spacing, self.spec.spacing)
         if factors is not None:
             data = resample(data, resampled_shape(image.shape, factors), order=1)
@@ -350,6 +363,7 @@ class InteractiveSession:
         t0 = time.perf_counter()
         p = self.predictor
         spec = p.spec
+        p.require_interactive("clicks")
         new = validate_clicks(clicks, spec.class_values, self.image.shape)
         if not new:
             return self.prediction
