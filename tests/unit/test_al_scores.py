@@ -100,3 +100,57 @@ def test_automatic_pass_feeds_every_extra_channel() -> None:
         predictor = SimpleNamespace(net=net, spec=spec, device="cpu")
         probs = automatic_probabilities(predictor, np.zeros((1, 8, 8, 8), np.float32))  # type: ignore[arg-type]
         assert probs.shape == (3, 8, 8, 8) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+
+
+def three_class(shape: tuple[int, int, int] = (12, 12, 12)) -> np.ndarray:
+    """Background everywhere (certain), a large class-1 block and a small class-2 block."""
+    p = np.zeros((3, *shape), np.float32)
+    p[0] = 1.0
+    p[:, 1:7, 1:7, 1:7] = np.array([0.0, 1.0, 0.0])[:, None, None, None]
+    p[:, 9:11, 9:11, 9:11] = np.array([0.0, 0.0, 1.0])[:, None, None, None]
+    return p
+
+
+def test_class_region_score_weighs_each_structure_alike() -> None:
+    p = three_class()
+    h_large, h_small = p.copy(), p.copy()
+    h_large[:, 1:7, 1:7, 1:7] = np.array([0.1, 0.6, 0.3])[:, None, None, None]  # the large class is unsure
+    h_small[:, 9:11, 9:11, 9:11] = np.array([0.1, 0.3, 0.6])[:, None, None, None]  # the small class is unsure
+    vol = [S.map_score(S.voxel_entropy(q), q, "volume") for q in (h_large, h_small)]
+    cls = [S.map_score(S.voxel_entropy(q), q, "class", dilation=0) for q in (h_large, h_small)]
+    assert vol[0] > 20 * vol[1]  # a whole-volume mean mostly measures the size of the unsure structure
+    assert cls[0] == pytest.approx(cls[1], rel=1e-5)  # per class: the same doubt scores the same
+    assert S.class_entropy(h_small, dilation=0) == pytest.approx(cls[1])
+    assert S.map_score(S.voxel_entropy(p), p, "class", dilation=0) == pytest.approx(0.0, abs=1e-6)
+    missing = p.copy()
+    missing[:, 9:11, 9:11, 9:11] = np.array([1.0, 0.0, 0.0])[:, None, None, None]  # class 2 predicted nowhere
+    assert S.class_entropy(missing) == pytest.approx(0.5, abs=1e-5)  # (0 + 1) / 2
+    regions = S.class_regions(p, dilation=1)
+    assert regions[0] is not None and regions[0].sum() == 6**3 + 6 * 36 and regions[1] is not None
+    with pytest.raises(ValueError, match="unknown region"):
+        S.map_score(S.voxel_entropy(p), p, "organ")
+
+
+def test_expected_dice_loss_estimates_one_minus_dice() -> None:
+    p = three_class()
+    assert S.expected_dice_loss(p) == pytest.approx(0.0, abs=1e-6)  # certain: expects its own Dice to be 1
+    unsure = p.copy()
+    unsure[:, 1:7, 1:7, 1:7] = np.array([0.4, 0.6, 0.0])[:, None, None, None]
+    a = S.soft_dice_agreement(unsure)
+    assert a[0] == pytest.approx(2 * 0.6 / 1.6) and a[1] == pytest.approx(1.0)
+    assert S.expected_dice_loss(unsure) == pytest.approx(1 - (2 * 0.6 / 1.6 + 1) / 2)
+    none = np.zeros_like(p)
+    none[0] = 1.0
+    assert S.soft_dice_agreement(none).tolist() == [1.0, 1.0]  # nothing predicted, nothing probable
+
+
+def test_pass_dice_disagreement() -> None:
+    p = three_class()
+    same = np.stack([p, p, p])
+    assert S.pass_dice_disagreement(same) == 0.0 and S.sample_score(same, "dice") == 0.0
+    shifted = p.copy()
+    shifted[:, 1:7, 1:7, 1:7] = np.array([1.0, 0.0, 0.0])[:, None, None, None]
+    shifted[:, 2:8, 1:7, 1:7] = np.array([0.0, 1.0, 0.0])[:, None, None, None]
+    s = np.stack([p, p, shifted])
+    assert 0 < S.pass_dice_disagreement(s) < 0.5
+    assert S.sample_score(s, "mi", region="class") >= 0

@@ -33,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_registry() -> None:
-    assert strategy_names() == ["random", "sequential", "entropy", "mc-dropout", "tta"]
+    assert strategy_names() == ["random", "sequential", "entropy", "soft-dice", "mc-dropout", "tta"]
     with pytest.raises(ValueError, match=r"unknown active-learning strategy 'bald'.*random, sequential, entropy"):
         get_strategy("bald")
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -72,9 +72,15 @@ def test_entropy_certain_image_ranks_last_and_is_cached(trained: dict[str, Any])
     again = rank_pool(store, "entropy", predictor=pred, pool=pool)
     assert again.scored == 0 and all(i.cached for i in again.items)
     assert again.scores() == pytest.approx(ranking.scores())
-    # foreground-restricted entropy is a different cache entry, and higher (the boundary is where doubt is)
+    # the default averages per class over the class's dilated structure: higher than the background-dominated
+    # whole-volume mean (the boundary is where doubt is); each region is a different cache entry
+    assert ranking.params["region"] == "class"
+    vol = rank_pool(store, get_strategy("entropy", region="volume"), predictor=pred, pool=[trained["clean"]])
     fg = rank_pool(store, get_strategy("entropy", foreground_only=True), predictor=pred, pool=[trained["clean"]])
-    assert fg.scored == 1 and fg.items[0].score > ranking.scores()[trained["clean"]]
+    assert vol.scored == 1 and fg.scored == 1
+    assert fg.items[0].score > vol.items[0].score and ranking.scores()[trained["clean"]] > vol.items[0].score
+    with pytest.raises(ValueError, match="region must be one of"):
+        get_strategy("entropy", region="organ")
     # a new model version: recomputed
     v1 = store.get_model("seg").version(1)
     staged = store.staging_dir() / "copy.pt"
@@ -85,12 +91,15 @@ def test_entropy_certain_image_ranks_last_and_is_cached(trained: dict[str, Any])
     assert third.scored == 2 and third.version == 2
     assert third.scores() == pytest.approx(ranking.scores(), abs=1e-5)  # same weights, same scores
     cache = ScoreCache(store.root)
-    assert cache.prune("seg", keep_version=2) == 3
+    assert cache.prune("seg", keep_version=2) == 4  # v1: 2 default-entropy rows, 1 volume, 1 foreground
     cache.close()
 
 
 @pytest.mark.parametrize(("name", "params"), [("mc-dropout", {"passes": 3}), ("mc-dropout", {"passes": 3, "metric": "variance"}),
-                                              ("tta", {"passes": 3}), ("tta", {"passes": 3, "metric": "variance"})])
+                                              ("mc-dropout", {"passes": 3, "metric": "dice"}),
+                                              ("mc-dropout", {"passes": 3, "region": "class"}),
+                                              ("tta", {"passes": 3}), ("tta", {"passes": 3, "metric": "variance"}),
+                                              ("tta", {"passes": 3, "metric": "dice"}), ("soft-dice", {})])
 def test_stochastic_strategies(trained: dict[str, Any], name: str, params: dict[str, Any]) -> None:
     store, pred = trained["store"], trained["predictor"]
     pool = [trained["clean"], trained["noisy"]]
