@@ -7,9 +7,9 @@ Protocol on a labelled dataset in MSD layout (``imagesTr/``, ``labelsTr/``, ``da
    validation image; the pool holds enough images for ``rounds x per_round``; the training
    config is valid.
 2. Fixed splits from ``seed``: the cases (sorted by name) are shuffled; the first
-   ``test_fraction`` are the test split, the rest the pool. The first ``initial`` pool images
-   get their reference labels; the first 20% of them (at least 1) are the validation images
-   that decide whether a new version replaces the current one (`ActiveLearningLoop`).
+   ``test_fraction`` are the test split, the next ``pool_size`` the pool. The first ``initial``
+   pool images get their reference labels; the next ``validation`` ones too, held out of
+   training to decide whether a new version replaces the current one (`ActiveLearningLoop`).
 3. Pre-training once (shared by every arm) on the initial images with reference labels.
 4. Each arm (a strategy, or ``full``) has its own data folder ``OUT/arms/<arm>/data``. Each
    round: the strategy selects ``per_round`` images; the virtual user annotates each (automatic
@@ -24,12 +24,13 @@ second) and what the rest of the machine used meanwhile (``other_cores``, from `
 so timings taken on a shared machine say how shared it was; ``OUT/sessions.json`` lists each
 invocation (start, end, wall time, machine, the same CPU figures).
 
-Defaults (`EmulationConfig`, the CLI's defaults): the *hippocampus CPU preset*, chosen so the
-default comparison (``--compare random,entropy,full``, one seed) on all 260 cases of
-Task04_Hippocampus finishes in under an hour on 2 CPU cores: a 208-image pool (52 test), 10%
-(21) initially labelled, 4 rounds of 10 images (29% labelled at the end), pre-training
-``PRESET_PRETRAIN_MINUTES``, fine-tuning ``PRESET_MINUTES_PER_ROUND`` per round and
-``PRESET_FULL_MINUTES`` for the full arm; see ``docs/emulation/README.md``.
+Defaults (`EmulationConfig`, the CLI's defaults): the *small-start preset*: a pool of at most
+``PRESET_POOL_SIZE`` images (the test split stays ``test_fraction`` of every case), 2 initially
+labelled, ``PRESET_PER_ROUND`` per round until ``PRESET_TARGET_FRACTION`` of the pool is labelled,
+no validation images, step budgets ``max(min_steps, steps_per_image x images)`` (`Plan.budget`,
+printed at the start); before each round's selection, the correlation diagnostic
+(`segloop.loop.diagnostic`); each annotation's effort in minutes (`segloop.loop.effort`); see
+``docs/emulation/README.md``.
 
 Resuming: ``OUT/config.json`` pins the settings (a different setting is refused);
 ``OUT/arms/<arm>/rounds.json`` lists the finished rounds, which are never redone;
