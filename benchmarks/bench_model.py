@@ -9,8 +9,9 @@ Measured, all in one process:
 
 1. training from scratch on CPU within ``--minutes`` of wall time (default 20), peak RSS;
 2. automatic segmentation of the test set: Dice / IoU / HD95 per class (mean over the 2 classes);
-3. interactive: after 1, 2, 3 virtual-user clicks per class (each round: one click per class,
-   in that class's largest error region, both added together), test Dice per class;
+3. interactive (`segloop.ml.click_eval`): Dice per class after 1..20 virtual-user clicks per class
+   (each round: one click per class, in that class's largest error region, both added together)
+   and NoC@85 / NoC@90 per class (clicks until Dice >= 0.85 / 0.90, capped at 20);
 4. latency on a 256x256x128 volume (real hippocampus crops tiled): whole-volume sliding-window
    inference time, and p50 / p95 of one click -> updated mask (warm, in-process), peak RSS.
 
@@ -45,12 +46,11 @@ import torch
 
 from segloop.imaging.nifti import read_nifti
 from segloop.imaging.volume import Volume
-from segloop.metrics import dice
+from segloop.ml.click_eval import evaluate_clicks
 from segloop.ml.clicks import Click
 from segloop.ml.evaluate import evaluate_model
 from segloop.ml.predictor import Predictor
 from segloop.ml.training import TrainConfig, TrainProgress, train
-from segloop.ml.virtual_user import next_click
 from segloop.store.local import open_datastore
 from segloop.store.records import LabelClass, LabelSchema
 
@@ -106,26 +106,10 @@ def fill_store(root: Path, data: Path, ids: list[str]) -> tuple[Any, dict[str, s
     return store, id_of
 
 
-def interactive_dice(store: Any, pred: Predictor, image_ids: list[str], rounds: int, seed: int) -> dict[str, Any]:
-    """Mean test Dice per class after 0..rounds virtual-user clicks per class."""
-    rng = np.random.default_rng(seed)
-    per_round: list[list[list[float]]] = [[] for _ in range(rounds + 1)]
-    for image_id in image_ids:
-        image = store.load_image(image_id)
-        ref = np.asarray(store.load_label(image_id).array)
-        session = pred.session(image)
-        label = session.prediction.label.array
-        per_round[0].append([dice(label, ref, c) for c in CLASSES])
-        for r in range(1, rounds + 1):
-            clicks = [c for c in (next_click(label, ref, [v], rng) for v in CLASSES) if c is not None]
-            if clicks:
-                label = session.add_clicks(clicks).label.array
-            per_round[r].append([dice(label, ref, c) for c in CLASSES])
-    out = {}
-    for r, rows in enumerate(per_round):
-        m = np.mean(np.array(rows), axis=0)
-        out[str(r)] = {CLASSES[1]: float(m[0]), CLASSES[2]: float(m[1]), "mean": float(m.mean())}
-    return out
+def interactive_figures(store: Any, pred: Predictor, image_ids: list[str], max_clicks: int, seed: int) -> dict[str, Any]:
+    """Dice after 0..max_clicks virtual-user clicks per class and NoC@85/90 (`segloop.ml.click_eval`)."""
+    pairs = ((store.load_image(i), np.asarray(store.load_label(i).array)) for i in image_ids)
+    return evaluate_clicks(pred, pairs, max_clicks=max_clicks, seed=seed)
 
 
 def latency(store: Any, pred: Predictor, image_id: str, reps: int, seed: int) -> dict[str, Any]:
@@ -239,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     report = evaluate_model(store, "hippo", image_ids=[id_of[c] for c in test_eval], predictor=pred)
     eval_s = time.perf_counter() - t0
-    inter = interactive_dice(store, pred, [id_of[c] for c in test_eval], 3, seed=0)
+    clicks = interactive_figures(store, pred, [id_of[c] for c in test_eval], 10 if args.quick else 20, seed=0)
+    inter = clicks["dice_after"]
     lat = latency(store, pred, id_of[test_eval[0]], 5 if args.quick else 30, seed=0)
 
     result = {
@@ -256,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             "config": version.config,
         },
         "auto": {"mean": report["mean"], "mean_dice": report["mean_dice"], "seconds_per_image": eval_s / len(test_eval)},
-        "interactive_dice": inter,
+        "interactive_dice": {k: v for k, v in inter.items() if int(k) <= 10},
+        "noc": clicks["noc"],
+        "reached": clicks["reached"],
+        "noc_max_clicks": clicks["max_clicks"],
         "latency": lat,
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__, "python": platform.python_version()},
         "quick": args.quick,
@@ -271,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         ("auto mean Dice (2 classes)", f"{report['mean_dice']:.3f}", ">= 0.85"),
         ("auto HD95 Anterior / Posterior (mm)", f"{report['mean'][CLASSES[1]]['hd95']} / {report['mean'][CLASSES[2]]['hd95']}", ""),
     ]
-    for r in ("1", "2", "3"):
+    for r in ("1", "2", "3", "5", "10"):
         rows.append((f"mean Dice after {r} click(s)/class", f"{inter[r]['mean']:.3f}", ">= 0.90" if r == "3" else ""))
+    for t in ("85", "90"):
+        per = " / ".join(f"{clicks['noc'][t][n]:.2f}" for n in CLASSES.values())
+        rows.append((f"NoC@{t} Anterior / Posterior (cap {clicks['max_clicks']})", per, ""))
     rows += [
         ("whole-volume inference 256x256x128", f"{lat['whole_volume_s']:.2f} s (median of 3)", ""),
         ("one click p50 / p95", f"{lat['click_p50_s'] * 1000:.0f} / {lat['click_p95_s'] * 1000:.0f} ms", "p95 <= 1/4 whole"),

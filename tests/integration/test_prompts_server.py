@@ -8,8 +8,6 @@ Data: four hippocampus cases with final labels, the training set of a tiny model
 from __future__ import annotations
 
 import gzip
-import io
-import json
 from collections.abc import Iterator
 
 import httpx
