@@ -1,0 +1,144 @@
+"""What an emulation reports (`segloop.loop.emulate`): the per-arm summary, ``rounds.csv``,
+``diagnostic.csv``, ``report.json`` and the curve plot, rebuilt from the finished rounds after
+every round.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segloop.loop.diagnostic import mean_correlations
+from segloop.loop.emulation_files import write_atomic, write_json
+from segloop.loop.emulation_setup import FULL, EmulationConfig, Plan
+from segloop.loop.statistics import labels_to_target
+
+
+def build_report(config: EmulationConfig, plan: Plan, arms: dict[str, list[dict[str, Any]]],
+                 effort_model: dict[str, Any]) -> dict[str, Any]:
+    """The report of the finished rounds of every arm: per arm its summary (AUC, labels to 95 % of
+    full, minutes per volume, score-error correlations, the click figures when measured)."""
+    full = arms.get(FULL)
+    full_dice = full[0]["test_mean_dice"] if full else None
+    summary: dict[str, Any] = {}
+    for arm, rounds in arms.items():
+        if not rounds:
+            continue
+        last = rounds[-1]
+        s: dict[str, Any] = {"rounds_done": len(rounds) - 1 if arm != FULL else None,
+                             "final_test_mean_dice": last["test_mean_dice"],
+                             "final_labelled_fraction": last["labelled_fraction"],
+                             "seconds": float(sum(r["seconds"] for r in rounds))}
+        if arm != FULL:
+            s["auc"] = area_under_curve([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds])
+            s["last_annotation_dice"] = last["annotation_dice"]
+            s["clicks_total"] = last["clicks_total"]
+            n_img = len(last.get("selected") or [])
+            s["last_clicks_per_image_per_class"] = (
+                last["clicks"] / (n_img * len(plan.class_names)) if n_img and last.get("clicks") is not None else None
+            )
+            if full_dice:
+                s["relative_to_full"] = last["test_mean_dice"] / full_dice
+                hit = [r["labelled_fraction"] for r in rounds if r["test_mean_dice"] >= 0.95 * full_dice]
+                s["fraction_reaching_95pct_of_full"] = hit[0] if hit else None
+                s["labels_to_95pct_of_full"] = labels_to_target(
+                    [r["labelled"] for r in rounds], [r["test_mean_dice"] for r in rounds], 0.95 * full_dice)
+            done = rounds[1:]
+            minutes = [r["minutes_per_volume"] for r in done if r.get("minutes_per_volume") is not None]
+            manual = [r["manual_minutes_per_volume"] for r in done if r.get("manual_minutes_per_volume") is not None]
+            s["minutes_per_volume"] = float(np.mean(minutes)) if minutes else None
+            s["manual_minutes_per_volume"] = float(np.mean(manual)) if manual else None
+            s["annotation_minutes_total"] = last.get("annotation_minutes_total")
+            s["score_error_spearman"] = mean_correlations([r["diagnostic"] for r in done if r.get("diagnostic")])
+        summary[arm] = s
+    return {"config": config.pinned(), "classes": list(plan.class_names.values()),
+            "splits": {"test": len(plan.test), "pool": len(plan.pool), "initial": len(plan.initial),
+                       "validation": len(plan.validation), "rounds": plan.rounds},
+            "budgets": plan.budgets(), "effort_model": effort_model,
+            "summary": summary, "arms": arms}
+
+
+def write_outputs(out: Path, report: dict[str, Any]) -> None:
+    """Write ``rounds.csv``, ``diagnostic.csv``, ``report.json`` and ``curves.png`` from ``report``."""
+    names = report["classes"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["arm", "round", "labelled", "labelled_fraction", "test_mean_dice", "test_mean_iou",
+                *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names], "clicks", "clicks_total",
+                "annotation_dice", "model_version", "accepted", "seconds", "train_seconds", "select_seconds", "steps",
+                "own_cores", "other_cores", "minutes_per_volume", "manual_minutes_per_volume"])
+    for rounds in report["arms"].values():
+        for r in rounds:
+            w.writerow([r["arm"], r["round"], r["labelled"], f"{r['labelled_fraction']:.4f}", f"{r['test_mean_dice']:.4f}",
+                        f"{r['test_mean_iou']:.4f}", *[f"{r['test_dice'][n]:.4f}" for n in names],
+                        *[f"{r['test_iou'][n]:.4f}" for n in names], r["clicks"], r["clicks_total"],
+                        "" if r["annotation_dice"] is None else f"{r['annotation_dice']:.4f}", r["model_version"],
+                        int(bool(r["accepted"])), f"{r['seconds']:.1f}", fmt(r.get("train_seconds"), 1),
+                        fmt(r.get("select_seconds"), 1), r.get("steps") or "", fmt((r.get("cpu") or {}).get("own_cores"), 2),
+                        fmt((r.get("cpu") or {}).get("other_cores"), 2), fmt(r.get("minutes_per_volume"), 2),
+                        fmt(r.get("manual_minutes_per_volume"), 2)])
+    write_atomic(out / "rounds.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["arm", "round", "images", "scorer", "spearman"])
+    for rounds in report["arms"].values():
+        for r in rounds:
+            d = r.get("diagnostic") or {}
+            for scorer_name, rho in (d.get("spearman") or {}).items():
+                w.writerow([r["arm"], r["round"], d.get("images"), scorer_name, fmt(rho, 4)])
+    write_atomic(out / "diagnostic.csv", buf.getvalue().encode())
+    write_json(out / "report.json", report)
+    plot_curves(report, out / "curves.png")
+
+
+def fmt(value: Any, digits: int) -> str:
+    return "" if value is None else f"{float(value):.{digits}f}"
+
+
+def area_under_curve(fractions: Sequence[float], dice: Sequence[float]) -> float | None:
+    """Trapezoid area under Dice vs. labelled fraction, divided by the fraction span (a mean Dice)."""
+    if len(fractions) < 2:
+        return float(dice[0]) if dice else None
+    x, y = np.asarray(fractions, dtype=float), np.asarray(dice, dtype=float)
+    span = float(x[-1] - x[0])
+    if span <= 0:
+        return float(y.mean())
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / span)
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    """Test mean Dice vs. labelled fraction, one line per arm; ``full`` as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    try:
+        for arm, rounds in report["arms"].items():
+            if not rounds:
+                continue
+            if arm == FULL:
+                d = rounds[0]["test_mean_dice"]
+                ax.axhline(d, color="black", linestyle="--", linewidth=1, label=f"full ({d:.3f})")
+                ax.axhline(0.95 * d, color="grey", linestyle=":", linewidth=1, label="95% of full")
+                continue
+            ax.plot([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds], marker="o", label=arm)
+        cfg = report["config"]
+        ax.set_xlabel("labelled fraction of the pool")
+        ax.set_ylabel("test mean Dice")
+        ax.set_title(f"{Path(cfg['dataset']).name}: {cfg['per_round']}/round, {cfg['clicks']} clicks/class, seed {cfg['seed']}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    write_atomic(path, buf.getvalue())
