@@ -121,3 +121,25 @@ def test_helpers() -> None:
     assert spread([None])["mean"] is None and spread([2.0])["sd"] == 0.0
     assert clicks_per_image_per_class({"clicks": 12, "selected": ["a", "b"]}, 2) == 3.0
     assert clicks_per_image_per_class({"clicks": 0, "selected": []}, 2) is None
+
+
+def test_click_figures_over_runs(tmp_path: Path) -> None:
+    folders = []
+    for seed, (noc90, dice3) in enumerate([(4.0, 0.88), (6.0, 0.90), (5.0, 0.86)]):
+        folder = write_run(tmp_path / f"c{seed}", seed, [0.7, 0.72, 0.74], [0.7, 0.75, 0.78], 0.8)
+        report = json.loads((folder / "report.json").read_text())
+        clicks = {"images": 20, "max_clicks": 20, "model_version": 3, "dice_after": {"0": 0.8, "3": dice3},
+                  "noc85": 1.0, "noc90": noc90}
+        report["summary"] = {"entropy": {"clicks": clicks}}
+        (folder / "report.json").write_text(json.dumps(report))
+        folders.append(folder)
+    agg = aggregate(folders)
+    c = agg["summary"]["entropy"]["clicks"]
+    assert c["runs"] == 3 and c["noc90"]["mean"] == pytest.approx(5.0) and c["noc90"]["sd"] == pytest.approx(1.0)
+    assert c["dice_after"]["3"]["mean"] == pytest.approx(0.88) and c["dice_after"]["3"]["min"] == 0.86
+    assert "clicks" not in agg["summary"]["random"]  # runs without figures for an arm: none made up
+    write_aggregate(agg, tmp_path / "agg")
+    rows = list(csv.DictReader((tmp_path / "agg" / "clicks.csv").open()))
+    assert [(r["arm"], r["clicks_per_class"]) for r in rows] == [("entropy", "0"), ("entropy", "3"), ("entropy", "noc85"),
+                                                                 ("entropy", "noc90")]
+    assert float(rows[3]["dice_mean"]) == pytest.approx(5.0)

@@ -45,7 +45,7 @@ def config(ds: Path, out: Path, **kw: Any) -> EmulationConfig:
     base: dict[str, Any] = dict(dataset=str(ds), out=str(out), strategy="entropy", compare=["random", "entropy", "full"],
                                 initial="5", per_round=2, rounds=2, clicks=2, seed=0, minutes_per_round=None,
                                 pretrain_minutes=None, full_minutes=None, steps_per_image=None, train=TRAIN,
-                                diagnose=["entropy", "soft-dice"], diagnose_images=4, device="cpu")
+                                diagnose=["entropy", "soft-dice"], diagnose_images=4, device="cpu", noc_clicks=3)
     base.update(kw)
     return EmulationConfig(**base)
 
@@ -110,6 +110,21 @@ def test_outputs_exist_and_agree(finished: tuple[Path, Path, dict[str, Any]]) ->
             sum(r.get("annotation_minutes") or 0 for r in report["arms"][arm]))
         assert "labels_to_95pct_of_full" in s and set(s["score_error_spearman"]) == {"entropy", "soft-dice"}
     assert report["effort_model"]["click_seconds"] > 0 and report["budgets"]["pretrain"]["steps"] is None
+    # the click figures of every arm's final model: Dice after k = 0..3 clicks per class, NoC capped at 3
+    click_rows = {r["arm"]: r for r in csv.DictReader((out / "clicks.csv").open())}
+    assert set(click_rows) == {"random", "entropy", "full"}
+    for arm in ("random", "entropy", "full"):
+        c = report["summary"][arm]["clicks"]
+        saved = json.loads((out / "arms" / arm / "clicks.json").read_text())
+        assert c["images"] == saved["images"] == 3 and c["max_clicks"] == 3
+        assert c["model_version"] == report["arms"][arm][-1]["model_version"]
+        assert list(c["dice_after"]) == ["0", "1", "2", "3"] and "5" not in c["dice_after"]
+        assert c["dice_after"]["0"] == pytest.approx(saved["dice_after"]["0"]["mean"])
+        assert 0.0 <= c["noc85"] <= 3 and 0.0 <= c["noc90"] <= 3 and c["noc85"] <= c["noc90"]
+        assert float(click_rows[arm]["noc90"]) == pytest.approx(c["noc90"], abs=0.01)
+    # the automatic prediction of the final model is what the test split measured
+    assert report["summary"]["full"]["clicks"]["dice_after"]["0"] == pytest.approx(
+        report["arms"]["full"][0]["test_mean_dice"], abs=1e-6)
     # the virtual user's labels are saved, not the references
     store_labels = out / "arms" / "entropy" / "data" / "labels"
     assert any(store_labels.iterdir())
@@ -140,6 +155,10 @@ def test_resume_skips_finished_rounds(finished: tuple[Path, Path, dict[str, Any]
     assert new[2]["clicks"] == rounds[2]["clicks"]
     with pytest.raises(EmulationError, match="other settings.*clicks"):
         run_emulation(config(ds, out, clicks=3))
+    # the click figures are not pinned: other figures are measured on a finished run, no training
+    more = run_emulation(config(ds, out, noc_clicks=2, noc_images=2))
+    assert len(calls) == 1 and more["summary"]["full"]["clicks"]["max_clicks"] == 2
+    assert more["summary"]["entropy"]["clicks"]["images"] == 2 and more["arms"] == resumed["arms"]
 
 
 def test_bad_inputs_refused_before_any_work(tmp_path: Path) -> None:

@@ -55,8 +55,16 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         print("score-error rank correlation (Spearman, pool images, every run x round; mean [95% CI]):")
         for name, d in table.items():
             print(f"  {name:<18} {_ci(d.get('ci'))} over {d['n']} diagnostics")
+    noc = {arm: s["clicks"] for arm, s in agg["summary"].items() if s.get("clicks")}
+    if noc:
+        print("clicks on the test split (each run's final model; mean ± sd over the runs):")
+        for arm, c in noc.items():
+            d = c["dice_after"]
+            print(f"  {arm:<10} " + ", ".join(f"k={k} {d[k]['mean']:.3f} ± {d[k]['sd']:.3f}" for k in d)
+                  + f"; NoC@85 {c['noc85']['mean']:.2f}, NoC@90 {c['noc90']['mean']:.2f} ± {c['noc90']['sd']:.2f}")
     out = Path(args.out)
-    print(f"wrote {out / 'aggregate.json'}, {out / 'aggregate.csv'}, {out / 'diagnostic.csv'}, {out / 'curves.png'}")
+    print(f"wrote {out / 'aggregate.json'}, {out / 'aggregate.csv'}, {out / 'diagnostic.csv'}, {out / 'clicks.csv'}, "
+          f"{out / 'curves.png'}")
     return 0
 
 
@@ -110,7 +118,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         dataset=str(args.dataset), out=str(args.out), strategy=args.strategy, compare=compare, initial=args.initial,
         clicks=args.clicks, seed=args.seed, test_fraction=args.test_fraction, fine_tune=args.fine_tune, train=train,
         satisfied_dice=None if args.satisfied_dice <= 0 else args.satisfied_dice, diversity=args.diversity,
-        max_cases=args.max_cases, device=args.device, **preset,
+        max_cases=args.max_cases, device=args.device, noc_images=args.noc_images, noc_clicks=args.noc_clicks, **preset,
     )
     try:
         report = run_emulation(config, None if args.quiet else _log)
@@ -132,7 +140,17 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         for arm, table in rho.items():
             if table:
                 print(f"  {arm:<10} " + ", ".join(f"{n} {_fmt(d['mean'], '+.2f')}" for n, d in table.items()))
-    print(f"wrote {out / 'rounds.csv'}, {out / 'diagnostic.csv'}, {out / 'report.json'}, {out / 'curves.png'}")
+    noc = {arm: s["clicks"] for arm, s in report["summary"].items() if s.get("clicks")}
+    if noc:
+        steps = [k for k in ("0", "1", "2", "3", "5", "10") if k in next(iter(noc.values()))["dice_after"]]
+        print(f"clicks on the test split (final model; Dice after k clicks per class, NoC capped at "
+              f"{next(iter(noc.values()))['max_clicks']}):")
+        print(f"  {'arm':<10} " + " ".join(f"{'k=' + k:>6}" for k in steps) + f" {'NoC@85':>7} {'NoC@90':>7}")
+        for arm, c in noc.items():
+            print(f"  {arm:<10} " + " ".join(f"{c['dice_after'][k]:>6.3f}" for k in steps)
+                  + f" {c['noc85']:>7.2f} {c['noc90']:>7.2f}")
+    print(f"wrote {out / 'rounds.csv'}, {out / 'diagnostic.csv'}, {out / 'clicks.csv'}, {out / 'report.json'}, "
+          f"{out / 'curves.png'}")
     return 0
 
 
@@ -200,6 +218,10 @@ def register(subparsers: Any) -> None:
                         "(default entropy,entropy-volume,soft-dice,mc-dropout-class,tta-dice; none: off)")
     p.add_argument("--diagnose-images", type=int, default=None, metavar="N",
                    help="pool images the diagnostic scores per round (default 20)")
+    p.add_argument("--noc-images", type=int, default=20, metavar="N",
+                   help="test images of each arm's final click figures: Dice after 1..K clicks per class, NoC@85/90 "
+                        "(default 20; 0: none). Not pinned: a finished run measures them when resumed")
+    p.add_argument("--noc-clicks", type=int, default=20, metavar="K", help="clicks per class in those figures, NoC's cap (default 20)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_emulate)

@@ -27,7 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from segloop.loop.emulate import FULL, EmulationError, _write_atomic, _write_json, area_under_curve
+from segloop.loop.emulation_files import write_atomic as _write_atomic
+from segloop.loop.emulation_files import write_json as _write_json
+from segloop.loop.emulation_report import area_under_curve
+from segloop.loop.emulation_setup import FULL, EmulationError
 from segloop.loop.statistics import bootstrap_mean_ci, labels_to_target, paired_differences
 
 # Settings that may differ between the runs being aggregated.
@@ -152,6 +155,9 @@ def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
             s["manual_minutes_per_volume"] = spread([_mean_of(x[1:n_rounds], "manual_minutes_per_volume") for x in runs])
             diags = [r["diagnostic"] for x in runs for r in x[1:n_rounds] if r.get("diagnostic")]
             s["score_error_spearman"] = _pooled_correlations(diags)
+        clicks = [((rep.get("summary") or {}).get(arm) or {}).get("clicks") for rep in reports]
+        if any(clicks):
+            s["clicks"] = _click_spread([c for c in clicks if c])
         summary[arm] = s
     if "random" in out_arms:
         rnd = summary["random"]["auc"]["values"]
@@ -173,6 +179,14 @@ def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
             "config": cfg, "wall_seconds": [r.get("wall_seconds") for r in reports], "summary": summary, "arms": out_arms}
 
 
+def _click_spread(figures: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Spread over runs of the click figures of each run's final model (`emulation_report.click_summary`)."""
+    steps = [k for k in figures[0]["dice_after"] if all(k in f["dice_after"] for f in figures)]
+    return {"runs": len(figures), "images": figures[0].get("images"), "max_clicks": figures[0].get("max_clicks"),
+            "dice_after": {k: spread([f["dice_after"][k] for f in figures]) for k in steps},
+            "noc85": spread([f.get("noc85") for f in figures]), "noc90": spread([f.get("noc90") for f in figures])}
+
+
 def _mean_of(records: Sequence[dict[str, Any]], key: str) -> float | None:
     vals = [float(r[key]) for r in records if r.get(key) is not None]
     return float(np.mean(vals)) if vals else None
@@ -192,7 +206,8 @@ def _pooled_correlations(diagnostics: Sequence[dict[str, Any]]) -> dict[str, Any
 
 def write_aggregate(agg: dict[str, Any], out: str | Path) -> None:
     """``aggregate.json``, ``aggregate.csv`` (one row per arm and round), ``diagnostic.csv`` (the
-    score-error rank correlations per scorer, pooled and per arm) and ``curves.png`` in ``out``."""
+    score-error rank correlations per scorer, pooled and per arm), ``clicks.csv`` (the final models'
+    Dice after k clicks and NoC over the runs) and ``curves.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "aggregate.json", agg)
@@ -220,6 +235,18 @@ def write_aggregate(agg: dict[str, Any], out: str | Path) -> None:
         for name, d in table.items():
             w.writerow([arm, name, d["n"], f(d["mean"]), f(d["sd"]), f(d["ci"]["low"]), f(d["ci"]["high"])])
     _write_atomic(out / "diagnostic.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["arm", "runs", "images", "max_clicks", "clicks_per_class", "dice_mean", "dice_sd", "dice_min", "dice_max"])
+    for arm, s in agg["summary"].items():
+        c = s.get("clicks")
+        if not c:
+            continue
+        rows = [(k, c["dice_after"][k]) for k in c["dice_after"]]
+        rows += [("noc85", c["noc85"]), ("noc90", c["noc90"])]
+        for k, d in rows:
+            w.writerow([arm, c["runs"], c["images"], c["max_clicks"], k, f(d["mean"]), f(d["sd"]), f(d["min"]), f(d["max"])])
+    _write_atomic(out / "clicks.csv", buf.getvalue().encode())
     plot_aggregate(agg, out / "curves.png")
 
 

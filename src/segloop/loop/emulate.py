@@ -391,13 +391,55 @@ class Emulation:
         pre = self.pretrain() if any(a != FULL for a in self.config.arms) else {}
         for arm in self.config.arms:
             self.run_arm(arm, pre)
+            if self.click_figures(arm) is not None:
+                self.write_outputs()
         return self.write_outputs()
+
+    # --- click figures ------------------------------------------------------------------------------
+
+    def click_figures(self, arm: str) -> dict[str, Any] | None:
+        """The interactive figures of an arm's final model (`segloop.ml.click_eval`: Dice after k
+        clicks per class, NoC@85/90 capped at ``noc_clicks``) on the first ``noc_images`` test
+        images, saved in ``OUT/arms/<arm>/clicks.json`` (measured once; None when switched off)."""
+        from segloop.ml.click_eval import evaluate_clicks
+        from segloop.ml.predictor import Predictor
+        from segloop.store.local import open_datastore
+
+        cfg = self.config
+        path = self.arm_dir(arm) / "clicks.json"
+        if not cfg.noc_images:
+            return None
+        done = read_json(path, None)
+        if done is not None and done.get("images") == min(cfg.noc_images, len(self.plan.test)) \
+                and done.get("max_clicks") == cfg.noc_clicks:
+            return dict(done)
+        rounds = self.arm_rounds(arm)
+        if not rounds:
+            return None
+        version = int(rounds[-1]["model_version"])
+        store = open_datastore(self.arm_dir(arm) / "data")
+        try:
+            predictor = Predictor.load(store, MODEL, version, device=cfg.device)
+            t0 = time.monotonic()
+            figures = evaluate_clicks(predictor, self.test_pairs()[: cfg.noc_images], max_clicks=cfg.noc_clicks, seed=cfg.seed)
+        finally:
+            store.close()
+        figures.update(model_version=version, labelled=rounds[-1]["labelled"], seconds=round(time.monotonic() - t0, 1))
+        write_json(path, figures)
+        d = figures["dice_after"]
+        ks = [k for k in ("0", "1", "3", "10") if k in d]
+        self.log(f"[{arm}] clicks on {figures['images']} test images: Dice after {'/'.join(ks)} clicks per class "
+                 f"{'/'.join(format(d[k]['mean'], '.3f') for k in ks)}, NoC@85 {figures['noc']['85']['mean']:.1f}, "
+                 f"NoC@90 {figures['noc']['90']['mean']:.1f} ({figures['seconds']:.0f} s)")
+        return figures
 
     # --- outputs ------------------------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
         arms = {arm: self.arm_rounds(arm) for arm in self.config.arms}
-        return build_report(self.config, self.plan, arms, self.effort.describe())
+        clicks = {arm: read_json(self.arm_dir(arm) / "clicks.json", None) for arm in self.config.arms}
+        return build_report(self.config, self.plan, arms, self.effort.describe(),
+                            {a: c for a, c in clicks.items() if c is not None})
 
     def _sessions(self) -> list[dict[str, Any]]:
         """Earlier invocations + this one, brought up to date (``OUT/sessions.json``)."""

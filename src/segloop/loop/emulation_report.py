@@ -20,7 +20,7 @@ from segloop.loop.statistics import labels_to_target
 
 
 def build_report(config: EmulationConfig, plan: Plan, arms: dict[str, list[dict[str, Any]]],
-                 effort_model: dict[str, Any]) -> dict[str, Any]:
+                 effort_model: dict[str, Any], clicks: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report of the finished rounds of every arm: per arm its summary (AUC, labels to 95 % of
     full, minutes per volume, score-error correlations, the click figures when measured)."""
     full = arms.get(FULL)
@@ -55,12 +55,30 @@ def build_report(config: EmulationConfig, plan: Plan, arms: dict[str, list[dict[
             s["manual_minutes_per_volume"] = float(np.mean(manual)) if manual else None
             s["annotation_minutes_total"] = last.get("annotation_minutes_total")
             s["score_error_spearman"] = mean_correlations([r["diagnostic"] for r in done if r.get("diagnostic")])
+        if clicks and arm in clicks:
+            s["clicks"] = click_summary(clicks[arm])
         summary[arm] = s
     return {"config": config.pinned(), "classes": list(plan.class_names.values()),
             "splits": {"test": len(plan.test), "pool": len(plan.pool), "initial": len(plan.initial),
                        "validation": len(plan.validation), "rounds": plan.rounds},
             "budgets": plan.budgets(), "effort_model": effort_model,
             "summary": summary, "arms": arms}
+
+
+CLICK_STEPS = (1, 2, 3, 5, 10)
+
+
+def click_summary(figures: dict[str, Any]) -> dict[str, Any]:
+    """The report's digest of `segloop.ml.click_eval` figures: mean Dice after 0 and `CLICK_STEPS`
+    clicks per class (those within the cap), NoC@85 / NoC@90 (mean over classes and per class) and
+    the share of images reaching 0.90 per class."""
+    d = figures["dice_after"]
+    steps = [k for k in (0, *CLICK_STEPS) if str(k) in d]
+    return {"images": figures["images"], "max_clicks": figures["max_clicks"], "model_version": figures.get("model_version"),
+            "dice_after": {str(k): d[str(k)]["mean"] for k in steps},
+            "noc85": figures["noc"]["85"]["mean"], "noc90": figures["noc"]["90"]["mean"],
+            "noc90_per_class": {k: v for k, v in figures["noc"]["90"].items() if k != "mean"},
+            "reached90": figures["reached"]["90"]}
 
 
 def write_outputs(out: Path, report: dict[str, Any]) -> None:
@@ -92,6 +110,15 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
             for scorer_name, rho in (d.get("spearman") or {}).items():
                 w.writerow([r["arm"], r["round"], d.get("images"), scorer_name, fmt(rho, 4)])
     write_atomic(out / "diagnostic.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["arm", "images", "max_clicks", *[f"dice_after_{k}" for k in (0, *CLICK_STEPS)], "noc85", "noc90"])
+    for arm, s in report["summary"].items():
+        c = s.get("clicks")
+        if c:
+            w.writerow([arm, c["images"], c["max_clicks"], *[fmt(c["dice_after"].get(str(k)), 4) for k in (0, *CLICK_STEPS)],
+                        fmt(c["noc85"], 2), fmt(c["noc90"], 2)])
+    write_atomic(out / "clicks.csv", buf.getvalue().encode())
     write_json(out / "report.json", report)
     plot_curves(report, out / "curves.png")
 

@@ -29,6 +29,8 @@ PRESET_STEPS_PER_IMAGE = 15
 PRESET_MIN_STEPS = 150
 PRESET_PRETRAIN_FACTOR = 2  # pre-training's floor: this many times min_steps
 STEP_KEYS = ("pretrain_steps", "steps_per_round", "full_steps")
+# Settings that change no round's result: a run resumes whatever they are.
+UNPINNED_KEYS = ("device", "noc_images", "noc_clicks")
 # Optional settings left out of the pinned config while unset (runs pinned before they existed still resume).
 OPTIONAL_KEYS = (*STEP_KEYS, "rounds", "pool_size", "steps_per_image", "min_steps", "minutes_per_round",
                  "pretrain_minutes", "full_minutes")
@@ -88,15 +90,19 @@ class EmulationConfig:
     diversity: float = 0.0
     max_cases: int | None = None  # use only the first N cases (sorted by name) for quick checks
     device: str | None = None
+    noc_images: int = 20  # test images of each arm's final click figures (Dice after k clicks, NoC; 0: none)
+    noc_clicks: int = 20  # clicks per class in those figures (NoC's cap)
 
     @property
     def arms(self) -> list[str]:
         return list(dict.fromkeys(a.strip().lower() for a in (self.compare or [self.strategy]) if a.strip()))
 
     def pinned(self) -> dict[str, Any]:
-        """The settings a resumed run must share (everything but the device)."""
+        """The settings a resumed run must share (everything but the device and the click figures,
+        which measure a finished arm and change none of its rounds)."""
         d = asdict(self)
-        d.pop("device", None)
+        for key in UNPINNED_KEYS:
+            d.pop(key, None)
         for key in OPTIONAL_KEYS:  # unset: left out, so runs pinned before these options existed still resume
             if d.get(key) is None:
                 d.pop(key, None)
@@ -237,8 +243,10 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
     for name, value, low in (("--per-round", config.per_round, 1), ("--rounds", config.rounds, 0), ("--clicks", config.clicks, 0),
                              ("--validation", config.validation, 0), ("--pool-size", config.pool_size, 1),
                              ("--steps-per-image", config.steps_per_image, 1), ("--min-steps", config.min_steps, 1),
-                             ("--diagnose-images", config.diagnose_images, 0)):
-        if value is None and name not in ("--per-round", "--clicks", "--validation", "--diagnose-images"):
+                             ("--diagnose-images", config.diagnose_images, 0), ("--noc-images", config.noc_images, 0),
+                             ("--noc-clicks", config.noc_clicks, 1)):
+        if value is None and name not in ("--per-round", "--clicks", "--validation", "--diagnose-images", "--noc-images",
+                                          "--noc-clicks"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise EmulationError(f"{name} must be an integer >= {low}, got {value!r}")
