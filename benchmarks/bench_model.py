@@ -7,7 +7,8 @@ are the training set, the last 52 (20%) the test set. Within the training set, `
 
 Measured, all in one process:
 
-1. training from scratch on CPU within ``--minutes`` of wall time (default 20), peak RSS;
+1. training from scratch on CPU within ``--minutes`` of wall time (default 20) or ``--steps`` optimiser
+   steps (50 per epoch, rounded up to whole epochs), peak RSS;
 2. automatic segmentation of the test set: Dice / IoU / HD95 per class (mean over the 2 classes);
 3. interactive (`segloop.ml.click_eval`): Dice per class after 1..20 virtual-user clicks per class
    (each round: one click per class, in that class's largest error region, both added together)
@@ -20,6 +21,7 @@ Usage::
     .venv/bin/python benchmarks/bench_model.py                 # full run (~25 min on 2 cores)
     .venv/bin/python benchmarks/bench_model.py --quick         # smoke run (~3 min)
     .venv/bin/python benchmarks/bench_model.py --minutes 10 --out benchmarks/results/model.json
+    .venv/bin/python benchmarks/bench_model.py --steps 2700 --threads 1   # load-independent budget
     # re-measure evaluation and latency of a model trained by an earlier run kept in --workdir:
     .venv/bin/python benchmarks/bench_model.py --workdir /tmp/bw --skip-train
 
@@ -161,6 +163,8 @@ def latency(store: Any, pred: Predictor, image_id: str, reps: int, seed: int) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=None, help="training wall budget (default 20, quick 1)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train a fixed number of optimiser steps instead of a wall budget (comparable on a loaded machine)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 min training, 12 test images, 5 clicks timed")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "model.json")
     ap.add_argument("--workdir", type=Path, default=None, help="datastore folder (default: a temporary one)")
@@ -187,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"imported {len(id_of)} cases in {import_s:.0f}s; train {len(train_ids)}, test {len(test_ids)}", flush=True)
 
     config = TrainConfig(
-        epochs=100_000,
+        epochs=100_000 if args.steps is None else max(1, -(-args.steps // 50)),
         steps_per_epoch=50,
         val_every=2,
         val_split=0.1,
         batch_size=2,
         lr=2e-3,
         guidance_sigma=3.0,
-        max_minutes=minutes,
+        max_minutes=minutes if args.steps is None else None,
         num_threads=args.threads,
         seed=0,
     )
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "split": "sorted ids, numpy default_rng(0).permutation, first 80% train (208), rest test (52)",
         "test_images": len(test_eval),
         "train": {
-            "minutes_budget": minutes,
+            "minutes_budget": minutes if args.steps is None else None,
+            "steps_budget": args.steps,
             "seconds": train_s,
             "steps": version.metrics["steps"],
             "best_epoch": version.metrics["best_epoch"],
