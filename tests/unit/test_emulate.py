@@ -254,3 +254,35 @@ def test_step_budgets(tmp_path: Path) -> None:
     rounds = report["arms"]["random"]
     assert [r["steps"] for r in rounds] == [3, 2]
     assert report["config"]["steps_per_round"] == 2
+
+
+def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
+    from segloop.loop.emulate import plan
+    from segloop.loop.emulation_cost import UnitCosts, advice, estimate, strategy_passes
+
+    ds = make_msd(tmp_path / "ds")
+    p = plan(config(ds, tmp_path / "out", compare=["random", "mc-dropout", "full"], pretrain_steps=10, steps_per_round=5,
+                    full_steps=20, diagnose=["entropy", "mc-dropout-dice"], diagnose_images=4, noc_images=2, noc_clicks=3))
+    costs = UnitCosts(step_seconds=1.0, inference_seconds=2.0, click_seconds=0.5, patch_size=(16, 24, 16),
+                      volume_shape=(20, 20, 20), spacing=(1.0, 1.0, 1.0))
+    est = estimate(p, costs)
+    ph = est["phases"]
+    assert ph["pretrain"] == {"training": 10.0, "evaluation": 3 * 2.0}  # 3 test images
+    assert ph["full"]["training"] == 20.0 and ph["full"]["click figures"] == 2 * (2.0 + 3 * 2 * 0.5)
+    assert ph["random"]["training"] == 2 * 5.0 and ph["random"]["selection"] == 0.0
+    # mc-dropout ranks the unlabelled pool (11 - 5 = 6, then 4) with 8 passes each
+    assert strategy_passes("mc-dropout") == 8 and ph["mc-dropout"]["selection"] == (6 + 4) * 8 * 2.0
+    # the diagnostic: one shared automatic pass + mc-dropout-dice's 4, on 4 images, each round
+    assert ph["random"]["diagnostic"] == 2 * 4 * (1 + 4) * 2.0
+    # annotation: 2 images a round, one automatic pass + up to 2 clicks for each of 2 classes
+    assert ph["random"]["annotation"] == 2 * 2 * (2.0 + 2 * 2 * 0.5)
+    assert est["total_seconds"] == pytest.approx(sum(sum(v.values()) for v in ph.values()))
+    assert "--pool-size" in advice(est, 0.1) or "strategy" in advice(est, 0.1)
+
+
+def test_a_run_over_its_time_limit_is_refused_before_any_work(tmp_path: Path) -> None:
+    ds = make_msd(tmp_path / "ds")
+    out = tmp_path / "out"
+    with pytest.raises(EmulationError, match=r"(?s)estimate .* exceeds 0.001 min; what would shorten it:.*nothing was started"):
+        run_emulation(config(ds, out, max_minutes=0.001))
+    assert not (out / "config.json").exists() and not (out / "pretrain").exists()

@@ -118,7 +118,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         dataset=str(args.dataset), out=str(args.out), strategy=args.strategy, compare=compare, initial=args.initial,
         clicks=args.clicks, seed=args.seed, test_fraction=args.test_fraction, fine_tune=args.fine_tune, train=train,
         satisfied_dice=None if args.satisfied_dice <= 0 else args.satisfied_dice, diversity=args.diversity,
-        max_cases=args.max_cases, device=args.device, noc_images=args.noc_images, noc_clicks=args.noc_clicks, **preset,
+        max_cases=args.max_cases, device=args.device, noc_images=args.noc_images, noc_clicks=args.noc_clicks,
+        estimate=not args.no_estimate, max_minutes=args.max_minutes, **preset,
     )
     try:
         report = run_emulation(config, None if args.quiet else _log)
@@ -222,6 +223,11 @@ def register(subparsers: Any) -> None:
                    help="test images of each arm's final click figures: Dice after 1..K clicks per class, NoC@85/90 "
                         "(default 20; 0: none). Not pinned: a finished run measures them when resumed")
     p.add_argument("--noc-clicks", type=int, default=20, metavar="K", help="clicks per class in those figures, NoC's cap (default 20)")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="refuse to start a run whose estimated time on this machine exceeds M minutes (the estimate "
+                        "and what would shorten it are printed; default: only a note above 90)")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip measuring the unit costs (a few training steps and one inference) and the time estimate")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_emulate)

@@ -378,22 +378,55 @@ class Emulation:
             )
         if previous is not None:
             self.log(f"resuming the emulation in {self.out}")
+        self.log(f"{len(self.plan.test)} test / {len(self.plan.pool)} pool images; {len(self.plan.initial)} initially labelled, "
+                 f"{len(self.plan.validation)} validation, {self.plan.rounds} rounds of {self.config.per_round} "
+                 f"-> {self.plan.labelled(self.plan.rounds) / len(self.plan.pool):.0%} labelled")
+        self.log(describe_budgets(self.plan.budgets()))
+        self.cost_estimate(fresh=previous is None)  # may refuse: nothing written before it
         write_json(cfg_file, pinned)
         self._earlier_sessions = list(read_json(self.out / "sessions.json", []))
         self._session_cpu = CpuSnapshot.now()
         self._session = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info()}
         write_json(self.out / "splits.json", {"test": self.plan.test, "pool": self.plan.pool,
                                                "initial": self.plan.initial, "validation": self.plan.validation})
-        self.log(f"{len(self.plan.test)} test / {len(self.plan.pool)} pool images; {len(self.plan.initial)} initially labelled, "
-                 f"{len(self.plan.validation)} validation, {self.plan.rounds} rounds of {self.config.per_round} "
-                 f"-> {self.plan.labelled(self.plan.rounds) / len(self.plan.pool):.0%} labelled")
-        self.log(describe_budgets(self.plan.budgets()))
         pre = self.pretrain() if any(a != FULL for a in self.config.arms) else {}
         for arm in self.config.arms:
             self.run_arm(arm, pre)
             if self.click_figures(arm) is not None:
                 self.write_outputs()
         return self.write_outputs()
+
+    # --- cost ------------------------------------------------------------------------------------
+
+    def cost_estimate(self, fresh: bool) -> dict[str, Any] | None:
+        """Measure the unit costs and log the run's estimated time (`segloop.loop.emulation_cost`),
+        saved in ``OUT/estimate.json``. A new run whose estimate exceeds ``max_minutes`` is refused
+        here, before any work; above 90 minutes without a limit, the log says what would shorten it."""
+        from segloop.loop.emulation_cost import (
+            DEFAULT_WARN_MINUTES,
+            advice,
+            describe,
+            estimate,
+            measure_unit_costs,
+        )
+
+        cfg = self.config
+        if not cfg.estimate:
+            return None
+        threads = cfg.train.get("num_threads") if isinstance(cfg.train.get("num_threads"), int) else None
+        costs = measure_unit_costs(cfg.dataset, self.plan.pool, len(self.plan.class_names) + 1, cfg.device, threads)
+        est = estimate(self.plan, costs)
+        self.log(describe(est))
+        limit = cfg.max_minutes
+        if limit is not None and fresh and est["total_seconds"] > 60 * limit:
+            raise EmulationError(advice(est, limit) + f"\n(or raise --max-minutes; nothing was started in {self.out})")
+        if limit is None and est["total_seconds"] > 60 * DEFAULT_WARN_MINUTES:
+            self.log("note: " + advice(est, DEFAULT_WARN_MINUTES))
+        est["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.out.mkdir(parents=True, exist_ok=True)
+        history = list(read_json(self.out / "estimate.json", []))
+        write_json(self.out / "estimate.json", [*history, est])
+        return est
 
     # --- click figures ------------------------------------------------------------------------------
 
@@ -458,6 +491,10 @@ class Emulation:
         report = self.report()
         report["sessions"] = sessions
         report["wall_seconds"] = round(float(sum(x.get("wall_seconds") or 0.0 for x in sessions)), 1)
+        estimates = read_json(self.out / "estimate.json", [])
+        if estimates:  # the first invocation's estimate of the whole run, beside what it took
+            report["estimate"] = {**estimates[0], "estimated_minutes": round(estimates[0]["total_seconds"] / 60, 1),
+                                  "measured_minutes": round(report["wall_seconds"] / 60, 1)}
         write_outputs(self.out, report)
         return report
 

@@ -30,7 +30,7 @@ PRESET_MIN_STEPS = 150
 PRESET_PRETRAIN_FACTOR = 2  # pre-training's floor: this many times min_steps
 STEP_KEYS = ("pretrain_steps", "steps_per_round", "full_steps")
 # Settings that change no round's result: a run resumes whatever they are.
-UNPINNED_KEYS = ("device", "noc_images", "noc_clicks")
+UNPINNED_KEYS = ("device", "noc_images", "noc_clicks", "estimate", "max_minutes")
 # Optional settings left out of the pinned config while unset (runs pinned before they existed still resume).
 OPTIONAL_KEYS = (*STEP_KEYS, "rounds", "pool_size", "steps_per_image", "min_steps", "minutes_per_round",
                  "pretrain_minutes", "full_minutes")
@@ -92,6 +92,8 @@ class EmulationConfig:
     device: str | None = None
     noc_images: int = 20  # test images of each arm's final click figures (Dice after k clicks, NoC; 0: none)
     noc_clicks: int = 20  # clicks per class in those figures (NoC's cap)
+    estimate: bool = True  # measure the unit costs and print the run's estimated time before starting
+    max_minutes: float | None = None  # refuse a new run whose estimate exceeds this (None: only warn above 90)
 
     @property
     def arms(self) -> list[str]:
@@ -262,6 +264,8 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
                           ("--full-minutes", config.full_minutes)):
         if minutes is not None and not minutes > 0:
             raise EmulationError(f"{name} must be > 0, got {minutes}")
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise EmulationError(f"--max-minutes must be > 0, got {config.max_minutes}")
     for name, steps in (("--pretrain-steps", config.pretrain_steps), ("--steps-per-round", config.steps_per_round),
                         ("--full-steps", config.full_steps)):
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):

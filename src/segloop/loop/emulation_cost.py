@@ -1,0 +1,177 @@
+"""What an emulation will cost on this machine, said before it starts (`segloop.loop.emulate`).
+
+A large dataset (say 20 whole-brain MR volumes of 256x256x160) can make the defaults run for
+hours on a CPU. Rather than an hour of nothing, the run measures two unit costs first and
+multiplies them by the work the settings imply:
+
+- seconds per optimiser step of the planned network and patch (`segloop.ml.plan.calibrate`,
+  click simulation included), and
+- seconds per whole-volume inference: one sliding-window pass of the planned network over a
+  volume of the dataset's median shape on the training grid (untrained weights cost the same).
+  A click costs about one window (the session refines a window around it).
+
+Counted work (per active-learning arm and round): the training steps; the test split's
+evaluation; scoring the unlabelled pool with the strategy (its ``passes``: MC-dropout and TTA
+run several); the diagnostic (one automatic pass per image, shared by the deterministic scorers,
+plus each stochastic scorer's passes); the virtual user's annotation (one automatic pass and up
+to ``clicks`` clicks per class per image); and, once per arm, the click figures. Pre-training and
+``full`` add their steps and one evaluation each. Reading, resampling and writing files are not
+counted (small beside the network on a CPU), so the estimate is a lower bound of sorts; the
+2026-12-03 Task04 runs in docs/emulation/ compare it with the measured wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from segloop.activelearning.strategies import get_strategy
+from segloop.loop.diagnostic import SCORERS
+from segloop.loop.emulation_setup import FULL, Plan
+
+DEFAULT_WARN_MINUTES = 90.0  # the issue's budget for a 20-image 256x256x160 dataset on 2 cores
+
+
+@dataclass(frozen=True)
+class UnitCosts:
+    """Seconds of one optimiser step, one whole-volume inference and one click, on this machine."""
+
+    step_seconds: float
+    inference_seconds: float
+    click_seconds: float
+    patch_size: tuple[int, int, int]
+    volume_shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+
+def passes_of(name: str) -> int:
+    """Network passes a strategy or diagnostic scorer needs per image beyond the automatic one (0 for
+    the deterministic ones, which reuse it; ``random``/``sequential`` need none at all)."""
+    strategy, params = SCORERS.get(name, (name, {}))
+    s = get_strategy(strategy, **params)
+    return int(s.params["passes"]) if "passes" in s.params else 0
+
+
+def strategy_passes(name: str) -> int:
+    """Passes per pool image when ``name`` ranks the pool (random/sequential: 0)."""
+    if name in ("random", "sequential"):
+        return 0
+    s = get_strategy(name)  # an arm is a strategy with its own defaults, not a diagnostic scorer
+    return max(1, int(s.params.get("passes", 1)))
+
+
+def measure_unit_costs(root: Any, names: list[str], num_classes: int, device: str | None,
+                       threads: int | None = None) -> UnitCosts:
+    """Plan the network as training will (`segloop.ml.plan` on the named cases' fingerprint), then
+    time a few steps and one whole-volume inference of the median shape."""
+    import torch
+
+    from segloop.ml.inference import predict_probabilities
+    from segloop.ml.networks import build_network
+    from segloop.ml.plan import calibrate, fingerprint_msd, make_plan
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fp = fingerprint_msd(root, names=names, max_cases=20)
+    image_channels = fp.channels
+    mlplan = calibrate(make_plan(fp, device=dev), image_channels, num_classes, steps=3, threads=threads)
+    shape = mlplan.resampled_median_shape or fp.median_shape
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        net = build_network(mlplan.network, image_channels + num_classes, num_classes).to(dev).eval()
+        image = np.random.default_rng(0).standard_normal((image_channels, *shape)).astype(np.float32)
+        window = np.zeros((image_channels, *mlplan.patch_size), dtype=np.float32)
+        predict_probabilities(net, window, None, mlplan.patch_size, num_classes, device=dev)  # warm-up
+        click = _best_of(3, lambda: predict_probabilities(net, window, None, mlplan.patch_size, num_classes, device=dev))
+        repeats = 3 if click * np.prod(shape) / np.prod(mlplan.patch_size) < 10 else 1  # a big volume: once
+        infer = _best_of(repeats, lambda: predict_probabilities(net, image, None, mlplan.patch_size, num_classes, device=dev))
+    finally:
+        torch.set_num_threads(old)
+    return UnitCosts(float(mlplan.seconds_per_step or 0.0), infer, click, tuple(mlplan.patch_size),  # type: ignore[arg-type]
+                     tuple(int(s) for s in shape), tuple(float(s) for s in mlplan.spacing))  # type: ignore[arg-type]
+
+
+def _best_of(n: int, fn: Any) -> float:
+    """The shortest of ``n`` timed calls (the least disturbed by whatever else runs)."""
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def estimate(plan: Plan, costs: UnitCosts) -> dict[str, Any]:
+    """Seconds per phase and in total for the arms of ``plan`` (see the module docstring)."""
+    cfg = plan.config
+    n_classes = len(plan.class_names)
+    n_test = len(plan.test)
+    infer, click = costs.inference_seconds, costs.click_seconds
+    phases: dict[str, dict[str, float]] = {}
+
+    def add(phase: str, kind: str, seconds: float) -> None:
+        phases.setdefault(phase, {}).setdefault(kind, 0.0)
+        phases[phase][kind] += seconds
+
+    arms = cfg.arms
+    noc = min(cfg.noc_images, n_test) * (infer + cfg.noc_clicks * n_classes * click) if cfg.noc_images else 0.0
+    if any(a != FULL for a in arms):
+        _, steps = plan.budget("pretrain")
+        add("pretrain", "training", float(steps or 0) * costs.step_seconds)
+        add("pretrain", "evaluation", n_test * infer)
+    diag_passes = sum(passes_of(n) for n in cfg.diagnose)
+    for arm in arms:
+        if arm == FULL:
+            _, steps = plan.budget("full")
+            add(FULL, "training", float(steps or 0) * costs.step_seconds)
+            add(FULL, "evaluation", n_test * infer)
+            add(FULL, "click figures", noc)
+            continue
+        sel = strategy_passes(arm)
+        for rnd in range(1, plan.rounds + 1):
+            unlabelled = len(plan.pool) - plan.labelled(rnd - 1)
+            _, steps = plan.budget("round", rnd)
+            add(arm, "training", float(steps or 0) * costs.step_seconds)
+            add(arm, "evaluation", n_test * infer)
+            add(arm, "selection", unlabelled * sel * infer)
+            if cfg.diagnose and cfg.diagnose_images:
+                add(arm, "diagnostic", min(cfg.diagnose_images, unlabelled) * (1 + diag_passes) * infer)
+            add(arm, "annotation", cfg.per_round * (infer + cfg.clicks * n_classes * click))
+        add(arm, "click figures", noc)
+    total = float(sum(sum(p.values()) for p in phases.values()))
+    kinds: dict[str, float] = {}
+    for p in phases.values():
+        for k, v in p.items():
+            kinds[k] = kinds.get(k, 0.0) + v
+    return {"unit_costs": asdict(costs), "phases": phases, "by_kind": kinds, "total_seconds": total}
+
+
+def describe(est: dict[str, Any]) -> str:
+    """Two lines for the log: the unit costs, then the total and its largest parts."""
+    u = est["unit_costs"]
+    kinds = sorted(est["by_kind"].items(), key=lambda kv: -kv[1])
+    parts = ", ".join(f"{k} {v / 60:.0f}" for k, v in kinds if v >= 30)
+    return (f"cost on this machine: {u['step_seconds']:.2f} s per step (patch {'x'.join(map(str, u['patch_size']))}), "
+            f"{u['inference_seconds']:.1f} s per whole-volume inference ({'x'.join(map(str, u['volume_shape']))}), "
+            f"{u['click_seconds']:.2f} s per click\n"
+            f"estimated {est['total_seconds'] / 60:.0f} min in all (minutes: {parts or 'each part under half a minute'})")
+
+
+def advice(est: dict[str, Any], limit_minutes: float) -> str:
+    """What would shorten a run whose estimate exceeds ``limit_minutes``, largest part first."""
+    tips = {
+        "training": "--steps-per-image / --min-steps (fewer steps per training) or --pretrain-steps/--steps-per-round",
+        "selection": "a cheaper strategy (entropy rather than mc-dropout/tta) or a smaller --pool-size",
+        "diagnostic": "--diagnose-images N (fewer) or --diagnose none",
+        "evaluation": "--test-fraction (a smaller test split)",
+        "annotation": "--per-round or --clicks",
+        "click figures": "--noc-images N (fewer) or 0",
+    }
+    kinds = sorted(est["by_kind"].items(), key=lambda kv: -kv[1])
+    lines = [f"the estimate ({est['total_seconds'] / 60:.0f} min) exceeds {limit_minutes:g} min; what would shorten it:"]
+    lines += [f"  {k} ({v / 60:.0f} min): {tips[k]}" for k, v in kinds if k in tips and v > 0.05 * est["total_seconds"]]
+    return "\n".join(lines)
