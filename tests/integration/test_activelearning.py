@@ -80,8 +80,9 @@ class Events:
 def test_strategies_lists_all(api: httpx.Client) -> None:
     body = api.get("/activelearning/strategies").json()
     by_name = {s["name"]: s for s in body["available"]}
-    assert set(by_name) == {"random", "sequential", "entropy", "mc-dropout", "tta"}
+    assert set(by_name) == {"random", "sequential", "entropy", "soft-dice", "mc-dropout", "tta"}
     assert not by_name["random"]["needs_model"] and by_name["entropy"]["needs_model"]
+    assert by_name["soft-dice"]["needs_model"] and by_name["entropy"]["params"]["region"] == "class"
     assert by_name["mc-dropout"]["params"]["passes"] >= 2
     assert body["pending"] == []
 
