@@ -45,7 +45,7 @@ def config(ds: Path, out: Path, **kw: Any) -> EmulationConfig:
     base: dict[str, Any] = dict(dataset=str(ds), out=str(out), strategy="entropy", compare=["random", "entropy", "full"],
                                 initial="5", per_round=2, rounds=2, clicks=2, seed=0, minutes_per_round=None,
                                 pretrain_minutes=None, full_minutes=None, steps_per_image=None, train=TRAIN,
-                                diagnose=["entropy", "soft-dice"], diagnose_images=4, device="cpu", noc_clicks=3)
+                                diagnose=["entropy", "soft-dice"], diagnose_images=4, device="cpu", noc_images=3, noc_clicks=3)
     base.update(kw)
     return EmulationConfig(**base)
 
@@ -286,3 +286,39 @@ def test_a_run_over_its_time_limit_is_refused_before_any_work(tmp_path: Path) ->
     with pytest.raises(EmulationError, match=r"(?s)estimate .* exceeds 0.001 min; what would shorten it:.*nothing was started"):
         run_emulation(config(ds, out, max_minutes=0.001))
     assert not (out / "config.json").exists() and not (out / "pretrain").exists()
+
+
+def test_open_measurements_are_fitted_to_the_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diagnostic and the click figures take a bounded share of the run: on cheap volumes all 20
+    images; on costly ones the multi-pass scorers go first, then images, then the diagnostic itself;
+    settings given explicitly are kept."""
+    from segloop.loop.emulate import plan
+    from segloop.loop.emulation_cost import DEFAULT_MEASURE_IMAGES, UnitCosts, estimate, fit_measurements
+
+    ds = make_msd(tmp_path / "ds", n=40)
+    kw: dict[str, Any] = dict(compare=["random", "entropy", "full"], pretrain_steps=300, steps_per_round=150, full_steps=900,
+                              diagnose=["entropy", "soft-dice", "mc-dropout-dice"], diagnose_images=None, noc_images=None,
+                              noc_clicks=20, rounds=3)
+    p = plan(config(ds, tmp_path / "o", **kw))
+
+    def costs(infer: float) -> UnitCosts:
+        return UnitCosts(1.0, infer, infer / 10, (16, 16, 16), (20, 20, 20), (1.0, 1.0, 1.0))
+
+    cheap = fit_measurements(p, costs(0.01))
+    assert cheap.diagnose_images == DEFAULT_MEASURE_IMAGES and cheap.diagnose == ("entropy", "soft-dice", "mc-dropout-dice")
+    assert cheap.noc_images == len(p.test) and not cheap.notes
+    mid = fit_measurements(p, costs(1.5))
+    assert mid.diagnose == ("entropy", "soft-dice") and 5 <= mid.diagnose_images <= DEFAULT_MEASURE_IMAGES
+    assert any("multi-pass" in n for n in mid.notes)
+    share = estimate(p, costs(1.5), mid)["by_kind"]
+    core = sum(share.get(k, 0.0) for k in ("training", "evaluation", "selection", "annotation"))
+    assert share["diagnostic"] <= 0.25 * core + 1e-6 and share["click figures"] <= 0.10 * core + 1e-6
+    costly = fit_measurements(p, costs(60.0))
+    assert costly.diagnose_images <= mid.diagnose_images and costly.noc_images < len(p.test)
+    import segloop.loop.emulation_cost as cost
+
+    monkeypatch.setattr(cost, "DIAGNOSTIC_SHARE", 0.01)  # a diagnostic that cannot fit 5 images: none
+    off = fit_measurements(p, costs(60.0))
+    assert off.diagnose_images == 0 and any("diagnostic off" in n for n in off.notes)
+    fixed = fit_measurements(plan(config(ds, tmp_path / "o", **{**kw, "diagnose_images": 7, "noc_images": 2})), costs(60.0))
+    assert (fixed.diagnose_images, fixed.noc_images, len(fixed.diagnose)) == (7, 2, 3)

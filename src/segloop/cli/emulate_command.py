@@ -218,10 +218,12 @@ def register(subparsers: Any) -> None:
                    help="scorers whose rank correlation with the model's error is measured on the pool each round "
                         "(default entropy,entropy-volume,soft-dice,mc-dropout-class,tta-dice; none: off)")
     p.add_argument("--diagnose-images", type=int, default=None, metavar="N",
-                   help="pool images the diagnostic scores per round (default 20)")
-    p.add_argument("--noc-images", type=int, default=20, metavar="N",
+                   help="pool images the diagnostic scores per round (default: up to 20, as many as fit 25%% of the "
+                        "run's estimated time, the multi-pass scorers dropped first; 0: none)")
+    p.add_argument("--noc-images", type=int, default=None, metavar="N",
                    help="test images of each arm's final click figures: Dice after 1..K clicks per class, NoC@85/90 "
-                        "(default 20; 0: none). Not pinned: a finished run measures them when resumed")
+                        "(default: up to 20, as many as fit 10%% of the run's estimated time; 0: none). Not pinned: "
+                        "a finished run measures them when resumed")
     p.add_argument("--noc-clicks", type=int, default=20, metavar="K", help="clicks per class in those figures, NoC's cap (default 20)")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
                    help="refuse to start a run whose estimated time on this machine exceeds M minutes (the estimate "

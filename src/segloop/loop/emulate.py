@@ -116,6 +116,9 @@ class Emulation:
         self._session_cpu: CpuSnapshot | None = None
         self._earlier_sessions: list[dict[str, Any]] = []
         self.effort = EffortModel()
+        from segloop.loop.emulation_cost import configured
+
+        self.measure = configured(self.plan)  # fitted to the cost in `cost_estimate`
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -211,16 +214,15 @@ class Emulation:
     def diagnose(self, arm: str, rnd: int, loop: Any) -> dict[str, Any] | None:
         """The correlation diagnostic before round ``rnd``'s selection (`segloop.loop.diagnostic`), saved
         in ``OUT/arms/<arm>/diagnostic-NN.json`` (a resumed round reads it back)."""
-        cfg = self.config
-        if not cfg.diagnose or not cfg.diagnose_images:
+        if not self.measure.diagnose or not self.measure.diagnose_images:
             return None
         path = self.arm_dir(arm) / f"diagnostic-{rnd:02d}.json"
         done = read_json(path, None)
         if done is not None:
             return dict(done)
-        ids = loop.pool()[: cfg.diagnose_images]
+        ids = loop.pool()[: self.measure.diagnose_images]
         t0 = time.monotonic()
-        diag = score_error_correlation(loop.predictor(), ids, loop.store.load_image, self.reference, cfg.diagnose)
+        diag = score_error_correlation(loop.predictor(), ids, loop.store.load_image, self.reference, list(self.measure.diagnose))
         diag["model_version"] = loop.current_version
         write_json(path, diag)
         rho = ", ".join(f"{n} {fmt(v, 2) or '-'}" for n, v in diag["spearman"].items())
@@ -399,24 +401,41 @@ class Emulation:
     # --- cost ------------------------------------------------------------------------------------
 
     def cost_estimate(self, fresh: bool) -> dict[str, Any] | None:
-        """Measure the unit costs and log the run's estimated time (`segloop.loop.emulation_cost`),
-        saved in ``OUT/estimate.json``. A new run whose estimate exceeds ``max_minutes`` is refused
-        here, before any work; above 90 minutes without a limit, the log says what would shorten it."""
+        """Measure the unit costs, fit the measurements left open to them and log the run's
+        estimated time (`segloop.loop.emulation_cost`), saved in ``OUT/estimate.json`` (a resumed run
+        keeps the first invocation's measurements). A new run whose estimate exceeds ``max_minutes``
+        is refused here, before any work; above 90 minutes without a limit, the log says what would
+        shorten it."""
         from segloop.loop.emulation_cost import (
             DEFAULT_WARN_MINUTES,
+            Measurements,
             advice,
             describe,
             estimate,
+            fit_measurements,
             measure_unit_costs,
         )
 
         cfg = self.config
+        history = list(read_json(self.out / "estimate.json", []))
+        if history and not fresh and history[0].get("measurements"):
+            first = history[0]["measurements"]
+            kept = Measurements(tuple(first["diagnose"]), int(first["diagnose_images"]), int(first["noc_images"]))
+            self.measure = Measurements(
+                kept.diagnose if cfg.diagnose_images is None else tuple(cfg.diagnose),
+                kept.diagnose_images if cfg.diagnose_images is None else int(cfg.diagnose_images),
+                kept.noc_images if cfg.noc_images is None else min(int(cfg.noc_images), len(self.plan.test)),
+            )
         if not cfg.estimate:
             return None
         threads = cfg.train.get("num_threads") if isinstance(cfg.train.get("num_threads"), int) else None
         costs = measure_unit_costs(cfg.dataset, self.plan.pool, len(self.plan.class_names) + 1, cfg.device, threads)
-        est = estimate(self.plan, costs)
+        if not (history and not fresh):
+            self.measure = fit_measurements(self.plan, costs)
+        est = estimate(self.plan, costs, self.measure)
         self.log(describe(est))
+        for note in self.measure.notes:
+            self.log(f"note: {note}")
         limit = cfg.max_minutes
         if limit is not None and fresh and est["total_seconds"] > 60 * limit:
             raise EmulationError(advice(est, limit) + f"\n(or raise --max-minutes; nothing was started in {self.out})")
@@ -424,7 +443,6 @@ class Emulation:
             self.log("note: " + advice(est, DEFAULT_WARN_MINUTES))
         est["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.out.mkdir(parents=True, exist_ok=True)
-        history = list(read_json(self.out / "estimate.json", []))
         write_json(self.out / "estimate.json", [*history, est])
         return est
 
@@ -440,10 +458,11 @@ class Emulation:
 
         cfg = self.config
         path = self.arm_dir(arm) / "clicks.json"
-        if not cfg.noc_images:
+        n_images = self.measure.noc_images
+        if not n_images:
             return None
         done = read_json(path, None)
-        if done is not None and done.get("images") == min(cfg.noc_images, len(self.plan.test)) \
+        if done is not None and done.get("images") == min(n_images, len(self.plan.test)) \
                 and done.get("max_clicks") == cfg.noc_clicks:
             return dict(done)
         rounds = self.arm_rounds(arm)
@@ -454,7 +473,7 @@ class Emulation:
         try:
             predictor = Predictor.load(store, MODEL, version, device=cfg.device)
             t0 = time.monotonic()
-            figures = evaluate_clicks(predictor, self.test_pairs()[: cfg.noc_images], max_clicks=cfg.noc_clicks, seed=cfg.seed)
+            figures = evaluate_clicks(predictor, self.test_pairs()[:n_images], max_clicks=cfg.noc_clicks, seed=cfg.seed)
         finally:
             store.close()
         figures.update(model_version=version, labelled=rounds[-1]["labelled"], seconds=round(time.monotonic() - t0, 1))

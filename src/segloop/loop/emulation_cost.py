@@ -33,6 +33,21 @@ from segloop.loop.diagnostic import SCORERS
 from segloop.loop.emulation_setup import FULL, Plan
 
 DEFAULT_WARN_MINUTES = 90.0  # the issue's budget for a 20-image 256x256x160 dataset on 2 cores
+DEFAULT_MEASURE_IMAGES = 20  # the diagnostic's and the click figures' images when they are cheap
+MIN_DIAGNOSTIC_IMAGES = 5  # fewer give a rank correlation too noisy to read: then none
+DIAGNOSTIC_SHARE = 0.25  # fitted diagnostic: at most this share of the core work's estimated time
+CLICK_FIGURES_SHARE = 0.10  # fitted click figures: at most this share
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What the run measures beside the loop itself: the diagnostic's scorers and images per round,
+    the click figures' test images."""
+
+    diagnose: tuple[str, ...]
+    diagnose_images: int
+    noc_images: int
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,9 +120,62 @@ def _best_of(n: int, fn: Any) -> float:
     return best
 
 
-def estimate(plan: Plan, costs: UnitCosts) -> dict[str, Any]:
-    """Seconds per phase and in total for the arms of ``plan`` (see the module docstring)."""
+def configured(plan: Plan) -> Measurements:
+    """The measurements as configured (a fitted setting, None, counts as `DEFAULT_MEASURE_IMAGES`)."""
     cfg = plan.config
+    diag = DEFAULT_MEASURE_IMAGES if cfg.diagnose_images is None else int(cfg.diagnose_images)
+    noc = DEFAULT_MEASURE_IMAGES if cfg.noc_images is None else int(cfg.noc_images)
+    return Measurements(tuple(cfg.diagnose), diag, min(noc, len(plan.test)))
+
+
+def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
+    """Fit the settings left open (None) to the cost, from the data: the diagnostic may take
+    `DIAGNOSTIC_SHARE` and the click figures `CLICK_FIGURES_SHARE` of the core work's estimated time
+    (training, evaluation, selection, annotation). A diagnostic that does not fit first drops its
+    stochastic scorers (MC-dropout, TTA: several passes per image), then images; below
+    `MIN_DIAGNOSTIC_IMAGES` it is off. Settings given explicitly are kept as they are."""
+    cfg = plan.config
+    base = configured(plan)
+    core_kinds = ("training", "evaluation", "selection", "annotation")
+    off = estimate(plan, costs, Measurements(base.diagnose, 0, 0))
+    core = sum(off["by_kind"].get(k, 0.0) for k in core_kinds)
+    model_arms = [a for a in cfg.arms if a != FULL]
+    notes: list[str] = []
+    scorers, diag_images = base.diagnose, base.diagnose_images
+    if cfg.diagnose_images is None and scorers and model_arms:
+        per_image = plan.rounds * len(model_arms) * costs.inference_seconds
+        budget = DIAGNOSTIC_SHARE * core
+        fit = int(budget // max(per_image * (1 + sum(passes_of(n) for n in scorers)), 1e-9))
+        if fit < DEFAULT_MEASURE_IMAGES:
+            cheap = tuple(n for n in scorers if passes_of(n) == 0)
+            fit_cheap = int(budget // max(per_image, 1e-9))
+            if cheap and cheap != scorers and fit_cheap > fit:
+                notes.append(f"diagnostic: the multi-pass scorers ({', '.join(n for n in scorers if n not in cheap)}) "
+                             f"do not fit {DIAGNOSTIC_SHARE:.0%} of the run's time on these images; kept "
+                             f"{', '.join(cheap)}")
+                scorers, fit = cheap, fit_cheap
+        diag_images = min(DEFAULT_MEASURE_IMAGES, fit)
+        if diag_images < MIN_DIAGNOSTIC_IMAGES:
+            notes.append(f"diagnostic off: fewer than {MIN_DIAGNOSTIC_IMAGES} pool images fit {DIAGNOSTIC_SHARE:.0%} "
+                         "of the run's time (--diagnose-images N to force it)")
+            diag_images = 0
+        elif diag_images < DEFAULT_MEASURE_IMAGES:
+            notes.append(f"diagnostic on {diag_images} pool images per round (fits {DIAGNOSTIC_SHARE:.0%} of the run's time)")
+    noc_images = base.noc_images
+    if cfg.noc_images is None:
+        per_image = len(cfg.arms) * (costs.inference_seconds + cfg.noc_clicks * len(plan.class_names) * costs.click_seconds)
+        noc_images = min(base.noc_images, int(CLICK_FIGURES_SHARE * core // max(per_image, 1e-9)))
+        if noc_images < base.noc_images:
+            notes.append(f"click figures on {noc_images} test images (fit {CLICK_FIGURES_SHARE:.0%} of the run's time; "
+                         "--noc-images N to force)")
+    return Measurements(scorers, diag_images, noc_images, tuple(notes))
+
+
+def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) -> dict[str, Any]:
+    """Seconds per phase and in total for the arms of ``plan`` with ``measure`` (default: as
+    configured); see the module docstring."""
+    cfg = plan.config
+    measure = measure or configured(plan)
     n_classes = len(plan.class_names)
     n_test = len(plan.test)
     infer, click = costs.inference_seconds, costs.click_seconds
@@ -118,12 +186,12 @@ def estimate(plan: Plan, costs: UnitCosts) -> dict[str, Any]:
         phases[phase][kind] += seconds
 
     arms = cfg.arms
-    noc = min(cfg.noc_images, n_test) * (infer + cfg.noc_clicks * n_classes * click) if cfg.noc_images else 0.0
+    noc = min(measure.noc_images, n_test) * (infer + cfg.noc_clicks * n_classes * click)
     if any(a != FULL for a in arms):
         _, steps = plan.budget("pretrain")
         add("pretrain", "training", float(steps or 0) * costs.step_seconds)
         add("pretrain", "evaluation", n_test * infer)
-    diag_passes = sum(passes_of(n) for n in cfg.diagnose)
+    diag_passes = sum(passes_of(n) for n in measure.diagnose)
     for arm in arms:
         if arm == FULL:
             _, steps = plan.budget("full")
@@ -138,8 +206,8 @@ def estimate(plan: Plan, costs: UnitCosts) -> dict[str, Any]:
             add(arm, "training", float(steps or 0) * costs.step_seconds)
             add(arm, "evaluation", n_test * infer)
             add(arm, "selection", unlabelled * sel * infer)
-            if cfg.diagnose and cfg.diagnose_images:
-                add(arm, "diagnostic", min(cfg.diagnose_images, unlabelled) * (1 + diag_passes) * infer)
+            if measure.diagnose and measure.diagnose_images:
+                add(arm, "diagnostic", min(measure.diagnose_images, unlabelled) * (1 + diag_passes) * infer)
             add(arm, "annotation", cfg.per_round * (infer + cfg.clicks * n_classes * click))
         add(arm, "click figures", noc)
     total = float(sum(sum(p.values()) for p in phases.values()))
@@ -147,7 +215,8 @@ def estimate(plan: Plan, costs: UnitCosts) -> dict[str, Any]:
     for p in phases.values():
         for k, v in p.items():
             kinds[k] = kinds.get(k, 0.0) + v
-    return {"unit_costs": asdict(costs), "phases": phases, "by_kind": kinds, "total_seconds": total}
+    return {"unit_costs": asdict(costs), "measurements": asdict(measure), "phases": phases, "by_kind": kinds,
+            "total_seconds": total}
 
 
 def describe(est: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ STEP_KEYS = ("pretrain_steps", "steps_per_round", "full_steps")
 UNPINNED_KEYS = ("device", "noc_images", "noc_clicks", "estimate", "max_minutes")
 # Optional settings left out of the pinned config while unset (runs pinned before they existed still resume).
 OPTIONAL_KEYS = (*STEP_KEYS, "rounds", "pool_size", "steps_per_image", "min_steps", "minutes_per_round",
-                 "pretrain_minutes", "full_minutes")
+                 "pretrain_minutes", "full_minutes", "diagnose_images")
 
 
 class EmulationError(ValueError):
@@ -84,13 +84,13 @@ class EmulationConfig:
     steps_per_image: int | None = PRESET_STEPS_PER_IMAGE
     min_steps: int | None = PRESET_MIN_STEPS
     diagnose: list[str] = field(default_factory=lambda: list(DEFAULT_DIAGNOSTIC))
-    diagnose_images: int = 20  # pool images the diagnostic scores per round (0: no diagnostic)
+    diagnose_images: int | None = None  # pool images the diagnostic scores per round (0: none; None: fitted to the cost)
     train: dict[str, Any] = field(default_factory=dict)
     satisfied_dice: float | None = 0.95
     diversity: float = 0.0
     max_cases: int | None = None  # use only the first N cases (sorted by name) for quick checks
     device: str | None = None
-    noc_images: int = 20  # test images of each arm's final click figures (Dice after k clicks, NoC; 0: none)
+    noc_images: int | None = None  # test images of each arm's final click figures (0: none; None: fitted to the cost)
     noc_clicks: int = 20  # clicks per class in those figures (NoC's cap)
     estimate: bool = True  # measure the unit costs and print the run's estimated time before starting
     max_minutes: float | None = None  # refuse a new run whose estimate exceeds this (None: only warn above 90)
@@ -247,8 +247,7 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
                              ("--steps-per-image", config.steps_per_image, 1), ("--min-steps", config.min_steps, 1),
                              ("--diagnose-images", config.diagnose_images, 0), ("--noc-images", config.noc_images, 0),
                              ("--noc-clicks", config.noc_clicks, 1)):
-        if value is None and name not in ("--per-round", "--clicks", "--validation", "--diagnose-images", "--noc-images",
-                                          "--noc-clicks"):
+        if value is None and name not in ("--per-round", "--clicks", "--validation", "--noc-clicks"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise EmulationError(f"{name} must be an integer >= {low}, got {value!r}")
