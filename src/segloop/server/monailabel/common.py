@@ -203,9 +203,13 @@ def _job_task(job: Job) -> dict[str, Any]:
 
 def _jobs(state: ServerState, kind: str, active: bool) -> list[Job]:
     if active:
-        return list(state.jobs.list_jobs(state="running", kind=kind, limit=100)) + list(
-            state.jobs.list_jobs(state="queued", kind=kind, limit=100)
-        )
+        # queued before running: a job moves queued -> running, so reading in that order cannot
+        # miss one that starts between the two reads (the other order did, and the MONAI Label
+        # client's check_if_running then said "not running" for a job that had just started)
+        queued = list(state.jobs.list_jobs(state="queued", kind=kind, limit=100))
+        running = list(state.jobs.list_jobs(state="running", kind=kind, limit=100))
+        seen = {j.id for j in running}
+        return running + [j for j in queued if j.id not in seen]
     return list(state.jobs.list_jobs(kind=kind, limit=100))
 
 
