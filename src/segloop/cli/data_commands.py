@@ -79,27 +79,101 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"segloop import: nothing was imported ({len(exc.problems)} problem(s))", file=sys.stderr)
         return 2
     close()
+    from segloop.imaging.dicom import SEG_REASON
+
+    segs = [Path(path) for path, reason in report.skipped if reason == SEG_REASON]
     for path, reason in report.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        if reason != SEG_REASON:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+    seg_revisions, seg_failures = _import_segs(store, segs, args)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    items = [(item.record, item.revision) for item in report.images]
+    for image_id, (record, revision) in seg_revisions.items():
+        at = next((n for n, (r, _) in enumerate(items) if r.id == image_id), None)
+        if at is None:
+            items.append((record, revision))  # a SEG of an image imported earlier
+        else:
+            items[at] = (record, revision)
+    code = 2 if seg_failures else 0
     if args.json:
-        print_json(
-            [
-                {**item.record.to_dict(), "revision": item.revision.to_dict() if item.revision else None}
-                for item in report.images
-            ]
-        )
-        return 0
-    for item in report.images:
-        rec = item.record
-        label = f"  label r{item.revision.revision} ({item.revision.status})" if item.revision else ""
+        print_json([{**rec.to_dict(), "revision": rev.to_dict() if rev else None} for rec, rev in items])
+        return code
+    for rec, rev in items:
+        label = f"  label r{rev.revision} ({rev.status}, {rev.source})" if rev else ""
         print(
             f"{rec.id}  {_fmt_shape(rec.shape)}  {_fmt_spacing(rec.spacing)} mm  {rec.modality or '-'}{label}"
         )
-    n_labels = sum(1 for i in report.images if i.revision)
+    n_labels = sum(1 for i in report.images if i.revision) + len(seg_revisions)
     print(f"imported {len(report.images)} image(s), {n_labels} label revision(s) into {args.data}", file=sys.stderr)
-    return 0
+    return code
+
+
+def _import_segs(store: Any, segs: list[Path], args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """DICOM SEGs found among the inputs become label revisions of the series they reference
+    (as ``segloop import-seg`` does), after the images are in. With ``--deidentify`` each SEG
+    is de-identified with the images' UID map first (``--deid-map``; without one the new UIDs
+    are unknown and the SEGs are not imported). Returns ``{image id: (record,
+    revision)}`` and how many SEGs failed: each is named with its reason; the images and the
+    other SEGs stay imported."""
+    from segloop.imaging.errors import ImagingError
+    from segloop.store.errors import NotFoundError, ValidationError
+    from segloop.store.seg_import import import_dicom_seg
+
+    done: dict[str, Any] = {}
+    failed = 0
+    tmp = Path(tempfile.mkdtemp(prefix="seg-", dir=store.staging_dir())) if segs and args.deidentify else None
+    try:
+        for path in segs:
+            try:
+                if not path.is_file():  # a member of an archive: extracted to a folder that is gone now
+                    raise ImagingError(path, "a SEG inside an archive is not imported by segloop import; "
+                                             "extract it and use segloop import-seg")
+                source = path if tmp is None else _deidentified_seg(path, args.deid_map, tmp)
+                # a store without classes yet takes the SEG's segments as its schema; otherwise they must fit it
+                extend = not store.get_schema().foreground
+                result = import_dicom_seg(store, source, author=args.author, status="draft" if args.draft else "final",
+                                          extend_schema=extend)
+            except (ImagingError, ValidationError, NotFoundError) as exc:
+                failed += 1
+                print(f"segloop import: error: {path}: SEG not imported: {exc} "
+                      f"(fix it, then: segloop import-seg {path})", file=sys.stderr)
+                continue
+            rev = result.revision
+            done[result.image.id] = (result.image, rev)
+            print(f"{path}: label r{rev.revision} ({rev.status}) of {result.image.id}", file=sys.stderr)
+            _print_overlaps(result, path)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return done, failed
+
+
+def _deidentified_seg(path: Path, deid_map: Path | None, folder: Path) -> Path:
+    """A copy of the SEG in ``folder`` de-identified with the same UID map as the images of this
+    import (``deid_map``), so that its references point at their new UIDs."""
+    import json
+
+    import pydicom
+
+    from segloop.imaging.deidentify import Deidentifier
+    from segloop.imaging.errors import ImagingError
+
+    if deid_map is None or not Path(deid_map).is_file():
+        raise ImagingError(path, "with --deidentify the images get new UIDs, and the SEG can only be matched "
+                                 "to its series through the de-identification map: give --deid-map FILE")
+    ds = pydicom.dcmread(path)
+    Deidentifier(json.loads(Path(deid_map).read_text())).apply(ds, where=str(path))
+    out = folder / path.name
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def _print_overlaps(result: Any, path: Path | None = None) -> None:
+    if result.overlap_voxels:
+        where = f"{path}: " if path else ""
+        print(f"note: {where}{result.overlap_voxels} voxel(s) were in several segments; the highest segment "
+              "number was kept", file=sys.stderr)
 
 
 def cmd_images(args: argparse.Namespace) -> int:
@@ -187,9 +261,7 @@ def cmd_import_label(args: argparse.Namespace) -> int:
     )
     rev = result.revision
     print(f"{result.image.id}  label r{rev.revision} ({rev.status}, source {rev.source})")
-    if result.overlap_voxels:
-        print(f"note: {result.overlap_voxels} voxel(s) were in several segments; the highest segment number was kept",
-              file=sys.stderr)
+    _print_overlaps(result)
     return 0
 
 
@@ -299,7 +371,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import",
         help="import NIfTI files, DICOM series folders or zips",
-        description="Import images. Every input is validated first; if any is bad, nothing is imported.",
+        description="Import images. Every input is validated first; if any is bad, nothing is imported. "
+                    "DICOM SEG files among the inputs then become label revisions of the series they reference "
+                    "(as import-seg does); a SEG that cannot be imported is named and the exit code is 2.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="NIfTI file, DICOM folder/file, folder or zip")
     add_data_arg(p)

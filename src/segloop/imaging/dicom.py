@@ -86,9 +86,12 @@ GAP_TOLERANCE = 0.10
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+SEG_REASON = "DICOM Segmentation (SEG) — not an image; a label of the series it references (segloop import-seg)"
+"""Why a SEG is skipped as an image; `segloop import` then imports it as a label revision."""
+
 _NON_IMAGE_SOP: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM Segmentation (SEG) — not an image; SEG import as a label comes later",
-    "1.2.840.10008.5.1.4.1.1.66.7": "DICOM Label Map Segmentation — not an image; SEG import comes later",
+    "1.2.840.10008.5.1.4.1.1.66.4": SEG_REASON,
+    "1.2.840.10008.5.1.4.1.1.66.7": "DICOM Label Map Segmentation — not an image; segloop does not import label map SEGs yet",
     "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set (RTSTRUCT) — contours, not an image",
     "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose (RTDOSE) — a dose grid, not an anatomical image",
     "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan (RTPLAN) — not an image",
@@ -109,7 +112,7 @@ _NON_IMAGE_SOP_PREFIX: tuple[tuple[str, str], ...] = (
     ("1.2.840.10008.5.1.4.1.1.481.", "RT treatment object — not an image"),
 )
 _NON_IMAGE_MODALITY: dict[str, str] = {
-    "SEG": "DICOM Segmentation (SEG) — not an image; SEG import as a label comes later",
+    "SEG": SEG_REASON,
     "RTSTRUCT": "RT Structure Set (RTSTRUCT) — contours, not an image",
     "RTDOSE": "RT Dose (RTDOSE) — a dose grid, not an anatomical image",
     "RTPLAN": "RT Plan (RTPLAN) — not an image",

@@ -114,7 +114,7 @@ def _schema_for(
     if not extend:
         raise ValidationError(
             f"SEG {seg_uid} segments {[s.label for s in unknown]} are not classes of the label schema "
-            f"{[c.name for c in schema.foreground]}; rename them or import with extend_schema"
+            f"{[c.name for c in schema.foreground]}; rename them or import with --extend-schema (extend_schema=True) to add them"
         )
     classes = list(schema.classes)
     next_value = max(c.value for c in classes) + 1
