@@ -107,3 +107,43 @@ def test_unchecked_version_never_current_when_train_takes_make_current(
     won = loop.wait_for_training()
     assert won is not None and won.accepted and won.version == 3
     assert seen[-1] == (False, 1) and store.get_model("seg").current_version == loop.current_version == 3
+
+
+def test_brush_finish_saves_the_reference_and_counts_the_strokes(setup: dict[str, Any]) -> None:
+    from segloop.loop.annotator import residual_strokes
+
+    store, refs = setup["store"], setup["refs"]
+    clicker = VirtualAnnotator(refs, clicks_per_class=1, satisfied_dice=None, seed=0, finish="clicks")
+    brusher = VirtualAnnotator(refs, clicks_per_class=1, satisfied_dice=None, seed=0, finish="brush")
+    loop = ActiveLearningLoop(store, "seg", "random", brusher, train_config=tiny_train_config(epochs=1),
+                              auto_train=False, device="cpu")
+    image_id = setup["pool"][0]
+    from segloop.loop.annotator import AnnotationTask
+
+    task = AnnotationTask(image_id, store.load_image(image_id), loop.predictor(), None)
+    clicked, brushed = clicker.annotate(task), brusher.annotate(task)
+    # same clicks, same clicked result; brushing turns it into the reference, one stroke per wrong (class, slice)
+    assert brushed.clicks == clicked.clicks and brushed.clicked_dice == clicked.clicked_dice
+    assert np.array_equal(brushed.label, refs[image_id]) and clicked.strokes == 0
+    assert brushed.strokes == residual_strokes(clicked.label, refs[image_id], [1, 2]) > 0
+    outcome = loop.annotate(image_id)
+    assert np.array_equal(store.load_label(image_id).array, refs[image_id])
+    assert outcome.strokes == brushed.strokes and set(outcome.clicked_dice) == {1, 2}
+    with pytest.raises(ValueError, match="finish"):
+        VirtualAnnotator(refs, finish="lasso")
+    loop.close()
+
+
+def test_residual_strokes_count_classes_per_slice() -> None:
+    from segloop.loop.annotator import residual_strokes
+
+    ref = np.zeros((4, 4, 5), np.uint8)
+    ref[1:3, 1:3, 1:4] = 1
+    ref[0, 0, 4] = 2
+    got = ref.copy()
+    assert residual_strokes(got, ref, [1, 2]) == 0
+    got[1, 1, 1] = 0  # class 1 wrong on slice 1
+    got[0, 0, 4] = 1  # class 1 and class 2 wrong on slice 4
+    assert residual_strokes(got, ref, [1, 2]) == 3
+    with pytest.raises(ValueError, match="shape"):
+        residual_strokes(got[:, :, :4], ref, [1])

@@ -87,7 +87,10 @@ def test_outputs_exist_and_agree(finished: tuple[Path, Path, dict[str, Any]]) ->
         assert len(set(picked)) == 4 and not set(picked) & set(splits["initial"]) and set(picked) <= set(splits["pool"])
         for r in rounds[1:]:
             assert 0 <= r["clicks"] <= 2 * 2 * 2  # images x classes x budget
-            assert 0.0 <= r["annotation_dice"] <= 1.0 and set(r["annotation_dice_per_class"]) == {"Anterior", "Posterior"}
+            # finish=brush (default): what the clicks left wrong is brushed, so the saved label is the reference
+            assert r["annotation_dice"] == pytest.approx(1.0) and set(r["annotation_dice_per_class"]) == {"Anterior", "Posterior"}
+            assert 0.0 <= r["clicked_dice"] <= 1.0 and set(r["clicked_dice_per_class"]) == {"Anterior", "Posterior"}
+            assert r["strokes"] >= 0 and (r["clicked_dice"] < 1.0) == (r["strokes"] > 0)
             assert set(r["test_dice"]) == {"Anterior", "Posterior"}
         assert rounds[-1]["clicks_total"] == sum(r["clicks"] for r in rounds)
         csv_dice = [float(r["test_mean_dice"]) for r in rows if r["arm"] == arm]
@@ -104,8 +107,14 @@ def test_outputs_exist_and_agree(finished: tuple[Path, Path, dict[str, Any]]) ->
             assert saved["images"] == 4 and set(saved["scores"]) == {"entropy", "soft-dice"}
             assert all(0.0 <= e <= 1.0 for e in saved["errors"].values())
         s = report["summary"][arm]
-        # annotation effort: clicks and reviewed slices cost minutes, drawing by hand costs more
-        assert 0 < s["minutes_per_volume"] < s["manual_minutes_per_volume"]
+        # annotation effort: clicks, strokes and reviewed slices cost minutes; each annotation's figure is the model's sum
+        assert s["minutes_per_volume"] > 0 and s["manual_minutes_per_volume"] > 0
+        for k in (1, 2):
+            sel = json.loads((out / "arms" / arm / f"round-{k:02d}.json").read_text())
+            for a in sel["annotations"].values():
+                e = a["effort"]
+                assert e["strokes"] == a["strokes"] and e["clicks"] == a["clicks"]
+                assert e["minutes"] == pytest.approx((2.4 * e["clicks"] + 5.0 * e["strokes"] + 1.5 * e["reviewed_slices"]) / 60)
         assert report["arms"][arm][-1]["annotation_minutes_total"] == pytest.approx(
             sum(r.get("annotation_minutes") or 0 for r in report["arms"][arm]))
         assert "labels_to_95pct_of_full" in s and set(s["score_error_spearman"]) == {"entropy", "soft-dice"}
@@ -322,3 +331,14 @@ def test_open_measurements_are_fitted_to_the_cost(tmp_path: Path, monkeypatch: p
     assert off.diagnose_images == 0 and any("diagnostic off" in n for n in off.notes)
     fixed = fit_measurements(plan(config(ds, tmp_path / "o", **{**kw, "diagnose_images": 7, "noc_images": 2})), costs(60.0))
     assert (fixed.diagnose_images, fixed.noc_images, len(fixed.diagnose)) == (7, 2, 3)
+
+
+def test_arms_take_strategy_defaults_or_named_variants() -> None:
+    from segloop.loop.diagnostic import arm_strategy
+
+    assert arm_strategy("tta").params["metric"] == "disagreement"  # a strategy name keeps its own defaults
+    v = arm_strategy("tta-dice", seed=3)  # a named variant of the diagnostic
+    assert v.name == "tta" and v.params["metric"] == "dice" and v.params["seed"] == 3
+    assert arm_strategy("random", seed=5).params["seed"] == 5 and arm_strategy("entropy", seed=5).params.get("seed") is None
+    with pytest.raises(ValueError, match="unknown active-learning strategy 'bald'.*variants: .*tta-dice"):
+        arm_strategy("bald")

@@ -117,7 +117,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     config = EmulationConfig(
         dataset=str(args.dataset), out=str(args.out), strategy=args.strategy, compare=compare, initial=args.initial,
         clicks=args.clicks, seed=args.seed, test_fraction=args.test_fraction, fine_tune=args.fine_tune, train=train,
-        satisfied_dice=None if args.satisfied_dice <= 0 else args.satisfied_dice, diversity=args.diversity,
+        satisfied_dice=None if args.satisfied_dice <= 0 else args.satisfied_dice, finish=args.finish,
+        diversity=args.diversity,
         max_cases=args.max_cases, device=args.device, noc_images=args.noc_images, noc_clicks=args.noc_clicks,
         estimate=not args.no_estimate, max_minutes=args.max_minutes, **preset,
     )
@@ -212,6 +213,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--train-config", type=Path, default=None, metavar="JSON", help="TrainConfig overrides (JSON object)")
     p.add_argument("--satisfied-dice", type=float, default=0.95,
                    help="the virtual user stops clicking a class once its Dice reaches this (0: always use the budget)")
+    p.add_argument("--finish", choices=("brush", "clicks"), default="brush",
+                   help="what the virtual user saves: brush = after its clicks it brushes the remaining errors away "
+                        "(the reference is saved; the strokes count as effort), clicks = the clicked result as it is "
+                        "(default brush)")
     p.add_argument("--diversity", type=float, default=0.0, help="near-duplicate penalty weight in a batch (0: off)")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick checks)")
     p.add_argument("--diagnose", default=None, metavar="S,S,...",

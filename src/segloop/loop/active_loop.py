@@ -55,6 +55,8 @@ class AnnotationOutcome:
     clicks_per_class: dict[int, int]
     seconds: float
     model_version: int | None
+    strokes: int = 0
+    clicked_dice: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,7 +230,7 @@ class ActiveLearningLoop:
         )
         outcome = AnnotationOutcome(
             image_id, rev.revision, ann.clicks, dict(ann.clicks_per_class), ann.seconds,
-            pred.version if pred is not None else None,
+            pred.version if pred is not None else None, ann.strokes, dict(ann.clicked_dice),
         )
         self._emit("saved", image_id=image_id, revision=rev.revision, clicks=ann.clicks)
         if self.auto_train:

@@ -135,6 +135,7 @@ def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
             s["auc"] = spread(aucs)
             s["final_labelled_fraction"] = spread([x[n_rounds - 1]["labelled_fraction"] for x in runs])
             s["last_annotation_dice"] = spread([x[n_rounds - 1].get("annotation_dice") for x in runs])
+            s["last_clicked_dice"] = spread([x[n_rounds - 1].get("clicked_dice") for x in runs])
             s["last_clicks_per_image_per_class"] = spread([
                 clicks_per_image_per_class(x[n_rounds - 1], len(rep.get("classes") or [None]))
                 for x, rep in zip(runs, reports, strict=True)

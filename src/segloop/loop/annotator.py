@@ -4,7 +4,17 @@
 `VirtualAnnotator`, which simulates a careful user with the interactive session: it starts from
 the automatic prediction and, for up to ``clicks_per_class`` rounds, places one corrective click
 per foreground class (`segloop.ml.virtual_user.next_click` against the reference) wherever that
-class is still wrong. What it returns is the session's result, never the reference.
+class is still wrong. Then, as ``finish`` says:
+
+- ``"brush"`` (the emulation's default, ``segloop emulate --finish``): the user brushes what the clicks left wrong, as a careful annotator
+  does before saving a final label: the saved label is the reference, and the strokes it took
+  (one per class and slice still wrong after the clicks, `residual_strokes`) are counted for the
+  effort model. This is the oracle-label assumption of active-learning benchmarks, with the
+  correction's cost made explicit instead of hidden.
+- ``"clicks"`` (the class's default): the session's result after the clicks is saved as it is (the label is only as
+  good as the model and the click budget make it; a weak early model saves weak labels).
+
+`Annotation.clicked_dice` always records the Dice of the clicked result, before any brushing.
 """
 
 from __future__ import annotations
@@ -44,10 +54,25 @@ class Annotation:
     label: np.ndarray
     clicks: int = 0
     clicks_per_class: dict[int, int] = field(default_factory=dict)
+    strokes: int = 0  # brush strokes after the clicks (finish="brush")
+    clicked_dice: dict[int, float] = field(default_factory=dict)  # per class, the clicked result vs the reference
     status: LabelStatus = "final"
     source: str = "interactive"
     author: str = "annotator"
     seconds: float = 0.0
+
+
+FINISH_MODES = ("brush", "clicks")
+
+
+def residual_strokes(label: np.ndarray, reference: np.ndarray, classes: list[int]) -> int:
+    """Brush strokes to turn ``label`` into ``reference`` (both ``(X, Y, Z)``): one per class and
+    slice (last axis) where that class's mask still differs — the unit of the effort model's
+    manual baseline (`segloop.loop.effort.manual_strokes`)."""
+    a, r = np.asarray(label), np.asarray(reference)
+    if a.shape != r.shape:
+        raise ValueError(f"label shape {a.shape} does not match reference shape {r.shape}")
+    return int(sum(((a == c) != (r == c)).any(axis=(0, 1)).sum() for c in classes))
 
 
 class Annotator(Protocol):
@@ -61,7 +86,8 @@ def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
 
 
 class VirtualAnnotator:
-    """A simulated user: automatic prediction + up to ``clicks_per_class`` clicks per class.
+    """A simulated user: automatic prediction + up to ``clicks_per_class`` clicks per class, then
+    (``finish="brush"``) brush strokes for what is left.
 
     Args:
         references: image id -> reference label ``(X, Y, Z)`` (a mapping or a function).
@@ -70,6 +96,8 @@ class VirtualAnnotator:
             clicks (a user does not correct what looks right); None: click while any error is left.
         seed: tie-breaking of click positions (per image: seed and image id).
         author: recorded as the revisions' author.
+        finish: ``"brush"`` (residual errors brushed: the reference is saved) or ``"clicks"``
+            (the clicked result is saved); see the module docstring.
     """
 
     def __init__(
@@ -79,9 +107,13 @@ class VirtualAnnotator:
         satisfied_dice: float | None = 0.95,
         seed: int = 0,
         author: str = "virtual-user",
+        finish: str = "clicks",
     ) -> None:
         if clicks_per_class < 0:
             raise ValueError(f"clicks_per_class must be >= 0, got {clicks_per_class}")
+        if finish not in FINISH_MODES:
+            raise ValueError(f"finish must be one of {', '.join(FINISH_MODES)}, got {finish!r}")
+        self.finish = finish
         self._refs = references
         self.clicks_per_class = int(clicks_per_class)
         self.satisfied_dice = satisfied_dice
@@ -122,11 +154,18 @@ class VirtualAnnotator:
             if not clicks:
                 break
             session.add_clicks(clicks)
-        final = np.asarray(session.prediction.label.array, dtype=np.uint8)
+        clicked = np.asarray(session.prediction.label.array, dtype=np.uint8)
+        strokes = 0
+        final = clicked
+        if self.finish == "brush":
+            strokes = residual_strokes(clicked, ref, classes)
+            final = ref.astype(np.uint8, copy=True)
         return Annotation(
             label=final,
             clicks=sum(spent.values()),
             clicks_per_class=spent,
+            strokes=strokes,
+            clicked_dice={c: _dice(clicked, ref, c) for c in classes},
             status="final",
             source="interactive",
             author=self.author,

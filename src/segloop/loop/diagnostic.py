@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from segloop.activelearning.strategies import ScoringContext, Strategy, get_strategy
+from segloop.activelearning.strategies import STRATEGIES, ScoringContext, Strategy, get_strategy
 from segloop.imaging.volume import Volume
 from segloop.loop.statistics import spearman
 
@@ -49,6 +49,27 @@ def scorer(name: str) -> Strategy:
         return get_strategy(name)
     except ValueError:
         raise ValueError(f"unknown diagnostic scorer {name!r} (known: {', '.join(SCORERS)}, or a strategy name)") from None
+
+
+def arm_strategy(name: str, seed: int | None = None) -> Strategy:
+    """The strategy of an emulation arm: a strategy name with that strategy's own defaults, or a
+    named variant of `SCORERS` that is not a strategy name (``tta-dice``, ``mc-dropout-class``,
+    ...); ``seed`` sets the strategy's seed where it has one.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    if name in STRATEGIES:
+        strategy, params = name, {}
+    elif name in SCORERS:
+        strategy, params = SCORERS[name]
+    else:
+        variants = ", ".join(n for n in SCORERS if n not in STRATEGIES)
+        raise ValueError(f"unknown active-learning strategy {name!r} (known: {', '.join(STRATEGIES)}; variants: {variants})")
+    s = get_strategy(strategy, **params)
+    if seed is not None and "seed" in s.params:
+        s = get_strategy(strategy, **{**params, "seed": int(seed)})
+    return s
 
 
 def check_scorers(names: Sequence[str]) -> list[Strategy]:

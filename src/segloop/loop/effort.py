@@ -93,16 +93,24 @@ def manual_strokes(reference: np.ndarray, classes: Sequence[int]) -> int:
 
 
 def annotation_effort(model: EffortModel, clicks: int, saved: np.ndarray, reference: np.ndarray,
-                      classes: Sequence[int]) -> dict[str, Any]:
+                      classes: Sequence[int], strokes: int = 0) -> dict[str, Any]:
     """Effort of one annotation with the virtual user and of drawing it by hand.
 
+    Args:
+        clicks: the user's clicks; strokes: brush strokes after them (the virtual user's
+            ``finish="brush"``, `segloop.loop.annotator.residual_strokes`).
+
     Returns:
-        ``{"clicks", "reviewed_slices", "minutes"}`` (clicks + review) and ``"manual_strokes"``,
-        ``"manual_minutes"`` (every class brushed on every slice it appears in, then reviewed).
+        ``{"clicks", "strokes", "reviewed_slices", "minutes"}`` (clicks + strokes + review) and
+        ``"manual_strokes"``, ``"manual_minutes"`` (every class brushed on every slice it appears
+        in, then reviewed).
     """
     if clicks < 0:
         raise ValueError(f"clicks must be >= 0, got {clicks}")
+    if strokes < 0:
+        raise ValueError(f"strokes must be >= 0, got {strokes}")
     review = reviewed_slices(saved, reference)
-    strokes = manual_strokes(reference, classes)
-    return {"clicks": int(clicks), "reviewed_slices": review, "minutes": model.minutes(clicks=clicks, reviewed_slices=review),
-            "manual_strokes": strokes, "manual_minutes": model.minutes(strokes=strokes, reviewed_slices=review)}
+    manual = manual_strokes(reference, classes)
+    return {"clicks": int(clicks), "strokes": int(strokes), "reviewed_slices": review,
+            "minutes": model.minutes(clicks=clicks, strokes=strokes, reviewed_slices=review),
+            "manual_strokes": manual, "manual_minutes": model.minutes(strokes=manual, reviewed_slices=review)}

@@ -52,8 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from segloop.activelearning.strategies import get_strategy
-from segloop.loop.diagnostic import score_error_correlation
+from segloop.loop.diagnostic import arm_strategy, score_error_correlation
 from segloop.loop.effort import EffortModel, annotation_effort
 from segloop.loop.emulation_files import (
     CpuSnapshot,
@@ -267,8 +266,8 @@ class Emulation:
         store = self._open_arm(arm, pre)
         write_json(folder / "rounds.json", rounds)
         self.write_outputs()
-        strategy = get_strategy(arm, seed=cfg.seed) if "seed" in get_strategy(arm).params else get_strategy(arm)
-        user = VirtualAnnotator(self.reference, cfg.clicks, cfg.satisfied_dice, seed=cfg.seed)
+        strategy = arm_strategy(arm, seed=cfg.seed)  # a strategy name or a named variant (e.g. tta-dice)
+        user = VirtualAnnotator(self.reference, cfg.clicks, cfg.satisfied_dice, seed=cfg.seed, finish=cfg.finish)
         names = self.plan.class_names
         for rnd in range(len(rounds), self.plan.rounds + 1):
             t0 = time.monotonic()
@@ -292,15 +291,20 @@ class Emulation:
             for image_id in sel["selected"]:
                 if image_id in sel["annotations"]:
                     continue
-                if store.get_image(image_id).label_state == "final":  # saved before an interruption
-                    ann_clicks: int | None = None
-                else:
-                    ann_clicks = loop.annotate(image_id).clicks
+                ann_clicks: int | None = None
+                ann_strokes: int | None = None
+                clicked: dict[str, float] | None = None
+                if store.get_image(image_id).label_state != "final":  # else saved before an interruption
+                    outcome_ann = loop.annotate(image_id)
+                    ann_clicks, ann_strokes = outcome_ann.clicks, outcome_ann.strokes
+                    clicked = {names[c]: float(d) for c, d in outcome_ann.clicked_dice.items() if c in names}
                 saved = store.load_label(image_id).array
                 overlap = overlap_per_class(saved, self.reference(image_id), names)
-                effort = annotation_effort(self.effort, ann_clicks or 0, saved, self.reference(image_id), list(names))
-                sel["annotations"][image_id] = {"clicks": ann_clicks, "dice": {n: v["dice"] for n, v in overlap.items()},
-                                                "effort": effort}
+                effort = annotation_effort(self.effort, ann_clicks or 0, saved, self.reference(image_id), list(names),
+                                           strokes=ann_strokes or 0)
+                sel["annotations"][image_id] = {"clicks": ann_clicks, "strokes": ann_strokes,
+                                                "dice": {n: v["dice"] for n, v in overlap.items()},
+                                                "clicked_dice": clicked, "effort": effort}
                 write_json(sel_file, sel)
             t_train = time.monotonic()
             loop.start_training(force=True)
@@ -312,12 +316,18 @@ class Emulation:
             anns = [sel["annotations"][i] for i in sel["selected"]]
             clicks = int(sum(a["clicks"] or 0 for a in anns))
             per_class = {n: float(np.mean([a["dice"][n] for a in anns])) for n in names.values()}
+            clicked_anns = [a["clicked_dice"] for a in anns if a.get("clicked_dice")]
+            clicked_per_class = ({n: float(np.mean([c[n] for c in clicked_anns])) for n in names.values()}
+                                 if clicked_anns else None)
             labelled = self.plan.labelled(rnd)
             minutes_each = [float(a["effort"]["minutes"]) for a in anns if a.get("effort")]
             manual_each = [float(a["effort"]["manual_minutes"]) for a in anns if a.get("effort")]
             rec = self._record(
                 arm, rnd, labelled, test, clicks=clicks, clicks_total=int(rounds[-1]["clicks_total"]) + clicks,
                 annotation_dice=float(np.mean(list(per_class.values()))), annotation_dice_per_class=per_class,
+                clicked_dice=None if clicked_per_class is None else float(np.mean(list(clicked_per_class.values()))),
+                clicked_dice_per_class=clicked_per_class,
+                strokes=int(sum(a.get("strokes") or 0 for a in anns)),
                 model_version=loop.current_version, accepted=outcome.accepted, trained_version=outcome.version,
                 val_dice_new=outcome.new_score, val_dice_old=outcome.old_score, train_seconds=train_seconds,
                 seconds=earlier + time.monotonic() - t0, select_seconds=float(sel.get("select_seconds", 0.0)),
@@ -331,9 +341,11 @@ class Emulation:
             )
             rounds.append(rec)
             write_json(folder / "rounds.json", rounds)
+            brushed = ("" if rec["clicked_dice"] is None
+                       else f" (clicked result {rec['clicked_dice']:.3f}, then {rec['strokes']} brush strokes)")
             self.log(
                 f"[{arm}] round {rnd}: {rec['labelled_fraction']:.0%} labelled, test Dice {rec['test_mean_dice']:.3f}, "
-                f"annotation Dice {rec['annotation_dice']:.3f} with {clicks} clicks, "
+                f"annotation Dice {rec['annotation_dice']:.3f} with {clicks} clicks{brushed}, "
                 f"{'switched to' if outcome.accepted else 'kept'} v{loop.current_version} ({rec['seconds']:.0f} s)"
             )
             self.write_outputs()

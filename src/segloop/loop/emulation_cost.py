@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from segloop.activelearning.strategies import get_strategy
-from segloop.loop.diagnostic import SCORERS
+from segloop.loop.diagnostic import SCORERS, arm_strategy
 from segloop.loop.emulation_setup import FULL, Plan
 
 DEFAULT_WARN_MINUTES = 90.0  # the issue's budget for a 20-image 256x256x160 dataset on 2 cores
@@ -74,7 +74,7 @@ def strategy_passes(name: str) -> int:
     """Passes per pool image when ``name`` ranks the pool (random/sequential: 0)."""
     if name in ("random", "sequential"):
         return 0
-    s = get_strategy(name)  # an arm is a strategy with its own defaults, not a diagnostic scorer
+    s = arm_strategy(name)  # a strategy with its own defaults, or a named variant (tta-dice)
     return max(1, int(s.params.get("passes", 1)))
 
 

@@ -37,6 +37,7 @@ def build_report(config: EmulationConfig, plan: Plan, arms: dict[str, list[dict[
         if arm != FULL:
             s["auc"] = area_under_curve([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds])
             s["last_annotation_dice"] = last["annotation_dice"]
+            s["last_clicked_dice"] = last.get("clicked_dice")  # before brushing (finish=brush), else the same
             s["clicks_total"] = last["clicks_total"]
             n_img = len(last.get("selected") or [])
             s["last_clicks_per_image_per_class"] = (
@@ -89,7 +90,7 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
     w.writerow(["arm", "round", "labelled", "labelled_fraction", "test_mean_dice", "test_mean_iou",
                 *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names], "clicks", "clicks_total",
                 "annotation_dice", "model_version", "accepted", "seconds", "train_seconds", "select_seconds", "steps",
-                "own_cores", "other_cores", "minutes_per_volume", "manual_minutes_per_volume"])
+                "own_cores", "other_cores", "minutes_per_volume", "manual_minutes_per_volume", "clicked_dice", "strokes"])
     for rounds in report["arms"].values():
         for r in rounds:
             w.writerow([r["arm"], r["round"], r["labelled"], f"{r['labelled_fraction']:.4f}", f"{r['test_mean_dice']:.4f}",
@@ -99,7 +100,8 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
                         int(bool(r["accepted"])), f"{r['seconds']:.1f}", fmt(r.get("train_seconds"), 1),
                         fmt(r.get("select_seconds"), 1), r.get("steps") or "", fmt((r.get("cpu") or {}).get("own_cores"), 2),
                         fmt((r.get("cpu") or {}).get("other_cores"), 2), fmt(r.get("minutes_per_volume"), 2),
-                        fmt(r.get("manual_minutes_per_volume"), 2)])
+                        fmt(r.get("manual_minutes_per_volume"), 2), fmt(r.get("clicked_dice"), 4),
+                        "" if r.get("strokes") is None else r["strokes"]])
     write_atomic(out / "rounds.csv", buf.getvalue().encode())
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from segloop.activelearning.strategies import get_strategy
-from segloop.loop.diagnostic import DEFAULT_DIAGNOSTIC, check_scorers
+from segloop.loop.annotator import FINISH_MODES
+from segloop.loop.diagnostic import DEFAULT_DIAGNOSTIC, arm_strategy, check_scorers
 
 MODEL = "emulated"
 FULL = "full"
@@ -87,6 +87,7 @@ class EmulationConfig:
     diagnose_images: int | None = None  # pool images the diagnostic scores per round (0: none; None: fitted to the cost)
     train: dict[str, Any] = field(default_factory=dict)
     satisfied_dice: float | None = 0.95
+    finish: str = "brush"  # brush: residual errors brushed away (saved = reference); clicks: the clicked result is saved
     diversity: float = 0.0
     max_cases: int | None = None  # use only the first N cases (sorted by name) for quick checks
     device: str | None = None
@@ -239,7 +240,7 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
     for arm in arms:
         if arm != FULL:
             try:
-                get_strategy(arm)
+                arm_strategy(arm)
             except ValueError as exc:
                 raise EmulationError(f"{exc} (or 'full' in --compare)") from exc
     for name, value, low in (("--per-round", config.per_round, 1), ("--rounds", config.rounds, 0), ("--clicks", config.clicks, 0),
@@ -251,6 +252,8 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise EmulationError(f"{name} must be an integer >= {low}, got {value!r}")
+    if config.finish not in FINISH_MODES:
+        raise EmulationError(f"--finish must be one of {', '.join(FINISH_MODES)}, got {config.finish!r}")
     if not 0 < config.target_fraction <= 1:
         raise EmulationError(f"--target-fraction must be in (0, 1], got {config.target_fraction}")
     try:
