@@ -335,12 +335,16 @@ class JobDB:
         return self.get(job_id)
 
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` (jobs this runner runs) must stop: a cancel was asked for, or the
+        job is no longer ``running`` in the database (another server of a shared database took
+        this one for dead and marked its job interrupted: the work must not go on unseen)."""
         if not job_ids:
             return set()
         with self.reader.connect() as conn:
             rows = conn.execute(
                 sa.select(jobs_table.c.id).where(
-                    jobs_table.c.id.in_(job_ids), jobs_table.c.cancel_requested.is_(True)
+                    jobs_table.c.id.in_(job_ids),
+                    sa.or_(jobs_table.c.cancel_requested.is_(True), jobs_table.c.state != "running"),
                 )
             )
             return {r.id for r in rows}
@@ -352,8 +356,10 @@ class JobDB:
             )
             return [self._job(r._mapping) for r in rows]
 
-    def recover(self) -> list[str]:
-        """Mark jobs whose runner is gone as interrupted (queued ones too: nobody will run them).
+    def recover(self, queued: bool = True) -> list[str]:
+        """Mark jobs whose runner is gone as interrupted (queued ones too: nobody will run them,
+        unless ``queued`` is False: with several servers on one database any of them claims a
+        queued job, so a server that starts leaves them be).
 
         Returns the ids of the jobs so marked."""
         marked: list[str] = []
@@ -366,7 +372,7 @@ class JobDB:
             for r in rows:
                 if r.state == "running" and _runner_alive(r.runner):
                     continue
-                if r.state == "queued" and r.runner is not None and _runner_alive(r.runner):
+                if r.state == "queued" and (not queued or (r.runner is not None and _runner_alive(r.runner))):
                     continue
                 conn.execute(
                     jobs_table.update()
@@ -505,4 +511,5 @@ class JobDB:
             finished_at=_aware(m["finished_at"]),
             cancel_requested=bool(m["cancel_requested"]),
             metrics=metrics or [],
+            runner=m["runner"],
         )

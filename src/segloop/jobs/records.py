@@ -40,6 +40,7 @@ class Job:
     finished_at: datetime | None
     cancel_requested: bool = False
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    runner: str | None = None  # host:pid of the process running it (with several servers: which one)
 
     @property
     def active(self) -> bool:
@@ -62,6 +63,7 @@ class Job:
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "cancel_requested": self.cancel_requested,
+            "runner": self.runner,
         }
         if with_metrics:
             d["metrics"] = self.metrics

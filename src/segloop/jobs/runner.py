@@ -117,7 +117,8 @@ class JobRunner:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        self.interrupted_on_start = self.db.recover()
+        # a server database may be shared by several servers: their queued jobs are anyone's to run
+        self.interrupted_on_start = self.db.recover(queued=self.db.sqlite)
         for job_id in self.interrupted_on_start:
             self._publish_state(self.db.get(job_id))
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="segloop-job-dispatcher", daemon=True)
