@@ -82,6 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --dicomweb: delete images fetched from the PACS (and their labels) from local "
                         "disk when their last interactive session ends, when left unused, when released and "
                         "at stop; an image with a label revision not yet sent to the PACS is kept (docs/pacs.md)")
+    p.add_argument("--public-url", metavar="URL",
+                   help="with a server database (--db postgresql://...) shared by several servers: where clients "
+                        "reach this one (behind a reverse proxy); the others answer requests for its interactive "
+                        "sessions with 421 and this URL. Default: http(s)://HOST:PORT (docs/deploy.md)")
+    p.add_argument("--stale-after", type=float, metavar="SECONDS",
+                   help="with a server database: a server not heard from this long is taken for dead and its "
+                        "running jobs are marked interrupted (default 30, or SEGLOOP_CLUSTER_STALE_SECONDS)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--hash-password", action="store_true",
                    help="read a password (prompt or stdin) and print its scrypt hash for the auth file, then exit")
@@ -122,6 +129,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         optional["inference_nice"] = args.inference_nice
     if args.score_sync_passes is not None:
         optional["score_sync_passes"] = args.score_sync_passes
+    if args.stale_after is not None:
+        optional["cluster_stale_seconds"] = args.stale_after
     return ServerSettings(
         data=args.data,
         host=args.host,
@@ -145,6 +154,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         dicomweb_cache_bytes=args.dicomweb_cache,
         dicomweb_timeout=args.dicomweb_timeout,
         ephemeral=args.ephemeral,
+        public_url=args.public_url,
         **optional,
     )
 
@@ -195,6 +205,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     auth = "open (loopback only)" if settings.open else "required"
     print(f"segloop {settings.url}/api/v1  data: {settings.data}  auth: {auth}", file=sys.stderr, flush=True)
+    if app.state.segloop.cluster is not None:
+        print(f"server database: shared with any other server on it; this one is {settings.advertised_url}",
+              file=sys.stderr, flush=True)
     if settings.dicomweb_url:
         mode = " (ephemeral: fetched images leave the disk when their sessions end; unsent labels are kept)" if settings.ephemeral else ""
         print(f"images from DICOMweb {settings.dicomweb_url}{mode}", file=sys.stderr, flush=True)

@@ -18,7 +18,9 @@ Design:
   job at a time per model; other jobs queue.
 - Restart: `start()` marks the jobs whose runner is gone (running or queued) as
   ``interrupted``. A model's current version is untouched: training only records a version at
-  its very end.
+  its very end. On a server database shared by several servers, queued jobs are left for any
+  of them to claim, and the running jobs of a server that died on another machine are marked
+  by the survivors (`segloop.jobs.relay`).
 """
 
 from __future__ import annotations

@@ -42,6 +42,11 @@ GET     /events (SSE); WS /events/ws                   annotator  live events
 Back-pressure: inference, clicks and single-image evaluations share a pool of
 ``inference_workers`` threads with ``inference_queue`` waiting places; beyond that → 429 with
 ``Retry-After``. Jobs run in child processes (`segloop.jobs.JobRunner`).
+
+On a server database (``--db postgresql://...``) several servers share one store: a
+`segloop.jobs.relay.ClusterLink` relays events between them and marks the running jobs of a dead
+server interrupted, and interactive sessions are tied to the server that opened them (another
+server answers 421 with its URL: `segloop.server.cluster`). docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -86,6 +91,20 @@ def _open_state(settings: ServerSettings) -> ServerState:
         idle_kinds=frozenset({"train", "score"}) if settings.job_idle_class else frozenset(),
         store=store if settings.job_mode == "thread" else None,
     )
+    cluster = None
+    sessions: SessionManager
+    if runner.db.sqlite:
+        sessions = SessionManager(settings.session_idle_seconds, settings.max_sessions)
+    else:
+        # a server database may be shared by several servers: relay events, register this server,
+        # reap the jobs of dead ones, and tie interactive sessions to their server (docs/deploy.md)
+        from segloop.jobs.relay import ClusterLink
+        from segloop.server.cluster import ClusterSessions
+
+        cluster = ClusterLink(
+            runner.db, bus, runner.identity, settings.advertised_url, stale_seconds=settings.cluster_stale_seconds
+        )
+        sessions = ClusterSessions(cluster, settings.session_idle_seconds, settings.max_sessions)
     return ServerState(
         settings=settings,
         store=store,
@@ -95,7 +114,8 @@ def _open_state(settings: ServerSettings) -> ServerState:
         auth=Authenticator(settings.auth),
         pool=WorkerPool(settings.inference_workers, settings.inference_queue, nice=settings.inference_nice),
         predictors=PredictorCache(store, settings.device),
-        sessions=SessionManager(settings.session_idle_seconds, settings.max_sessions),
+        sessions=sessions,
+        cluster=cluster,
     )
 
 
@@ -114,6 +134,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
             torch.set_num_threads(settings.inference_threads)
         state.hub.start(asyncio.get_running_loop())
+        if state.cluster is not None:
+            await asyncio.to_thread(state.cluster.start)  # before the runner: its recovery events are relayed
         state.runner.start()
         if state.runner.interrupted_on_start:
             log.warning("marked %d job(s) interrupted (the server stopped while they ran)",
@@ -130,6 +152,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 task.cancel()
             state.hub.stop()
             await asyncio.to_thread(state.runner.stop)
+            if state.cluster is not None:  # after the runner: its jobs' last states reach the others
+                await asyncio.to_thread(state.cluster.stop)
             state.pool.shutdown()
             close = getattr(state.store, "close", None)
             if callable(close):

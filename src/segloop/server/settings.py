@@ -21,6 +21,16 @@ def _env_int(name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, not {text!r}") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {text!r}") from None
+
+
 def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
     """Make OpenMP threads sleep at once when they wait (``OMP_WAIT_POLICY=PASSIVE``) instead of
     spinning ~3 ms at every barrier (libgomp's default), unless ``OMP_WAIT_POLICY`` or
@@ -96,6 +106,13 @@ class ServerSettings:
         dicomweb_timeout: seconds the PACS may stay silent before a call fails (504).
         ephemeral: with ``dicomweb_url``: images fetched from the PACS (and their labels) are
             deleted from local disk when released and when the server stops.
+        public_url: where clients reach this server (``https://annotate-2.lab.example``) when it
+            is behind a reverse proxy; with a server database the others send the clients of
+            this server's interactive sessions there (421). Default: ``url`` (with the host
+            name for a wildcard bind address).
+        cluster_stale_seconds: with a server database (several servers on one store): a server
+            not heard from this long is taken for dead and its running jobs are marked
+            interrupted (`segloop.jobs.relay`). Default 30, or ``SEGLOOP_CLUSTER_STALE_SECONDS``.
     """
 
     data: Path
@@ -128,6 +145,9 @@ class ServerSettings:
     dicomweb_cache_bytes: int = 2 * 1024**3
     dicomweb_timeout: float = 10.0
     ephemeral: bool = False
+    # --- several servers on one server database (issue 14, docs/deploy.md) ---
+    public_url: str | None = None
+    cluster_stale_seconds: float = field(default_factory=lambda: _env_float("SEGLOOP_CLUSTER_STALE_SECONDS", 30.0))
 
     def resolve(self) -> ServerSettings:
         """Load the auth file and check the combination; raises `SettingsError`."""
@@ -167,6 +187,14 @@ class ServerSettings:
             raise SettingsError(f"--dicomweb {self.dicomweb_url!r} must be an http:// or https:// URL")
         if not 0 < self.dicomweb_timeout <= 3600:
             raise SettingsError(f"--dicomweb-timeout must be between 0 and 3600 seconds, got {self.dicomweb_timeout}")
+        if self.public_url is not None:
+            self.public_url = self.public_url.strip().rstrip("/")
+            if not self.public_url.startswith(("http://", "https://")):
+                raise SettingsError(f"--public-url {self.public_url!r} must be an http:// or https:// URL")
+        if not 1.0 <= self.cluster_stale_seconds <= 3600:
+            raise SettingsError(
+                f"the stale time of a server must be between 1 and 3600 seconds, got {self.cluster_stale_seconds}"
+            )
         return self
 
     @property
@@ -181,6 +209,20 @@ class ServerSettings:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def advertised_url(self) -> str:
+        """The URL other servers give the clients of this one (``public_url``, else ``url`` with
+        this machine's name in place of a wildcard bind address)."""
+        if self.public_url:
+            return self.public_url
+        if self.host in ("0.0.0.0", "::", ""):
+            import socket
+
+            name = socket.getfqdn() or socket.gethostname()
+            host = f"[{name}]" if ":" in name else name
+            return f"{self.scheme}://{host}:{self.port}"
+        return self.url
 
     @staticmethod
     def default_job_threads() -> int:

@@ -89,6 +89,8 @@ class ServerState:
     predictors: PredictorCache
     sessions: SessionManager
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    # several servers on one server database: the link to the others (None with SQLite files)
+    cluster: Any = None
     _scores: Any = None
     _scores_lock: threading.Lock = field(default_factory=threading.Lock)
     volumes: FileBytesCache = field(init=False)
