@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: install segloop with its test tools into ./.venv, then run
-# the linters and the whole test suite (unit, integration, browser). `.ci/run` calls this.
+# the linters and the whole test suite (unit, integration, browser, scale-out on PostgreSQL). `.ci/run` calls this.
 # Extra arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ bash scripts/setup.sh test
 bash scripts/orthanc.sh install
 # Debian's chromium and the playwright package for the browser tests (no browser download).
 bash scripts/web.sh install-browser
+# Debian's PostgreSQL for the scale-out tier (tests/scaleout starts its own private cluster).
+bash scripts/postgres.sh install
 . .venv/bin/activate
 echo "== ruff"; ruff check src tests benchmarks
 echo "== mypy"; mypy
