@@ -187,3 +187,33 @@ def test_jobs_table_claim_is_a_compare_and_set(db: JobDB) -> None:
     assert len(wins) == 1
     with db.engine.connect() as conn:
         assert conn.execute(sa.select(jobs_table.c.runner).where(jobs_table.c.id == job.id)).scalar_one() == f"r:{wins[0]}"
+
+
+def test_a_runner_with_no_job_slots_leaves_queued_jobs_to_the_others(pg_url: str, folder: Path) -> None:
+    handlers = {"evaluate": "tests.scaleout.test_relay:record_run"}
+    idle = JobRunner(folder, mode="thread", max_running=0, handlers=handlers, db_url=pg_url, poll_interval=0.05,
+                     store=_Tag("idle"))
+    idle.start()
+    try:
+        job = idle.submit("evaluate", {})
+        time.sleep(0.5)
+        assert idle.get(job.id).state == "queued"
+        worker = JobRunner(folder, mode="thread", max_running=1, handlers=handlers, db_url=pg_url,
+                           poll_interval=0.05, store=_Tag("worker"))
+        worker.start()
+        try:
+            assert worker.wait(job.id, timeout=30).state == "done"
+        finally:
+            worker.stop()
+    finally:
+        idle.stop()
+
+
+def test_jobs_0_needs_a_server_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> None:
+    from segloop.server.settings import ServerSettings, SettingsError
+
+    monkeypatch.delenv("SEGLOOP_DB", raising=False)
+    with pytest.raises(SettingsError, match="--jobs 0"):
+        ServerSettings(data=tmp_path, max_running_jobs=0).resolve()
+    monkeypatch.setenv("SEGLOOP_DB", pg_url)
+    assert ServerSettings(data=tmp_path, max_running_jobs=0).resolve().max_running_jobs == 0

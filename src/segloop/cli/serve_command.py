@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--session-idle", type=float, default=900.0, metavar="SECONDS",
                    help="close interactive sessions idle this long (default 900)")
     p.add_argument("--max-sessions", type=int, default=8, metavar="N", help="open interactive sessions (default 8)")
-    p.add_argument("--jobs", type=int, default=2, metavar="N", help="background jobs running at once (default 2)")
+    p.add_argument("--jobs", type=int, default=2, metavar="N",
+                   help="background jobs running at once (default 2); 0 with a server database shared by several "
+                        "servers: this one runs none and leaves them to the others")
     p.add_argument("--job-mode", choices=("process", "thread"), default="process",
                    help="run jobs in child processes (default) or threads")
     p.add_argument("--job-threads", type=int, metavar="N", help="torch threads per job (default: cores - 1)")

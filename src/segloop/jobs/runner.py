@@ -93,7 +93,9 @@ class JobRunner:
         self.db = JobDB(self.root, url=db_url)
         self.bus = bus or EventBus()
         self.mode = mode
-        self.max_running = max(1, int(max_running))
+        # 0: this runner claims nothing (several servers on one server database: an API-only server
+        # leaves the jobs to the others)
+        self.max_running = max(0, int(max_running))
         self.handlers = dict(DEFAULT_HANDLERS if handlers is None else handlers)
         self.validator = validator
         cpus = os.cpu_count() or 1

@@ -80,7 +80,8 @@ class ServerSettings:
         session_idle_seconds: an interactive session unused this long is closed.
         max_sessions: open interactive sessions at most; one more → 429.
         job_mode: "process" (each job in a spawned child process) or "thread".
-        max_running_jobs: background jobs running at once (others wait queued).
+        max_running_jobs: background jobs running at once (others wait queued). 0 (only with a
+            server database shared by several servers): this server runs none, the others do.
         job_threads: torch threads of a job's child process (None: cores - 1, at least 1).
         job_idle_class: training and scoring processes run in Linux's ``SCHED_IDLE`` class (on
             top of nice 10): they take CPU only when the server leaves it idle, so requests and
@@ -179,6 +180,17 @@ class ServerSettings:
             raise SettingsError("gil_switch_interval must be between 1e-6 and 1 second")
         if self.score_sync_passes < 0:
             raise SettingsError("score_sync_passes must be >= 0")
+        if self.max_running_jobs < 0:
+            raise SettingsError("--jobs must be >= 0")
+        if self.max_running_jobs == 0:
+            from segloop.store.database import configured_url, is_sqlite
+
+            url = configured_url()
+            if url is None or is_sqlite(url):
+                raise SettingsError(
+                    "--jobs 0 leaves background jobs to other servers on the same server database "
+                    "(--db postgresql://...); with SQLite nobody would run them"
+                )
         if self.job_mode not in ("process", "thread"):
             raise SettingsError("job mode must be 'process' or 'thread'")
         if self.ephemeral and not self.dicomweb_url:
