@@ -8,6 +8,12 @@
 // changes, while the drawing layer is a single 8-bit texture updated in place. A click's new
 // mask therefore costs one copy of the changed voxels and one texture upload, whatever else is
 // shown.
+//
+// Two costs are kept off the path from an edit to the screen (software WebGL makes both large):
+// only the box of the drawing texture that holds changed voxels is uploaded (NiiVue's own
+// refresh uploads the whole volume), and in the 2x2 layout a frame caused by a label change
+// reuses the last picture of the 3-D tile (a framebuffer copy) instead of ray-casting it again;
+// the 3-D tile catches up once editing pauses (`lazy3DMs`).
 
 import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/niivue";
 import { invert4, parseHeader, writeLabel, type NiftiHeaderInfo } from "./nifti";
@@ -102,6 +108,14 @@ export class Viewer {
   labelVisible = true;
   private pending: Promise<void> | null = null;
   private mode: ViewMode = "multi";
+  /** The last picture of the 3-D tile (canvas pixels) and where it was. */
+  private cache3D: { fb: WebGLFramebuffer; rb: WebGLRenderbuffer; w: number; h: number; at: number[] } | null = null;
+  private reuse3D = false; // the next frame shows the cached 3-D tile (set by label changes)
+  private lazyTimer = 0;
+  /** After the last label change, the 3-D tile is rendered again after this long. */
+  lazy3DMs = 350;
+  /** Frames drawn with the 3-D tile ray-cast vs. reused from the cache (for tests and benchmarks). */
+  readonly frames = { full3D: 0, reused3D: 0, boxUploads: 0, fullUploads: 0 };
   /** Images larger than this get a 2-D preview while NiiVue builds its textures. */
   previewVoxels = 2_000_000;
   onLocation: (text: string) => void = () => {};
@@ -131,8 +145,22 @@ export class Viewer {
   }
 
   async attach(): Promise<void> {
-    await this.nv.attachToCanvas(this.canvas);
+    // no multisampling: the 3-D tile's cache is copied back with blitFramebuffer, which needs a
+    // single-sampled canvas (and the slices are shown with nearest-neighbour voxels anyway)
+    await this.nv.attachToCanvas(this.canvas, false);
     this.nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
+    const draw3D = this.nv.draw3D.bind(this.nv);
+    this.nv.draw3D = (ltwh: number[] = [0, 0, 0, 0], ...rest: unknown[]) => {
+      const tile = ltwh[2] > 0 && ltwh[3] > 0 && this.mode === "multi";
+      if (tile && this.reuse3D && this.restore3D(ltwh)) {
+        this.frames.reused3D++;
+        return undefined;
+      }
+      const out = (draw3D as (...a: unknown[]) => string | undefined)(ltwh, ...rest);
+      this.frames.full3D++;
+      if (tile) this.save3D(ltwh);
+      return out;
+    };
     this.nv.onLocationChange = (loc: unknown) => {
       const l = loc as { string?: string };
       this.onLocation(l.string ?? "");
@@ -170,6 +198,8 @@ export class Viewer {
     }
     while (this.nv.volumes.length) this.nv.removeVolumeByIndex(this.nv.volumes.length - 1);
     this.overlays.clear();
+    this.clearOverlayTexture();
+    this.dropCache3D();
     this.nv.drawBitmap = null;
     this.nv.drawLut = drawLut(labelLut); // set before the image is added: its refresh uploads the table
     const img = await makeImage(raw, `${name}.nii`, "gray", 1);
@@ -194,6 +224,80 @@ export class Viewer {
     this.fullUpload = true;
     this.flush(); // the label and one redraw
     return { window: w, previewAt };
+  }
+
+  /**
+   * Empty NiiVue's overlay texture. Its 3-D ray-caster samples that texture whenever the label
+   * (drawing layer) is shown, overlays or not, and NiiVue rebuilds it only while an overlay is
+   * loaded: after the last overlay goes (or another image opens) the 3-D view otherwise shows
+   * the previous overlay's voxels, stretched over this image.
+   */
+  private clearOverlayTexture(): void {
+    const nv = this.nv;
+    nv.overlayTexture = nv.rgbaTex(nv.overlayTexture, nv.gl.TEXTURE2, [2, 2, 2, 2], true);
+  }
+
+  private dropCache3D(): void {
+    if (!this.cache3D) return;
+    this.nv.gl.deleteFramebuffer(this.cache3D.fb);
+    this.nv.gl.deleteRenderbuffer(this.cache3D.rb);
+    this.cache3D = null;
+  }
+
+  /** Copy the 3-D tile just drawn (canvas pixels, top-left origin) into the cache. */
+  private save3D(ltwh: number[]): void {
+    const gl = this.nv.gl;
+    const [x, top, w, h] = ltwh.map(Math.round);
+    const y = gl.drawingBufferHeight - top - h;
+    if (!this.cache3D || this.cache3D.w !== w || this.cache3D.h !== h) {
+      this.dropCache3D();
+      const fb = gl.createFramebuffer(), rb = gl.createRenderbuffer();
+      if (!fb || !rb) return;
+      gl.bindRenderbuffer(gl.RENDERBUFFER, rb);
+      gl.renderbufferStorage(gl.RENDERBUFFER, gl.RGBA8, w, h);
+      gl.bindFramebuffer(gl.FRAMEBUFFER, fb);
+      gl.framebufferRenderbuffer(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.RENDERBUFFER, rb);
+      gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+      this.cache3D = { fb, rb, w, h, at: [] };
+    }
+    this.blit(null, this.cache3D.fb, [x, y, x + w, y + h], [0, 0, w, h]);
+    this.cache3D.at = [x, y];
+  }
+
+  /** Show the cached 3-D tile at `ltwh`; false when the cache does not fit (then ray-cast). */
+  private restore3D(ltwh: number[]): boolean {
+    const c = this.cache3D;
+    const gl = this.nv.gl;
+    const [x, top, w, h] = ltwh.map(Math.round);
+    const y = gl.drawingBufferHeight - top - h;
+    if (!c || c.w !== w || c.h !== h || c.at[0] !== x || c.at[1] !== y) return false;
+    this.blit(c.fb, null, [0, 0, w, h], [x, y, x + w, y + h]);
+    return true;
+  }
+
+  private blit(from: WebGLFramebuffer | null, to: WebGLFramebuffer | null, src: number[], dst: number[]): void {
+    const gl = this.nv.gl;
+    const scissor = gl.isEnabled(gl.SCISSOR_TEST);
+    if (scissor) gl.disable(gl.SCISSOR_TEST);
+    gl.bindFramebuffer(gl.READ_FRAMEBUFFER, from);
+    gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, to);
+    gl.blitFramebuffer(src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], gl.COLOR_BUFFER_BIT, gl.NEAREST);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    if (scissor) gl.enable(gl.SCISSOR_TEST);
+  }
+
+  /** Draw a frame caused by a label change: slices now, the 3-D tile from its cache, re-cast later. */
+  private drawLabelChange(): void {
+    this.reuse3D = this.mode === "multi";
+    const reused = this.frames.reused3D;
+    try {
+      this.nv.drawScene();
+    } finally {
+      this.reuse3D = false;
+    }
+    if (this.frames.reused3D === reused) return; // the 3-D tile was cast anew (or is not shown)
+    clearTimeout(this.lazyTimer);
+    this.lazyTimer = window.setTimeout(() => this.nv.drawScene(), this.lazy3DMs);
   }
 
   /** Remove the 2-D preview (once NiiVue's first frame is on screen). */
@@ -294,29 +398,61 @@ export class Viewer {
           }
         }
       }
-    } else if (this.touched.length) {
-      const [fx, fy] = this.dims;
-      const fxy = fx * fy;
-      for (const i of this.touched) {
-        const f = [i % fx, Math.floor(i / fx) % fy, Math.floor(i / fxy)];
-        bmp[this.rasIndex(f)] = this.label[i];
+      this.touched = [];
+      this.fullUpload = false;
+      this.frames.fullUploads++;
+      this.nv.refreshDrawing(false);
+      this.drawLabelChange();
+      return;
+    }
+    if (!this.touched.length) return;
+    const [fx, fy] = this.dims;
+    const fxy = fx * fy;
+    const [rx, ry] = m.dims;
+    const lo = [Infinity, Infinity, Infinity], hi = [-1, -1, -1];
+    const c = [0, 0, 0];
+    for (const i of this.touched) {
+      const f = [i % fx, Math.floor(i / fx) % fy, Math.floor(i / fxy)];
+      this.rasCoord(f, c);
+      bmp[c[0] + rx * (c[1] + ry * c[2])] = this.label[i];
+      for (let a = 0; a < 3; a++) {
+        if (c[a] < lo[a]) lo[a] = c[a];
+        if (c[a] > hi[a]) hi[a] = c[a];
       }
-    } else return;
+    }
     this.touched = [];
-    this.fullUpload = false;
-    this.nv.refreshDrawing(true);
+    this.uploadBox(bmp, lo, hi);
+    this.drawLabelChange();
   }
 
-  private rasIndex(f: number[]): number {
+  /** Upload the box lo..hi (inclusive, RAS voxel order) of the drawing bitmap into its texture. */
+  private uploadBox(bmp: Uint8Array, lo: number[], hi: number[]): void {
+    const gl = this.nv.gl;
+    const [rx, ry] = this.ras!.dims;
+    gl.activeTexture(gl.TEXTURE7); // NiiVue's unit for the drawing
+    gl.bindTexture(gl.TEXTURE_3D, this.nv.drawTexture);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    gl.pixelStorei(gl.UNPACK_ROW_LENGTH, rx);
+    gl.pixelStorei(gl.UNPACK_IMAGE_HEIGHT, ry);
+    gl.pixelStorei(gl.UNPACK_SKIP_PIXELS, lo[0]);
+    gl.pixelStorei(gl.UNPACK_SKIP_ROWS, lo[1]);
+    gl.pixelStorei(gl.UNPACK_SKIP_IMAGES, lo[2]);
+    try {
+      gl.texSubImage3D(gl.TEXTURE_3D, 0, lo[0], lo[1], lo[2], hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1,
+        gl.RED, gl.UNSIGNED_BYTE, bmp);
+    } finally {
+      for (const k of [gl.UNPACK_ROW_LENGTH, gl.UNPACK_IMAGE_HEIGHT, gl.UNPACK_SKIP_PIXELS, gl.UNPACK_SKIP_ROWS, gl.UNPACK_SKIP_IMAGES]) gl.pixelStorei(k, 0);
+    }
+    this.frames.boxUploads++;
+  }
+
+  /** The RAS voxel (NiiVue's drawing order) of file voxel `f`, written into `out`. */
+  private rasCoord(f: number[], out: number[]): void {
     const m = this.ras!;
-    let idx = 0, stride = 1;
     for (let p = 0; p < 3; p++) {
       const a = Math.abs(m.perm[p]) - 1;
-      const c = m.perm[p] < 0 ? this.dims[a] - 1 - f[a] : f[a];
-      idx += c * stride;
-      stride *= m.dims[p];
+      out[p] = m.perm[p] < 0 ? this.dims[a] - 1 - f[a] : f[a];
     }
-    return idx;
   }
 
   setLabelVisible(on: boolean): void {
@@ -353,6 +489,10 @@ export class Viewer {
       }
     }
     this.nv.updateGLVolume();
+    if (!this.overlays.size) {
+      this.clearOverlayTexture();
+      this.nv.drawScene();
+    }
   }
 
   hasOverlay(slot: OverlaySlot): boolean {
