@@ -1,4 +1,5 @@
-"""The viewer's pictures in a real browser: the 3-D view shows only the open image's layers."""
+"""The viewer's pictures in a real browser: the 3-D view shows only the open image's layers, and
+label edits in the four-view layout do not ray-cast the 3-D tile on every frame."""
 
 from __future__ import annotations
 
@@ -54,3 +55,29 @@ def test_3d_view_drops_an_overlay_switched_off(app: AppPage) -> None:
     app.page.wait_for_function("() => (document.body.dataset.overlays ?? '') === ''")
     assert steady_picture(app) == plain, "the switched-off overlay still shows in 3-D"
 
+
+def test_brush_in_four_views_reuses_the_3d_tile_then_catches_up(app: AppPage) -> None:
+    app.open("hippocampus_007")
+    assert app.page.evaluate("() => window.segloopDebug.viewer.mode") == "multi"
+    app.key("b")
+    frames = "() => ({...window.segloopDebug.viewer.frames})"
+    time.sleep(1.0)
+    before = app.page.evaluate(frames)
+    # a stroke across the middle of the axial tile
+    tile = app.page.evaluate("() => window.segloopDebug.viewer.tiles().find(t => t.axCorSag === 0)")
+    box = app.page.locator("#gl").bounding_box()
+    assert tile and box
+    y = box["y"] + tile["y"] + tile["h"] / 2
+    pts = [(box["x"] + tile["x"] + tile["w"] * f, y) for f in (0.45, 0.5, 0.55)]
+    assert all(app.page.evaluate("p => window.segloopDebug.voxelAt(p[0], p[1])", list(p)) for p in pts)
+    app.page.mouse.move(*pts[0])
+    app.page.mouse.down()
+    for p in pts[1:]:
+        app.page.mouse.move(*p, steps=4)
+    app.page.mouse.up()
+    during = app.page.evaluate(frames)
+    assert during["boxUploads"] > before["boxUploads"], "the changed box is uploaded"
+    assert during["fullUploads"] == before["fullUploads"], "no whole-volume upload for a stroke"
+    assert during["reused3D"] > before["reused3D"], "the 3-D tile came from its cache while painting"
+    assert during["full3D"] - before["full3D"] <= 1
+    app.page.wait_for_function("n => window.segloopDebug.viewer.frames.full3D > n", arg=during["full3D"], timeout=10_000)

@@ -3,12 +3,15 @@
 import * as api from "./api";
 import { Viewer, type LutEntry } from "./viewer";
 import { Editor } from "./editor";
+import { Marks } from "./marks";
 import { readLabel } from "./nifti";
 import { $ } from "./ui";
 import { SHELL } from "./shell";
 import type { Evaluation, ImageRecord, Job, LabelClass, ModelRecord, Revision, Schema } from "./api";
 
-export type Tool = "navigate" | "positive" | "negative" | "brush" | "eraser" | "fill";
+/** A tool id: the built-in ones (navigate, positive, negative, brush, eraser, fill, ruler) or one
+ * added with `registerTool` (tools.ts). */
+export type Tool = string;
 
 export interface Session {
   id: string; model: string; version: number; initial: number | null;
@@ -62,6 +65,9 @@ document.querySelector("#app")!.innerHTML = SHELL;
 export const canvas = $("#gl") as HTMLCanvasElement;
 export const viewer = new Viewer(canvas, $("#preview") as HTMLCanvasElement);
 export const editor = new Editor(viewer);
+/** Click markers, brush outline, rulers, view names and slice numbers, over the viewer. */
+export const marks = new Marks($("#marks") as HTMLCanvasElement, viewer);
+viewer.onDrawn = () => marks.draw();
 // read-only hooks for the browser tests and for debugging in the console
 (window as unknown as { segloopDebug: unknown }).segloopDebug = {
   counts(): Record<number, number> {

@@ -3,6 +3,7 @@
 import { PRESETS, type ViewMode } from "./viewer";
 import { $, $input, $select, fmt } from "./ui";
 import { viewer } from "./app";
+import { setOnWindow } from "./tools";
 
 $input("#opacity").addEventListener("input", () => {
   viewer.setLabelOpacity(Number($input("#opacity").value));
@@ -33,6 +34,7 @@ export function setView(mode: ViewMode): void {
 $("#zoom-in").addEventListener("click", () => viewer.zoom(1.25));
 $("#zoom-out").addEventListener("click", () => viewer.zoom(0.8));
 $("#zoom-reset").addEventListener("click", () => viewer.resetView());
+setOnWindow(showWindow); // Shift+drag window/level: the fields follow
 viewer.onLocation = (text) => {
   $("#location").textContent = text;
 };

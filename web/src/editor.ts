@@ -203,9 +203,21 @@ export class Editor {
     }
   }
 
-  /** Paint `value` (0 = erase) in a disk (2-D, in the plane normal to `axis`) or a sphere. */
-  paint(center: [number, number, number], radius: number, value: number, sphere: boolean, axis: number): void {
+  /** The clicks of the session still in the undo history, oldest first (for the click markers). */
+  clickGroups(): ClickGroup[] {
+    const out: ClickGroup[] = [];
+    for (const e of this.undoStack) if (e.kind === "server" && e.what === "click" && e.group) out.push(e.group);
+    return out;
+  }
+
+  /**
+   * Paint `value` (0 = erase) in a disk (2-D, in the plane normal to `axis`) or a sphere;
+   * `range` [lo, hi]: only voxels whose image intensity lies in it (threshold-limited brush).
+   */
+  paint(center: [number, number, number], radius: number, value: number, sphere: boolean, axis: number,
+      range: [number, number] | null = null): void {
     if (!this.stroke) this.beginStroke();
+    const img = range ? this.viewer.intensities() : null;
     const [nx, ny, nz] = this.viewer.dims;
     const sp = this.viewer.header?.spacing ?? [1, 1, 1];
     const unit = Math.min(sp[0], sp[1], sp[2]);
@@ -223,7 +235,12 @@ export class Editor {
           if (x < 0 || x >= nx) continue;
           const d2 = (dx * sp[0]) ** 2 + (dy * sp[1]) ** 2 + (dz * sp[2]) ** 2;
           if (d2 > r2) continue;
-          this.set(x + nx * (y + ny * z), value);
+          const i = x + nx * (y + ny * z);
+          if (img && range) {
+            const v = img.data[i] * img.slope + img.inter;
+            if (!(v >= range[0] && v <= range[1])) continue;
+          }
+          this.set(i, value);
         }
       }
     }
@@ -231,12 +248,13 @@ export class Editor {
   }
 
   /** Paint along the segment a→b so fast strokes leave no gaps. */
-  paintLine(a: [number, number, number], b: [number, number, number], radius: number, value: number, sphere: boolean, axis: number): void {
+  paintLine(a: [number, number, number], b: [number, number, number], radius: number, value: number, sphere: boolean, axis: number,
+      range: [number, number] | null = null): void {
     const steps = Math.max(1, Math.max(Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]), Math.abs(b[2] - a[2])));
     for (let s = 1; s <= steps; s++) {
       const t = s / steps;
       const p = [0, 1, 2].map((k) => Math.round(a[k] + (b[k] - a[k]) * t)) as [number, number, number];
-      this.paint(p, radius, value, sphere, axis);
+      this.paint(p, radius, value, sphere, axis, range);
     }
   }
 

@@ -4,7 +4,8 @@ import * as api from "./api";
 import { gunzipIfNeeded } from "./nifti";
 import { $, $select, esc, guard, notify } from "./ui";
 import type { ImageRecord, Revision } from "./api";
-import { S, viewer, editor, lutEntries, fetchLabel, shortTime, setStatus } from "./app";
+import { S, viewer, editor, marks, lutEntries, fetchLabel, shortTime, setStatus } from "./app";
+import { renderRulers } from "./tools";
 import { renderWorklist } from "./worklist";
 import { fillOverlayChoices, showOverlay, clearOverlays } from "./overlays";
 import { showWindow } from "./display";
@@ -36,6 +37,8 @@ export async function openImage(id: string, force = false): Promise<void> {
     const rec = listed.metadata?.fetched === false ? await api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`) : listed;
     const raw = await gunzipIfNeeded(vol.data);
     await clearOverlays();
+    marks.rulers = []; // measurements belong to the image they were made on
+    marks.clicks = [];
     const shown = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
     showWindow(shown.window);
     S.image = rec;
@@ -46,6 +49,7 @@ export async function openImage(id: string, force = false): Promise<void> {
     await loadRevisionIntoEditor(rec.latest_revision, mask);
     S.stats.opens++;
     document.body.dataset.imageId = rec.id;
+    renderRulers();
     document.body.dataset.opens = String(S.stats.opens);
     renderWorklist();
     renderImageInfo();

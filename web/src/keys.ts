@@ -2,11 +2,11 @@
 
 import { $, $input, esc, guard } from "./ui";
 import { HELP } from "./shell";
-import { S, viewer, foreground } from "./app";
+import { S, viewer, foreground, marks } from "./app";
 import { nextImage } from "./worklist";
 import { updateOverlay } from "./overlays";
 import { setView } from "./display";
-import { setClass, setTool, setBrush } from "./tools";
+import { setClass, setTool, setBrush, toolForKey, lastTile, renderRulers } from "./tools";
 import { runModel, undo, redo } from "./session";
 import { save } from "./save";
 import { renderChart } from "./models";
@@ -34,14 +34,20 @@ document.addEventListener("keydown", (e) => {
   if (ctrl && (k.toLowerCase() === "y" || (k.toLowerCase() === "z" && e.shiftKey))) return act(() => void guard("Redo", redo));
   if (ctrl && k.toLowerCase() === "s") return act(() => void guard("Saving", () => save(e.shiftKey ? "final" : "draft")));
   if (ctrl || e.altKey) return;
+  // arrows: the slice of the tile under the mouse (the last one it was over)
+  if (k === "ArrowUp" || k === "ArrowRight") return act(() => viewer.scrollSlice(lastTile(), 1));
+  if (k === "ArrowDown" || k === "ArrowLeft") return act(() => viewer.scrollSlice(lastTile(), -1));
+  if (k === "Escape" && marks.rulers.length) {
+    marks.rulers = [];
+    return act(renderRulers);
+  }
   if (/^[1-9]$/.test(k)) {
     const c = foreground()[Number(k) - 1];
     if (c) act(() => setClass(c.value));
     return;
   }
   const keys: Record<string, () => void> = {
-    v: () => setTool("navigate"), p: () => setTool("positive"), n: () => setTool("negative"), b: () => setTool("brush"),
-    e: () => setTool("eraser"), f: () => setTool("fill"), "[": () => setBrush(S.brush - 1), "]": () => setBrush(S.brush + 1),
+    "[": () => setBrush(S.brush - 1), "]": () => setBrush(S.brush + 1),
     s: () => {
       S.sphere = !S.sphere;
       $input("#sphere").checked = S.sphere;
@@ -57,9 +63,12 @@ document.addEventListener("keydown", (e) => {
     r: () => void guard("Running the model", runModel),
     N: () => void guard("Finding the next image", nextImage),
     "+": () => viewer.zoom(1.25), "=": () => viewer.zoom(1.25), "-": () => viewer.zoom(0.8), "0": () => viewer.resetView(),
-    m: () => setView("multi"), a: () => setView("axial"), c: () => setView("coronal"), g: () => setView("sagittal"), "3": () => setView("render"),
+    m: () => setView("multi"), a: () => setView("axial"), c: () => setView("coronal"), g: () => setView("sagittal"), d: () => setView("render"),
     "?": () => ($("#help") as HTMLDialogElement).showModal(),
   };
+  // tool shortcuts come from the tool registry (tools.ts), extra tools included
+  const tool = k.length === 1 && k !== "N" ? toolForKey(k) : null;
+  if (tool) return act(() => setTool(tool));
   const fn = keys[k] ?? keys[k.toLowerCase()];
   if (fn && !(k === "N" && !e.shiftKey)) act(fn);
 });

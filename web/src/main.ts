@@ -15,11 +15,12 @@ import "./save";
 import "./evaluation";
 import { $, $input, $select, esc, guard, showError } from "./ui";
 import type { Schema } from "./api";
-import { S, viewer, editor, foreground } from "./app";
+import { S, viewer, editor, foreground, marks } from "./app";
 import { loadWorklist } from "./worklist";
 import { openImage } from "./image";
 import { setView } from "./display";
-import { renderClasses, setTool, setBrush } from "./tools";
+import { renderClasses, setTool, setBrush, clickMarks } from "./tools";
+import { renderEditState } from "./session";
 import { loadPacs } from "./export";
 import { loadModels, loadArchitectures, loadJobs, renderChart } from "./models";
 import { onEvent } from "./events";
@@ -76,6 +77,11 @@ async function start(): Promise<void> {
   document.body.dataset.ready = "1";
 }
 
+editor.onChange = () => {
+  renderEditState();
+  clickMarks(); // the markers follow undo/redo
+  marks.draw();
+};
 setTool("navigate");
 setBrush(3);
 setView("multi");

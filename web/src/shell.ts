@@ -4,6 +4,7 @@ export const HELP: Array<[string, string]> = [
   ["V", "navigate (click moves the crosshair)"],
   ["P / N", "positive / negative click tool (sent to the model)"],
   ["B / E / F", "brush / eraser / fill (2-D region)"],
+  ["U", "ruler: drag to measure a distance (Esc removes all measurements)"],
   ["[ / ]", "smaller / larger brush"],
   ["S", "brush: toggle 2-D disk / 3-D sphere"],
   ["1 … 9", "choose the label class"],
@@ -13,8 +14,8 @@ export const HELP: Array<[string, string]> = [
   ["Shift+N", "next image from the queue"],
   ["L", "show / hide the label"],
   ["O", "show / hide the reference overlay"],
-  ["M A C G 3", "views: all / axial / coronal / sagittal / 3-D"],
-  ["Wheel", "scroll slices; Ctrl+wheel zooms"],
+  ["M A C G D", "views: all / axial / coronal / sagittal / 3-D"],
+  ["Wheel / ↑ ↓", "scroll slices of the view under the mouse; Ctrl+wheel zooms"],
   ["+ / − / 0", "zoom in / out / reset"],
   ["Right or middle drag", "pan"],
   ["Shift+drag", "window / level"],
@@ -52,14 +53,14 @@ export const SHELL = `
   <section id="center">
     <div class="toolbar">
       <span class="group">
-        <button data-view="multi" title="All views (M)">All</button><button data-view="axial" title="Axial (A)">Ax</button><button data-view="coronal" title="Coronal (C)">Cor</button><button data-view="sagittal" title="Sagittal (G)">Sag</button><button data-view="render" title="3-D (3)">3D</button>
+        <button data-view="multi" title="All views (M)">All</button><button data-view="axial" title="Axial (A)">Ax</button><button data-view="coronal" title="Coronal (C)">Cor</button><button data-view="sagittal" title="Sagittal (G)">Sag</button><button data-view="render" title="3-D (D)">3D</button>
       </span>
       <span class="group"><button id="zoom-out" title="Zoom out (−)">−</button><button id="zoom-in" title="Zoom in (+)">+</button><button id="zoom-reset" title="Reset zoom and pan (0)">⟲</button></span>
       <span class="group">W/L <select id="wl-preset" title="Window/level preset"></select>
         <input id="wl-center" type="number" step="any" title="window centre (level)"><input id="wl-width" type="number" step="any" title="window width"></span>
       <span id="image-info" class="grow info"></span>
     </div>
-    <div id="viewer-wrap"><canvas id="gl" tabindex="0"></canvas><canvas id="preview" hidden></canvas></div>
+    <div id="viewer-wrap"><canvas id="gl" tabindex="0"></canvas><canvas id="preview" hidden></canvas><canvas id="marks"></canvas></div>
     <div class="statusbar"><span id="status">Choose an image from the worklist.</span><span id="location"></span></div>
   </section>
   <aside id="right">
@@ -67,16 +68,23 @@ export const SHELL = `
     <div id="tab-edit" class="tab">
       <h3>Class</h3><div id="classes" class="classes"></div>
       <h3>Tool</h3>
-      <div class="tools">
+      <div id="tools" class="tools">
         <button data-tool="navigate" title="Navigate (V)">Navigate</button>
         <button data-tool="positive" title="Positive click: add the class here (P)">+ Click</button>
         <button data-tool="negative" title="Negative click: not this class here (N)">− Click</button>
         <button data-tool="brush" title="Brush (B)">Brush</button>
         <button data-tool="eraser" title="Eraser (E)">Eraser</button>
         <button data-tool="fill" title="Fill a 2-D region (F)">Fill</button>
+        <button data-tool="ruler" title="Measure a distance (U)">Ruler</button>
+        <!-- tools added with registerTool() (tools.ts) append their buttons here -->
       </div>
       <div class="row">Size <input id="brush-size" type="range" min="1" max="30" value="3"><span id="brush-size-v">3</span>
         <label title="3-D sphere instead of a 2-D disk (S)"><input id="sphere" type="checkbox"> sphere</label></div>
+      <div class="row" title="The brush paints only voxels whose image intensity lies in this range">
+        <label><input id="brush-thr" type="checkbox"> only</label>
+        <input id="brush-thr-lo" type="number" step="any" value="0" title="lowest intensity painted"> –
+        <input id="brush-thr-hi" type="number" step="any" value="1000" title="highest intensity painted"></div>
+      <div id="rulers" class="rulers"></div>
       <div class="row"><button id="undo" title="Undo (Ctrl+Z)">↶ Undo</button><button id="redo" title="Redo (Ctrl+Y)">↷ Redo</button></div>
       <div id="edit-state" class="muted"></div>
       <div class="row"><button id="save-draft" class="primary" title="Save as draft (Ctrl+S)">Save draft</button><button id="save-final" title="Save as final (Ctrl+Shift+S)">Save final</button></div>

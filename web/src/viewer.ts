@@ -119,6 +119,8 @@ export class Viewer {
   /** Images larger than this get a 2-D preview while NiiVue builds its textures. */
   previewVoxels = 2_000_000;
   onLocation: (text: string) => void = () => {};
+  /** Called after every frame NiiVue draws (the marks layer redraws on top). */
+  onDrawn: () => void = () => {};
 
   constructor(private canvas: HTMLCanvasElement, private preview: HTMLCanvasElement | null = null) {
     this.nv = new Niivue({
@@ -136,19 +138,33 @@ export class Viewer {
       loadingText: "",
       isNearestInterpolation: true,
       drawingEnabled: false, // the app paints; NiiVue only shows the drawing layer
+      // left button: the crosshair; every other drag (window/level, pan, measuring) is the app's
+      // own (tools.ts): NiiVue's left stale "7.23 mm" rulers behind and did not follow Shift
+      dragMode: DRAG_MODE.none,
       mouseEventConfig: {
-        leftButton: { primary: DRAG_MODE.crosshair, withShift: DRAG_MODE.windowing },
-        rightButton: DRAG_MODE.pan,
-        centerButton: DRAG_MODE.pan,
+        leftButton: { primary: DRAG_MODE.crosshair, withShift: DRAG_MODE.none, withCtrl: DRAG_MODE.none },
+        rightButton: DRAG_MODE.none,
+        centerButton: DRAG_MODE.none,
       },
     });
   }
 
   async attach(): Promise<void> {
+    // NiiVue's own hotkeys clash with the app's (V cycled NiiVue's view behind the app's back, C
+    // toggled a clip plane, L and H moved the crosshair, M changed the drag mode, ←/→ the 4-D
+    // frame): the app handles every key itself (keys.ts). Replaced before attaching, which binds them.
+    this.nv.keyDownListener = () => {};
+    this.nv.keyUpListener = () => {};
     // no multisampling: the 3-D tile's cache is copied back with blitFramebuffer, which needs a
     // single-sampled canvas (and the slices are shown with nearest-neighbour voxels anyway)
     await this.nv.attachToCanvas(this.canvas, false);
     this.nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
+    const drawScene = this.nv.drawScene.bind(this.nv);
+    this.nv.drawScene = () => {
+      const out = drawScene();
+      this.onDrawn();
+      return out;
+    };
     const draw3D = this.nv.draw3D.bind(this.nv);
     this.nv.draw3D = (ltwh: number[] = [0, 0, 0, 0], ...rest: unknown[]) => {
       const tile = ltwh[2] > 0 && ltwh[3] > 0 && this.mode === "multi";
@@ -200,6 +216,8 @@ export class Viewer {
     this.overlays.clear();
     this.clearOverlayTexture();
     this.dropCache3D();
+    this.nv.document.completedMeasurements = [];
+    this.nv.document.completedAngles = [];
     this.nv.drawBitmap = null;
     this.nv.drawLut = drawLut(labelLut); // set before the image is added: its refresh uploads the table
     const img = await makeImage(raw, `${name}.nii`, "gray", 1);
@@ -547,6 +565,14 @@ export class Viewer {
   }
 
   /** File voxel under a mouse event in a 2-D tile, or null (3-D tile, outside the image). */
+  /** The kind of tile under the mouse: 0 axial, 1 coronal, 2 sagittal, 4 the 3-D view; -1 none. */
+  tileAt(e: MouseEvent): number {
+    const rect = this.canvas.getBoundingClientRect();
+    const dpr = this.nv.uiData.dpr ?? window.devicePixelRatio ?? 1;
+    const tile = this.nv.tileIndex((e.clientX - rect.left) * dpr, (e.clientY - rect.top) * dpr);
+    return tile < 0 ? -1 : (this.nv.screenSlices[tile].axCorSag as number);
+  }
+
   voxelAt(e: MouseEvent): VoxelHit | null {
     if (!this.inv || !this.header || !this.nv.volumes.length) return null;
     const rect = this.canvas.getBoundingClientRect();
@@ -582,6 +608,118 @@ export class Viewer {
       }
     }
     return best;
+  }
+
+  /**
+   * The image's intensities in file order (NiiVue keeps the voxels as read) with the header's
+   * scaling, for the threshold-limited brush; null before an image is open.
+   */
+  intensities(): { data: ArrayLike<number>; slope: number; inter: number } | null {
+    const img = this.nv.volumes[0];
+    if (!img?.img || img.img.length !== this.voxels) return null;
+    const h = img.hdr as { scl_slope?: number; scl_inter?: number } | null;
+    const slope = h?.scl_slope && Number.isFinite(h.scl_slope) ? h.scl_slope : 1;
+    const inter = h?.scl_inter && Number.isFinite(h.scl_inter) ? h.scl_inter : 0;
+    return { data: img.img as ArrayLike<number>, slope, inter };
+  }
+
+  /** The 2-D tiles on screen, in CSS pixels of the canvas. */
+  tiles(): Array<{ axCorSag: number; x: number; y: number; w: number; h: number }> {
+    const dpr = this.nv.uiData.dpr ?? window.devicePixelRatio ?? 1;
+    return this.nv.screenSlices.filter((s) => (s.axCorSag as number) <= 2).map((s) => {
+      let [l, top, w, h] = s.leftTopWidthHeight as number[];
+      if (w < 0) {
+        l += w;
+        w = -w;
+      }
+      return { axCorSag: s.axCorSag as number, x: l / dpr, y: top / dpr, w: w / dpr, h: h / dpr };
+    });
+  }
+
+  /** World (mm) position of a file voxel. */
+  voxToMM(vox: number[]): number[] {
+    const a = this.header!.affine;
+    return [0, 1, 2].map((r) => a[r][0] * vox[0] + a[r][1] * vox[1] + a[r][2] * vox[2] + a[r][3]);
+  }
+
+  /**
+   * Where a world point is drawn in each 2-D tile (CSS pixels of the canvas), with its distance
+   * (mm) from the tile's slice plane — the same mapping NiiVue uses to draw the slices.
+   */
+  project(mm: number[]): Array<{ axCorSag: number; x: number; y: number; dist: number }> {
+    const dpr = this.nv.uiData.dpr ?? window.devicePixelRatio ?? 1;
+    const out: Array<{ axCorSag: number; x: number; y: number; dist: number }> = [];
+    for (const s of this.nv.screenSlices) {
+      const acs = s.axCorSag as number;
+      const v = s.AxyzMxy as number[];
+      if (acs > 2 || v.length < 5) continue;
+      const p = acs === 1 ? [mm[0], mm[2], mm[1]] : acs === 2 ? [mm[1], mm[2], mm[0]] : mm;
+      const dist = Math.abs(p[2] - (v[2] + v[4] * (p[1] - v[1]) - v[3] * (p[0] - v[0])));
+      const fx = (p[0] - (s.leftTopMM as number[])[0]) / (s.fovMM as number[])[0];
+      const fy = (p[1] - (s.leftTopMM as number[])[1]) / (s.fovMM as number[])[1];
+      let [l, top, w, h] = s.leftTopWidthHeight as number[];
+      let sx = fx;
+      if (w < 0) {
+        l += w;
+        w = -w;
+        sx = 1 - fx;
+      }
+      out.push({ axCorSag: acs, x: (l + sx * w) / dpr, y: (top + (1 - fy) * h) / dpr, dist });
+    }
+    return out;
+  }
+
+  /** Millimetres per CSS pixel in a tile (for brush outlines and rulers). */
+  mmPerPixel(axCorSag: number): number {
+    const dpr = this.nv.uiData.dpr ?? window.devicePixelRatio ?? 1;
+    const s = this.nv.screenSlices.find((t) => t.axCorSag === axCorSag);
+    if (!s) return 1;
+    return Math.abs((s.fovMM as number[])[0] / (s.leftTopWidthHeight as number[])[2]) * dpr;
+  }
+
+  /** The file voxel under the crosshair. */
+  crosshairVox(): [number, number, number] | null {
+    if (!this.inv || !this.nv.volumes.length) return null;
+    const mm = this.nv.frac2mm(this.nv.scene.crosshairPos, 0, true);
+    const m = this.inv;
+    const d = this.dims;
+    return [0, 1, 2].map((r) => Math.min(d[r] - 1, Math.max(0,
+      Math.round(m[r][0] * mm[0] + m[r][1] * mm[1] + m[r][2] * mm[2] + m[r][3])))) as [number, number, number];
+  }
+
+  /** The slice a tile shows (file voxel index along its normal axis) and how many there are. */
+  sliceOf(axCorSag: number): { index: number; count: number; axis: number } | null {
+    const c = this.crosshairVox();
+    if (!c) return null;
+    const axis = this.normalAxis(axCorSag);
+    return { index: c[axis], count: this.dims[axis], axis };
+  }
+
+  /** Move a tile to the next (+1) or previous (-1) slice along its normal. */
+  scrollSlice(axCorSag: number, delta: number): void {
+    const c = this.crosshairVox();
+    if (!c) return;
+    const axis = this.normalAxis(axCorSag);
+    const next = Math.min(this.dims[axis] - 1, Math.max(0, c[axis] + delta));
+    if (next === c[axis]) return;
+    c[axis] = next;
+    this.goTo(c);
+  }
+
+  /** Start a pan drag at a canvas position (CSS pixels): returns the move handler. */
+  beginPan(x: number, y: number): ((x: number, y: number) => void) | null {
+    const dpr = this.nv.uiData.dpr ?? window.devicePixelRatio ?? 1;
+    const at = (px: number, py: number) => this.nv.screenXY2mm(px * dpr, py * dpr) as unknown as number[];
+    const o = at(x, y), ox = at(x + 10, y), oy = at(x, y + 10);
+    if ([o, ox, oy].some((v) => Number.isNaN(v[0]))) return null;
+    const ux = [0, 1, 2].map((k) => (ox[k] - o[k]) / 10), uy = [0, 1, 2].map((k) => (oy[k] - o[k]) / 10);
+    const pan0 = Array.from(this.nv.scene.pan2Dxyzmm as unknown as number[]);
+    return (px: number, py: number) => {
+      const dx = px - x, dy = py - y;
+      const p = this.nv.scene.pan2Dxyzmm as unknown as number[];
+      for (let k = 0; k < 3; k++) p[k] = pan0[k] + ux[k] * dx + uy[k] * dy;
+      this.nv.drawScene();
+    };
   }
 
   /** Move the crosshair to a file voxel (e.g. to show a click's location). */
