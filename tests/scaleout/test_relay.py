@@ -217,3 +217,17 @@ def test_jobs_0_needs_a_server_database(tmp_path: Path, monkeypatch: pytest.Monk
         ServerSettings(data=tmp_path, max_running_jobs=0).resolve()
     monkeypatch.setenv("SEGLOOP_DB", pg_url)
     assert ServerSettings(data=tmp_path, max_running_jobs=0).resolve().max_running_jobs == 0
+
+
+def test_the_advertised_url_of_a_server() -> None:
+    import socket
+
+    from segloop.server.settings import ServerSettings, SettingsError
+
+    assert ServerSettings(data=Path("d"), port=8123).advertised_url == "http://127.0.0.1:8123"
+    wild = ServerSettings(data=Path("d"), host="0.0.0.0", port=8123)
+    assert wild.advertised_url == f"http://{socket.gethostname()}:8123"
+    behind = ServerSettings(data=Path("d"), public_url="https://seg-b.lab.example/ ").resolve()
+    assert behind.advertised_url == "https://seg-b.lab.example"
+    with pytest.raises(SettingsError, match="public-url"):
+        ServerSettings(data=Path("d"), public_url="seg-b.lab").resolve()

@@ -231,7 +231,7 @@ class ServerSettings:
         if self.host in ("0.0.0.0", "::", ""):
             import socket
 
-            name = socket.getfqdn() or socket.gethostname()
+            name = socket.gethostname()  # not getfqdn(): a DNS lookup may hang where there is no DNS
             host = f"[{name}]" if ":" in name else name
             return f"{self.scheme}://{host}:{self.port}"
         return self.url
