@@ -1,12 +1,11 @@
 // Evaluation of the open image: Dice / IoU / HD95 per class, history, discrepancy map.
 
 import * as api from "./api";
-import { $, $input, $select, esc, fmt, guard, notify, when } from "./ui";
+import { $, $input, $select, esc, fmt, guard, when } from "./ui";
 import type { Evaluation } from "./api";
 import { S } from "./app";
 import { loadRevisions } from "./image";
 import { fillOverlayChoices, showOverlay } from "./overlays";
-import { loadJobs } from "./models";
 
 export async function evaluate(): Promise<void> {
   if (!S.image) throw new Error("open an image first");
@@ -54,9 +53,3 @@ export async function loadEvaluations(): Promise<void> {
     })));
 }
 $("#ev-run").addEventListener("click", () => void guard("Evaluating", evaluate));
-$("#ev-model-job").addEventListener("click", () => void guard("Starting the evaluation job", async () => {
-  if (!S.model) throw new Error("choose a model first");
-  await api.post(`/models/${encodeURIComponent(S.model)}/evaluate`, {});
-  notify(`Evaluation of ${S.model} on all final labels started (see Models → jobs).`, "ok");
-  await loadJobs();
-}));

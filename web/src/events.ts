@@ -11,6 +11,7 @@ import { renderClasses } from "./tools";
 import { renderSendPacs } from "./export";
 import { loadModels, loadJobs, watchJob, renderJobs, renderChart } from "./models";
 import { loadEvaluations } from "./evaluation";
+import { loadDatasetEvaluations, onEvaluateJobDone } from "./dataset_eval";
 
 let refreshTimer = 0;
 export function soon(fn: () => Promise<void>, ms = 400): void {
@@ -45,6 +46,7 @@ export function onEvent(ev: api.LiveEvent): void {
       renderJobs();
       if (d.kind === "train" && d.state === "running" && !S.jobs.some((x) => x.id === S.watchedJob && (x.state === "running" || x.state === "queued"))) watchJob(d.id, []);
       if (["done", "failed", "cancelled"].includes(d.state)) void loadModels().catch(() => undefined);
+      if (d.kind === "evaluate" && d.state === "done") onEvaluateJobDone(d as Job);
       break;
     }
     case "model.version":
@@ -75,6 +77,7 @@ export function onEvent(ev: api.LiveEvent): void {
       break;
     case "evaluation":
       if (S.image && d.image_id === S.image.id) void loadEvaluations().catch(() => undefined);
+      if (!d.image_id) void loadDatasetEvaluations().catch(() => undefined); // a whole-dataset one
       break;
   }
 }

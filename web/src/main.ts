@@ -24,6 +24,7 @@ import { renderEditState } from "./session";
 import { loadPacs } from "./export";
 import { loadModels, loadArchitectures, loadJobs, renderChart } from "./models";
 import { onEvent } from "./events";
+import { loadDatasetEvaluations } from "./dataset_eval";
 
 api.onUnauthorized(() => {
   const dlg = $("#login") as HTMLDialogElement;
@@ -74,6 +75,7 @@ async function start(): Promise<void> {
   await loadFeatures();
   await loadPacs();
   await Promise.all([loadWorklist(), loadModels(), loadArchitectures(), loadJobs()]);
+  await loadDatasetEvaluations(); // after the models: it marks the images each version was trained on
   document.body.dataset.ready = "1";
 }
 

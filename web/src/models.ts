@@ -5,6 +5,8 @@ import { $, $input, $select, drawChart, esc, fmt, guard, notify, type Series } f
 import type { Job, ModelRecord } from "./api";
 import { S, shortTime } from "./app";
 import { fillOverlayChoices } from "./overlays";
+import { onEvaluateJobDone } from "./dataset_eval";
+import { showTab } from "./keys";
 
 export async function loadModels(): Promise<void> {
   S.models = (await api.get<{ items: ModelRecord[] }>("/models")).items;
@@ -123,7 +125,8 @@ export function renderJobs(): void {
     return `<div class="job ${j.id === S.watchedJob ? "sel" : ""}" data-job="${j.id}" data-state="${j.state}">
       <div><b>${esc(j.kind)}</b> ${esc(String(j.params.model ?? ""))} <span class="badge ${j.state}">${j.state}</span>
       ${active ? `<button class="small cancel" data-job="${j.id}">Cancel</button>` : ""}
-      <button class="small watch" data-job="${j.id}">Curves</button></div>
+      ${j.kind === "train" ? `<button class="small watch" data-job="${j.id}">Curves</button>` : ""}
+      ${j.kind === "evaluate" && j.state === "done" ? `<button class="small ev-result" data-job="${j.id}" title="Show the means and the images used (Evaluate tab)">Result</button>` : ""}</div>
       <progress max="1" value="${p}"></progress> <small>${Math.round(p * 100)}% ${esc(j.message ?? "")}</small>
       ${j.error ? `<div class="err">${esc(j.error.split("\n")[0])} <button class="link jdetail">Details</button><pre hidden>${esc(j.error)}</pre></div>` : ""}</div>`;
   }).join("") || `<p class="muted">No jobs yet.</p>`;
@@ -138,6 +141,12 @@ export function renderJobs(): void {
       watchJob(full.id, full.metrics ?? []);
       renderJobs();
     })));
+  $("#jobs").querySelectorAll<HTMLButtonElement>(".ev-result").forEach((b) => b.addEventListener("click", () => {
+    const job = S.jobs.find((x) => x.id === b.dataset.job);
+    if (!job) return;
+    showTab("evaluate");
+    onEvaluateJobDone(job);
+  }));
   $("#jobs").querySelectorAll<HTMLButtonElement>(".jdetail").forEach((b) => b.addEventListener("click", () => {
     const pre = b.parentElement!.querySelector("pre")!;
     pre.hidden = !pre.hidden;

@@ -136,11 +136,18 @@ export const SHELL = `
         <label>Compare <select id="ev-pred"></select></label>
         <label>against <select id="ev-ref"></select></label>
         <label class="check"><input id="ev-show" type="checkbox" checked> show the discrepancy map</label>
-        <div class="row"><button id="ev-run" class="primary">Evaluate</button><button id="ev-model-job" title="Evaluate the chosen model on every final label (background job)">Model on all final labels</button></div>
+        <div class="row"><button id="ev-run" class="primary">Evaluate</button></div>
       </div>
       <div id="ev-result"></div>
       <h3>History</h3>
       <div class="scroll small-table"><table id="ev-history" class="grid"><thead><tr><th>When</th><th>Compared</th><th>Ref.</th><th>Dice</th><th></th></tr></thead><tbody></tbody></table></div>
+      <h3>The model on the whole dataset</h3>
+      <div class="form">
+        <label class="check" title="Leave out the images the chosen model version was trained or validated on"><input id="dev-unseen" type="checkbox"> only images the model never saw</label>
+        <div class="row"><button id="ev-model-job" title="Evaluate the chosen model on the final labels (background job)">Evaluate the model</button>
+          <select id="dev-list" title="Earlier whole-dataset evaluations"></select></div>
+      </div>
+      <div id="dev-result"></div>
     </div>
   </aside>
 </main>
