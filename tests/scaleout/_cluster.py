@@ -122,13 +122,18 @@ class SseReader:
 
     def _run(self) -> None:
         params = {"types": self.types} if self.types else {}
-        with httpx.Client(timeout=httpx.Timeout(5, read=60)) as c, c.stream("GET", f"{self.api}/events", params=params) as r:
-            self.open.set()
-            for line in r.iter_lines():
-                if self._stop.is_set():
-                    return
-                if line.startswith("data: "):
-                    self.events.put(json.loads(line[6:]))
+        try:
+            with httpx.Client(timeout=httpx.Timeout(5, read=60)) as c, \
+                    c.stream("GET", f"{self.api}/events", params=params) as r:
+                self.open.set()
+                for line in r.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line.startswith("data: "):
+                        self.events.put(json.loads(line[6:]))
+        except httpx.HTTPError:
+            if not self._stop.is_set():  # the server went away while a test was waiting
+                raise
 
     def wait_for(self, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:
         import time
