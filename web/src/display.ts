@@ -30,6 +30,22 @@ document.querySelectorAll<HTMLButtonElement>("[data-view]").forEach((b) =>
 export function setView(mode: ViewMode): void {
   viewer.setMode(mode);
   document.querySelectorAll<HTMLButtonElement>("[data-view]").forEach((x) => x.classList.toggle("on", x.dataset.view === mode));
+  syncUrl({ view: mode === "multi" ? null : mode });
+}
+
+export const VIEWS: ViewMode[] = ["multi", "axial", "coronal", "sagittal", "render"];
+
+/** Keep the open image and the view in the address (a reload or a shared link shows them again). */
+export function syncUrl(change: { image?: string | null; view?: string | null }): void {
+  const q = new URLSearchParams(location.search);
+  for (const [k, v] of Object.entries(change)) {
+    if (v === undefined) continue;
+    if (v === null) q.delete(k);
+    else q.set(k, v);
+  }
+  const search = q.toString();
+  const url = `${location.pathname}${search ? `?${search}` : ""}${location.hash}`;
+  if (url !== `${location.pathname}${location.search}${location.hash}`) history.replaceState(history.state, "", url);
 }
 $("#zoom-in").addEventListener("click", () => viewer.zoom(1.25));
 $("#zoom-out").addEventListener("click", () => viewer.zoom(0.8));

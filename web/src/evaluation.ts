@@ -22,6 +22,11 @@ export async function evaluate(): Promise<void> {
   await loadRevisions();
   if ($input("#ev-show").checked && ev.discrepancy_url) await showOverlay("discrepancy", `eval:${ev.id}`);
 }
+/** No result shown (another image is open). */
+export function clearEvaluation(): void {
+  S.lastEval = null;
+  $("#ev-result").innerHTML = "";
+}
 export function renderEvaluation(ev: Evaluation): void {
   const classes = (ev.result.classes ?? {}) as Record<string, Record<string, number | null>>;
   const mean = (ev.result.mean ?? {}) as Record<string, number | null>;

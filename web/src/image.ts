@@ -8,10 +8,10 @@ import { S, viewer, editor, marks, lutEntries, fetchLabel, shortTime, setStatus 
 import { renderRulers } from "./tools";
 import { renderWorklist } from "./worklist";
 import { fillOverlayChoices, showOverlay, clearOverlays } from "./overlays";
-import { showWindow } from "./display";
+import { showWindow, syncUrl } from "./display";
 import { renderEditState } from "./session";
 import { renderExport, renderSendPacs } from "./export";
-import { loadEvaluations } from "./evaluation";
+import { loadEvaluations, clearEvaluation } from "./evaluation";
 
 export async function closeSession(): Promise<void> {
   const s = S.session;
@@ -23,8 +23,12 @@ export function confirmDiscard(): boolean {
   return !editor.dirty || window.confirm("Your changes to this label are not saved. Discard them?");
 }
 
+let opening = 0; // the latest openImage call: an earlier one that is still loading gives way
+let showing: Promise<void> = Promise.resolve();
+
 export async function openImage(id: string, force = false): Promise<void> {
   if (!force && !confirmDiscard()) return;
+  const mine = ++opening;
   await guard("Opening the image", async () => {
     const t0 = performance.now();
     setStatus(`Loading ${id}…`);
@@ -36,26 +40,38 @@ export async function openImage(id: string, force = false): Promise<void> {
     // a PACS series not fetched yet is described by its listing (no shape or spacing): now it is here
     const rec = listed.metadata?.fetched === false ? await api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`) : listed;
     const raw = await gunzipIfNeeded(vol.data);
-    await clearOverlays();
-    marks.rulers = []; // measurements belong to the image they were made on
-    marks.clicks = [];
-    const shown = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
-    showWindow(shown.window);
-    S.image = rec;
-    await viewer.presented(); // the first slices, with their label, are on screen
-    viewer.hidePreview();
-    S.stats.openMs = Math.round(performance.now() - t0);
-    S.stats.previewMs = shown.previewAt === null ? null : Math.round(shown.previewAt - t0);
-    await loadRevisionIntoEditor(rec.latest_revision, mask);
-    S.stats.opens++;
-    document.body.dataset.imageId = rec.id;
-    renderRulers();
-    document.body.dataset.opens = String(S.stats.opens);
-    renderWorklist();
-    renderImageInfo();
-    await Promise.all([loadRevisions(), loadEvaluations()]);
-    setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — ` +
-      `shown with its label in ${S.stats.openMs} ms` + (S.stats.previewMs === null ? "" : ` (a 2-D preview after ${S.stats.previewMs} ms)`));
+    // one image is put on screen at a time; a call overtaken by a newer one gives way
+    const before = showing;
+    let release = () => {};
+    showing = new Promise<void>((r) => (release = r));
+    try {
+      await before;
+      if (mine !== opening) return;
+      await clearOverlays();
+      marks.rulers = []; // measurements belong to the image they were made on
+      marks.clicks = [];
+      const shown = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
+      showWindow(shown.window);
+      S.image = rec;
+      clearEvaluation(); // the previous image's result must not stay on screen
+      syncUrl({ image: rec.id });
+      await viewer.presented(); // the first slices, with their label, are on screen
+      viewer.hidePreview();
+      S.stats.openMs = Math.round(performance.now() - t0);
+      S.stats.previewMs = shown.previewAt === null ? null : Math.round(shown.previewAt - t0);
+      await loadRevisionIntoEditor(rec.latest_revision, mask);
+      S.stats.opens++;
+      document.body.dataset.imageId = rec.id;
+      renderRulers();
+      document.body.dataset.opens = String(S.stats.opens);
+      renderWorklist();
+      renderImageInfo();
+      await Promise.all([loadRevisions(), loadEvaluations()]);
+      setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — ` +
+        `shown with its label in ${S.stats.openMs} ms` + (S.stats.previewMs === null ? "" : ` (a 2-D preview after ${S.stats.previewMs} ms)`));
+    } finally {
+      release();
+    }
   });
 }
 

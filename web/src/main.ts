@@ -18,7 +18,8 @@ import type { Schema } from "./api";
 import { S, viewer, editor, foreground, marks } from "./app";
 import { loadWorklist } from "./worklist";
 import { openImage } from "./image";
-import { setView } from "./display";
+import { setView, VIEWS } from "./display";
+import type { ViewMode } from "./viewer";
 import { renderClasses, setTool, setBrush, clickMarks } from "./tools";
 import { renderEditState } from "./session";
 import { loadPacs } from "./export";
@@ -86,7 +87,9 @@ editor.onChange = () => {
 };
 setTool("navigate");
 setBrush(3);
-setView("multi");
+const params = new URLSearchParams(location.search);
+const wantView = params.get("view") as ViewMode | null;
+setView(wantView && VIEWS.includes(wantView) ? wantView : "multi");
 void (async () => {
   await viewer.attach();
   api.connectEvents(onEvent, (up) => {
@@ -94,7 +97,7 @@ void (async () => {
     $("#live").title = up ? "live updates connected" : "live updates disconnected; reconnecting";
   });
   await guard("Connecting to the server", start);
-  const want = new URLSearchParams(location.search).get("image");
+  const want = params.get("image");
   if (want) await openImage(want);
 })();
 window.addEventListener("beforeunload", (e) => {

@@ -27,16 +27,24 @@ export async function fetchNext(strategy: string, count: number): Promise<NextPa
   return body as NextPage;
 }
 
+let listing = 0; // the latest loadWorklist call: only its answer is shown
+
 export async function loadWorklist(): Promise<void> {
+  const mine = ++listing;
+  const strategy = S.strategy;
   const q = new URLSearchParams({ offset: String(S.offset), limit: String(S.pageSize) });
   if (S.filter) q.set("label_state", S.filter);
-  const page = await api.get<{ items: ImageRecord[]; total: number }>(`/images?${q}`);
+  // both requests at once; an answer to an older choice of filter, page or queue is dropped
+  const [page, next] = await Promise.all([
+    api.get<{ items: ImageRecord[]; total: number }>(`/images?${q}`),
+    strategy ? fetchNext(strategy, 100) : Promise.resolve(null),
+  ]);
+  if (mine !== listing) return;
   S.images = page.items;
   S.total = page.total;
   S.queue = new Map();
   S.queueNote = "";
-  if (S.strategy) {
-    const next = await fetchNext(S.strategy, 100);
+  if (strategy) {
     if (next) {
       S.queue = new Map(next.items.map((it, i) => [it.image.id, { rank: it.rank ?? i + 1, score: it.score }]));
       // the queue is the worklist while a strategy is chosen: ranked unlabeled images first
