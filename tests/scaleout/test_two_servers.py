@@ -227,19 +227,54 @@ def test_a_session_is_answered_421_with_its_servers_url_elsewhere(
 def test_a_killed_servers_running_job_is_marked_interrupted_by_the_other(
     clients: tuple[httpx.Client, httpx.Client], servers: list[Server]
 ) -> None:
+    """SIGKILL of the server running a training job while savers on both servers keep saving:
+    the other marks the job interrupted after the stale time, goes on serving, and the image's
+    revisions stay a clean chain (every revision's file there, each the parent of the next)."""
     a, b = clients
     r = a.post("/models/crash/train", json={"config": LONG_TRAIN})
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     job = wait_state(a, job_id, {"running"})
     victim = next(s for s in servers if runner_of(s) == job["runner"])
-    survivor_client = b if victim is servers[0] else a
+    survivor = b if victim is servers[0] else a
+    image = image_of_case(a, "001")
+    body = label_bytes("001", shift=2)
+    stop = threading.Event()
+    saved: list[int] = []
+
+    def saver(client: httpx.Client) -> None:
+        base = client.get(f"/images/{image['id']}/labels").json()["items"][-1]["revision"]
+        while not stop.is_set():
+            try:
+                r = save_label(client, image["id"], body, base)
+            except httpx.HTTPError:
+                return  # its server was killed
+            if r.status_code == 201:
+                saved.append(r.json()["revision"])
+                base = r.json()["revision"]
+            elif r.status_code == 409:
+                base = r.json()["error"]["current_revision"]
+
+    threads = [threading.Thread(target=saver, args=(c,)) for c in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
     victim.stop(signal.SIGKILL)
-    final = wait_state(survivor_client, job_id, {"interrupted", "failed", "cancelled", "done"}, deadline_s=60)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    final = wait_state(survivor, job_id, {"interrupted", "failed", "cancelled", "done"}, deadline_s=60)
     assert final["state"] == "interrupted", final
     assert "stopped" in final["message"] and job["runner"] in final["message"]
     # the survivor goes on serving, and the model has no version from the killed training
-    assert survivor_client.get("/images").status_code == 200
-    assert survivor_client.get("/models/crash").status_code == 404 or not survivor_client.get(
-        "/models/crash"
-    ).json()["versions"]
+    assert survivor.get("/images").status_code == 200
+    crash = survivor.get("/models/crash")
+    assert crash.status_code == 404 or not crash.json()["versions"]
+    revs = survivor.get(f"/images/{image['id']}/labels").json()["items"]
+    numbers = [x["revision"] for x in revs]
+    assert numbers == list(range(1, len(revs) + 1)) and len(revs) > 1
+    assert [x["parent"] for x in revs[1:]] == numbers[:-1]
+    assert set(saved) <= set(numbers)  # every answered save is there
+    for n in numbers:
+        assert survivor.get(f"/images/{image['id']}/labels/{n}").status_code == 200
