@@ -61,7 +61,7 @@ function renderDatasetEvaluation(): void {
     <div class="scroll small-table"><table class="grid" id="dev-images"><thead><tr><th>Image</th><th title="what building this model version used the image for">Used</th>${classes.map((c) => `<th>${esc(c)}</th>`).join("")}</tr></thead><tbody>
     ${perImage.map((p) => {
       const role = roles.get(p.image_id);
-      return `<tr data-id="${esc(p.image_id)}" data-role="${role ?? "unseen"}"><td title="revision ${p.revision}">${esc(p.name)}</td>
+      return `<tr data-id="${esc(p.image_id)}" data-role="${role ?? "unseen"}"><td class="name" title="${esc(p.name)}, revision ${p.revision}">${esc(p.name)}</td>
         <td>${role ? `<span class="badge ${role === "train" ? "draft" : "none"}">${role}</span>` : ""}</td>
         ${classes.map((c) => `<td class="num">${fmt(p.classes[c]?.dice)}</td>`).join("")}</tr>`;
     }).join("")}</tbody></table></div>`;

@@ -58,8 +58,8 @@ export const SHELL = `
       <span class="group"><button id="zoom-out" title="Zoom out (−)">−</button><button id="zoom-in" title="Zoom in (+)">+</button><button id="zoom-reset" title="Reset zoom and pan (0)">⟲</button></span>
       <span class="group">W/L <select id="wl-preset" title="Window/level preset"></select>
         <input id="wl-center" type="number" step="any" title="window centre (level)"><input id="wl-width" type="number" step="any" title="window width"></span>
-      <span id="image-info" class="grow info"></span>
     </div>
+    <div id="image-info" class="imagebar" title="The open image"></div>
     <div id="viewer-wrap"><canvas id="gl" tabindex="0"></canvas><canvas id="preview" hidden></canvas><canvas id="marks"></canvas></div>
     <div class="statusbar"><span id="status">Choose an image from the worklist.</span><span id="location"></span></div>
   </section>
