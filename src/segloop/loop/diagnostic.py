@@ -59,8 +59,9 @@ def arm_strategy(name: str, seed: int | None = None) -> Strategy:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
+    params: dict[str, Any] = {}
     if name in STRATEGIES:
-        strategy, params = name, {}
+        strategy = name
     elif name in SCORERS:
         strategy, params = SCORERS[name]
     else:
