@@ -42,6 +42,8 @@ export const S = {
   session: null as Session | null,
   tool: "navigate" as Tool,
   classValue: 1,
+  hiddenClasses: new Set<number>(), // not drawn in the open label (segment list)
+  classColors: new Map<number, [number, number, number]>(), // colours chosen in this browser (segment list)
   brush: 3,
   sphere: false,
   watchedJob: null as string | null,
@@ -89,8 +91,13 @@ viewer.onDrawn = () => marks.draw();
 
 // --- helpers --------------------------------------------------------------------------------------
 
+/** The classes' colours (the schema's, or the one chosen in the segment list) for labels and overlays. */
 export function lutEntries(): LutEntry[] {
-  return S.schema.classes.map((c) => ({ value: c.value, name: c.name, color: c.color }));
+  return S.schema.classes.map((c) => ({ value: c.value, name: c.name, color: S.classColors.get(c.value) ?? c.color }));
+}
+/** The open label's colours: as `lutEntries`, without the classes switched off in the segment list. */
+export function labelLut(): LutEntry[] {
+  return lutEntries().map((e) => ({ ...e, hidden: S.hiddenClasses.has(e.value) }));
 }
 export function foreground(): LabelClass[] {
   return S.schema.classes.filter((c) => c.value !== 0);

@@ -3,7 +3,7 @@
 import * as api from "./api";
 import { notify } from "./ui";
 import type { Job, Schema } from "./api";
-import { S, viewer, editor, lutEntries } from "./app";
+import { S, viewer, editor, labelLut } from "./app";
 import { loadWorklist, onScoringState } from "./worklist";
 import { loadRevisions } from "./image";
 import { updateOverlay } from "./overlays";
@@ -73,7 +73,7 @@ export function onEvent(ev: api.LiveEvent): void {
     case "schema.changed":
       S.schema = d as Schema;
       renderClasses();
-      viewer.setLabelColors(lutEntries());
+      viewer.setLabelColors(labelLut());
       break;
     case "evaluation":
       if (S.image && d.image_id === S.image.id) void loadEvaluations().catch(() => undefined);

@@ -4,7 +4,7 @@ import * as api from "./api";
 import { gunzipIfNeeded } from "./nifti";
 import { $, $select, esc, guard, notify } from "./ui";
 import type { ImageRecord, Revision } from "./api";
-import { S, viewer, editor, marks, lutEntries, fetchLabel, shortTime, setStatus } from "./app";
+import { S, viewer, editor, marks, labelLut, fetchLabel, shortTime, setStatus } from "./app";
 import { renderRulers } from "./tools";
 import { renderWorklist } from "./worklist";
 import { fillOverlayChoices, showOverlay, clearOverlays } from "./overlays";
@@ -50,7 +50,7 @@ export async function openImage(id: string, force = false): Promise<void> {
       await clearOverlays();
       marks.rulers = []; // measurements belong to the image they were made on
       marks.clicks = [];
-      const shown = await viewer.loadImage(raw, rec.name, lutEntries(), $select("#wl-preset").value, mask);
+      const shown = await viewer.loadImage(raw, rec.name, labelLut(), $select("#wl-preset").value, mask);
       showWindow(shown.window);
       S.image = rec;
       clearEvaluation(); // the previous image's result must not stay on screen

@@ -25,6 +25,7 @@ import { renderEditState } from "./session";
 import { loadPacs } from "./export";
 import { loadModels, loadArchitectures, loadJobs, renderChart } from "./models";
 import { onEvent } from "./events";
+import { volumesChanged } from "./segments";
 import { loadDatasetEvaluations } from "./dataset_eval";
 
 api.onUnauthorized(() => {
@@ -82,6 +83,7 @@ async function start(): Promise<void> {
 
 editor.onChange = () => {
   renderEditState();
+  volumesChanged();
   clickMarks(); // the markers follow undo/redo
   marks.draw();
 };

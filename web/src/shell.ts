@@ -66,7 +66,7 @@ export const SHELL = `
   <aside id="right">
     <nav class="tabs"><button data-tab="edit" class="on">Edit</button><button data-tab="models">Models</button><button data-tab="evaluate">Evaluate</button></nav>
     <div id="tab-edit" class="tab">
-      <h3>Class</h3><div id="classes" class="classes"></div>
+      <h3>Segments</h3><div id="classes" class="classes"></div>
       <h3>Tool</h3>
       <div id="tools" class="tools">
         <button data-tool="navigate" title="Navigate (V)">Navigate</button>
@@ -90,7 +90,7 @@ export const SHELL = `
       <div class="row"><button id="save-draft" class="primary" title="Save as draft (Ctrl+S)">Save draft</button><button id="save-final" title="Save as final (Ctrl+Shift+S)">Save final</button></div>
       <h3>Layers</h3>
       <div class="layers">
-        <label><input id="show-label" type="checkbox" checked> label</label><span></span>
+        <label><input id="show-label" type="checkbox" checked> label</label><label title="Draw each region's border instead of filling it"><input id="outline" type="checkbox"> outline</label>
         <input id="opacity" type="range" min="0" max="1" step="0.05" value="0.5" title="label opacity">
         <label title="A saved revision, e.g. the reference (final) label"><input id="ov-reference-on" type="checkbox" data-slot="reference"> reference</label>
         <select id="ov-reference" data-slot="reference"></select>

@@ -8,9 +8,10 @@
 // right or middle drag pans, the wheel scrolls slices (Ctrl+wheel zooms) — handled here,
 // before NiiVue sees the events.
 
-import { $, $input, esc, guard } from "./ui";
-import { S, canvas, viewer, editor, foreground, marks } from "./app";
+import { $, $input, guard } from "./ui";
+import { S, canvas, viewer, editor, marks } from "./app";
 import { placeClick } from "./session";
+import { renderSegments } from "./segments";
 import { dist } from "./marks";
 import type { VoxelHit } from "./viewer";
 
@@ -51,13 +52,9 @@ export function toolForKey(k: string): string | null {
   return null;
 }
 
+/** The class list is the segment list (segments.ts). */
 export function renderClasses(): void {
-  $("#classes").innerHTML = foreground().map((c, i) =>
-    `<button class="cls ${c.value === S.classValue ? "on" : ""}" data-value="${c.value}" title="key ${i + 1}">
-      <span class="sw" style="background:rgb(${c.color.join(",")})"></span>${i + 1} ${esc(c.name)}</button>`).join("")
-    || `<span class="muted">The label schema has no classes.</span>`;
-  $("#classes").querySelectorAll<HTMLButtonElement>("button").forEach((b) =>
-    b.addEventListener("click", () => setClass(Number(b.dataset.value))));
+  renderSegments();
 }
 export function setClass(v: number): void {
   S.classValue = v;

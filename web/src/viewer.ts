@@ -19,7 +19,8 @@ import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/nii
 import { invert4, parseHeader, writeLabel, type NiftiHeaderInfo } from "./nifti";
 import { drawPreview } from "./preview";
 
-export interface LutEntry { value: number; name: string; color: [number, number, number] }
+/** A label value's colour; `hidden`: not drawn (the segment list's visibility switch). */
+export interface LutEntry { value: number; name: string; color: [number, number, number]; hidden?: boolean }
 export type ViewMode = "multi" | "axial" | "coronal" | "sagittal" | "render";
 
 export interface VoxelHit { vox: [number, number, number]; axCorSag: number }
@@ -47,7 +48,7 @@ function lut(entries: LutEntry[]): { R: number[]; G: number[]; B: number[]; A: n
     out.R.push(e.color[0]);
     out.G.push(e.color[1]);
     out.B.push(e.color[2]);
-    out.A.push(255);
+    out.A.push(e.hidden ? 0 : 255);
     out.I.push(e.value);
     out.labels.push(e.name);
   }
@@ -55,13 +56,16 @@ function lut(entries: LutEntry[]): { R: number[]; G: number[]; B: number[]; A: n
 }
 
 /** NiiVue's drawing colour table (256 entries) from the label schema. */
+/** The fill's opacity under the outline (low: the border carries the shape; the 3-D view keeps a hint). */
+const OUTLINE_FILL = 0.12;
+
 function drawLut(entries: LutEntry[]): Niivue["drawLut"] {
   const t = lut(entries);
   const table = new Uint8ClampedArray(256 * 4);
   const labels: string[] = Array.from({ length: 256 }, (_, i) => String(i));
   t.I.forEach((v, k) => {
     if (v <= 0 || v > 255) return;
-    table.set([t.R[k], t.G[k], t.B[k], 255], v * 4);
+    table.set([t.R[k], t.G[k], t.B[k], t.A[k]], v * 4);
     labels[v] = t.labels[k];
   });
   labels[0] = "";
@@ -106,6 +110,7 @@ export class Viewer {
   readonly overlayOpacity: Record<OverlaySlot, number> = { reference: 0.5, prediction: 0.5, discrepancy: 0.7 };
   labelOpacity = 0.5;
   labelVisible = true;
+  labelOutline = false;
   private pending: Promise<void> | null = null;
   private mode: ViewMode = "multi";
   /** The last picture of the 3-D tile (canvas pixels) and where it was. */
@@ -237,7 +242,8 @@ export class Viewer {
     this.inv = invert4(aff.map((r) => [...r]));
     this.ras = rasMap(img);
     this.label = label && label.length === this.voxels ? label.slice() : new Uint8Array(this.voxels);
-    this.nv.drawOpacity = this.labelVisible ? this.labelOpacity : 0;
+    this.nv.drawOpacity = this.labelVisible ? (this.labelOutline ? OUTLINE_FILL : this.labelOpacity) : 0;
+    this.nv.drawRimOpacity = this.labelVisible && this.labelOutline ? 1 : -1;
     this.nv.createEmptyDrawing(); // no redraw yet
     this.fullUpload = true;
     this.flush(); // the label and one redraw
@@ -475,7 +481,17 @@ export class Viewer {
 
   setLabelVisible(on: boolean): void {
     this.labelVisible = on;
-    this.nv.setDrawOpacity(on ? this.labelOpacity : 0);
+    this.nv.drawRimOpacity = on && this.labelOutline ? 1 : -1;
+    this.nv.setDrawOpacity(on ? (this.labelOutline ? OUTLINE_FILL : this.labelOpacity) : 0);
+  }
+
+  /**
+   * Outline display: each label region drawn as its one-pixel border (NiiVue's rim of the
+   * drawing layer) over a faint fill, instead of a filled area.
+   */
+  setLabelOutline(on: boolean): void {
+    this.labelOutline = on;
+    this.setLabelVisible(this.labelVisible);
   }
 
   setLabelOpacity(v: number): void {
