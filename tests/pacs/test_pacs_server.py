@@ -261,6 +261,7 @@ def test_ephemeral_mode_leaves_nothing_of_the_patient_on_disk(
         assert client.get(f"/api/v1/images/{ct_id}/volume", headers=reviewer).status_code == 200
         state.store.set_schema(SCHEMA)
         state.store.save_label(mr_id, _label_for(state.store.get_image(mr_id).shape), author="t", status="final")
+        state.store.settle()  # the local copies are written in the background after the first view
         # while the server runs, the fetched series are on disk
         assert sorted(p.name for p in (data / "images").iterdir()) == sorted([f"{mr_id}.nii.gz", f"{ct_id}.nii.gz"])
         assert len(list((data / "attachments" / mr_id / HEADERS_KIND).iterdir())) == 32
@@ -316,6 +317,7 @@ def test_ephemeral_release_when_the_last_session_ends_never_loses_an_unsent_labe
         state.store.set_schema(SCHEMA)
         for image_id in (mr_id, ct_id):
             assert client.get(f"/api/v1/images/{image_id}/volume", headers=reviewer).status_code == 200
+        state.store.settle()  # the local copies are written in the background after the first view
         assert on_disk(mr_id) and on_disk(ct_id)
 
         # CT, no label: released once its *last* session ends
@@ -383,6 +385,7 @@ def test_ephemeral_image_viewed_without_a_session_is_released_when_left_unused(
     with TestClient(create_app(settings)) as client:
         state = client.app.state.segloop  # type: ignore[attr-defined]
         assert client.get(f"/api/v1/images/{ct_id}/volume", headers={"Authorization": auth["reviewer"]}).status_code == 200
+        state.store.settle()  # the local copy is written in the background after the first view
         assert (data / "images" / f"{ct_id}.nii.gz").exists()
         _wait(lambda: bool(_events(state, "image.released", ct_id)), "the idle release", timeout=30)
         assert _events(state, "image.released", ct_id)[-1]["why"] == "idle"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import tempfile
 import zlib
@@ -58,8 +59,22 @@ def read_nifti(path: str | Path) -> Volume:
     return Volume(data, affine, meta)
 
 
-def write_nifti(volume: Volume, path: str | Path, dtype: np.dtype | type | None = None) -> Path:
-    """Write ``volume`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+def write_nifti(
+    volume: Volume,
+    path: str | Path,
+    dtype: np.dtype | type | None = None,
+    *,
+    compresslevel: int | None = None,
+    durable: bool = True,
+) -> Path:
+    """Write ``volume`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Args:
+        compresslevel: gzip level for a ``.nii.gz`` path (default: nibabel's, 1). ``0`` writes
+            stored (uncompressed) gzip blocks: still a ``.nii.gz`` every reader opens, at the
+            cost of a copy instead of deflating (a 105 MB CT: ~0.2 s instead of ~2.5 s).
+        durable: fsync the file before the rename (off for caches that can be rebuilt).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = volume.array if dtype is None else volume.array.astype(dtype, copy=False)
@@ -68,18 +83,84 @@ def write_nifti(volume: Volume, path: str | Path, dtype: np.dtype | type | None 
     img = nib.Nifti1Image(data, volume.affine)
     img.header.set_qform(volume.affine, code=1)
     img.header.set_sform(volume.affine, code=1)
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    gz = str(path).lower().endswith(".gz")
+    suffix = ".nii.gz" if gz else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        nib.save(img, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        pieces = _image_pieces(img, data) if gz and compresslevel == 0 else None
+        if pieces is not None:
+            _write_stored_gzip(tmp, pieces)
+        elif gz and compresslevel is not None:
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel,
+                                                        mtime=0) as fh:
+                fh.write(img.to_bytes())
+        else:
+            nib.save(img, tmp)
+        if durable:
+            with open(tmp, "rb") as fh2:
+                os.fsync(fh2.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _image_pieces(img: nib.Nifti1Image, data: np.ndarray) -> list[memoryview] | None:
+    """``img`` (holding ``data``) as a single NIfTI-1 file, in pieces without copying the voxels:
+    the header nibabel makes, then ``data``'s memory. ``None`` where the voxels are not stored
+    as they are in memory (not Fortran-ordered, another dtype, scaled): use nibabel's bytes."""
+    header = img.header
+    offset = int(header.get_data_offset())
+    slope, inter = header["scl_slope"], header["scl_inter"]
+    if not (data.flags.f_contiguous and data.dtype.isnative and data.dtype == header.get_data_dtype()
+            and (np.isnan(slope) or slope in (0, 1)) and (np.isnan(inter) or inter == 0) and offset >= 352):
+        return None
+    head = io.BytesIO()
+    header.write_to(head)
+    block = head.getvalue()
+    if len(block) > offset:
+        return None
+    return [memoryview(block + b"\0" * (offset - len(block))), data.reshape(-1, order="F").data.cast("B")]
+
+
+def _write_stored_gzip(path: str | Path, pieces: list[memoryview]) -> None:
+    """A gzip file (RFC 1952) of the concatenated ``pieces`` in stored (uncompressed) deflate
+    blocks, written with ``writev`` straight from the pieces' memory: what gzip level 0 gives,
+    without its copies (a 105 MB CT in ~0.15 s instead of ~0.7 s)."""
+    crc, size = 0, 0
+    iov: list[bytes | memoryview] = []
+    blocks: list[memoryview] = []
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+        blocks.extend(piece[i:i + 65535] for i in range(0, len(piece), 65535))
+    with open(path, "wb") as fh:
+        fd = fh.fileno()
+        fh.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # gzip header: deflate, no name, mtime 0
+        fh.flush()
+        if not blocks:
+            blocks = [memoryview(b"")]
+        for n, blk in enumerate(blocks):
+            final = 1 if n == len(blocks) - 1 else 0
+            length = len(blk)
+            iov.append(bytes((final,)) + length.to_bytes(2, "little") + (length ^ 0xFFFF).to_bytes(2, "little"))
+            iov.append(blk)
+            if len(iov) >= 512 or final:
+                _writev_all(fd, iov)
+                iov = []
+        os.write(fd, crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little"))
+
+
+def _writev_all(fd: int, iov: list[bytes | memoryview]) -> None:
+    while iov:
+        written = os.writev(fd, iov)
+        while iov and written >= len(iov[0]):
+            written -= len(iov[0])
+            iov = iov[1:]
+        if iov and written:
+            iov[0] = memoryview(iov[0])[written:]
 
 
 def nifti_bytes(volume: Volume, dtype: np.dtype | type | None = None) -> bytes:

@@ -5,14 +5,18 @@
 * `list_series` — QIDO-RS series search, filterable by modality, study date (``YYYYMMDD`` or a
   ``YYYYMMDD-YYYYMMDD`` range) and series description (``*`` wildcards; a plain word matches
   anywhere in the description).
-* `fetch_series` — WADO-RS retrieval on first use. The instances are read into a `Volume`
-  (`segloop.imaging.dicom.read_dicom_series`, so the same grouping/gap rules apply) and cached
-  on disk as ``volume.nii.gz`` plus the instances' headers without pixel data (what a SEG
-  export needs to reference them). The cache is bounded by ``cache_bytes``: after each fetch the
-  least recently used series are evicted until the total fits (the series just fetched is
-  kept even if it alone is larger). A server that lists a series but delivers fewer instances
-  than it announced, or none, is an `ImagingError` naming the study and series UIDs; nothing is
-  cached then.
+* `fetch_series` — WADO-RS retrieval on first use: **one** request for the whole series, each
+  instance in its stored transfer syntax, read as a stream; each instance is parsed as it
+  arrives, once, in memory (`segloop.imaging.dicom.read_dicom_parts`: the grouping, gap and
+  rescale rules of a local import, and its voxels) and the pixels are decoded locally (a thread
+  pool for compressed syntaxes). The instances' headers are kept as the delivered bytes cut
+  before the pixel data (what a SEG export needs to reference them). `fetch` returns the volume
+  with where the time went. Cached on disk as ``volume.nii.gz`` written in stored (uncompressed)
+  gzip blocks — no deflate cost — plus the headers. The cache is bounded by ``cache_bytes``:
+  after each fetch the least recently used series are evicted until the total fits (the series
+  just fetched is kept even if it alone is larger). A server that lists a series but delivers
+  fewer instances than it announced, or none, is an error naming the study and series UIDs;
+  nothing is cached then.
 * `import_series` — registers a fetched series as an image of a local datastore (where
   segloop's own metadata — label revisions, models — lives), with ``series_uid``,
   ``study_uid`` and ``dicomweb_url`` in its metadata and source ``dicomweb:STUDY/SERIES``.
@@ -29,6 +33,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +45,29 @@ import pydicom
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from segloop.imaging.dicom import read_dicom_series
+from segloop.imaging.dicom import read_dicom_parts
 from segloop.imaging.errors import ImagingError
 from segloop.imaging.nifti import read_nifti, write_nifti
 from segloop.imaging.volume import Volume
 from segloop.store.base import Datastore
-from segloop.store.dicomweb_http import DEFAULT_TIMEOUT, PacsError, PacsLink
+from segloop.store.dicomweb_http import DEFAULT_TIMEOUT, PacsError, PacsLink, from_response
 from segloop.store.errors import NotFoundError
 from segloop.store.records import ImageRecord
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
+
+
+@dataclass
+class FetchedSeries:
+    """What `DicomWebSource.fetch` got: the volume, the SOPInstanceUIDs in slice order, and
+    where the time went (seconds: qido, wado = request until the last byte, split = multipart
+    parsing, parse/decode/stack = `read_dicom_parts`, headers = header files written)."""
+
+    volume: Volume
+    sop_uids: list[str]
+    seconds: dict[str, float]
+    instances: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -224,53 +244,14 @@ class DicomWebSource:
             volume = read_nifti(volume_path)
             volume.metadata = json.loads((entry / "series.json").read_text())["metadata"]
             return volume
-        what = f"study {study_uid} series {series_uid}"
-        if expected_instances is None:
-            listed = self.link.call(
-                f"QIDO-RS instance search of {what}",
-                lambda: self.client.search_for_instances(
-                    study_uid, series_uid, fields=["SOPInstanceUID"], get_remaining=True
-                ),
-            )
-            expected_instances = len(listed)
-        parts = self.retrieve_series_parts(study_uid, series_uid)
-        if not parts or (expected_instances and len(parts) < expected_instances):
-            got = f"{len(parts)} of {expected_instances}" if expected_instances else "no"
-            err = PacsError(self.url, f"WADO-RS retrieval of {what}",
-                            f"the PACS delivered {got} instances (frames missing)", code="pacs_incomplete")
-            raise err
-        what = f"{what} at {self.url}"
+        if headers_to is not None:
+            return self.fetch(study_uid, series_uid, headers_to, expected_instances=expected_instances).volume
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.cache_dir))
         try:
-            files = staging / "files"
-            headers = staging / "headers"
-            files.mkdir()
-            headers.mkdir()
-            for n, part in enumerate(parts):
-                (files / f"{n:06d}.dcm").write_bytes(part)
-            try:
-                volume = read_dicom_series(files)
-            except ImagingError as exc:
-                raise ImagingError(None, f"{what}: the delivered instances are not one volume: {exc.problem}") from exc
-            if str(volume.metadata.get("series_uid") or "") != series_uid:
-                raise ImagingError(
-                    None, f"{what}: delivered instances belong to series {volume.metadata.get('series_uid')}"
-                )
-            for n, part in enumerate(parts):
-                _save(_header_of(part), headers / f"{n:06d}.dcm")
-            shutil.rmtree(files)
-            volume.metadata.update(
-                {"study_uid": study_uid, "series_uid": series_uid, "dicomweb_url": self.url}
-            )
-            volume.metadata.pop("source_paths", None)
-            if headers_to is not None:
-                Path(headers_to).parent.mkdir(parents=True, exist_ok=True)
-                if Path(headers_to).exists():
-                    Path(headers_to).rmdir()  # must be empty
-                os.replace(headers, headers_to)
-                shutil.rmtree(staging, ignore_errors=True)
-                return volume
-            write_nifti(volume, staging / "volume.nii.gz")
+            fetched = self.fetch(study_uid, series_uid, staging / "headers", expected_instances=expected_instances)
+            volume = fetched.volume
+            # a cache (fetched again when evicted): stored gzip blocks, no compression cost
+            write_nifti(volume, staging / "volume.nii.gz", compresslevel=0, durable=False)
             meta = {"study_uid": study_uid, "series_uid": series_uid, "metadata": _jsonable(volume.metadata)}
             (staging / "series.json").write_text(json.dumps(meta))
             (staging / "last_used").touch()
@@ -283,6 +264,87 @@ class DicomWebSource:
         self._evict(keep=entry)
         return volume
 
+    def fetch(
+        self, study_uid: str, series_uid: str, headers_to: Path, *, expected_instances: int | None = None
+    ) -> FetchedSeries:
+        """WADO-RS the series (one request, stored transfer syntaxes), read it into a `Volume` in
+        memory (each instance parsed once: `segloop.imaging.dicom.read_dicom_parts`, the rules
+        and voxels of a local import) and write the instances' headers (the instances cut before
+        their pixel data, bytes as delivered) to the new folder ``headers_to``. Nothing cached.
+
+        Raises:
+            PacsError, ImagingError: as `fetch_series`.
+        """
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[name] = seconds.get(name, 0.0) + now - clock
+            clock = now
+
+        what = f"study {study_uid} series {series_uid}"
+        if expected_instances is None:
+            listed = self.link.call(
+                f"QIDO-RS instance search of {what}",
+                lambda: self.client.search_for_instances(
+                    study_uid, series_uid, fields=["SOPInstanceUID"], get_remaining=True
+                ),
+            )
+            expected_instances = len(listed)
+            lap("qido")
+        operation = f"WADO-RS retrieval of {what}"
+        got: list[int] = []
+
+        def counted() -> Iterator[bytes]:
+            for part in self.stream_series_parts(study_uid, series_uid, seconds=seconds):
+                got.append(len(part))
+                yield part
+
+        try:
+            # parts are parsed as they arrive: decoding overlaps the transfer
+            read = self.link.call(operation, lambda: read_dicom_parts(counted(), f"{what} at {self.url}"))
+        except ImagingError as exc:
+            if not got or (expected_instances and len(got) < expected_instances):
+                raise self._incomplete(operation, len(got), expected_instances) from exc
+            raise ImagingError(None, f"{what} at {self.url}: the delivered instances are not one volume: "
+                                     f"{exc.problem}") from exc
+        if expected_instances and len(got) < expected_instances:
+            raise self._incomplete(operation, len(got), expected_instances)
+        # the transfer's own time: what parsing (done as the parts arrived) did not take
+        seconds["wado"] = seconds.get("wado", 0.0) - read.seconds.get("parse", 0.0)
+        seconds.update(read.seconds)
+        clock = time.perf_counter()
+        parts = read.parts
+        what = f"{what} at {self.url}"
+        volume = read.volume
+        if str(volume.metadata.get("series_uid") or "") != series_uid:
+            raise ImagingError(None, f"{what}: delivered instances belong to series {volume.metadata.get('series_uid')}")
+        headers = Path(headers_to)
+        headers.parent.mkdir(parents=True, exist_ok=True)
+        if headers.exists():
+            headers.rmdir()  # must be empty
+        staging = headers.with_name(f".{headers.name}-{os.getpid()}-{threading.get_ident()}")
+        staging.mkdir()
+        try:
+            for n, part in enumerate(parts):
+                raw = read.header_bytes(n, part)
+                target = staging / f"{n:06d}.dcm"
+                if raw is not None:
+                    target.write_bytes(raw)
+                else:  # deflated: re-encode the header
+                    _save(_header_of(part), target)
+            os.replace(staging, headers)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        lap("headers")
+        volume.metadata.update({"study_uid": study_uid, "series_uid": series_uid, "dicomweb_url": self.url})
+        volume.metadata.pop("source_paths", None)
+        return FetchedSeries(volume, read.sop_uids_in_slice_order, seconds, len(parts),
+                             sum(len(p) for p in parts))
+
     def import_series(self, store: Datastore, study_uid: str, series_uid: str) -> ImageRecord:
         """The local datastore's image for this series, fetching and adding it on first use."""
         for record in store.list_images():
@@ -292,18 +354,60 @@ class DicomWebSource:
         name = str(volume.metadata.get("series_description") or volume.metadata.get("name") or "series")
         return store.add_image(volume, name=name, source=f"dicomweb:{study_uid}/{series_uid}")
 
-    def retrieve_series_parts(self, study_uid: str, series_uid: str) -> list[bytes]:
+    def _incomplete(self, operation: str, got: int, expected: int | None) -> PacsError:
+        text = f"{got} of {expected}" if expected else "no"
+        return PacsError(self.url, operation, f"the PACS delivered {text} instances (frames missing)",
+                         code="pacs_incomplete")
+
+    def stream_series_parts(
+        self, study_uid: str, series_uid: str, *, seconds: dict[str, float] | None = None
+    ) -> Iterator[bytes]:
+        """`retrieve_series_parts` yielding each instance as soon as its bytes are in (one
+        request; the answer is read in 1 MiB chunks). Errors of the transfer propagate as
+        `requests` exceptions: call it inside ``self.link.call``. ``seconds["wado"]``: the time
+        from the request to the last byte, including what the consumer did meanwhile."""
+        t0 = time.perf_counter()
+        operation = f"WADO-RS retrieval of study {study_uid} series {series_uid}"
+        response = self.session.get(
+            f"{self.url}/studies/{study_uid}/series/{series_uid}", stream=True, timeout=self.link.timeouts,
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        try:
+            if response.status_code >= 400:
+                raise from_response(response, self.url, operation)
+            content_type = response.headers.get("Content-Type", "")
+            try:
+                splitter = MultipartSplitter(content_type)
+            except ValueError as exc:
+                raise PacsError(self.url, operation, str(exc)) from exc
+            for chunk in response.iter_content(1 << 20):
+                yield from splitter.feed(chunk)
+            yield from splitter.close()
+        finally:
+            response.close()
+            if seconds is not None:
+                seconds["wado"] = seconds.get("wado", 0.0) + time.perf_counter() - t0
+
+    def retrieve_series_parts(
+        self, study_uid: str, series_uid: str, *, seconds: dict[str, float] | None = None
+    ) -> list[bytes]:
         """WADO-RS of a whole series in one request, each instance in its **stored** transfer
         syntax (``transfer-syntax=*``: a PACS asked for Explicit VR Little Endian transcodes, and
         Orthanc cannot for JPEG 2000 — it answered 500 or dropped the instance); decoding is
         local (`segloop.imaging.dicom`), as for imported files. The parts as bytes."""
         operation = f"WADO-RS retrieval of study {study_uid} series {series_uid}"
+        t0 = time.perf_counter()
         response = self.link.get(operation, f"/studies/{study_uid}/series/{series_uid}", headers={
             "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        body = response.content
+        t1 = time.perf_counter()
         try:
-            return split_multipart(response.headers.get("Content-Type", ""), response.content)
+            parts = split_multipart(response.headers.get("Content-Type", ""), body)
         except ValueError as exc:
             raise PacsError(self.url, operation, str(exc)) from exc
+        if seconds is not None:
+            seconds["wado"] = seconds.get("wado", 0.0) + t1 - t0
+            seconds["split"] = seconds.get("split", 0.0) + time.perf_counter() - t1
+        return parts
 
     # --- STOW ----------------------------------------------------------------------------
 
@@ -357,6 +461,72 @@ class DicomWebSource:
             if not stored:
                 raise
         return str(ds.SOPInstanceUID)
+
+
+class MultipartSplitter:
+    """Splits a ``multipart/related`` body (RFC 2046) fed in chunks into its parts, each
+    returned as soon as the next delimiter is in (one copy per part). A non-multipart
+    ``application/dicom`` answer is one part.
+
+    Raises:
+        ValueError: a multipart type without a boundary.
+    """
+
+    def __init__(self, content_type: str) -> None:
+        self.single = content_type.lower().startswith("application/dicom")
+        boundary = ""
+        for param in content_type.split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "boundary":
+                boundary = value.strip().strip('"')
+        if not boundary and not self.single:
+            raise ValueError(f"the answer is not multipart/related with a boundary (Content-Type {content_type!r})")
+        self.delimiter = b"--" + boundary.encode()
+        self.buf = bytearray()
+        self.pos = 0  # where the next search starts
+        self.start: int | None = None  # where the current part's content starts
+        self.done = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self.buf += chunk
+        if self.single or self.done:
+            return []
+        out: list[bytes] = []
+        while True:
+            at = self.buf.find(self.delimiter, self.pos)
+            if at < 0:
+                # the delimiter may straddle chunks: search again from just before the end
+                self.pos = max(self.pos, len(self.buf) - len(self.delimiter) - 4)
+                break
+            if self.start is not None:
+                end = at - 2 if self.buf[at - 2:at] == b"\r\n" else at
+                with memoryview(self.buf) as view:
+                    out.append(bytes(view[self.start:end]))  # one copy
+                self.start = None
+            after = at + len(self.delimiter)
+            if self.buf[after:after + 2] == b"--":
+                self.done = True  # the close delimiter
+                break
+            head_end = self.buf.find(b"\r\n\r\n", after)
+            if head_end < 0:
+                self.pos = at  # its headers are not all in yet: look at this delimiter again
+                break
+            self.start = head_end + 4
+            self.pos = self.start
+        if self.start is None and not self.done and self.pos > (32 << 20):  # drop what is consumed
+            del self.buf[:self.pos]
+            self.pos = 0
+        elif self.start is not None and self.start > (32 << 20):
+            del self.buf[:self.start]
+            self.pos -= self.start
+            self.start = 0
+        return out
+
+    def close(self) -> list[bytes]:
+        """What is left: the single part, or a last part whose close delimiter never came."""
+        if self.single:
+            return [bytes(self.buf)] if self.buf else []
+        return []
 
 
 def split_multipart(content_type: str, body: bytes) -> list[bytes]:

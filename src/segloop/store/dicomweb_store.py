@@ -9,10 +9,14 @@
   (``metadata["fetched"] = False``, shape ``(0, 0, instances)``, identity affine); its label
   state is "none".
 * **First use** (`load_image`, `image_path`, saving a label, ...) fetches the series with
-  WADO-RS (`DicomWebSource.fetch_series`: missing instances and undeliverable series are
-  errors naming the UIDs, nothing stored) and registers it in the local store under its
-  stable id, with the instances' headers as ``dicom-headers`` attachments (for SEG export and
-  "send to PACS"). From then on the image is read locally and listed with its label state.
+  WADO-RS (`DicomWebSource.fetch`: one streamed request, each instance parsed once; missing
+  instances and undeliverable series are errors naming the UIDs, nothing stored). The first
+  view is answered from a NIfTI written without compression (stored gzip blocks: a valid
+  ``.nii.gz``) and the voxels in memory, while the series is registered in the local store
+  under its stable id (gzip level 1, the instances' headers as ``dicom-headers`` attachments,
+  for SEG export and "send to PACS") by a background thread at lower CPU priority. Anything
+  that needs the local copy (a label save, attachments, release) waits for it; `settle` waits
+  for all. From then on the image is read locally and listed with its label state.
 * **Cache policy**: fetched series are a cache bounded by ``cache_bytes`` (image files of the
   local store that came from DICOMweb). Beyond it, the least recently used fetched images that
   have **no label revision** are deleted locally (they are fetched again on next use under the
@@ -49,6 +53,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from segloop.imaging.nifti import write_nifti
 from segloop.imaging.volume import Volume
 from segloop.store.dicomweb import DEFAULT_CACHE_BYTES, DicomWebSource, SeriesInfo
 from segloop.store.dicomweb_http import DEFAULT_TIMEOUT, PacsError
@@ -148,7 +154,11 @@ class DicomWebDatastore:
         self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._used: dict[str, float] = {}
-        self._just_fetched: tuple[str, np.ndarray] | None = None
+        # fetched series whose registration in the local store runs in the background
+        self._pending: dict[str, _Pending] = {}
+        self._registrar: ThreadPoolExecutor | None = None
+        self._old_views: list[tuple[float, str, Path]] = []  # view files kept a moment after registration
+        self.last_fetch: dict[str, Any] = {}  # the last fetch's figures (seconds per step, bytes)
         # Ephemeral release vs. label saves: the "unsent?" check and the deletion are one step.
         self._release_lock = threading.RLock()
         self._released: dict[str, int | None] = {}  # image id -> its latest revision when released
@@ -188,6 +198,11 @@ class DicomWebDatastore:
         return self.source.url
 
     def close(self) -> None:
+        self.settle()
+        if self._registrar is not None:
+            self._registrar.shutdown(wait=True)
+            self._registrar = None
+        self._drop_old_views(everything=True)
         if self.ephemeral:
             self.purge_ephemeral()
         self.local.close()
@@ -317,6 +332,8 @@ class DicomWebDatastore:
         here too), then local images the listing does not show — uploads, and fetched series the
         PACS no longer lists — filtered by ``filter`` on their stored metadata."""
         local = {r.id: r for r in self.local.list_images()}
+        for image_id, pending in list(self._pending.items()):
+            local.setdefault(image_id, pending.record)
         out: list[ImageRecord] = []
         listed: set[str] = set()
         checks = [f for f in (self.filter, filter) if f and f.description]
@@ -364,9 +381,16 @@ class DicomWebDatastore:
         except NotFoundError:
             if not isinstance(image_id, str) or not image_id.startswith(ID_PREFIX):
                 raise
+        pending = self._pending.get(image_id)
+        if pending is not None:
+            return self._shown(pending.record)
         return self._virtual(self.series_of(image_id))
 
     def is_fetched(self, image_id: str) -> bool:
+        """Fetched from the PACS: held locally, or just fetched (its local copy being written)."""
+        return image_id in self._pending or self._in_local(image_id)
+
+    def _in_local(self, image_id: str) -> bool:
         try:
             self.local.get_image(image_id)
             return True
@@ -374,58 +398,139 @@ class DicomWebDatastore:
             return False
 
     def ensure_local(self, image_id: str) -> ImageRecord:
-        """The image in the local store, fetching its series with WADO-RS on first use.
+        """The image in the local store, fetching its series with WADO-RS on first use (and
+        waiting for a registration that runs in the background, see `_view`).
 
         Raises:
             NotFoundError: no such image or listed series.
-            ImagingError: the PACS cannot deliver the series (naming the UIDs); nothing stored.
+            PacsError, ImagingError: the PACS cannot deliver the series (naming the UIDs);
+                nothing stored.
         """
         with contextlib.suppress(NotFoundError):
             record = self.local.get_image(image_id)
             self._touch(image_id)
             return record
+        view = self._view(image_id)
+        if isinstance(view, _Pending):
+            return self._wait(view)
+        return view
+
+    def _view(self, image_id: str) -> ImageRecord | _Pending:
+        """What a first view needs, as soon as it exists: the local record, or a series just
+        fetched whose registration in the local store (a gzip NIfTI written at level 1: seconds
+        for a large CT) runs in the background while the view is served from a file written
+        without compression (`_Pending`)."""
+        with contextlib.suppress(NotFoundError):
+            record = self.local.get_image(image_id)
+            self._touch(image_id)
+            return record
+        pending = self._pending.get(image_id)
+        if pending is not None:
+            self._touch(image_id)
+            return pending
         info = self.series_of(image_id)
         with self._lock:
             lock = self._fetch_locks.setdefault(image_id, threading.Lock())
         with lock:
             with contextlib.suppress(NotFoundError):  # fetched by another thread meanwhile
                 return self.local.get_image(image_id)
-            if self.ephemeral:
-                self._remember_ephemeral(image_id)
-            record = self._fetch_and_register(image_id, info)
+            pending = self._pending.get(image_id)
+            if pending is None:
+                if self.ephemeral:
+                    self._remember_ephemeral(image_id)
+                pending = self._fetch(image_id, info)
         self._touch(image_id)
-        self._evict(keep=image_id)
-        return record
+        return pending
 
-    def _fetch_and_register(self, image_id: str, info: SeriesInfo) -> ImageRecord:
-        """WADO-RS the series straight into the local store (volume + header attachments)."""
+    def _fetch(self, image_id: str, info: SeriesInfo) -> _Pending:
+        """WADO-RS the series, write its view file, start its registration in the background."""
+        self._drop_old_views()
         staged = Path(tempfile.mkdtemp(prefix=".tmp-fetch-", dir=self.local.staging_dir()))
-        headers = staged / "headers"
         try:
-            volume = self.source.fetch_series(
-                info.study_uid, info.series_uid, expected_instances=info.instances, headers_to=headers
-            )
+            fetched = self.source.fetch(info.study_uid, info.series_uid, staged / "headers",
+                                        expected_instances=info.instances)
+            t0 = time.perf_counter()
+            volume = fetched.volume
             meta = dict(volume.metadata)
-            meta["sop_instance_uids"] = _sop_uids_in_slice_order(sorted(headers.iterdir()), volume)
+            meta["sop_instance_uids"] = fetched.sop_uids
             meta["display_name"] = self._virtual(info).name
-            record = self.local.add_image(
-                Volume(volume.array, volume.affine, meta),
-                name=image_id,
-                source=f"dicomweb:{info.study_uid}/{info.series_uid}",
-                modality=info.modality or None,
+            volume = Volume(volume.array, volume.affine, meta)
+            view = staged / f"{image_id}.nii.gz"
+            write_nifti(volume, view, compresslevel=0, durable=False)
+            fetched.seconds["view_file"] = time.perf_counter() - t0
+            source = f"dicomweb:{info.study_uid}/{info.series_uid}"
+            modality = info.modality or str(meta.get("modality") or "") or "unknown"
+            record = ImageRecord(
+                id=image_id, name=image_id, source=source, modality=modality,
+                shape=volume.shape, spacing=volume.spacing,
+                affine=tuple(tuple(float(v) for v in row) for row in np.asarray(volume.affine)),
+                channels=volume.channels, metadata=_jsonable_meta(meta), created_at=datetime.now(UTC),
             )
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        pending = _Pending(record, volume, view, staged, None)
+        self.last_fetch = {"seconds": dict(fetched.seconds), "instances": fetched.instances, "bytes": fetched.bytes}
+        with self._lock:
+            self._pending[image_id] = pending
+            if self._registrar is None:
+                self._registrar = ThreadPoolExecutor(1, thread_name_prefix="dicomweb-register")
+            pending.future = self._registrar.submit(self._register, pending, info.modality or None)
+        return pending
+
+    def _register(self, pending: _Pending, modality: str | None) -> ImageRecord:
+        """Add a fetched series to the local store (volume + header attachments), in the background."""
+        with contextlib.suppress(Exception):  # below the request threads: they serve the views meanwhile
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        image_id = pending.record.id
+        t0 = time.perf_counter()
+        try:
+            record = self.local.add_image(pending.volume, name=image_id, source=pending.record.source,
+                                          modality=modality)
             if record.id != image_id:
                 self.local.delete_image(record.id)
                 raise ValidationError(f"local image id {image_id!r} is taken by another image")
             try:
-                self.local.attach(record.id, HEADERS_KIND, headers)
+                self.local.attach(record.id, HEADERS_KIND, pending.staged / "headers")
             except BaseException:
                 self.local.delete_image(record.id)
                 raise
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-        self._just_fetched = (record.id, volume.array)
+        except BaseException as exc:
+            log.error("could not keep the fetched series %s locally: %s", image_id, exc)
+            with self._lock:
+                self._pending.pop(image_id, None)
+            shutil.rmtree(pending.staged, ignore_errors=True)
+            raise
+        with self._lock:
+            self._pending.pop(image_id, None)
+            self._old_views.append((time.monotonic(), image_id, pending.staged))
+            self.last_fetch.setdefault("seconds", {})["register_background"] = time.perf_counter() - t0
+        self._touch(image_id)
+        self._evict(keep=image_id)
         return record
+
+    def _wait(self, pending: _Pending) -> ImageRecord:
+        assert pending.future is not None
+        return pending.future.result()
+
+    def settle(self, image_id: str | None = None) -> None:
+        """Wait for background registrations (of ``image_id``, or all); failures were logged."""
+        with self._lock:
+            pending = [p for i, p in self._pending.items() if image_id is None or i == image_id]
+        for p in pending:
+            with contextlib.suppress(Exception):
+                self._wait(p)
+
+    def _drop_old_views(self, everything: bool = False, image_id: str | None = None) -> None:
+        """Delete view files of series registered more than a minute ago (a request that got
+        the view file's path a moment before the registration ended may still open it); with
+        ``image_id``, that image's now (it is being released or deleted)."""
+        now = time.monotonic()
+        with self._lock:
+            old = [item for item in self._old_views if everything or item[1] == image_id or now - item[0] > 60]
+            self._old_views = [item for item in self._old_views if item not in old]
+        for _, _, path in old:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _touch(self, image_id: str) -> None:
         self._used[image_id] = time.time()
@@ -449,23 +554,28 @@ class DicomWebDatastore:
         return evicted
 
     def load_image(self, image_id: str) -> Volume:
-        record = self.ensure_local(image_id)
-        with self._lock:
-            fetched, self._just_fetched = self._just_fetched, None
-        if fetched is not None and fetched[0] == image_id and fetched[1].dtype.kind in "iuf":
-            # the voxels just stored: no need to read the gzip file back on a first view
+        view = self._view(image_id)
+        if isinstance(view, _Pending):
+            # just fetched: the voxels in memory (the local copy is being written meanwhile)
+            record = view.record
             meta = {**record.metadata, "image_id": record.id, "name": record.name, "modality": record.modality}
-            return Volume(fetched[1], np.array(record.affine, dtype=np.float64), meta)
+            return Volume(view.volume.array, np.array(record.affine, dtype=np.float64), meta)
         return self.local.load_image(image_id)
 
     def image_path(self, image_id: str) -> Path:
-        self.ensure_local(image_id)
+        """The image's NIfTI file; for a series just fetched, a file written without gzip
+        compression (valid ``.nii.gz``) while its local copy is being written."""
+        view = self._view(image_id)
+        if isinstance(view, _Pending):
+            return view.view_path
         return self.local.image_path(image_id)
 
     def add_image(self, volume: Volume, name: str, source: str, modality: str | None = None) -> ImageRecord:
         return self.local.add_image(volume, name, source, modality)
 
     def delete_image(self, image_id: str) -> None:
+        self.settle(image_id)
+        self._drop_old_views(image_id=image_id)
         with self._release_lock:
             self.local.delete_image(image_id)
             self._forget_ephemeral(image_id)  # revision numbers start again at 1: forget what was sent
@@ -532,7 +642,7 @@ class DicomWebDatastore:
     def unsent_revisions(self, image_id: str) -> list[int]:
         """The revisions a release would lose: those after the last one sent to the PACS; none when
         the latest revision was sent (it carries the earlier ones) or there is no revision."""
-        if not self.is_fetched(image_id):
+        if not self._in_local(image_id):  # not fetched, or just fetched: no revision yet
             return []
         revisions = [r.revision for r in self.local.list_revisions(image_id)]
         if not revisions:
@@ -557,6 +667,7 @@ class DicomWebDatastore:
             return Release(image_id, False, "not_ephemeral")
         if not image_id.startswith(ID_PREFIX):
             return Release(image_id, False, "not_from_pacs")  # an upload is the user's, not a cached copy
+        self.settle(image_id)
         with self._release_lock:
             try:
                 record = self.local.get_image(image_id)
@@ -567,6 +678,7 @@ class DicomWebDatastore:
             if unsent and not discard_unsent:
                 return Release(image_id, False, "unsent", tuple(unsent))
             self.local.delete_image(image_id)
+            self._drop_old_views(image_id=image_id)
             self._released[image_id] = record.latest_revision
             self._forget_ephemeral(image_id)
             self._used.pop(image_id, None)
@@ -659,7 +771,7 @@ class DicomWebDatastore:
     ) -> LabelRevision:
         self.ensure_local(image_id)
         with self._release_lock:
-            if not self.is_fetched(image_id):  # released meanwhile: fetch it again
+            if not self._in_local(image_id):  # released meanwhile: fetch it again
                 self.ensure_local(image_id)
             released_at = self._released.get(image_id)
             if base_revision is not None and base_revision == released_at and self.local.get_image(image_id).latest_revision is None:
@@ -672,19 +784,19 @@ class DicomWebDatastore:
             return rev
 
     def list_revisions(self, image_id: str) -> list[LabelRevision]:
-        if not self.is_fetched(image_id):
+        if not self._in_local(image_id):  # a label save waits for the local copy: none yet
             self.get_image(image_id)  # NotFoundError when it is not listed either
             return []
         return self.local.list_revisions(image_id)
 
     def get_revision(self, image_id: str, revision: int | None = None) -> LabelRevision:
-        if not self.is_fetched(image_id):
+        if not self._in_local(image_id):
             self.get_image(image_id)
             raise NotFoundError(f"image {image_id!r} has no label revision")
         return self.local.get_revision(image_id, revision)
 
     def load_label(self, image_id: str, revision: int | None = None) -> Volume:
-        if not self.is_fetched(image_id):
+        if not self._in_local(image_id):
             self.get_revision(image_id, revision)
         return self.local.load_label(image_id, revision)
 
@@ -736,17 +848,17 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _sop_uids_in_slice_order(headers: list[Path], volume: Volume) -> list[str]:
-    """SOPInstanceUIDs ordered by slice index k (by ImagePositionPatient along the slice axis)."""
-    import pydicom
+@dataclass
+class _Pending:
+    """A series fetched a moment ago: its record and voxels, the view file (gzip level 0), the
+    staging folder (headers, view file) and its background registration."""
 
-    lps_origin = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(volume.affine)[:3, 3]
-    normal = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(volume.affine)[:3, 2]
-    step = float(normal @ normal) or 1.0
-    order: list[tuple[float, str]] = []
-    for f in headers:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        pos = ds.get("ImagePositionPatient")
-        k = float((np.array([float(v) for v in pos]) - lps_origin) @ normal / step) if pos else 0.0
-        order.append((k, str(ds.get("SOPInstanceUID", ""))))
-    return [uid for _, uid in sorted(order)]
+    record: ImageRecord
+    volume: Volume
+    view_path: Path
+    staged: Path
+    future: Future[ImageRecord] | None
+
+
+def _jsonable_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(meta, default=str))
