@@ -12,6 +12,7 @@ import { showWindow, syncUrl } from "./display";
 import { renderEditState } from "./session";
 import { renderExport, renderSendPacs } from "./export";
 import { loadEvaluations, clearEvaluation } from "./evaluation";
+import { checkFit } from "./fit";
 
 export async function closeSession(): Promise<void> {
   const s = S.session;
@@ -66,6 +67,7 @@ export async function openImage(id: string, force = false): Promise<void> {
       document.body.dataset.opens = String(S.stats.opens);
       renderWorklist();
       renderImageInfo();
+      void checkFit();
       await Promise.all([loadRevisions(), loadEvaluations()]);
       setStatus(`${rec.name}: ${rec.shape.join("×")} voxels, ${rec.spacing.map((v) => v.toFixed(2)).join("×")} mm — ` +
         `shown with its label in ${S.stats.openMs} ms` + (S.stats.previewMs === null ? "" : ` (a 2-D preview after ${S.stats.previewMs} ms)`));

@@ -6,6 +6,7 @@ import type { Job, ModelRecord } from "./api";
 import { S, shortTime } from "./app";
 import { fillOverlayChoices } from "./overlays";
 import { onEvaluateJobDone } from "./dataset_eval";
+import { checkFit } from "./fit";
 import { showTab } from "./keys";
 
 export async function loadModels(): Promise<void> {
@@ -18,6 +19,7 @@ export async function loadModels(): Promise<void> {
   $select("#model").value = S.model;
   renderModels();
   fillOverlayChoices();
+  void checkFit(); // a new version may have been trained on other images
 }
 
 export function versionDice(v: Record<string, unknown>): string {

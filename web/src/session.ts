@@ -7,6 +7,7 @@ import { $, $select, guard, notify, showError } from "./ui";
 import { type Session, S, viewer, editor, className, setStatus } from "./app";
 import { loadWorklist } from "./worklist";
 import { closeSession, confirmDiscard } from "./image";
+import { checkFit } from "./fit";
 
 /** Session calls (clicks, pushed strokes, undo/redo, save) run one after another, in order. */
 let chain: Promise<unknown> = Promise.resolve();
@@ -195,6 +196,7 @@ $("#run-model").addEventListener("click", () => void guard("Running the model", 
 $select("#model").addEventListener("change", () => {
   S.model = $select("#model").value;
   void closeSession();
+  void checkFit();
   if (S.modelStrategies.has(S.strategy)) void guard("Loading the queue", loadWorklist);
 });
 

@@ -60,6 +60,7 @@ export const SHELL = `
         <input id="wl-center" type="number" step="any" title="window centre (level)"><input id="wl-width" type="number" step="any" title="window width"></span>
     </div>
     <div id="image-info" class="imagebar" title="The open image"></div>
+    <div id="fit-warning" class="fitwarn" role="status" hidden></div>
     <div id="viewer-wrap"><canvas id="gl" tabindex="0"></canvas><canvas id="preview" hidden></canvas><canvas id="marks"></canvas></div>
     <div class="statusbar"><span id="status">Choose an image from the worklist.</span><span id="location"></span></div>
   </section>
