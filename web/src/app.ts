@@ -28,6 +28,7 @@ export const S = {
   offset: 0,
   pageSize: 100,
   filter: "" as "" | "none" | "draft" | "final",
+  search: "", // worklist search: text in the image's name or series description
   strategy: "",
   modelStrategies: new Set<string>(), // strategies that rank with the chosen model (GET /next?model=)
   queueNote: "",

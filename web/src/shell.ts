@@ -40,6 +40,7 @@ export const SHELL = `
     <div class="phead"><b>Worklist</b>
       <select id="wl-filter" title="Show images by label state"><option value="">all</option><option value="none">no label</option><option value="draft">draft</option><option value="final">final</option></select>
     </div>
+    <div class="wl-search"><input id="wl-search" type="search" placeholder="Search name or description" title="Images whose name or series description contains this text (* and ? are wildcards)" maxlength="64"></div>
     <div id="scoring" class="scoring" hidden><span id="scoring-text"></span><progress id="scoring-bar" max="1" value="0"></progress></div>
     <div class="scroll"><table id="worklist" class="grid"><thead></thead><tbody></tbody></table></div>
     <div class="pager"><button id="wl-prev" class="small">◂</button><span id="wl-count"></span><button id="wl-next" class="small">▸</button></div>

@@ -1,7 +1,7 @@
 // The worklist: pages of images by label state, the active-learning queue and its scoring job, next image.
 
 import * as api from "./api";
-import { $, $select, esc, fmt, guard, notify } from "./ui";
+import { $, $input, $select, esc, fmt, guard, notify } from "./ui";
 import type { ImageRecord, Job } from "./api";
 import { S } from "./app";
 import { openImage } from "./image";
@@ -34,6 +34,7 @@ export async function loadWorklist(): Promise<void> {
   const strategy = S.strategy;
   const q = new URLSearchParams({ offset: String(S.offset), limit: String(S.pageSize) });
   if (S.filter) q.set("label_state", S.filter);
+  if (S.search) q.set("description", S.search);
   // both requests at once; an answer to an older choice of filter, page or queue is dropped
   const [page, next] = await Promise.all([
     api.get<{ items: ImageRecord[]; total: number }>(`/images?${q}`),
@@ -48,8 +49,8 @@ export async function loadWorklist(): Promise<void> {
     if (next) {
       S.queue = new Map(next.items.map((it, i) => [it.image.id, { rank: it.rank ?? i + 1, score: it.score }]));
       // the queue is the worklist while a strategy is chosen: ranked unlabeled images first
-      S.images = next.items.map((it) => it.image);
-      S.total = next.remaining_unlabeled;
+      S.images = next.items.map((it) => it.image).filter(searched);
+      S.total = S.search ? S.images.length : next.remaining_unlabeled;
       S.queueNote = next.model ? ` with ${next.model}${next.version ? ` v${next.version}` : ""}` : "";
     } else {
       S.queueNote = " (scoring…)";
@@ -93,6 +94,16 @@ export function onScoringState(j: Partial<Job>): void {
   else notify(`Scoring the images for the queue ${j.state}.`, "error", j.error ?? undefined);
 }
 
+/** Whether an image matches the search (the server's rule for the list: contains, or * ? wildcards). */
+function searched(im: ImageRecord): boolean {
+  if (!S.search) return true;
+  const text = String((im.metadata?.series_description as string | undefined) || im.name).toLowerCase();
+  const q = S.search.toLowerCase();
+  if (!/[*?]/.test(q)) return text.includes(q);
+  const re = new RegExp(`^${q.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".")}$`);
+  return re.test(text);
+}
+
 export function renderWorklist(): void {
   const rows = S.images.map((im) => {
     const q = S.queue.get(im.id);
@@ -105,7 +116,9 @@ export function renderWorklist(): void {
       ${S.strategy ? `<td class="num">${q?.score === null || q?.score === undefined ? "–" : fmt(q.score)}</td>` : ""}</tr>`;
   });
   $("#worklist thead").innerHTML = `<tr>${S.strategy ? "<th>#</th>" : ""}<th>Image</th><th>Label</th><th>By</th>${S.strategy ? "<th>Score</th>" : ""}</tr>`;
-  $("#worklist tbody").innerHTML = rows.join("") || `<tr><td colspan="5" class="empty">No images. Drop NIfTI files, DICOM folders or zips here.</td></tr>`;
+  $("#worklist tbody").innerHTML = rows.join("") || (S.search
+    ? `<tr><td colspan="5" class="empty">No image matches “${esc(S.search)}”.</td></tr>`
+    : `<tr><td colspan="5" class="empty">No images. Drop NIfTI files, DICOM folders or zips here.</td></tr>`);
   const end = Math.min(S.offset + S.images.length, S.total);
   $("#wl-count").textContent = S.strategy ? `${S.total} without a final label, ranked by ${S.strategy}${S.queueNote}` : `${S.total ? S.offset + 1 : 0}–${end} of ${S.total}`;
   ($("#wl-prev") as HTMLButtonElement).disabled = !!S.strategy || S.offset === 0;
@@ -124,6 +137,15 @@ $select("#wl-filter").addEventListener("change", () => {
   S.filter = $select("#wl-filter").value as typeof S.filter;
   S.offset = 0;
   void guard("Loading the worklist", loadWorklist);
+});
+let searchTimer = 0;
+$input("#wl-search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = window.setTimeout(() => {
+    S.search = $input("#wl-search").value.replace(/[\\\x00-\x1f]/g, "").trim().slice(0, 64);
+    S.offset = 0;
+    void guard("Searching the worklist", loadWorklist);
+  }, 250);
 });
 $select("#strategy").addEventListener("change", () => {
   S.strategy = $select("#strategy").value;
