@@ -463,3 +463,113 @@ def test_deidentified_import_without_map_writes_none(tmp_path: Path, dcmqi: Path
     import_paths(store, [dcmqi / "ct-3slice"], deidentify=True)
     assert not [p for p in set(tmp_path.rglob("*")) - before if p.suffix == ".json"]
     store.close()
+
+
+# --- issue 17: sources that import fine but were refused with the wrong reason -----------------
+
+
+def _enhanced_mr(files: list[Path], out: Path) -> Path:
+    """One Enhanced MR Image Storage instance made from a single-frame series (frames in reverse
+    slice order, so the SEG must follow the source's frame order, not the label's)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as Seq
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    slices = sorted((pydicom.dcmread(f) for f in files), key=lambda d: float(d.ImagePositionPatient[2]))[::-1]
+    first = slices[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                    "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "FrameOfReferenceUID",
+                    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        if keyword in first:
+            setattr(ds, keyword, first.data_element(keyword).value)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 77, 1
+    ds.Modality, ds.SeriesDescription = "MR", "enhanced copy"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.NumberOfFrames = len(slices)
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20200101", "120000", "20200101120000"
+    measures = Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.get("SliceThickness", 1)
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Seq([measures])
+    shared.PlaneOrientationSequence = Seq([orientation])
+    ds.SharedFunctionalGroupsSequence = Seq([shared])
+    per_frame = []
+    for n, sl in enumerate(slices):
+        position = Dataset()
+        position.ImagePositionPatient = sl.ImagePositionPatient
+        content = Dataset()
+        content.DimensionIndexValues = [n + 1]
+        item = Dataset()
+        item.PlanePositionSequence = Seq([position])
+        item.FrameContentSequence = Seq([content])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Seq(per_frame)
+    ds.PixelData = np.stack([sl.pixel_array for sl in slices]).tobytes()
+    path = out / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_enhanced_multiframe_source_exports_a_seg_that_reads_back(tmp_path: Path, shared_data: Path) -> None:
+    crop = shared_data / "dicom" / "mr_brain_tcia_pgbm" / "Study1" / "13_HCropVolume"
+    source = _enhanced_mr(sorted(crop.iterdir()), tmp_path)
+    image = read_dicom_series(source)
+    np.testing.assert_array_equal(image.array, read_dicom_series(crop).array)  # the same volume
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[5:20, 10:30, 3:12] = 1
+    label[20:30, 5:15, 20:25] = 2
+    seg, segments = write_dicom_seg(Volume(label, image.affine, {}), [(1, "Liver", (200, 0, 0)), (2, "Spleen", (0, 200, 0))],
+                                    [source], tmp_path / "seg.dcm")
+    assert [s.label for s in segments] == ["Liver", "Spleen"]
+    back = read_dicom_seg(pydicom.dcmread(tmp_path / "seg.dcm"), image)
+    np.testing.assert_array_equal(back.label.array, label)
+    # the SEG references the multi-frame instance, frame by frame
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(source).SeriesInstanceUID
+
+
+def test_mosaic_source_is_refused_naming_the_mosaic(tmp_path: Path, shared_data: Path) -> None:
+    mosaic = shared_data / "dicom" / "transfer_syntaxes_dcm_qa_ts" / "In" / "1.dcm"
+    image = read_dicom_series(mosaic)
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[10:20, 10:20, 5:9] = 1
+    with pytest.raises(ImagingError, match="Siemens mosaic") as err:
+        write_dicom_seg(Volume(label, image.affine, {}), [(1, "Liver", (200, 0, 0))], [mosaic], tmp_path / "s.dcm")
+    assert "384x384" in str(err.value) and "NIfTI or NRRD" in str(err.value)
+    assert not (tmp_path / "s.dcm").exists()
+
+
+def test_blank_uid_source_is_refused_naming_the_blank_uids(tmp_path: Path, shared_data: Path) -> None:
+    from segloop.store.errors import ValidationError
+    from segloop.store.ingest import import_paths
+    from segloop.store.local import open_datastore
+    from segloop.store.records import LabelClass, LabelSchema
+    from segloop.store.seg_import import export_dicom_seg
+
+    ct_dir = shared_data / "dicom" / "ct_totalsegmentator_example" / "example_ct_dicom"
+    for deidentify in (False, True):
+        store = open_datastore(tmp_path / f"store-{deidentify}")
+        (item,) = import_paths(store, [ct_dir], deidentify=deidentify).images
+        store.set_schema(LabelSchema((LabelClass(1, "Liver", (200, 0, 0)),)))
+        label = np.zeros(item.record.shape, dtype=np.uint8)
+        label[100:200, 100:200, 5:10] = 1
+        store.save_label(item.record.id, label, author="t")
+        with pytest.raises(ValidationError, match="SeriesInstanceUID is blank") as err:
+            export_dicom_seg(store, item.record.id, None, None, tmp_path / "seg.dcm")
+        assert "not imported from DICOM" not in str(err.value) and "--deidentify" in str(err.value)
+        store.close()
+    # the same headers given as a folder: the blank UIDs are named
+    image = read_dicom_series(ct_dir)
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[100:200, 100:200, 5:10] = 1
+    with pytest.raises(ImagingError, match="blank UIDs .*SeriesInstanceUID, SOPInstanceUID, SOPClassUID"):
+        write_dicom_seg(Volume(label, image.affine, {}), [(1, "Liver", (200, 0, 0))], ct_dir, series_uid="")

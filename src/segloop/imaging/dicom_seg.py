@@ -149,6 +149,7 @@ def load_source_headers(source: Path | str | Iterable[Path | str | Dataset]) -> 
 
     items: list[Path | Dataset]
     where: Path | None = None
+    skipped: list[Dataset] = []
     if isinstance(source, (str, Path)):
         where = Path(source)
         if where.is_dir():
@@ -167,12 +168,47 @@ def load_source_headers(source: Path | str | Iterable[Path | str | Dataset]) -> 
             except Exception as exc:
                 raise ImagingError(item, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
         sop_class = _uid(ds, "SOPClassUID")
-        if sop_class in (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS) or "ImagePositionPatient" not in ds:
+        if sop_class in (SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS):
+            continue
+        if "ImagePositionPatient" not in ds and not _is_enhanced_multiframe(ds):
+            skipped.append(ds)
             continue
         out.append(ds)
     if not out:
-        raise ImagingError(where, "no DICOM image instances with ImagePositionPatient found")
+        why = "no DICOM image instances with ImagePositionPatient (or per-frame plane positions) found"
+        if skipped:
+            kinds = sorted({_sop_name(ds) for ds in skipped})
+            why += f" among {len(skipped)} instance(s) of {', '.join(kinds)}"
+        raise ImagingError(where, why)
     return out
+
+
+def _sop_name(ds: Dataset) -> str:
+    sop = _uid(ds, "SOPClassUID")
+    return UID(sop).name if sop else "blank SOP class"
+
+
+def _is_enhanced_multiframe(ds: Dataset) -> bool:
+    """A multi-frame image whose frames carry their positions (enhanced CT/MR/PET...)."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return False
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    return frames > 1 and per_frame is not None and len(per_frame) == frames
+
+
+def _is_mosaic(ds: Dataset) -> bool:
+    return "MOSAIC" in [str(v).upper() for v in (ds.get("ImageType") or [])]
+
+
+def _frame_geometry(ds: Dataset, i: int, keyword: str, sequence: str) -> Any:
+    """``keyword`` of frame ``i`` of an enhanced multi-frame image (per-frame, then shared groups)."""
+    for groups in (ds.PerFrameFunctionalGroupsSequence[i], _first(ds, "SharedFunctionalGroupsSequence")):
+        item = _first(groups, sequence)
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return ds.get(keyword)
 
 
 def _select_series(headers: Sequence[Dataset], series_uid: str | None) -> tuple[str, list[Dataset]]:
@@ -195,6 +231,68 @@ def _select_series(headers: Sequence[Dataset], series_uid: str | None) -> tuple[
         )
     uid = next(iter(by_series))
     return uid, by_series[uid]
+
+
+def _refuse_unreferenceable(series_uid: str, instances: Sequence[Dataset]) -> None:
+    """Refuse, with the real reason, sources a SEG cannot reference."""
+    blank = [k for k in ("SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID")
+             if any(not _uid(ds, k) for ds in instances)]
+    if blank:
+        raise ImagingError(
+            None,
+            f"the source series has blank UIDs ({', '.join(blank)} empty in its DICOM headers, as in heavily "
+            "de-identified data; segloop import --deidentify replaces UIDs but leaves blank ones blank): a DICOM "
+            "SEG references its source images by these UIDs, so none can be made for it; export the label as "
+            "NIfTI or NRRD instead",
+        )
+    mosaics = [ds for ds in instances if _is_mosaic(ds)]
+    if mosaics:
+        ds = mosaics[0]
+        raise ImagingError(
+            None,
+            f"source instance {_uid(ds, 'SOPInstanceUID')} of series {series_uid} is a Siemens mosaic (all slices "
+            f"tiled in one {ds.get('Rows')}x{ds.get('Columns')} image with one position): a DICOM SEG places each "
+            "frame at an image plane of its source, and a mosaic's slices are not planes of their own in DICOM, "
+            "so segloop cannot export a SEG for it; export the label as NIfTI or NRRD instead",
+        )
+
+
+def _match_frames(label: Volume, series_uid: str, ds: Dataset, tolerance: float) -> list[int]:
+    """For an enhanced multi-frame source: the label slice ``k`` of each source frame (by the
+    frames' plane positions), checking the whole grid."""
+    cols, rows, n_slices = label.shape
+    lps = _lps(label.affine)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    row_dir, col_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    sop = _uid(ds, "SOPInstanceUID")
+    what = f"label grid {label.shape} does not match source series {series_uid} (multi-frame instance {sop})"
+    if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+        raise ImagingError(None, f"{what}: frames are {ds.Rows} rows x {ds.Columns} columns, label slices {rows} x {cols}")
+    n_frames = int(ds.NumberOfFrames)
+    if n_frames != n_slices:
+        raise ImagingError(None, f"{what}: {n_frames} frames, the label {n_slices} slices")
+    out: list[int] = []
+    used: set[int] = set()
+    for i in range(n_frames):
+        iop = _floats(_frame_geometry(ds, i, "ImageOrientationPatient", "PlaneOrientationSequence"))
+        ps = _floats(_frame_geometry(ds, i, "PixelSpacing", "PixelMeasuresSequence"))
+        ipp = _floats(_frame_geometry(ds, i, "ImagePositionPatient", "PlanePositionSequence"))
+        if iop is None or iop.shape != (6,) or not (
+            np.allclose(iop[:3], row_dir, atol=1e-3) and np.allclose(iop[3:], col_dir, atol=1e-3)
+        ):
+            raise ImagingError(None, f"{what}: frame {i + 1} has orientation {None if iop is None else iop.tolist()}")
+        if ps is None or not np.allclose(ps, [spacing[1], spacing[0]], atol=1e-3):
+            raise ImagingError(None, f"{what}: frame {i + 1} has pixel spacing {None if ps is None else ps.tolist()}")
+        if ipp is None or ipp.shape != (3,):
+            raise ImagingError(None, f"{what}: frame {i + 1} has no ImagePositionPatient")
+        k_float = np.linalg.solve(lps[:3, :3], ipp - lps[:3, 3])
+        k = int(round(float(k_float[2])))
+        origin = (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]
+        if not 0 <= k < n_slices or np.linalg.norm(ipp - origin) > tolerance or k in used:
+            raise ImagingError(None, f"{what}: frame {i + 1} at {np.round(ipp, 3).tolist()} LPS mm is at no label slice")
+        used.add(k)
+        out.append(k)
+    return out
 
 
 def _match_instances(
@@ -356,8 +454,15 @@ def write_dicom_seg(
 
     wanted_series = series_uid or str(label.metadata.get("series_uid") or "") or None
     uid, instances = _select_series(load_source_headers(source), wanted_series)
+    _refuse_unreferenceable(uid, instances)
     tol = position_tolerance if position_tolerance is not None else max(1e-3, 0.01 * min(label.spacing))
-    ordered = _match_instances(label, uid, instances, tol)
+    if len(instances) == 1 and _is_enhanced_multiframe(instances[0]):
+        # one enhanced multi-frame instance: the SEG's frames follow the source's frames
+        ordered = instances
+        slice_of_frame = _match_frames(label, uid, instances[0], tol)
+    else:
+        ordered = _match_instances(label, uid, instances, tol)
+        slice_of_frame = list(range(len(ordered)))
     frame_of_ref = {_uid(ds, "FrameOfReferenceUID") for ds in ordered}
     if len(frame_of_ref) != 1 or "" in frame_of_ref:
         raise ImagingError(
@@ -369,6 +474,7 @@ def write_dicom_seg(
     for v, n in seg_numbers.items():
         lut[v] = n
     frames = np.ascontiguousarray(np.transpose(lut[arr], (2, 1, 0)))  # (slices, rows, columns)
+    frames = frames[slice_of_frame]
     dtype = np.uint8 if len(present) < 256 else np.uint16
     frames = frames.astype(dtype)
 

@@ -227,6 +227,14 @@ def export_dicom_seg(
     record = store.get_image(image_id)
     series_uid = str(record.metadata.get("series_uid") or "")
     if not series_uid:
+        from_dicom = str(record.source).startswith(("dicom:", "dicomweb:")) or str(record.metadata.get("format")) == "dicom"
+        if from_dicom:
+            raise ValidationError(
+                f"image {image_id!r} comes from a DICOM series whose SeriesInstanceUID is blank (as in heavily "
+                "de-identified data; segloop import --deidentify replaces UIDs but leaves blank ones blank): a DICOM "
+                "SEG references its source series and images by their UIDs, so none can be made for it; export the "
+                "label as NIfTI or NRRD instead"
+            )
         raise ValidationError(
             f"image {image_id!r} has no DICOM series_uid (not imported from DICOM); cannot make a SEG"
         )
