@@ -203,6 +203,15 @@ export class Editor {
     }
   }
 
+  /** Set voxels (file-order indices) to `value` as one stroke (one undo step). */
+  apply(indices: ArrayLike<number>, value: number): void {
+    if (!indices.length) return;
+    this.beginStroke();
+    for (let k = 0; k < indices.length; k++) this.set(indices[k], value);
+    void this.viewer.refresh();
+    this.endStroke();
+  }
+
   /** The clicks of the session still in the undo history, oldest first (for the click markers). */
   clickGroups(): ClickGroup[] {
     const out: ClickGroup[] = [];

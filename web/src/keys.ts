@@ -9,6 +9,7 @@ import { setView } from "./display";
 import { setClass, setTool, setBrush, toolForKey, lastTile, renderRulers } from "./tools";
 import { runModel, undo, redo } from "./session";
 import { save } from "./save";
+import { interpolateNow } from "./interpolate";
 import { renderChart } from "./models";
 
 document.querySelectorAll<HTMLButtonElement>("[data-tab]").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab!)));
@@ -47,7 +48,7 @@ document.addEventListener("keydown", (e) => {
     return;
   }
   const keys: Record<string, () => void> = {
-    "[": () => setBrush(S.brush - 1), "]": () => setBrush(S.brush + 1),
+    "[": () => setBrush(S.brush - 1), "]": () => setBrush(S.brush + 1), i: interpolateNow,
     s: () => {
       S.sphere = !S.sphere;
       $input("#sphere").checked = S.sphere;

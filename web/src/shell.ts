@@ -6,6 +6,7 @@ export const HELP: Array<[string, string]> = [
   ["B / E / F", "brush / eraser / fill (2-D region)"],
   ["U", "ruler: drag to measure a distance (Esc removes all measurements)"],
   ["[ / ]", "smaller / larger brush"],
+  ["I", "interpolate the chosen class between its labelled slices (view under the mouse)"],
   ["S", "brush: toggle 2-D disk / 3-D sphere"],
   ["1 … 9", "choose the label class"],
   ["Ctrl+Z / Ctrl+Y", "undo / redo (clicks and brush strokes)"],
@@ -87,7 +88,8 @@ export const SHELL = `
         <input id="brush-thr-lo" type="number" step="any" value="0" title="lowest intensity painted"> –
         <input id="brush-thr-hi" type="number" step="any" value="1000" title="highest intensity painted"></div>
       <div id="rulers" class="rulers"></div>
-      <div class="row"><button id="undo" title="Undo (Ctrl+Z)">↶ Undo</button><button id="redo" title="Redo (Ctrl+Y)">↷ Redo</button></div>
+      <div class="row"><button id="undo" title="Undo (Ctrl+Z)">↶ Undo</button><button id="redo" title="Redo (Ctrl+Y)">↷ Redo</button>
+        <button id="interp" title="Fill the slices between labelled slices of the chosen class, along the view under the mouse (I)">Interpolate</button></div>
       <div id="edit-state" class="muted"></div>
       <div class="row"><button id="save-draft" class="primary" title="Save as draft (Ctrl+S)">Save draft</button><button id="save-final" title="Save as final (Ctrl+Shift+S)">Save final</button></div>
       <h3>Layers</h3>
