@@ -102,3 +102,23 @@ def test_import_seg_error_names_the_extend_schema_flag(segloop: Segloop, tmp_pat
     assert res.code == 2
     assert "--extend-schema" in res.err
     assert "Traceback" not in res.err
+
+
+def test_overlapping_segments_say_exactly_what_was_dropped(segloop: Segloop, tmp_path: Path) -> None:
+    data = tmp_path / "D"
+    assert segloop("import", CT, "--data", data).code == 0
+    res = segloop("import-seg", SHARED_DATA / "dicom" / "ct_seg_dcmqi" / "partial_overlaps.dcm", "--data", data)
+    assert res.code == 0, res.err
+    assert "the highest segment number was kept and these were dropped" in res.err
+    lines = [ln.strip() for ln in res.err.splitlines() if "went to segment" in ln]
+    assert lines, res.err
+    # each line: "<n> voxel(s) of segment <a> '<NAME>' went to segment <b> '<NAME>'", a < b
+    import re
+
+    total = 0
+    for line in lines:
+        m = re.fullmatch(r"(\d+) voxel\(s\) of segment (\d+) '(\w+)' went to segment (\d+) '(\w+)'", line)
+        assert m, line
+        assert int(m.group(2)) < int(m.group(4))
+        total += int(m.group(1))
+    assert total > 0

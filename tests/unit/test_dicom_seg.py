@@ -113,6 +113,19 @@ def test_overlapping_segments_highest_number_wins(
     assert [s.label for s in result.segments] == ["GREEN", "ORANGE", "PURPLE", "LIGHT_BLUE", "DARK_BLUE"]
     assert [s.voxels for s in result.segments] == [int(masks[n].sum()) for n in sorted(masks)]
     assert result.notes and "highest segment number" in result.notes[0]
+    # exactly what was dropped, per (kept, dropped) pair, counted independently from highdicom's masks
+    dropped: dict[tuple[int, int], int] = {}
+    for n, mask in masks.items():
+        lost = mask & (expected != n)
+        for kept, count in zip(*np.unique(expected[lost], return_counts=True), strict=True):
+            dropped[(int(kept), n)] = int(count)
+    assert {(o.kept, o.dropped): o.voxels for o in result.overlaps} == dropped
+    assert all(o.kept > o.dropped for o in result.overlaps)
+    assert sum(dropped.values()) >= result.overlap_voxels
+    names = {s.number: s.label for s in result.segments}
+    first = result.overlaps[0]
+    assert first.describe(names).startswith(f"{first.voxels} voxel(s) of segment {first.dropped} {names[first.dropped]!r}")
+    assert first.describe(names) in result.notes[0]
     with pytest.raises(ImagingError, match="more than one segment"):
         read_dicom_seg(path, ct, on_overlap="error")
 

@@ -170,10 +170,13 @@ def _deidentified_seg(path: Path, deid_map: Path | None, folder: Path) -> Path:
 
 
 def _print_overlaps(result: Any, path: Path | None = None) -> None:
+    """Say exactly what flattening the SEG's overlapping segments into one label map dropped."""
     if result.overlap_voxels:
         where = f"{path}: " if path else ""
-        print(f"note: {where}{result.overlap_voxels} voxel(s) were in several segments; the highest segment "
-              "number was kept", file=sys.stderr)
+        print(f"note: {where}{result.overlap_voxels} voxel(s) were in several segments; a label map holds one "
+              "class per voxel, so the highest segment number was kept and these were dropped:", file=sys.stderr)
+        for line in result.overlap_lines():
+            print(f"  {line}", file=sys.stderr)
 
 
 def cmd_images(args: argparse.Namespace) -> int:

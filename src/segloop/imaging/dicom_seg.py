@@ -582,6 +582,53 @@ def _atomic_save(ds: Dataset, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SegmentOverlap:
+    """Voxels of segment ``dropped`` that segment ``kept`` (a higher number, covering them too)
+    took in the label map: what the flattening lost of ``dropped``."""
+
+    kept: int
+    dropped: int
+    voxels: int
+
+    def describe(self, names: Mapping[int, str] | None = None) -> str:
+        def name(n: int) -> str:
+            return f"{n} {names[n]!r}" if names and n in names else str(n)
+
+        return f"{self.voxels} voxel(s) of segment {name(self.dropped)} went to segment {name(self.kept)}"
+
+    def to_dict(self, names: Mapping[int, str] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"kept": self.kept, "dropped": self.dropped, "voxels": self.voxels}
+        if names:
+            out.update(kept_label=names.get(self.kept), dropped_label=names.get(self.dropped))
+        return out
+
+
+def _dropped_by_overlap(
+    pixels: np.ndarray, placed: Sequence[tuple[int, int, int | None]], out: np.ndarray, threshold: int
+) -> list[SegmentOverlap]:
+    """Per (kept, dropped) segment pair, the voxels ``dropped`` covered but lost to ``kept`` in
+    the flattened map ``out`` (a second pass over the placed frames)."""
+    counts: dict[tuple[int, int], int] = {}
+    for f, k, number in placed:
+        plane = pixels[f].T
+        winner = out[:, :, k]
+        if number is None:  # label map: each voxel's value is its segment
+            values = plane.astype(np.uint16)
+            lost = (values > 0) & (values != winner)
+            pairs = np.stack([winner[lost], values[lost]]).astype(np.int64)
+        else:
+            lost = (plane >= threshold) & (winner != number)
+            pairs = np.stack([winner[lost], np.full(int(lost.sum()), number)]).astype(np.int64)
+        if pairs.shape[1] == 0:
+            continue
+        unique, n = np.unique(pairs[0] * 65536 + pairs[1], return_counts=True)
+        for code, c in zip(unique.tolist(), n.tolist(), strict=True):
+            key = (code // 65536, code % 65536)
+            counts[key] = counts.get(key, 0) + int(c)
+    return [SegmentOverlap(kept, dropped, n) for (kept, dropped), n in sorted(counts.items())]
+
+
 @dataclass
 class SegLabelMap:
     """A SEG turned into a label map on its series' grid.
@@ -590,6 +637,7 @@ class SegLabelMap:
         label: uint8/uint16 label map on the image's grid; value = segment number.
         segments: the SEG's segments (``voxels`` counted before overlap resolution).
         overlap_voxels: voxels covered by two or more segments (resolved: highest number wins).
+        overlaps: what that flattening dropped, per (kept, dropped) segment pair.
         sop_instance_uid, series_uid: of the SEG.
         referenced_series_uid: the image series it was mapped onto.
     """
@@ -601,6 +649,7 @@ class SegLabelMap:
     series_uid: str
     referenced_series_uid: str
     notes: list[str] = field(default_factory=list)
+    overlaps: list[SegmentOverlap] = field(default_factory=list)
 
 
 def _first(ds: Dataset | None, sequence: str) -> Dataset | None:
@@ -716,6 +765,7 @@ def read_dicom_seg(
     out = np.zeros(image.shape, dtype=np.uint16)
     coverage = np.zeros(image.shape, dtype=np.uint8)
     per_segment = dict.fromkeys(descriptions, 0)
+    placed: list[tuple[int, int, int | None]] = []  # (frame, slice, segment; None: a label-map frame)
     for f, frame in enumerate(per_frame):
         iop = _floats(lookup(frame, "PlaneOrientationSequence", "ImageOrientationPatient"))
         if (
@@ -758,6 +808,7 @@ def read_dicom_seg(
                 per_segment[int(number)] += int((values == number).sum())
             coverage[:, :, k] += mask.astype(np.uint8)
             out[:, :, k] = np.where(mask, np.maximum(out[:, :, k], values), out[:, :, k])
+            placed.append((f, k, None))
             continue
         ident = _first(frame, "SegmentIdentificationSequence") or _first(
             shared, "SegmentIdentificationSequence"
@@ -773,6 +824,7 @@ def read_dicom_seg(
         per_segment[number] += int(mask.sum())
         coverage[:, :, k] = np.minimum(coverage[:, :, k].astype(np.uint16) + mask, 255).astype(np.uint8)
         out[:, :, k] = np.where(mask, np.maximum(out[:, :, k], number), out[:, :, k])
+        placed.append((f, k, number))
 
     overlap = int((coverage > 1).sum())
     if overlap and on_overlap == "error":
@@ -798,15 +850,19 @@ def read_dicom_seg(
         "seg_sop_instance_uid": seg_uid,
         "seg_series_uid": _uid(ds, "SeriesInstanceUID"),
     }
+    overlaps = _dropped_by_overlap(pixels, placed, out, threshold) if overlap else []
     notes = []
     if overlap:
+        names = {seg.number: seg.label for seg in segments}
         notes.append(
-            f"{overlap} voxels were covered by several segments; the highest segment number was kept"
+            f"{overlap} voxels were covered by several segments; the highest segment number was kept: "
+            + "; ".join(o.describe(names) for o in overlaps)
         )
     return SegLabelMap(
         label=Volume(out.astype(dtype), image.affine.copy(), meta),
         segments=segments,
         overlap_voxels=overlap,
+        overlaps=overlaps,
         sop_instance_uid=seg_uid,
         series_uid=_uid(ds, "SeriesInstanceUID"),
         referenced_series_uid=image_series or (sorted(refs)[0] if refs else ""),

@@ -5,7 +5,15 @@ GET  /pacs                                          annotator  DICOMweb configur
 GET  /images/{id}/labels/{rev}/dicom-seg            annotator  the revision as a DICOM SEG (application/dicom)
 POST /images/{id}/labels/{rev}/send                 reviewer   STOW-RS the SEG of a *final* revision to the PACS
 POST /images/{id}/release[?discard_unsent=true]     annotator  ephemeral mode: delete the local copy now
+POST /images/{id}/dicom-seg                         annotator  import a DICOM SEG (multipart ``file``) as a new
+                                                               label revision; says what overlapping segments lost
 ```
+
+The SEG import (``status`` draft|final — final needs the reviewer role —, ``extend_schema``
+true|false) answers the revision, the segments and, since a label map holds one class per
+voxel, exactly what flattening overlapping segments dropped: ``overlap_voxels`` and
+``overlaps`` (per kept/dropped segment pair: numbers, labels, label values, voxels). A SEG that
+does not fit the image → 422 ``invalid_image``; unknown segments without ``extend_schema`` → 422.
 
 ``rev`` is a number or ``latest``. The SEG references the source instances through the headers
 the datastore kept at import / fetch time. Errors: no DICOMweb server configured → 409
@@ -26,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -36,6 +44,7 @@ from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
 from segloop.server.state import ServerState, get_state, require
 from segloop.store.errors import ValidationError
+from segloop.store.records import LabelStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["pacs"])
@@ -184,3 +193,67 @@ def publish_release(state: ServerState, result: Any, why: str) -> None:
         state.bus.publish("image.kept", data)
         log.info("ephemeral: %s kept on disk (%s): revision(s) %s not sent to the PACS",
                  result.image_id, why, ", ".join(map(str, result.unsent_revisions)))
+
+
+Annotator = Annotated[Principal, Depends(require("annotator"))]
+SEG_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "status": {"type": "string", "enum": ["draft", "final"]},
+                        "extend_schema": {"type": "boolean"},
+                    },
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/images/{image_id}/dicom-seg", openapi_extra=SEG_BODY)
+async def import_seg(image_id: ImageId, request: Request, state: State, principal: Annotator) -> dict[str, Any]:
+    """Import a DICOM SEG as a new label revision of the image (placed by geometry)."""
+    from segloop.server.uploads import receive_multipart
+    from segloop.store.seg_import import import_dicom_seg
+
+    await run_in_threadpool(state.store.get_image, image_id)
+    folder = Path(tempfile.mkdtemp(prefix="seg-", dir=Path(state.store.staging_dir())))
+    try:
+        received = await receive_multipart(request, folder, state.settings.max_upload_bytes)
+        files = received.files_of("file")
+        if len(files) != 1:
+            raise ApiError(422, "invalid_upload", "send exactly one DICOM SEG file in the part named 'file'")
+        status = received.fields.get("status", "draft") or "draft"
+        if status not in ("draft", "final"):
+            raise ApiError(422, "invalid", f"status must be 'draft' or 'final', not {status!r}")
+        if status == "final" and not principal.has("reviewer"):
+            raise ApiError(403, "forbidden", "saving a final label needs the reviewer role")
+        extend = str(received.fields.get("extend_schema", "false")).lower() in ("1", "true", "yes")
+
+        final: LabelStatus = "final" if status == "final" else "draft"
+
+        def work() -> Any:
+            return import_dicom_seg(state.store, files[0], author=principal.name, status=final,
+                                    image_id=image_id, extend_schema=extend)
+
+        result = await run_in_threadpool(work)
+    finally:
+        await run_in_threadpool(shutil.rmtree, folder, True)
+    data = result.revision.to_dict()
+    state.bus.publish("label.revision", data)
+    return {
+        "revision": data,
+        "segments": [{"number": s.number, "label": s.label, "value": result.value_of_segment.get(s.number),
+                      "voxels": s.voxels} for s in result.segments],
+        "schema_changed": result.schema_changed,
+        "overlap_voxels": result.overlap_voxels,
+        "overlaps": result.overlap_report(),
+        "notes": result.notes,
+    }
+

@@ -7,7 +7,8 @@ image (source ``import:dicom-seg``, appended on top of the latest revision). The
 by the SeriesInstanceUID the SEG references, matched against the images' metadata
 ``series_uid`` (set when a DICOM series is imported). The SEG's frames are placed on the
 image's grid by geometry (`segloop.imaging.dicom_seg.read_dicom_seg`; overlaps: the highest
-segment number wins, and the count is reported).
+segment number wins, and what that dropped is reported per (kept, dropped) segment pair:
+`SegImport.overlap_report`).
 
 Segments map to label-schema classes **by name** (case-insensitive). When the schema has no
 foreground class yet, it is created from the segments (value = segment number, the SEG's name
@@ -30,7 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
@@ -38,6 +39,7 @@ from pydicom.dataset import Dataset
 
 from segloop.imaging.dicom_seg import (
     SegmentInfo,
+    SegmentOverlap,
     read_dicom_seg,
     seg_referenced_series,
     stable_seg_uids,
@@ -62,6 +64,7 @@ class SegImport:
         value_of_segment: segment number -> label value used.
         overlap_voxels: voxels covered by several segments (highest segment number kept).
         schema_changed: the label schema was created or extended.
+        overlaps: what the flattening dropped, per (kept, dropped) segment pair (`overlap_report`).
     """
 
     image: ImageRecord
@@ -71,6 +74,23 @@ class SegImport:
     segments: list[SegmentInfo]
     schema_changed: bool
     notes: list[str] = field(default_factory=list)
+    overlaps: list[SegmentOverlap] = field(default_factory=list)
+
+    def overlap_report(self) -> list[dict[str, Any]]:
+        """Per (kept, dropped) segment pair: the segments' numbers and labels, the label values
+        they became, and the voxels of ``dropped`` that ``kept`` took."""
+        names = {s.number: s.label for s in self.segments}
+        out = []
+        for o in self.overlaps:
+            item = o.to_dict(names)
+            item.update(kept_value=self.value_of_segment.get(o.kept), dropped_value=self.value_of_segment.get(o.dropped))
+            out.append(item)
+        return out
+
+    def overlap_lines(self) -> list[str]:
+        """The same, one readable line per pair."""
+        names = {s.number: s.label for s in self.segments}
+        return [o.describe(names) for o in self.overlaps]
 
 
 def find_image_for_series(store: Datastore, series_uids: set[str]) -> ImageRecord | None:
@@ -195,7 +215,8 @@ def import_dicom_seg(
             "label schema " + ("created" if not old_schema.foreground else "extended") + " from the SEG"
         )
     return SegImport(
-        store.get_image(record.id), revision, mapping, result.overlap_voxels, result.segments, changed, notes
+        store.get_image(record.id), revision, mapping, result.overlap_voxels, result.segments, changed, notes,
+        result.overlaps,
     )
 
 
