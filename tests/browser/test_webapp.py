@@ -374,6 +374,8 @@ def test_model_queue_shows_scoring_then_rank_and_score(app: AppPage, api: httpx.
     app.page.wait_for_selector("#scoring:not([hidden])", timeout=30_000)
     app.shot("17-scoring")
     app.page.wait_for_selector("#scoring", state="hidden", timeout=120_000)
+    # the ranked queue replaces the plain list shown while scoring (which holds the image as well)
+    app.page.wait_for_function("() => document.querySelector('#wl-count').innerText.includes('ranked by entropy with ')")
     app.page.wait_for_selector("#worklist tr[data-id='hippocampus_011']")
     header = app.page.inner_text("#worklist thead")
     assert "#" in header and "Score" in header
