@@ -52,12 +52,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--session-idle", type=float, default=900.0, metavar="SECONDS",
                    help="close interactive sessions idle this long (default 900)")
     p.add_argument("--max-sessions", type=int, default=8, metavar="N", help="open interactive sessions (default 8)")
-    p.add_argument("--jobs", type=int, default=2, metavar="N",
-                   help="background jobs running at once (default 2); 0 with a server database shared by several "
-                        "servers: this one runs none and leaves them to the others")
-    p.add_argument("--job-mode", choices=("process", "thread"), default="process",
-                   help="run jobs in child processes (default) or threads")
-    p.add_argument("--job-threads", type=int, metavar="N", help="torch threads per job (default: cores - 1)")
+    p.add_argument("--jobs", default="2", metavar="N|ray|ray://HOST:PORT",
+                   help="N: background jobs running at once in local child processes (default 2); 0 with a server "
+                        "database shared by several servers: this one runs none and leaves them to the others. "
+                        "'ray': jobs run as tasks on a local Ray started by segloop; 'ray://HOST:PORT': on an "
+                        "existing Ray cluster (its Ray Client port), GPUs where it has them. Ray needs "
+                        "pip install 'segloop[ray]' and a data folder every node sees at the same path "
+                        "(docs/deploy.md)")
+    p.add_argument("--job-mode", choices=("process", "thread"),
+                   help="with --jobs N: run jobs in child processes (default) or threads")
+    p.add_argument("--job-threads", type=int, metavar="N",
+                   help="torch threads per job (default: cores - 1; with --jobs ray: the CPUs a job's Ray task "
+                        "reserves, default 1)")
     p.add_argument("--job-priority", choices=("idle", "nice"),
                    help="CPU priority of training and scoring jobs: 'idle' (Linux SCHED_IDLE on top of nice 10: "
                         "they use only CPU the server leaves idle, so clicks stay fast) or 'nice' (nice 10 only: "
@@ -124,6 +130,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     except ValidationError as exc:
         raise CommandError(str(exc)) from exc
 
+    from segloop.server.settings import SettingsError, parse_jobs_option
+
+    try:
+        job_mode, max_running_jobs = parse_jobs_option(str(args.jobs))
+    except SettingsError as exc:
+        raise CommandError(str(exc)) from exc
+    if job_mode is not None and args.job_mode is not None:
+        raise CommandError(f"--job-mode {args.job_mode} does not go with --jobs {args.jobs} (jobs run on Ray)")
+    job_mode = job_mode or args.job_mode or "process"
+
     optional: dict[str, Any] = {}
     if args.job_priority is not None:
         optional["job_idle_class"] = args.job_priority == "idle"
@@ -144,8 +160,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         inference_threads=args.inference_threads,
         session_idle_seconds=args.session_idle,
         max_sessions=args.max_sessions,
-        job_mode=args.job_mode,
-        max_running_jobs=args.jobs,
+        job_mode=job_mode,
+        max_running_jobs=max_running_jobs,
         job_threads=args.job_threads,
         device=args.device,
         tls_cert=args.tls_cert,

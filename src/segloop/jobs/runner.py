@@ -7,12 +7,15 @@ Design:
 - A dispatcher thread claims queued jobs (an atomic ``queued -> running`` transition stamped with
   this runner's ``host:pid``) while fewer than ``max_running`` run, and watches the database's
   ``cancel_requested`` flags so that a cancel from another process reaches the job too.
-- By default each job runs in its own **spawned child process** at a lower CPU priority with a
-  bounded number of torch threads: training never holds the server's GIL nor its event loop,
-  and a crash of the job (or an out-of-memory kill) cannot take the server down. The child
-  reports progress, metrics, log lines and events over a queue; a monitor thread in the runner
-  persists them (progress throttled) and publishes them on the `EventBus`.
-  ``mode="thread"`` runs handlers in a thread of this process instead (tests, tiny jobs).
+- Where a claimed job's handler executes is the `JobExecutor`'s business
+  (`segloop.jobs.executors`): by default each job runs in its own **spawned child process** at a
+  lower CPU priority with a bounded number of torch threads: training never holds the server's
+  GIL nor its event loop, and a crash of the job (or an out-of-memory kill) cannot take the
+  server down. ``mode="thread"`` runs handlers in a thread of this process instead (tests, tiny
+  jobs); ``mode="ray"`` / ``"ray://HOST:PORT"`` as Ray tasks on a cluster
+  (`segloop.jobs.ray_executor`). Whatever the executor, the handler's progress, metrics, log
+  lines and events come back here: the runner persists them (progress throttled), publishes
+  them on the `EventBus` and records the outcome.
 - Exclusivity: a job may name a ``resource`` (``train:<model>``); while an active (queued or
   running) job holds it, a second submission raises `JobConflict` (HTTP 409). So one training
   job at a time per model; other jobs queue.
@@ -25,11 +28,7 @@ Design:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing as mp
-import os
-import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable
@@ -37,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segloop.jobs.context import CancelFlag, Message, child_main, execute
+from segloop.jobs.context import Message
 from segloop.jobs.db import JobDB, runner_identity, utcnow
 from segloop.jobs.events import EventBus
+from segloop.jobs.executors import Execution, ExecutorConfig, JobExecutor, is_ray_mode, make_executor
 from segloop.jobs.records import ACTIVE_STATES, JOB_KINDS, Job, JobConflict, JobRejected
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,8 @@ Validator = Callable[[str, dict[str, Any]], dict[str, Any]]
 @dataclass
 class _Running:
     job: Job
-    cancel: CancelFlag
-    thread: threading.Thread
-    process: Any | None = None
+    execution: Execution | None = None  # None while it is being launched
+    cancel_asked: bool = False  # asked before `execution` existed
     last_flush: float = 0.0
     user_cancel: bool = False
     pending: dict[str, Any] = field(default_factory=dict)
@@ -85,42 +84,44 @@ class JobRunner:
         progress_interval: float = 0.25,
         store: Any | None = None,
         db_url: str | None = None,
+        executor: JobExecutor | None = None,
     ) -> None:
-        if mode not in ("process", "thread"):
-            raise ValueError(f"mode must be 'process' or 'thread', not {mode!r}")
+        if executor is None and mode not in ("process", "thread") and not is_ray_mode(mode):
+            raise ValueError(f"mode must be 'process', 'thread', 'ray' or 'ray://HOST:PORT', not {mode!r}")
         self.root = Path(root)
         self.db_url = db_url  # a server database (PostgreSQL); None: $SEGLOOP_DB, else jobs.db
         self.db = JobDB(self.root, url=db_url)
         self.bus = bus or EventBus()
-        self.mode = mode
+        self.mode = executor.name if executor is not None else mode
         # 0: this runner claims nothing (several servers on one server database: an API-only server
         # leaves the jobs to the others)
         self.max_running = max(0, int(max_running))
         self.handlers = dict(DEFAULT_HANDLERS if handlers is None else handlers)
         self.validator = validator
-        cpus = os.cpu_count() or 1
-        # leave at least one core to the server; the child also runs at a lower priority
-        self.child_threads = child_threads or max(1, cpus - 1)
-        self.nice = nice
-        # these kinds' child processes run in the SCHED_IDLE class (Linux): long computations
-        # that yield the CPU to request handling and interactive inference at once (see
-        # `child_main`). Not the kinds that write labels or evaluations: a starved process must
-        # not sit on the store's write lock.
-        self.idle_kinds = frozenset(idle_kinds)
         self.poll_interval = poll_interval
         self.progress_interval = progress_interval
         self.store = store
+        # idle_kinds: these kinds' child processes run in the SCHED_IDLE class (Linux): long
+        # computations that yield the CPU to request handling and interactive inference at once
+        # (see `child_main`). Not the kinds that write labels or evaluations: a starved process
+        # must not sit on the store's write lock.
+        self.executor = executor or make_executor(
+            mode,
+            ExecutorConfig(self.root, db_url=db_url, store=store, threads=child_threads, nice=nice,
+                           idle_kinds=frozenset(idle_kinds)),
+        )
         self.identity = runner_identity()
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._running: dict[str, _Running] = {}
         self._stopping = False
         self._dispatcher: threading.Thread | None = None
-        self._mp = mp.get_context("spawn")
         self.interrupted_on_start: list[str] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.max_running > 0:
+            self.executor.start()  # Ray: connects (or starts a local one); raises when it cannot
         # a server database may be shared by several servers: their queued jobs are anyone's to run
         self.interrupted_on_start = self.db.recover(queued=self.db.sqlite)
         for job_id in self.interrupted_on_start:
@@ -135,15 +136,17 @@ class JobRunner:
             running = list(self._running.values())
             self._wake.notify_all()
         for r in running:
-            _set(r.cancel)
+            self._ask_cancel(r)
         deadline = time.monotonic() + timeout
         for r in running:
-            r.thread.join(max(0.0, deadline - time.monotonic()))
-            if r.process is not None and r.process.is_alive():
-                r.process.terminate()
-                r.process.join(2)
-                if r.process.is_alive():
-                    r.process.kill()
+            if r.execution is not None:
+                r.execution.join(max(0.0, deadline - time.monotonic()))
+        for r in running:
+            if r.execution is not None:
+                try:
+                    r.execution.kill()
+                except Exception:
+                    log.exception("could not stop job %s", r.job.id)
         for r in running:
             if self.db.transition(
                 r.job.id,
@@ -155,6 +158,11 @@ class JobRunner:
                 self._publish_state(self.db.get(r.job.id))
         if self._dispatcher is not None:
             self._dispatcher.join(2)
+        if self.max_running > 0:
+            try:
+                self.executor.stop()
+            except Exception:
+                log.exception("could not stop the job executor")
         self.db.dispose()
 
     # --- API ------------------------------------------------------------------------------------
@@ -195,7 +203,7 @@ class JobRunner:
             r = self._running.get(job_id)
             if r is not None:
                 r.user_cancel = True
-                _set(r.cancel)
+                self._ask_cancel(r)
             self._wake.notify_all()
         if job.state == "cancelled":
             self._publish_state(job)
@@ -244,7 +252,13 @@ class JobRunner:
                 r = self._running.get(job_id)
             if r is not None:
                 r.user_cancel = True
-                _set(r.cancel)
+                self._ask_cancel(r)
+
+    @staticmethod
+    def _ask_cancel(r: _Running) -> None:
+        r.cancel_asked = True
+        if r.execution is not None:
+            r.execution.request_cancel()
 
     def _start_queued(self) -> None:
         with self._lock:
@@ -272,96 +286,22 @@ class JobRunner:
     def _launch(self, job: Job) -> None:
         handler = self.handlers[job.kind]
         self._publish_state(job)
-        if self.mode == "thread":
-            cancel: CancelFlag = threading.Event()
-            thread = threading.Thread(
-                target=self._run_thread, args=(job, handler, cancel), name=f"segloop-job-{job.id[:8]}", daemon=True
-            )
-            with self._lock:
-                self._running[job.id] = _Running(job, cancel, thread)
-            thread.start()
-            return
-        q = self._mp.Queue()
-        cancel_ev = self._mp.Event()
-        process = self._mp.Process(
-            target=child_main,
-            args=(job.id, job.kind, handler, job.params, str(self.root), q, cancel_ev, self.child_threads, self.nice,
-                  job.kind in self.idle_kinds, self.db_url),
-            name=f"segloop-job-{job.id[:8]}",
-        )
-        thread = threading.Thread(
-            target=self._monitor_process, args=(job, q, process), name=f"segloop-monitor-{job.id[:8]}", daemon=True
-        )
+        r = _Running(job)
         with self._lock:
-            self._running[job.id] = _Running(job, cancel_ev, thread, process)
+            self._running[job.id] = r
         try:
-            process.start()
+            execution = self.executor.launch(
+                job, handler, lambda msg: self._on_message(job.id, msg), lambda outcome: self._finish(job.id, outcome)
+            )
         except Exception as exc:
-            with self._lock:
-                self._running.pop(job.id, None)
-            self._finish(job.id, ("failed", f"could not start the job process: {exc}", ""))
+            log.exception("could not start job %s", job.id)
+            self._finish(job.id, ("failed", f"could not start the job ({self.executor.name}): {exc}", ""))
             return
-        thread.start()
-
-    def _run_thread(self, job: Job, handler: str, cancel: threading.Event) -> None:
-        outcome: list[Message] = []
-
-        def sink(msg: Message) -> None:
-            if msg[0] in ("done", "failed", "cancelled"):
-                outcome.append(msg)
-            else:
-                self._on_message(job.id, msg)
-
-        try:
-            execute(job.id, job.kind, handler, job.params, self.root, sink, cancel, store=self.store, db_url=self.db_url)
-        finally:
-            self._finish(job.id, outcome[-1] if outcome else ("failed", "the job ended without an outcome", ""))
-
-    def _monitor_process(self, job: Job, q: Any, process: Any) -> None:
-        outcome: Message | None = None
-        try:
-            while outcome is None:
-                try:
-                    msg = q.get(timeout=0.5)
-                except queue_mod.Empty:
-                    if not process.is_alive():
-                        # drain what the child wrote just before exiting
-                        try:
-                            while True:
-                                msg = q.get(timeout=0.2)
-                                if msg[0] in ("done", "failed", "cancelled"):
-                                    outcome = msg
-                                    break
-                                self._on_message(job.id, msg)
-                        except queue_mod.Empty:
-                            pass
-                        if outcome is None:
-                            with self._lock:
-                                r = self._running.get(job.id)
-                            if r is not None and r.cancel.is_set():
-                                outcome = ("cancelled", "cancelled (the job process was stopped)")
-                            else:
-                                outcome = (
-                                    "failed",
-                                    f"the job process ended unexpectedly (exit code {process.exitcode})",
-                                    "",
-                                )
-                    continue
-                if msg[0] in ("done", "failed", "cancelled"):
-                    outcome = msg
-                else:
-                    self._on_message(job.id, msg)
-            process.join(10)
-            if process.is_alive():
-                process.terminate()
-                process.join(2)
-        except Exception as exc:  # never leave a job "running" because the monitor broke
-            log.exception("job monitor failed")
-            outcome = ("failed", f"job monitor failed: {exc}", "")
-        finally:
-            self._finish(job.id, outcome or ("failed", "the job ended without an outcome", ""))
-            with contextlib.suppress(Exception):
-                q.close()
+        with self._lock:
+            r.execution = execution
+            asked = r.cancel_asked
+        if asked:
+            execution.request_cancel()
 
     # --- messages from handlers -----------------------------------------------------------------
     def _on_message(self, job_id: str, msg: Message) -> None:
@@ -451,9 +391,3 @@ class JobRunner:
 
     def _publish_state(self, job: Job) -> None:
         self.bus.publish("job.state", job.to_dict())
-
-
-def _set(flag: CancelFlag) -> None:
-    setter = getattr(flag, "set", None)
-    if callable(setter):
-        setter()

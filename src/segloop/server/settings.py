@@ -56,6 +56,33 @@ class SettingsError(ValueError):
     """Settings that cannot work together (e.g. a public address without auth)."""
 
 
+# jobs a server hands to a Ray cluster at once: the cluster's resources decide how many run, the
+# others wait in Ray's queue ("waiting for a Ray worker") and can be cancelled there
+RAY_MAX_JOBS = 16
+
+
+def parse_jobs_option(text: str) -> tuple[str | None, int]:
+    """``--jobs``: ``N`` (jobs running at once in local child processes; 0: none here),
+    ``ray`` (jobs as tasks on a local Ray that segloop starts) or ``ray://HOST:PORT`` (on an
+    existing Ray cluster, through its Ray Client port). Returns (the job mode, or None to keep
+    ``--job-mode``'s; the jobs running at once). Raises `SettingsError`."""
+    from segloop.jobs.executors import is_ray_mode, ray_address
+
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        n = int(t)
+        if n < 0:
+            raise SettingsError("--jobs must be >= 0")
+        return None, n
+    if is_ray_mode(t):
+        try:
+            ray_address(t)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        return t.rstrip("/"), RAY_MAX_JOBS
+    raise SettingsError(f"--jobs takes a number, 'ray' or 'ray://HOST:PORT', not {text!r}")
+
+
 @dataclass
 class ServerSettings:
     """Everything `create_app` needs.
@@ -79,10 +106,14 @@ class ServerSettings:
             click took ~5x the time and ~7x the CPU.
         session_idle_seconds: an interactive session unused this long is closed.
         max_sessions: open interactive sessions at most; one more → 429.
-        job_mode: "process" (each job in a spawned child process) or "thread".
+        job_mode: "process" (each job in a spawned child process), "thread", "ray" (each job a
+            task on a local Ray that segloop starts) or "ray://HOST:PORT" (on an existing Ray
+            cluster; `segloop.jobs.ray_executor`, docs/deploy.md). Ray needs ``segloop[ray]``.
         max_running_jobs: background jobs running at once (others wait queued). 0 (only with a
             server database shared by several servers): this server runs none, the others do.
-        job_threads: torch threads of a job's child process (None: cores - 1, at least 1).
+            With Ray: jobs handed to the cluster at once (`RAY_MAX_JOBS` from ``--jobs ray``).
+        job_threads: torch threads of a job's child process (None: cores - 1, at least 1); with
+            Ray, the CPUs a job's task reserves and its torch threads (None: 1).
         job_idle_class: training and scoring processes run in Linux's ``SCHED_IDLE`` class (on
             top of nice 10): they take CPU only when the server leaves it idle, so requests and
             clicks stay fast during training. On a machine shared with other busy work they then
@@ -191,8 +222,21 @@ class ServerSettings:
                     "--jobs 0 leaves background jobs to other servers on the same server database "
                     "(--db postgresql://...); with SQLite nobody would run them"
                 )
-        if self.job_mode not in ("process", "thread"):
-            raise SettingsError("job mode must be 'process' or 'thread'")
+        from segloop.jobs.executors import is_ray_mode, ray_address
+
+        if is_ray_mode(self.job_mode):
+            import importlib.util
+
+            from segloop.jobs.ray_executor import INSTALL_HINT
+
+            try:
+                ray_address(self.job_mode)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
+            if importlib.util.find_spec("ray") is None:
+                raise SettingsError(f"--jobs {self.job_mode} needs Ray: {INSTALL_HINT}")
+        elif self.job_mode not in ("process", "thread"):
+            raise SettingsError("job mode must be 'process', 'thread', 'ray' or 'ray://HOST:PORT'")
         if self.ephemeral and not self.dicomweb_url:
             raise SettingsError("--ephemeral needs --dicomweb URL (it applies to images fetched from a PACS)")
         if self.dicomweb_url and not self.dicomweb_url.startswith(("http://", "https://")):

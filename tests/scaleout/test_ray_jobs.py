@@ -1,0 +1,283 @@
+"""Jobs on a real Ray cluster (`segloop.jobs.ray_executor`): a head and a worker node started as
+separate ``ray start`` processes on loopback (one CPU each), and a `JobRunner` that reaches them
+through the head's Ray Client port, as ``segloop serve --jobs ray://HOST:PORT`` does.
+
+A tiny training and a scoring job run there to the end (progress, metrics, log, the new model
+version); a cancelled training and a training whose Ray worker is killed (SIGKILL) end cancelled
+and failed, and neither records a model version.
+
+The cluster's processes are ended by their process group (each ``ray start`` runs in a session of
+its own), not by ``ray stop``, which would stop every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segloop.jobs import JobRunner
+from segloop.jobs.executors import make_executor, ray_address
+from segloop.server.settings import RAY_MAX_JOBS, ServerSettings, SettingsError, parse_jobs_option
+from tests.scaleout.conftest import _missing
+from tests.unit.al_synthetic import make_store, tiny_train_config
+
+RAY_BIN = Path(sys.executable).with_name("ray")
+START_TIMEOUT = 90.0
+
+
+# --- --jobs parsing (no cluster) ---------------------------------------------------------------
+def test_jobs_option_takes_a_number_ray_or_a_ray_address() -> None:
+    assert parse_jobs_option("3") == (None, 3)
+    assert parse_jobs_option("0") == (None, 0)
+    assert parse_jobs_option("ray") == ("ray", RAY_MAX_JOBS)
+    assert parse_jobs_option("ray://head.lab:10001/") == ("ray://head.lab:10001", RAY_MAX_JOBS)
+    for bad in ("-1", "rays", "ray://head", "ray://head:port", "ray://:10001", "4.5"):
+        with pytest.raises(SettingsError):
+            parse_jobs_option(bad)
+    assert ray_address("ray") is None
+
+
+def test_serve_flags_choose_the_ray_executor(tmp_path: Path) -> None:
+    from segloop.cli import build_parser
+    from segloop.cli.serve_command import settings_from_args
+
+    parser = build_parser()
+    s = settings_from_args(parser.parse_args(["serve", "--data", str(tmp_path), "--jobs", "ray://10.0.0.5:10001"]))
+    assert (s.job_mode, s.max_running_jobs) == ("ray://10.0.0.5:10001", RAY_MAX_JOBS)
+    s = settings_from_args(parser.parse_args(["serve", "--data", str(tmp_path), "--jobs", "1", "--job-mode", "thread"]))
+    assert (s.job_mode, s.max_running_jobs) == ("thread", 1)
+
+
+def test_ray_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(SettingsError, match=re.escape("pip install 'segloop[ray]'")):
+        ServerSettings(data=tmp_path, job_mode="ray").resolve()
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    from segloop.jobs.executors import ExecutorConfig
+    from segloop.jobs.ray_executor import RayMissing
+
+    with pytest.raises(RayMissing, match=re.escape("pip install 'segloop[ray]'")):
+        make_executor("ray", ExecutorConfig(tmp_path)).start()
+
+
+# --- a real cluster ----------------------------------------------------------------------------
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _node_ports() -> list[str]:
+    """Fixed-by-default ports of a node, made private so that another Ray on the machine does not clash."""
+    agent, agent_grpc, metrics, runtime_env, node_manager, object_manager = _free_ports(6)
+    return [
+        "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
+        "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
+    ]
+
+
+class RayCluster:
+    def __init__(self, temp: Path) -> None:
+        self.temp = temp
+        self.groups: list[int] = []
+        self.gcs_port, self.client_port = _free_ports(2)
+
+    @property
+    def address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    def _start(self, args: list[str]) -> None:
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        proc = subprocess.Popen(
+            [str(RAY_BIN), "start", *args, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+             "--disable-usage-stats", *_node_ports()],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
+            start_new_session=True,  # its daemons stay in this process group: stopped by it
+        )
+        self.groups.append(proc.pid)
+        try:
+            out, _ = proc.communicate(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"ray start did not finish in {START_TIMEOUT}s:\n{out[-3000:]}") from None
+        assert proc.returncode == 0, f"ray start failed:\n{out[-3000:]}"
+
+    def start(self) -> None:
+        self._start(["--head", "--port", str(self.gcs_port), "--ray-client-server-port", str(self.client_port),
+                     "--temp-dir", str(self.temp), "--include-dashboard=false"])
+        self._start(["--address", f"127.0.0.1:{self.gcs_port}"])
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            alive = []
+            for pgid in self.groups:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, sig)
+                    alive.append(pgid)
+            end = time.monotonic() + wait
+            while alive and time.monotonic() < end:
+                alive = [g for g in alive if _group_alive(g)]
+                time.sleep(0.2)
+            if not alive:
+                return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # zombies (already dead, not yet reaped by init) still count for killpg: look at their state
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    try:
+        import ray  # noqa: F401
+        import ray.util.client  # noqa: F401
+    except ImportError:
+        _missing("Ray is not installed: pip install 'segloop[ray]'")
+    if not RAY_BIN.exists():
+        _missing(f"{RAY_BIN} not found (the ray command of this environment)")
+    # a short folder: Ray's socket paths live in it and must stay under 108 characters
+    temp = Path(tempfile.mkdtemp(prefix="sgray-", dir="/tmp"))
+    cluster = RayCluster(temp)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        subprocess.run(["rm", "-rf", str(temp)], check=False, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ray_runner(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[JobRunner, Any]]:
+    folder = tmp_path_factory.mktemp("raydata")
+    store, _, pool, _ = make_store(folder, n_train=4, n_pool=4)
+    runner = JobRunner(folder, mode=ray_cluster.address, max_running=4, child_threads=1, poll_interval=0.1,
+                       progress_interval=0.1)
+    runner.start()
+    try:
+        yield runner, store
+    finally:
+        runner.stop(timeout=20)
+
+
+def _train_params(**config: Any) -> dict[str, Any]:
+    return {"model": "tiny", "config": tiny_train_config(**config).to_dict(), "device": "cpu"}
+
+
+def _versions(store: Any) -> list[int]:
+    try:
+        model = store.get_model("tiny")
+    except Exception:
+        return []
+    return [v.version for v in model.versions]
+
+
+def _wait_until(predicate: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def _worker_pid(runner: JobRunner, job_id: str) -> int | None:
+    for entry in runner.db.log(job_id):
+        m = re.search(r"running on Ray node .* worker pid (\d+)", entry["line"])
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def test_training_then_scoring_run_on_the_cluster(ray_runner: tuple[JobRunner, Any]) -> None:
+    runner, store = ray_runner
+    seen: list[tuple[str, dict[str, Any]]] = []
+    runner.bus.subscribe(lambda event: seen.append((event["type"], event["data"])))
+
+    job = runner.submit("train", _train_params(epochs=2, steps_per_epoch=2))
+    done = runner.wait(job.id, timeout=120)
+    assert done.state == "done", (done.state, done.message, done.error, runner.db.log(job.id)[-10:])
+    assert done.progress == 1.0
+    assert done.result is not None and done.result["model_version"]["version"] == 1
+    assert _versions(store) == [1] and store.get_model("tiny").current_version == 1
+    lines = [e["line"] for e in runner.db.log(job.id)]
+    assert any("running on Ray node" in line for line in lines) and any("training 'tiny'" in line for line in lines)
+    assert runner.get(job.id, with_metrics=True).metrics  # per-epoch records came back from the worker
+    assert any(t == "model.version" and d.get("version") == 1 for t, d in seen)  # its event reached this bus
+    assert any(t == "job.progress" and d.get("job_id") == job.id for t, d in seen)
+
+    score = runner.submit("score", {"model": "tiny", "strategy": "entropy", "device": "cpu"})
+    scored = runner.wait(score.id, timeout=90)
+    assert scored.state == "done", (scored.state, scored.error, runner.db.log(score.id)[-10:])
+    assert scored.result is not None and scored.result["scored"] == 4 and scored.result["version"] == 1
+
+
+def test_cancel_and_a_killed_worker(ray_runner: tuple[JobRunner, Any]) -> None:
+    runner, store = ray_runner
+    if not _versions(store):  # alone: a first version to keep
+        assert runner.wait(runner.submit("train", _train_params(epochs=1, steps_per_epoch=1)).id, 120).state == "done"
+    before = _versions(store)
+    current = store.get_model("tiny").current_version
+
+    # cancel a long training once it trains on a worker: it stops cooperatively (DB flag)
+    job = runner.submit("train", _train_params(epochs=500, steps_per_epoch=4))
+    _wait_until(lambda: runner.get(job.id).progress > 0.0 and (runner.get(job.id).detail or {}).get("step"), 90,
+                "the training to make progress on Ray")
+    runner.cancel(job.id)
+    cancelled = runner.wait(job.id, timeout=60)
+    assert cancelled.state == "cancelled", (cancelled.state, cancelled.message, cancelled.error)
+
+    # SIGKILL the worker of another: the job fails, nothing retries it, no version is recorded
+    job = runner.submit("train", _train_params(epochs=500, steps_per_epoch=4))
+    _wait_until(lambda: _worker_pid(runner, job.id) is not None and runner.get(job.id).progress > 0.0, 90,
+                "the training to start on a Ray worker")
+    pid = _worker_pid(runner, job.id)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    failed = runner.wait(job.id, timeout=60)
+    assert failed.state == "failed", (failed.state, failed.message, failed.error)
+    assert failed.error is not None and "Ray worker running the job died" in failed.error
+    time.sleep(1.0)
+    assert runner.get(job.id).state == "failed"  # not retried behind our back
+    assert _versions(store) == before and store.get_model("tiny").current_version == current
+
+    # the cluster still runs jobs after the crash
+    again = runner.submit("score", {"model": "tiny", "strategy": "random"})
+    assert runner.wait(again.id, timeout=90).state == "done"
