@@ -30,6 +30,17 @@ def test_click_markers_follow_undo_and_redo(app: AppPage) -> None:
     app.page.wait_for_function("() => document.body.dataset.clicks === '1'", timeout=60_000)
     app.page.wait_for_function("() => document.body.dataset.markers === '1'")
     app.shot("marks-01-click-marker")
+    # drawn where the click was, in every tile showing its slice (the four-view layout too)
+    app.key("m")
+    app.page.evaluate("() => window.segloopDebug.viewer.goTo(document.body.dataset.lastClick.split(',').map(Number))")
+    app.page.wait_for_timeout(300)
+    drawn = app.page.evaluate("""() => {
+      const v = window.segloopDebug.viewer, vox = document.body.dataset.lastClick.split(',').map(Number);
+      const c = document.querySelector('#marks'), g = c.getContext('2d'), dpr = c.width / c.clientWidth;
+      return v.project(v.voxToMM(vox)).filter(p => p.dist < 0.5)
+        .map(p => [p.axCorSag, g.getImageData(Math.round(p.x * dpr), Math.round(p.y * dpr), 1, 1).data[3]]);
+    }""")
+    assert len(drawn) == 3 and all(alpha > 0 for _, alpha in drawn), drawn
     app.key("Control+z")
     app.page.wait_for_function("() => document.body.dataset.markers === '0'", timeout=60_000)
     app.key("Control+y")

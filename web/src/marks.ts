@@ -55,10 +55,8 @@ export class Marks {
       g.fillText(text, t.x + 7, t.y + 6);
     }
     g.save();
-    for (const t of tiles) {
-      g.beginPath();
-      g.rect(t.x, t.y, t.w, t.h);
-    }
+    g.beginPath(); // one path of every tile's rectangle: the marks stay inside the 2-D tiles
+    for (const t of tiles) g.rect(t.x, t.y, t.w, t.h);
     g.clip();
     for (const m of this.clicks) {
       for (const p of this.viewer.project(this.viewer.voxToMM(m.vox))) {
