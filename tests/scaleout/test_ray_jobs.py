@@ -108,8 +108,14 @@ class RayCluster:
     def address(self) -> str:
         return f"ray://127.0.0.1:{self.client_port}"
 
+    def env(self) -> dict[str, str]:
+        """No usage reports, and no token authentication (Ray 2.60 turns it on when it finds a token
+        in ~/.ray, e.g. one left by a local ``ray.init``): the same for the nodes and the drivers."""
+        return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+                "RAY_AUTH_TOKEN_PATH": str(self.temp / "no-token")}
+
     def _start(self, args: list[str]) -> None:
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        env = dict(os.environ, **self.env())
         proc = subprocess.Popen(
             [str(RAY_BIN), "start", *args, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
              "--disable-usage-stats", *_node_ports()],
@@ -131,7 +137,7 @@ class RayCluster:
         self._start(["--address", f"127.0.0.1:{self.gcs_port}"])
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             alive = []
             for pgid in self.groups:
                 with contextlib.suppress(ProcessLookupError):
@@ -176,11 +182,18 @@ def ray_cluster() -> Iterator[RayCluster]:
     # a short folder: Ray's socket paths live in it and must stay under 108 characters
     temp = Path(tempfile.mkdtemp(prefix="sgray-", dir="/tmp"))
     cluster = RayCluster(temp)
+    saved = {k: os.environ.get(k) for k in cluster.env()}
+    os.environ.update(cluster.env())  # this process and the servers it starts are the drivers
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         subprocess.run(["rm", "-rf", str(temp)], check=False, timeout=60)
 
 
@@ -281,3 +294,62 @@ def test_cancel_and_a_killed_worker(ray_runner: tuple[JobRunner, Any]) -> None:
     # the cluster still runs jobs after the crash
     again = runner.submit("score", {"model": "tiny", "strategy": "random"})
     assert runner.wait(again.id, timeout=90).state == "done"
+
+
+def test_server_on_ray_and_the_interrupted_rule_after_its_crash(
+    ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``segloop serve --jobs ray://...``: a training started through the API runs on the cluster;
+    the server is killed (-9) mid-training; restarted, it marks the job interrupted, the orphaned
+    task stops by itself (it watches the job's row) without recording a version, and the restarted
+    server runs jobs on the cluster again."""
+    import httpx
+
+    from tests.integration._harness import Server
+
+    folder = tmp_path_factory.mktemp("rayserver") / "data"
+    make_store(folder, n_train=4, n_pool=2)[0].close()
+    args = ("--jobs", ray_cluster.address, "--job-threads", "1")
+    server = Server(folder, *args).wait_ready(deadline_s=120)
+    try:
+        with httpx.Client(base_url=server.api, timeout=30) as api:
+            r = api.post("/models/tiny/train", json={"config": tiny_train_config(epochs=500, steps_per_epoch=4).to_dict()})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+
+            def worker_pid() -> int | None:
+                for entry in api.get(f"/jobs/{job_id}/log").json()["items"]:
+                    m = re.search(r"worker pid (\d+)", entry["line"])
+                    if m:
+                        return int(m.group(1))
+                return None
+
+            _wait_until(lambda: api.get(f"/jobs/{job_id}").json()["progress"] > 0.0 and worker_pid() is not None, 90,
+                        "the training to make progress on Ray")
+            pid = worker_pid()
+            assert pid is not None
+    finally:
+        server.stop(signal.SIGKILL)
+    server = Server(folder, *args).wait_ready(deadline_s=120)
+    try:
+        with httpx.Client(base_url=server.api, timeout=30) as api:
+            job = api.get(f"/jobs/{job_id}").json()
+            assert job["state"] == "interrupted", job
+            _wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), 60,
+                        "the orphaned Ray task to stop")
+            assert api.get("/models/tiny").status_code == 404 or not api.get("/models/tiny").json().get("versions")
+            r = api.post("/jobs", json={"kind": "score", "params": {"strategy": "random"}})
+            assert r.status_code == 202, r.text
+            score_id = r.json()["id"]
+            _wait_until(lambda: api.get(f"/jobs/{score_id}").json()["state"] not in ("queued", "running"), 90,
+                        "the score job to end")
+            assert api.get(f"/jobs/{score_id}").json()["state"] == "done"
+    finally:
+        server.stop()
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return "Z"
