@@ -18,85 +18,17 @@
 import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/niivue";
 import { invert4, parseHeader, writeLabel, type NiftiHeaderInfo } from "./nifti";
 import { drawPreview } from "./preview";
+import { type LutEntry, type RasMap, OUTLINE_FILL, PRESETS, drawLut, lut, makeImage, presetWindow, rasMap } from "./viewer_tables";
+import { Tile3DCache } from "./tile3d";
 
-/** A label value's colour; `hidden`: not drawn (the segment list's visibility switch). */
-export interface LutEntry { value: number; name: string; color: [number, number, number]; hidden?: boolean }
+export { PRESETS, type LutEntry } from "./viewer_tables";
+
 export type ViewMode = "multi" | "axial" | "coronal" | "sagittal" | "render";
 
 export interface VoxelHit { vox: [number, number, number]; axCorSag: number }
 
-export const PRESETS: Record<string, { label: string; center: number; width: number } | null> = {
-  auto: null,
-  "ct-soft": { label: "CT soft tissue", center: 40, width: 400 },
-  "ct-lung": { label: "CT lung", center: -600, width: 1500 },
-  "ct-bone": { label: "CT bone", center: 400, width: 1800 },
-  "ct-brain": { label: "CT brain", center: 40, width: 80 },
-  "mr-auto": { label: "MR (robust range)", center: NaN, width: NaN },
-};
-
-/** NVImage.new with its defaults spelled out (the typings make every argument required). */
-function makeImage(buf: ArrayBuffer, name: string, colormap: string, opacity: number): Promise<NVImage> {
-  return NVImage.new(buf, name, colormap, opacity, null, NaN, NaN, true, 0.02, false, false, "", 0,
-    0 as Parameters<typeof NVImage.new>[13], NaN, NaN, true, null, 0, null);
-}
-
-function lut(entries: LutEntry[]): { R: number[]; G: number[]; B: number[]; A: number[]; I: number[]; labels: string[] } {
-  const sorted = [...entries].sort((a, b) => a.value - b.value);
-  const out = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: [""] };
-  for (const e of sorted) {
-    if (e.value === 0) continue;
-    out.R.push(e.color[0]);
-    out.G.push(e.color[1]);
-    out.B.push(e.color[2]);
-    out.A.push(e.hidden ? 0 : 255);
-    out.I.push(e.value);
-    out.labels.push(e.name);
-  }
-  return out;
-}
-
-/** NiiVue's drawing colour table (256 entries) from the label schema. */
-/** The fill's opacity under the outline (low: the border carries the shape; the 3-D view keeps a hint). */
-const OUTLINE_FILL = 0.12;
-
-function drawLut(entries: LutEntry[]): Niivue["drawLut"] {
-  const t = lut(entries);
-  const table = new Uint8ClampedArray(256 * 4);
-  const labels: string[] = Array.from({ length: 256 }, (_, i) => String(i));
-  t.I.forEach((v, k) => {
-    if (v <= 0 || v > 255) return;
-    table.set([t.R[k], t.G[k], t.B[k], t.A[k]], v * 4);
-    labels[v] = t.labels[k];
-  });
-  labels[0] = "";
-  return { lut: table, labels };
-}
-
-function presetWindow(v: NVImage, key: string): { center: number; width: number } {
-  const p = PRESETS[key];
-  if (!p || Number.isNaN(p.center)) {
-    const lo = (key === "mr-auto" ? v.robust_min : v.global_min) ?? 0;
-    const hi = (key === "mr-auto" ? v.robust_max : v.global_max) ?? 1;
-    return { center: (lo + hi) / 2, width: Math.max(1e-6, hi - lo) };
-  }
-  return { center: p.center, width: p.width };
-}
-
-function rasMap(img: NVImage): RasMap {
-  const h = img.hdr!;
-  const perm = (img.permRAS ?? [1, 2, 3]).slice();
-  const dims = [1, 2, 3].map((p) => h.dims[Math.abs(perm[p - 1])]) as [number, number, number];
-  const step = (img.img2RASstep ?? [1, h.dims[1], h.dims[1] * h.dims[2]]).slice() as [number, number, number];
-  const start = (img.img2RASstart ?? [0, 0, 0]).slice() as [number, number, number];
-  const identity = perm[0] === 1 && perm[1] === 2 && perm[2] === 3;
-  return { identity, dims, step, start, perm };
-}
-
 export type OverlaySlot = "reference" | "prediction" | "discrepancy";
 export const OVERLAY_SLOTS: OverlaySlot[] = ["reference", "prediction", "discrepancy"];
-
-/** Native (file order) → NiiVue's RAS voxel order, as NiiVue's own `img2RAS` computes it. */
-interface RasMap { identity: boolean; dims: [number, number, number]; step: [number, number, number]; start: [number, number, number]; perm: number[] }
 
 export class Viewer {
   readonly nv: Niivue;
@@ -113,8 +45,8 @@ export class Viewer {
   labelOutline = false;
   private pending: Promise<void> | null = null;
   private mode: ViewMode = "multi";
-  /** The last picture of the 3-D tile (canvas pixels) and where it was. */
-  private cache3D: { fb: WebGLFramebuffer; rb: WebGLRenderbuffer; w: number; h: number; at: number[] } | null = null;
+  /** The last picture of the 3-D tile (canvas pixels) and where it was (made at attach). */
+  private cache3D: Tile3DCache | null = null;
   private reuse3D = false; // the next frame shows the cached 3-D tile (set by label changes)
   private lazyTimer = 0;
   /** After the last label change, the 3-D tile is rendered again after this long. */
@@ -163,6 +95,7 @@ export class Viewer {
     // no multisampling: the 3-D tile's cache is copied back with blitFramebuffer, which needs a
     // single-sampled canvas (and the slices are shown with nearest-neighbour voxels anyway)
     await this.nv.attachToCanvas(this.canvas, false);
+    this.cache3D = new Tile3DCache(this.nv.gl);
     this.nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
     const drawScene = this.nv.drawScene.bind(this.nv);
     this.nv.drawScene = () => {
@@ -173,13 +106,13 @@ export class Viewer {
     const draw3D = this.nv.draw3D.bind(this.nv);
     this.nv.draw3D = (ltwh: number[] = [0, 0, 0, 0], ...rest: unknown[]) => {
       const tile = ltwh[2] > 0 && ltwh[3] > 0 && this.mode === "multi";
-      if (tile && this.reuse3D && this.restore3D(ltwh)) {
+      if (tile && this.reuse3D && this.cache3D?.restore(ltwh)) {
         this.frames.reused3D++;
         return undefined;
       }
       const out = (draw3D as (...a: unknown[]) => string | undefined)(ltwh, ...rest);
       this.frames.full3D++;
-      if (tile) this.save3D(ltwh);
+      if (tile) this.cache3D?.save(ltwh);
       return out;
     };
     this.nv.onLocationChange = (loc: unknown) => {
@@ -220,7 +153,7 @@ export class Viewer {
     while (this.nv.volumes.length) this.nv.removeVolumeByIndex(this.nv.volumes.length - 1);
     this.overlays.clear();
     this.clearOverlayTexture();
-    this.dropCache3D();
+    this.cache3D?.drop();
     this.nv.document.completedMeasurements = [];
     this.nv.document.completedAngles = [];
     this.nv.drawBitmap = null;
@@ -259,55 +192,6 @@ export class Viewer {
   private clearOverlayTexture(): void {
     const nv = this.nv;
     nv.overlayTexture = nv.rgbaTex(nv.overlayTexture, nv.gl.TEXTURE2, [2, 2, 2, 2], true);
-  }
-
-  private dropCache3D(): void {
-    if (!this.cache3D) return;
-    this.nv.gl.deleteFramebuffer(this.cache3D.fb);
-    this.nv.gl.deleteRenderbuffer(this.cache3D.rb);
-    this.cache3D = null;
-  }
-
-  /** Copy the 3-D tile just drawn (canvas pixels, top-left origin) into the cache. */
-  private save3D(ltwh: number[]): void {
-    const gl = this.nv.gl;
-    const [x, top, w, h] = ltwh.map(Math.round);
-    const y = gl.drawingBufferHeight - top - h;
-    if (!this.cache3D || this.cache3D.w !== w || this.cache3D.h !== h) {
-      this.dropCache3D();
-      const fb = gl.createFramebuffer(), rb = gl.createRenderbuffer();
-      if (!fb || !rb) return;
-      gl.bindRenderbuffer(gl.RENDERBUFFER, rb);
-      gl.renderbufferStorage(gl.RENDERBUFFER, gl.RGBA8, w, h);
-      gl.bindFramebuffer(gl.FRAMEBUFFER, fb);
-      gl.framebufferRenderbuffer(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.RENDERBUFFER, rb);
-      gl.bindFramebuffer(gl.FRAMEBUFFER, null);
-      this.cache3D = { fb, rb, w, h, at: [] };
-    }
-    this.blit(null, this.cache3D.fb, [x, y, x + w, y + h], [0, 0, w, h]);
-    this.cache3D.at = [x, y];
-  }
-
-  /** Show the cached 3-D tile at `ltwh`; false when the cache does not fit (then ray-cast). */
-  private restore3D(ltwh: number[]): boolean {
-    const c = this.cache3D;
-    const gl = this.nv.gl;
-    const [x, top, w, h] = ltwh.map(Math.round);
-    const y = gl.drawingBufferHeight - top - h;
-    if (!c || c.w !== w || c.h !== h || c.at[0] !== x || c.at[1] !== y) return false;
-    this.blit(c.fb, null, [0, 0, w, h], [x, y, x + w, y + h]);
-    return true;
-  }
-
-  private blit(from: WebGLFramebuffer | null, to: WebGLFramebuffer | null, src: number[], dst: number[]): void {
-    const gl = this.nv.gl;
-    const scissor = gl.isEnabled(gl.SCISSOR_TEST);
-    if (scissor) gl.disable(gl.SCISSOR_TEST);
-    gl.bindFramebuffer(gl.READ_FRAMEBUFFER, from);
-    gl.bindFramebuffer(gl.DRAW_FRAMEBUFFER, to);
-    gl.blitFramebuffer(src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], gl.COLOR_BUFFER_BIT, gl.NEAREST);
-    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
-    if (scissor) gl.enable(gl.SCISSOR_TEST);
   }
 
   /** Draw a frame caused by a label change: slices now, the 3-D tile from its cache, re-cast later. */
