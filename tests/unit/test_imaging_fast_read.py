@@ -15,6 +15,7 @@ import gzip
 import io
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -27,7 +28,7 @@ from segloop.imaging.dicom import (
     read_dicom_series,
 )
 from segloop.imaging.errors import ImagingError
-from segloop.imaging.nifti import read_nifti, write_nifti
+from segloop.imaging.nifti import _image_pieces, read_nifti, write_nifti
 from segloop.imaging.volume import Volume
 from segloop.store.dicomweb import MultipartSplitter, split_multipart
 
@@ -40,6 +41,13 @@ SETS = [
     DICOM / "ct_seg_dcmqi" / "ct-3slice",
     *[DICOM / "transfer_syntaxes_dcm_qa_ts" / "In" / f"{i}.dcm" for i in range(1, 10)],
 ]
+
+
+def _nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    return img
 
 
 def _files(path: Path) -> list[Path]:
@@ -142,13 +150,14 @@ def test_stack_and_rescale_is_exact(dtype: type, slopes: list[float], intercepts
 
 
 @pytest.mark.parametrize("shape", [(512, 512, 7), (7, 5, 3), (7, 5, 3, 2), (1, 1, 1)])
-@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.uint16, np.int32, np.float64])
 def test_uncompressed_gzip_nifti_is_nibabels_file(tmp_path: Path, shape: tuple[int, ...], dtype: type) -> None:
     rng = np.random.default_rng(1)
     data = np.asfortranarray(rng.integers(0, 200, size=shape).astype(dtype))
     affine = np.diag([0.8, 0.8, 1.25, 1.0])
     affine[:3, 3] = [1, 2, 3]
     vol = Volume(data, affine, {})
+    assert _image_pieces(_nifti_image(data, affine), data) is not None  # the fast path is taken
     write_nifti(vol, tmp_path / "fast.nii.gz", compresslevel=0, durable=False)
     write_nifti(vol, tmp_path / "ref.nii.gz")
     fast = (tmp_path / "fast.nii.gz").read_bytes()

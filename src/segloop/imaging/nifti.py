@@ -109,17 +109,20 @@ def write_nifti(
 
 def _image_pieces(img: nib.Nifti1Image, data: np.ndarray) -> list[memoryview] | None:
     """``img`` (holding ``data``) as a single NIfTI-1 file, in pieces without copying the voxels:
-    the header nibabel makes, then ``data``'s memory. ``None`` where the voxels are not stored
-    as they are in memory (not Fortran-ordered, another dtype, scaled): use nibabel's bytes."""
-    header = img.header
-    offset = int(header.get_data_offset())
+    the header as nibabel writes it for unscaled data (its vox_offset, scl_slope 1, scl_inter 0),
+    then ``data``'s memory. ``None`` where the voxels are not stored as they are in memory (not
+    Fortran-ordered, another dtype, scaled): use nibabel's bytes then."""
+    header = img.header.copy()
     slope, inter = header["scl_slope"], header["scl_inter"]
     if not (data.flags.f_contiguous and data.dtype.isnative and data.dtype == header.get_data_dtype()
-            and (np.isnan(slope) or slope in (0, 1)) and (np.isnan(inter) or inter == 0) and offset >= 352):
+            and (np.isnan(slope) or slope == 1) and (np.isnan(inter) or inter == 0)
+            and not header.extensions):
         return None
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0  # what nibabel's writer records for unscaled data
     head = io.BytesIO()
-    header.write_to(head)
+    header.write_to(head)  # sets vox_offset (352) when unset
     block = head.getvalue()
+    offset = int(header.get_data_offset())
     if len(block) > offset:
         return None
     return [memoryview(block + b"\0" * (offset - len(block))), data.reshape(-1, order="F").data.cast("B")]
