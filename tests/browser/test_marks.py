@@ -21,6 +21,15 @@ def _drag(app: AppPage, a: tuple[float, float], b: tuple[float, float], shift: b
         app.page.keyboard.up("Shift")
 
 
+MARK_PIXELS = """() => {
+  const v = window.segloopDebug.viewer, vox = document.body.dataset.lastClick.split(',').map(Number);
+  const c = document.querySelector('#marks'), g = c.getContext('2d'), dpr = c.width / c.clientWidth;
+  return v.project(v.voxToMM(vox)).filter(p => p.dist < 0.5)
+    .map(p => [p.axCorSag, g.getImageData(Math.round(p.x * dpr), Math.round(p.y * dpr), 1, 1).data[3]]);
+}"""
+MARK_ALPHA = f"() => ({MARK_PIXELS})().map(p => p[1])"
+
+
 def test_click_markers_follow_undo_and_redo(app: AppPage) -> None:
     app.open("hippocampus_007")
     app.key("a")
@@ -34,13 +43,11 @@ def test_click_markers_follow_undo_and_redo(app: AppPage) -> None:
     app.key("m")
     app.page.evaluate("() => window.segloopDebug.viewer.goTo(document.body.dataset.lastClick.split(',').map(Number))")
     app.page.wait_for_timeout(300)
-    drawn = app.page.evaluate("""() => {
-      const v = window.segloopDebug.viewer, vox = document.body.dataset.lastClick.split(',').map(Number);
-      const c = document.querySelector('#marks'), g = c.getContext('2d'), dpr = c.width / c.clientWidth;
-      return v.project(v.voxToMM(vox)).filter(p => p.dist < 0.5)
-        .map(p => [p.axCorSag, g.getImageData(Math.round(p.x * dpr), Math.round(p.y * dpr), 1, 1).data[3]]);
-    }""")
+    drawn = app.page.evaluate(MARK_PIXELS)
     assert len(drawn) == 3 and all(alpha > 0 for _, alpha in drawn), drawn
+    app.page.uncheck("#show-clicks")  # the markers can be hidden
+    assert app.page.evaluate(MARK_ALPHA) == [0, 0, 0]
+    app.page.check("#show-clicks")
     app.key("Control+z")
     app.page.wait_for_function("() => document.body.dataset.markers === '0'", timeout=60_000)
     app.key("Control+y")
@@ -67,6 +74,13 @@ def test_ruler_measures_and_escape_clears(app: AppPage) -> None:
     app.key("Escape")
     app.page.wait_for_function("() => document.body.dataset.rulers === '0'")
     assert app.page.inner_text("#rulers").strip() == ""
+    # a measurement stays with its image: another image starts without it
+    _drag(app, a, b)
+    app.page.wait_for_function("() => document.body.dataset.rulers === '1'")
+    app.page.click("#worklist tr[data-id='hippocampus_003']")
+    app.page.wait_for_function("() => document.body.dataset.imageId === 'hippocampus_003'", timeout=60_000)
+    assert app.body("rulers") == "0" and app.page.inner_text("#rulers").strip() == ""
+    assert app.page.evaluate("() => window.segloopDebug.viewer.nv.document.completedMeasurements.length") == 0
     # measuring does not edit the label
     assert not app.page.evaluate("() => window.segloopDebug.dirty()")
 

@@ -13,6 +13,7 @@ const VIEW_NAMES = ["Axial", "Coronal", "Sagittal"];
 
 export class Marks {
   clicks: ClickMark[] = [];
+  showClicks = true;
   rulers: Ruler[] = [];
   /** The ruler being dragged (world mm). */
   drawing: { a: number[]; b: number[] } | null = null;
@@ -58,7 +59,7 @@ export class Marks {
     g.beginPath(); // one path of every tile's rectangle: the marks stay inside the 2-D tiles
     for (const t of tiles) g.rect(t.x, t.y, t.w, t.h);
     g.clip();
-    for (const m of this.clicks) {
+    for (const m of this.showClicks ? this.clicks : []) {
       for (const p of this.viewer.project(this.viewer.voxToMM(m.vox))) {
         if (p.dist > this.onSlice(p.axCorSag)) continue;
         this.marker(p.x, p.y, m);

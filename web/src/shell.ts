@@ -96,6 +96,7 @@ export const SHELL = `
       <div class="layers">
         <label><input id="show-label" type="checkbox" checked> label</label><label title="Draw each region's border instead of filling it"><input id="outline" type="checkbox"> outline</label>
         <input id="opacity" type="range" min="0" max="1" step="0.05" value="0.5" title="label opacity">
+        <label title="A marker at each click of the session (class colour; undo removes it)"><input id="show-clicks" type="checkbox" checked> clicks</label><span></span><span></span>
         <label title="A saved revision, e.g. the reference (final) label"><input id="ov-reference-on" type="checkbox" data-slot="reference"> reference</label>
         <select id="ov-reference" data-slot="reference"></select>
         <input id="ov-reference-opacity" type="range" min="0" max="1" step="0.05" value="0.5" data-slot="reference" title="reference opacity">

@@ -180,6 +180,11 @@ export function renderRulers(): void {
   marks.draw();
 }
 
+$input("#show-clicks").addEventListener("change", () => {
+  marks.showClicks = $input("#show-clicks").checked;
+  marks.draw();
+});
+
 /** Click markers: the clicks of the session that undo can still take back (in order). */
 export function clickMarks(): void {
   marks.clicks = editor.clickGroups().flatMap((g) => g.points.map((p) => {
