@@ -194,6 +194,7 @@ async def infer(
                 "latencies": {"pre": round(t2 - t1, 4), "infer": round(t3 - t2, 4), "invert": 0.0, "post": 0.0,
                               "write": round(t4 - t3, 4), "total": round(t4 - t0, 4), "transform": None},
                 "segloop": {"model": pred.model, "version": pred.version, "clicks": len(req.clicks),
+                            "model_seconds": round(float(getattr(pred, "seconds", 0.0) or 0.0), 4),
                             "image": rec.id if rec is not None else None, "session_id": session_id or None,
                             "label_values": "schema class values (the values /info/ lists)"},
             }
@@ -208,7 +209,9 @@ async def infer(
     finally:
         if folder is not None:
             await run_in_threadpool(shutil.rmtree, folder, True)
-    headers = {"X-Segloop-Model": str(meta["segloop"]["model"]), "X-Segloop-Version": str(meta["segloop"]["version"])}
+    headers = {"X-Segloop-Model": str(meta["segloop"]["model"]), "X-Segloop-Version": str(meta["segloop"]["version"]),
+               # the network's own time, as the native routes answer it (the rest is the route's)
+               "X-Segloop-Seconds": f"{meta['segloop']['model_seconds']:.4f}"}
     if out_kind == "json":
         return JSONResponse(meta, headers=headers)
     filename = convert.result_filename(stem, fmt[0])
