@@ -18,7 +18,7 @@ routes differ, so ``auto_compat_over_native`` alone says little; ``auto_route_ov
 ``auto_compat_over_native_same_model`` (both routes at the median network time) say what the
 compatible surface costs. A cProfile of both automatic requests in one server process
 (2026-12-05) found the same work — ``Predictor.predict`` on the same loaded volume, the same
-gzip NIfTI encoder — with the network at 94-99 % of each request. The model is a small network trained for a few epochs on hippocampus cases: latency,
+gzip NIfTI encoder — with the network at 90-99 % of each request. The model is a small network trained for a few epochs on hippocampus cases: latency,
 not accuracy, is measured.
 
 Usage::
