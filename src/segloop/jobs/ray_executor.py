@@ -235,6 +235,8 @@ class _RayExecution:
             outcome = ("failed", f"job monitor failed: {exc}", "")
         try:
             self.executor.pump()  # what the task sent before it ended, before its outcome
+        except Exception as exc:
+            log.warning("could not read job %s's last messages from the Ray mailbox: %s", self.job.id, exc)
         finally:
             self.executor.forget(self.job.id)
             self.finish(outcome)
