@@ -62,7 +62,7 @@ function renderDatasetEvaluation(): void {
     ${perImage.map((p) => {
       const role = roles.get(p.image_id);
       return `<tr data-id="${esc(p.image_id)}" data-role="${role ?? "unseen"}"><td class="name" title="${esc(p.name)}, revision ${p.revision}">${esc(p.name)}</td>
-        <td>${role ? `<span class="badge ${role === "train" ? "draft" : "none"}">${role}</span>` : ""}</td>
+        <td>${role ? `<span class="badge ${role === "train" ? "draft" : "none"}" title="${role === "train" ? "trained on" : "validated on (chose the best epoch)"}">${role === "train" ? "train" : "val"}</span>` : ""}</td>
         ${classes.map((c) => `<td class="num">${fmt(p.classes[c]?.dice)}</td>`).join("")}</tr>`;
     }).join("")}</tbody></table></div>`;
 }
