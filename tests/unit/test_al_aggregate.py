@@ -143,3 +143,32 @@ def test_click_figures_over_runs(tmp_path: Path) -> None:
     assert [(r["arm"], r["clicks_per_class"]) for r in rows] == [("entropy", "0"), ("entropy", "3"), ("entropy", "noc85"),
                                                                  ("entropy", "noc90")]
     assert float(rows[3]["dice_mean"]) == pytest.approx(5.0)
+
+
+def test_full_arm_borrowed_from_a_run_with_the_same_training(tmp_path: Path) -> None:
+    donors = [write_run(tmp_path / f"d{s}", s, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], full, finish=None)
+              for s, full in ((0, 0.90), (1, 0.80))]
+    new = []
+    for s in (0, 1):  # another annotator and another strategy list: the full arm does not depend on them
+        run = write_run(tmp_path / f"n{s}", s, [0.70, 0.80, 0.85], [0.70, 0.82, 0.86], 0.0, finish="brush",
+                        compare=["random", "entropy", "tta-dice", "full"])
+        rep = json.loads((run / "report.json").read_text())
+        del rep["arms"]["full"]
+        (run / "report.json").write_text(json.dumps(rep))
+        new.append(run)
+    without = aggregate(new)
+    assert "relative_to_full" not in without["summary"]["random"]
+    agg = aggregate(new, full_from=donors)
+    assert len(agg["notes"]) == 2 and "d0" in agg["notes"][0]
+    rel = agg["summary"]["random"]["relative_to_full"]["values"]
+    assert rel == pytest.approx([0.85 / 0.90, 0.85 / 0.80])  # each seed's own donor
+    # a donor trained otherwise (other budgets) is refused, naming the setting
+    other = write_run(tmp_path / "o0", 0, [0.5] * 3, [0.5] * 3, 0.9, per_round=3)
+    with pytest.raises(EmulationError, match="per_round"):
+        aggregate(new, full_from=[other])
+    bare = write_run(tmp_path / "b0", 0, [0.5] * 3, [0.5] * 3, 0.9)
+    rep = json.loads((bare / "report.json").read_text())
+    del rep["arms"]["full"]
+    (bare / "report.json").write_text(json.dumps(rep))
+    with pytest.raises(EmulationError, match="no finished 'full' arm"):
+        aggregate(new, full_from=[bare])

@@ -36,10 +36,12 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from segloop.loop.emulate import EmulationError
 
     try:
-        agg = aggregate(args.aggregate)
+        agg = aggregate(args.aggregate, full_from=args.full_from or ())
     except EmulationError as exc:
         raise CommandError(str(exc)) from exc
     write_aggregate(agg, args.out)
+    for note in agg.get("notes") or []:
+        print(f"note: {note}")
     print(f"{len(agg['runs'])} run(s), seeds {agg['seeds']}: mean ± sd [min, max] over the runs")
     print(f"{'arm':<12} {'rounds':>6} {'final test Dice':>28} {'AUC':>28} {'AUC - random (paired, 95% CI)':>32} "
           f"{'labels to 95% of full':>24} {'min/volume':>10}")
@@ -176,6 +178,9 @@ def register(subparsers: Any) -> None:
                    help="output folder (resumed if it holds a run; with --aggregate: where the summary goes)")
     p.add_argument("--aggregate", nargs="+", default=None, metavar="RUN",
                    help="summarise these finished emulation folders (one per seed) into OUT instead of running")
+    p.add_argument("--full-from", nargs="+", default=None, metavar="RUN",
+                   help="with --aggregate: earlier runs (same seeds, splits, budgets and training settings; other "
+                        "strategies or annotator allowed) whose 'full' arm stands in for a run without one")
     p.add_argument("--strategy", default="entropy",
                    help="strategy (random, sequential, entropy, soft-dice, mc-dropout, tta)")
     p.add_argument("--compare", default=None, metavar="A,B,...",

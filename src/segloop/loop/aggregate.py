@@ -100,9 +100,56 @@ def load_reports(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
     return reports
 
 
-def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
-    """Mean and spread over several emulation runs (see the module docstring)."""
+# Settings that change the strategies' arms but not the ``full`` arm, which trains once on every
+# pool image's reference label with the splits, budgets and training settings of the run.
+FULL_UNAFFECTED = {"compare", "strategy", "finish", "clicks", "satisfied_dice", "diagnose", "diagnose_images", "diversity",
+                   "out", "device"}
+
+
+def borrow_full(reports: list[dict[str, Any]], donors: Sequence[str | Path]) -> list[str]:
+    """Give each report without a finished ``full`` arm the ``full`` arm of the donor run with its
+    seed (in place). A donor must agree on every setting that decides the ``full`` arm (all but
+    `FULL_UNAFFECTED`, e.g. another annotator or other strategies): its ``full`` is then the
+    same training on the same data. Returns one line per borrowed arm (for the aggregate's notes).
+
+    Raises:
+        EmulationError: a donor without a report or a finished ``full``, or with other settings.
+    """
+    by_seed: dict[Any, tuple[str, dict[str, Any]]] = {}
+    for folder in donors:
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise EmulationError(f"--full-from {folder}: no report.json")
+        rep = json.loads(path.read_text())
+        if not rep.get("arms", {}).get(FULL):
+            raise EmulationError(f"--full-from {folder}: its run has no finished 'full' arm")
+        by_seed[rep["config"].get("seed")] = (str(folder), rep)
+    notes = []
+    for rep in reports:
+        if rep["arms"].get(FULL):
+            continue
+        seed = rep["config"].get("seed")
+        if seed not in by_seed:
+            continue
+        folder, donor = by_seed[seed]
+        a = {k: v for k, v in _comparable(rep["config"]).items() if k not in FULL_UNAFFECTED}
+        b = {k: v for k, v in _comparable(donor["config"]).items() if k not in FULL_UNAFFECTED}
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            raise EmulationError(f"--full-from {folder}: seed {seed}'s 'full' arm was trained with other settings "
+                                 f"({', '.join(diff)} differ)")
+        if rep.get("splits") and donor.get("splits") and rep["splits"] != donor["splits"]:
+            raise EmulationError(f"--full-from {folder}: seed {seed} has other splits there")
+        rep["arms"][FULL] = donor["arms"][FULL]
+        notes.append(f"seed {seed}: the 'full' arm comes from {folder} (same splits, budgets and training settings)")
+    return notes
+
+
+def aggregate(folders: Sequence[str | Path], full_from: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Mean and spread over several emulation runs (see the module docstring); ``full_from``:
+    earlier runs whose ``full`` arm stands in for a missing one (`borrow_full`)."""
     reports = load_reports(folders)
+    borrowed = borrow_full(reports, full_from) if full_from else []
     arms = [a for a in reports[0]["config"].get("compare") or [reports[0]["config"].get("strategy")] if a]
     arms = list(dict.fromkeys(str(a).strip().lower() for a in arms))
     out_arms: dict[str, Any] = {}
@@ -177,7 +224,8 @@ def aggregate(folders: Sequence[str | Path]) -> dict[str, Any]:
         cfg.pop(key, None)
     return {"score_error_spearman": _pooled_correlations(all_diags), "effort_model": reports[0].get("effort_model"),
             "budgets": reports[0].get("budgets"),"runs": [str(f) for f in folders], "seeds": [r["config"].get("seed") for r in reports],
-            "config": cfg, "wall_seconds": [r.get("wall_seconds") for r in reports], "summary": summary, "arms": out_arms}
+            "config": cfg, "wall_seconds": [r.get("wall_seconds") for r in reports], "summary": summary, "arms": out_arms,
+            "notes": borrowed}
 
 
 def _click_spread(figures: Sequence[dict[str, Any]]) -> dict[str, Any]:
