@@ -153,7 +153,7 @@ def main() -> int:
         "config": {"pool": args.pool, "shape": args.shape, "strategy": "mc-dropout", "passes": args.passes,
                    "repeats": args.repeats, "nodes": "head + 1 worker, 1 CPU each, loopback, Ray Client"},
         "runs": runs,
-        "images_per_minute": {"1_worker": median_rate(1), "2_workers": median_rate(2)},
+        "images_per_minute": {"1_worker": round(median_rate(1), 2), "2_workers": round(median_rate(2), 2)},
         "ratio_2_vs_1": round(median_rate(2) / median_rate(1), 2),
     }
     text = json.dumps(result, indent=2)
