@@ -208,7 +208,7 @@ def test_every_shared_dicom_folder_imports_or_is_refused_precisely(segloop: Segl
     expectations = {
         "mr_brain_tcia_pgbm": 3,  # GE and Siemens oblique T1post + the HippoCrop series
         "ct_totalsegmentator_example": 1,  # blank UIDs, JPEG 2000
-        "ct_seg_dcmqi": 1,  # 3-slice CT; the two SEGs are skipped with a reason
+        "ct_seg_dcmqi": 1,  # 3-slice CT; its two SEGs become label revisions 1 and 2 of it
         "transfer_syntaxes_dcm_qa_ts": 9,  # one mosaic volume per file
     }
     for folder, n_images in expectations.items():
@@ -221,7 +221,9 @@ def test_every_shared_dicom_folder_imports_or_is_refused_precisely(segloop: Segl
             assert img["modality"] in ("MR", "CT")
             assert len(img["shape"]) == 3
     seg_run = segloop("import", dicom / "ct_seg_dcmqi", "--data", tmp_path / "seg2")
-    assert "liver.dcm" in seg_run.err and "skipped" in seg_run.err
+    assert seg_run.code == 0, seg_run.err
+    assert "liver.dcm: label r1" in seg_run.err and "partial_overlaps.dcm: label r2" in seg_run.err
+    assert "skipped" not in seg_run.err
 
 
 def test_gzip_label_file_is_read_in_full(segloop: Segloop, tmp_path: Path) -> None:

@@ -122,6 +122,9 @@ def _import_segs(store: Any, segs: list[Path], args: argparse.Namespace) -> tupl
 
     done: dict[str, Any] = {}
     failed = 0
+    # a store without classes before these SEGs takes their segments as its schema (all of them:
+    # several SEGs of one import extend it); an existing schema must fit (import-seg --extend-schema)
+    extend = not store.get_schema().foreground
     tmp = Path(tempfile.mkdtemp(prefix="seg-", dir=store.staging_dir())) if segs and args.deidentify else None
     try:
         for path in segs:
@@ -130,8 +133,6 @@ def _import_segs(store: Any, segs: list[Path], args: argparse.Namespace) -> tupl
                     raise ImagingError(path, "a SEG inside an archive is not imported by segloop import; "
                                              "extract it and use segloop import-seg")
                 source = path if tmp is None else _deidentified_seg(path, args.deid_map, tmp)
-                # a store without classes yet takes the SEG's segments as its schema; otherwise they must fit it
-                extend = not store.get_schema().foreground
                 result = import_dicom_seg(store, source, author=args.author, status="draft" if args.draft else "final",
                                           extend_schema=extend)
             except (ImagingError, ValidationError, NotFoundError) as exc:
