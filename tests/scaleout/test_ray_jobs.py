@@ -3,8 +3,9 @@ separate ``ray start`` processes on loopback (one CPU each), and a `JobRunner` t
 through the head's Ray Client port, as ``segloop serve --jobs ray://HOST:PORT`` does.
 
 A tiny training and a scoring job run there to the end (progress, metrics, log, the new model
-version); a cancelled training and a training whose Ray worker is killed (SIGKILL) end cancelled
-and failed, and neither records a model version.
+version); a training cancelled while it waits for a worker, one cancelled while it trains and one
+whose Ray worker is killed (SIGKILL) end cancelled, cancelled and failed, and none records a model
+version; a server on the cluster killed mid-training leaves an interrupted job on restart.
 
 The cluster's processes are ended by their process group (each ``ray start`` runs in a session of
 its own), not by ``ray stop``, which would stop every Ray on the machine.
@@ -12,6 +13,7 @@ its own), not by ``ray stop``, which would stop every Ray on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -163,34 +165,47 @@ def test_training_then_scoring_run_on_the_cluster(ray_runner: tuple[JobRunner, A
     assert scored.result is not None and scored.result["scored"] == 4 and scored.result["version"] == 1
 
 
-def test_cancel_and_a_killed_worker(ray_runner: tuple[JobRunner, Any]) -> None:
+def test_cancel_running_and_waiting_and_a_killed_worker(ray_runner: tuple[JobRunner, Any]) -> None:
+    """Two long trainings fill the cluster's two CPUs and a third waits for a worker: the waiting
+    one is cancelled off Ray's queue (it never runs), the first is cancelled while it trains (it
+    stops cooperatively on the DB flag), the second's worker is killed with SIGKILL (the job fails
+    and is not retried). No model gains a version."""
     runner, store = ray_runner
     if not _versions(store):  # alone: a first version to keep
         assert runner.wait(runner.submit("train", _train_params(epochs=1, steps_per_epoch=1)).id, 120).state == "done"
     before = _versions(store)
     current = store.get_model("tiny").current_version
 
-    # cancel a long training once it trains on a worker: it stops cooperatively (DB flag)
-    job = runner.submit("train", _train_params(epochs=500, steps_per_epoch=4))
-    _wait_until(lambda: runner.get(job.id).progress > 0.0 and (runner.get(job.id).detail or {}).get("step"), 90,
-                "the training to make progress on Ray")
-    runner.cancel(job.id)
-    cancelled = runner.wait(job.id, timeout=60)
+    a = runner.submit("train", _train_params(epochs=500, steps_per_epoch=4))
+    b = runner.submit("train", {**_train_params(epochs=500, steps_per_epoch=4), "model": "tiny-b"})
+    _wait_until(lambda: all(_worker_pid(runner, j.id) and runner.get(j.id).progress > 0.0 for j in (a, b)), 120,
+                "both trainings to make progress on Ray")
+    c = runner.submit("train", {**_train_params(epochs=500, steps_per_epoch=4), "model": "tiny-c"})
+    _wait_until(lambda: runner.get(c.id).state == "running", 10, "the third training to be handed to Ray")
+    time.sleep(1.0)
+    assert "waiting for a Ray worker" in runner.get(c.id).message and _worker_pid(runner, c.id) is None
+
+    runner.cancel(c.id)
+    waiting = runner.wait(c.id, timeout=30)
+    assert waiting.state == "cancelled", (waiting.state, waiting.message, waiting.error)
+    assert _worker_pid(runner, c.id) is None  # never ran
+
+    runner.cancel(a.id)
+    cancelled = runner.wait(a.id, timeout=60)
     assert cancelled.state == "cancelled", (cancelled.state, cancelled.message, cancelled.error)
 
-    # SIGKILL the worker of another: the job fails, nothing retries it, no version is recorded
-    job = runner.submit("train", _train_params(epochs=500, steps_per_epoch=4))
-    _wait_until(lambda: _worker_pid(runner, job.id) is not None and runner.get(job.id).progress > 0.0, 90,
-                "the training to start on a Ray worker")
-    pid = _worker_pid(runner, job.id)
+    pid = _worker_pid(runner, b.id)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    failed = runner.wait(job.id, timeout=60)
+    failed = runner.wait(b.id, timeout=60)
     assert failed.state == "failed", (failed.state, failed.message, failed.error)
     assert failed.error is not None and "Ray worker running the job died" in failed.error
     time.sleep(1.0)
-    assert runner.get(job.id).state == "failed"  # not retried behind our back
+    assert runner.get(b.id).state == "failed"  # not retried behind our back
     assert _versions(store) == before and store.get_model("tiny").current_version == current
+    for name in ("tiny-b", "tiny-c"):
+        with contextlib.suppress(Exception):
+            assert not store.get_model(name).versions
 
     # the cluster still runs jobs after the crash
     again = runner.submit("score", {"model": "tiny", "strategy": "random"})
