@@ -172,3 +172,17 @@ def test_full_arm_borrowed_from_a_run_with_the_same_training(tmp_path: Path) -> 
     (bare / "report.json").write_text(json.dumps(rep))
     with pytest.raises(EmulationError, match="no finished 'full' arm"):
         aggregate(new, full_from=[bare])
+
+
+def test_an_arm_that_got_less_far_is_compared_over_the_same_rounds(tmp_path: Path) -> None:
+    runs = []
+    for s in (0, 1):
+        run = write_run(tmp_path / f"s{s}", s, [0.60, 0.70, 0.90], [0.60, 0.72, 0.75], 0.9)
+        rep = json.loads((run / "report.json").read_text())
+        rep["arms"]["entropy"] = rep["arms"]["entropy"][:2]  # stopped after round 1
+        (run / "report.json").write_text(json.dumps(rep))
+        runs.append(run)
+    agg = aggregate(runs)
+    s = agg["summary"]["entropy"]
+    # over rounds 0..1: entropy (0.60+0.72)/2 = 0.66 vs random (0.60+0.70)/2 = 0.65, not random's whole curve
+    assert s["auc_minus_random_rounds"] == 1 and s["auc_minus_random"]["mean"] == pytest.approx(0.01)

@@ -208,12 +208,21 @@ def aggregate(folders: Sequence[str | Path], full_from: Sequence[str | Path] = (
             s["clicks"] = _click_spread([c for c in clicks if c])
         summary[arm] = s
     if "random" in out_arms:
-        rnd = summary["random"]["auc"]["values"]
         for arm in out_arms:
             if arm in ("random", FULL):
                 continue
-            mine = summary[arm]["auc"]["values"]
-            diffs = paired_differences(mine, rnd)
+            # the same rounds on both sides: an arm that got less far is compared with random's curve as far
+            n = min(summary[arm]["rounds_used"], summary["random"]["rounds_used"]) + 1
+
+            def auc_upto(name: str, n: int = n) -> list[float | None]:
+                return [area_under_curve([r["labelled_fraction"] for r in x[:n]], [r["test_mean_dice"] for r in x[:n]])
+                        for x in (rep["arms"][name] for rep in reports)]
+
+            if n < 2:
+                summary[arm]["note"] = "no finished round in some run: no comparison with random"
+                continue
+            diffs = paired_differences(auc_upto(arm), auc_upto("random"))
+            summary[arm]["auc_minus_random_rounds"] = n - 1
             summary[arm]["auc_minus_random"] = spread(diffs)
             summary[arm]["auc_minus_random_ci"] = bootstrap_mean_ci(diffs)
             summary[arm]["runs_auc_above_random"] = sum(1 for d in diffs if d is not None and d > 0)
