@@ -13,7 +13,7 @@ export interface ClickGroup { class: string | number; points: number[][] }
 
 type Entry =
   | { kind: "stroke"; idx: Int32Array; before: Int16Array; after: Int16Array } // local, not in a session
-  | { kind: "server"; what: "click" | "brush"; group?: ClickGroup }; // a step of the session's history
+  | { kind: "server"; what: "click" | "brush" | "prompt"; group?: ClickGroup }; // a step of the session's history
 
 /**
  * A session's mask from the server. `box` ([x0, x1, y0, y1, z0, z1], start/stop per axis): the
@@ -120,8 +120,13 @@ export class Editor {
   // --- clicks and pushed strokes --------------------------------------------------------------
 
   async click(group: ClickGroup, backend: SessionBackend): Promise<void> {
-    const got = await backend.click(group);
-    this.undoStack.push({ kind: "server", what: "click", group });
+    await this.serverStep("click", () => backend.click(group), group);
+  }
+
+  /** One step of the session (a click, or a box / lasso / scribbles prompt): its mask, one undo entry. */
+  async serverStep(what: "click" | "prompt", call: () => Promise<ServerMask>, group?: ClickGroup): Promise<void> {
+    const got = await call();
+    this.undoStack.push({ kind: "server", what, group });
     this.redoStack = [];
     this.dirty = true;
     this.setBase(got.mask, got.box);

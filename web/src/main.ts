@@ -1,7 +1,7 @@
 // segloop web app: start-up and sign-in. The features live in their own modules:
 //   app.ts (markup, state, viewer, editor) · worklist.ts · upload.ts · image.ts (open, revisions)
 //   display.ts (view, window/level) · overlays.ts · tools.ts (classes, tools, mouse) · session.ts
-//   (clicks, undo/redo) · save.ts · export.ts (NIfTI, DICOM SEG, PACS) · models.ts (training, jobs)
+//   (clicks, undo/redo) · prompts.ts (box, lasso, scribbles) · save.ts · export.ts (NIfTI, DICOM SEG, PACS) · models.ts (training, jobs)
 //   evaluation.ts · keys.ts · events.ts (live events)
 
 import "./style.css";
@@ -13,6 +13,7 @@ import "./upload";
 import "./keys";
 import "./save";
 import "./evaluation";
+import "./prompts"; // box / lasso / scribble prompt tools (after tools.ts, which they register with)
 import { $, $input, $select, esc, guard, showError } from "./ui";
 import type { Schema } from "./api";
 import { S, viewer, editor, foreground, marks } from "./app";

@@ -19,6 +19,8 @@ export class Marks {
   drawing: { a: number[]; b: number[] } | null = null;
   /** Brush outline: a position (CSS pixels of the canvas), its tile and radius in voxels. */
   cursor: { x: number; y: number; axCorSag: number; radiusVox: number; color: string } | null = null;
+  /** A prompt being drawn (box corners, lasso or scribble path), voxels on one slice of a tile. */
+  prompt: { kind: "box" | "lasso" | "stroke"; pts: number[][]; axis: number; color: string; dashed?: boolean } | null = null;
   private g: CanvasRenderingContext2D;
 
   constructor(private canvas: HTMLCanvasElement, private viewer: Viewer) {
@@ -86,6 +88,7 @@ export class Marks {
         g.fillText(text, b.x + 8, b.y - 6);
       }
     }
+    if (this.prompt) this.drawPrompt(this.prompt);
     const cur = this.cursor;
     if (cur) {
       const mmPerPx = this.viewer.mmPerPixel(cur.axCorSag);
@@ -100,6 +103,32 @@ export class Marks {
       g.setLineDash([]);
     }
     g.restore();
+  }
+
+  private drawPrompt(p: NonNullable<Marks["prompt"]>): void {
+    let pts = p.pts;
+    if (p.kind === "box" && pts.length === 2) {
+      const [a, b] = pts;
+      const [u, v] = [0, 1, 2].filter((x) => x !== p.axis);
+      const c = (from: number[], ax: number) => from.map((x, i) => (i === ax ? b[ax] : x));
+      pts = [a, c(a, u), b, c(a, v)];
+    }
+    if (!pts.length) return;
+    const proj = pts.map((q) => this.viewer.project(this.viewer.voxToMM(q)));
+    const g = this.g;
+    for (let t = 0; t < proj[0].length; t++) {
+      const ps = proj.map((pp) => pp[t]);
+      if (ps.some((q) => !q || this.viewer.normalAxis(q.axCorSag) !== p.axis || q.dist > this.onSlice(q.axCorSag))) continue;
+      g.strokeStyle = p.color;
+      g.lineWidth = p.kind === "stroke" ? 3 : 2;
+      g.setLineDash(p.dashed ? [5, 3] : []);
+      g.beginPath();
+      g.moveTo(ps[0].x, ps[0].y);
+      for (const q of ps.slice(1)) g.lineTo(q.x, q.y);
+      if (p.kind !== "stroke") g.closePath();
+      g.stroke();
+      g.setLineDash([]);
+    }
   }
 
   private marker(x: number, y: number, m: ClickMark): void {

@@ -82,7 +82,7 @@ export async function sessionCall(path: string, body?: unknown): Promise<ServerM
   try {
     return await call(s);
   } catch (e) {
-    if (!(e instanceof api.ApiError && e.status === 404 && path === "/clicks")) throw e;
+    if (!(e instanceof api.ApiError && e.status === 404 && path !== "/undo" && path !== "/redo")) throw e;
     // the session expired on the server: open a new one from what is shown, then click again
     S.session = null;
     notify("The interactive session had expired; it was reopened from the label you see (earlier clicks can no longer be undone).", "info");
@@ -135,24 +135,33 @@ editor.onStrokeEnd = () => {
   }));
 };
 
-export async function placeClick(vox: [number, number, number], positive: boolean): Promise<void> {
-  const group: ClickGroup = { class: positive ? S.classValue : "background", points: [vox] };
-  document.body.dataset.lastClick = vox.join(",");
-  await serial(async () => {
-    await ensureSession(); // opening a session (first prediction) is not part of the click's time
+export type StepTiming = {
+  serverMs: number; roundTripMs: number; decodeMs: number; applyMs: number; shownMs: number; responseBytes: number;
+};
+
+/**
+ * One step of the interactive session (a click or a box / lasso / scribbles prompt), in order
+ * with the other session calls: opens the session when needed, pushes pending brush strokes
+ * first (so the step refines on top of them), sends `path` with `body` (`?since`: only the
+ * changed box comes back), shows the answered mask and makes it one undo/redo entry.
+ */
+export async function sessionStep(path: string, body: unknown, status: string, group?: ClickGroup): Promise<StepTiming> {
+  return serial(async () => {
+    await ensureSession(); // opening a session (first prediction) is not part of the step's time
     if (S.features.putLabel) {
-      // brushed voxels first, so the click refines on top of them; if the server refuses them,
+      // brushed voxels first, so the step refines on top of them; if the server refuses them,
       // they stay on top of the session's mask as before (and a save stores them as `manual`)
       await editor.pushStrokes(sessionBackend()).catch((e) => showError(e, "Sending the brush strokes to the model session"));
     }
-    setStatus(`${positive ? "Adding" : "Removing"} ${positive ? className(S.classValue) : "background"} at voxel ${vox.join(", ")}…`);
+    setStatus(status);
     const t0 = performance.now();
-    await editor.click(group, sessionBackend());
+    const call = () => sessionCall(path, body);
+    await editor.serverStep(group ? "click" : "prompt", call, group);
     viewer.flushNow(); // upload the changed voxels and redraw now, not at the next frame
     const tMask = performance.now();
     await viewer.presented();
     const shown = performance.now();
-    const rec = {
+    return {
       serverMs: Math.round(lastCall.serverMs), // the model's time, as the server reports it
       roundTripMs: Math.round(lastCall.fetchMs), // request sent → response received
       decodeMs: Math.round(lastCall.decodeMs),
@@ -160,15 +169,22 @@ export async function placeClick(vox: [number, number, number], positive: boolea
       shownMs: Math.round(shown - t0),
       responseBytes: lastCall.bytes, // the compact response: the changed box only
     };
-    S.stats.clickServerMs = rec.roundTripMs;
-    S.stats.clickShownMs = rec.shownMs;
-    S.stats.clickLog.push(rec);
-    if (S.stats.clickLog.length > 200) S.stats.clickLog.shift();
-    S.stats.clicks++;
-    document.body.dataset.clicks = String(S.stats.clicks);
-    setStatus(`${positive ? "Positive" : "Negative"} click at voxel ${vox.join(", ")}: model ${rec.serverMs} ms, ` +
-      `round trip ${rec.roundTripMs} ms, on screen after ${rec.shownMs} ms`);
   });
+}
+
+export async function placeClick(vox: [number, number, number], positive: boolean): Promise<void> {
+  const group: ClickGroup = { class: positive ? S.classValue : "background", points: [vox] };
+  document.body.dataset.lastClick = vox.join(",");
+  const rec = await sessionStep("/clicks", { clicks: [group] },
+    `${positive ? "Adding" : "Removing"} ${positive ? className(S.classValue) : "background"} at voxel ${vox.join(", ")}…`, group);
+  S.stats.clickServerMs = rec.roundTripMs;
+  S.stats.clickShownMs = rec.shownMs;
+  S.stats.clickLog.push(rec);
+  if (S.stats.clickLog.length > 200) S.stats.clickLog.shift();
+  S.stats.clicks++;
+  document.body.dataset.clicks = String(S.stats.clicks);
+  setStatus(`${positive ? "Positive" : "Negative"} click at voxel ${vox.join(", ")}: model ${rec.serverMs} ms, ` +
+    `round trip ${rec.roundTripMs} ms, on screen after ${rec.shownMs} ms`);
 }
 
 export async function runModel(): Promise<void> {
