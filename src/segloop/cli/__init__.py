@@ -19,6 +19,7 @@ from segloop.cli.common import CommandError, database_env, user_errors
 # Modules that contribute sub-commands; a module that is absent (a layer not installed) is skipped.
 COMMAND_MODULES = (
     "segloop.cli.data_commands",
+    "segloop.cli.export_dataset_command",
     "segloop.cli.ml_commands",
     "segloop.cli.models_import_command",  # after ml_commands: adds `models import`
     "segloop.cli.serve_command",

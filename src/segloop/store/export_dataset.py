@@ -9,19 +9,22 @@ Layouts:
 - ``nnunet`` (nnU-Net v2 raw dataset): ``imagesTr/NAME_0000.nii.gz`` (one file per channel,
   ``_0001``...), ``labelsTr/NAME.nii.gz``, ``dataset.json`` with ``channel_names``
   (``{"0": "MRI"}``; ``CT`` for CT, which selects nnU-Net's CT normalisation), ``labels``
-  (``{"background": 0, "Anterior": 1, ...}``), ``numTraining``, ``file_ending`` ``.nii.gz``.
-  nnU-Net needs consecutive label values (0, 1, 2, ...): schema values with gaps are renumbered
-  in ascending order and the result says how.
+  (``{"background": 0, "Anterior": 1, ...}``; value 0 is always named ``background``, and a class
+  named ``ignore``, which nnU-Net would take for its ignore label, is written as ``ignore-class``),
+  ``numTraining``, ``file_ending`` ``.nii.gz``. nnU-Net needs consecutive label values (0, 1, 2,
+  ...): schema values with gaps are renumbered in ascending order and the result says how. The
+  folder must still be named ``DatasetNNN_NAME`` under ``nnUNet_raw`` for nnU-Net to find it.
 
 Which revision: ``revision_policy="latest"`` takes each image's latest revision (draft or final),
 ``"final"`` its latest *final* one (images without one are left out). ``final_only`` leaves out
-images whose chosen revision is a draft. Images without any revision are left out.
+images whose chosen revision is a draft. Images without any revision are left out, and so are
+revisions holding values no longer in the schema (each with its reason in ``skipped``).
 
 Safety: NAMEs are the images' names made file-name safe (``[A-Za-z0-9._-]``, no path separators,
 no leading dot; duplicates get ``-2``, ``-3``...). Everything is written into a temporary folder
 beside ``out`` and renamed into place at the end, so ``out`` is either the complete dataset or
 untouched; a non-empty ``out`` is refused unless ``force`` (then the old content is replaced,
-again by renames).
+again by renames). ``out`` may not be, hold or lie inside the store's data folder.
 """
 
 from __future__ import annotations
@@ -98,7 +101,11 @@ def _modality(records_modalities: set[str]) -> str:
     return "image" if not known else "+".join(sorted(known))
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, root: Path | None) -> None:
+    if root is not None:
+        r = root.resolve()
+        if out == r or r.is_relative_to(out) or out.is_relative_to(r):
+            raise ValidationError(f"{out} is, holds or lies inside the data folder {r}; choose another folder")
     if out.exists() and not out.is_dir():
         raise ValidationError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -125,17 +132,19 @@ def export_dataset(
         raise ValidationError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if revision_policy not in POLICIES:
         raise ValidationError(f"revision policy must be one of {', '.join(POLICIES)}, got {revision_policy!r}")
-    out = Path(out)
-    _check_out(out, force)
+    out = Path(out).expanduser().resolve()
+    root = getattr(store, "root", None)
+    _check_out(out, force, Path(root) if root is not None else None)
     schema = store.get_schema()
-    values = sorted(c.value for c in schema.classes)
+    values = sorted(schema.values)  # the classes' values and 0 (background), always
     label_map = {v: i for i, v in enumerate(values)} if fmt == "nnunet" else {v: v for v in values}
     result = ExportResult(out, fmt, label_map=label_map)
     chosen: list[tuple[Any, LabelRevision]] = []
     for rec in store.list_images():
         rev = _choose(store.list_revisions(rec.id), revision_policy)
         if rev is None:
-            reason = "no final revision" if revision_policy == "final" else "no label"
+            has_any = bool(store.list_revisions(rec.id)) if revision_policy == "final" else False
+            reason = "no final revision" if has_any else "no label"
             result.skipped.append({"image_id": rec.id, "reason": reason})
         elif final_only and rev.status != "final":
             result.skipped.append({"image_id": rec.id, "reason": f"revision {rev.revision} is a draft"})
@@ -156,17 +165,25 @@ def export_dataset(
         (tmp / "labelsTr").mkdir()
         taken: set[str] = set()
         training = []
-        lut = np.zeros(256, dtype=np.uint8)
+        # schema values may exceed 255 (MSD keeps them): uint16 then, and a table big enough
+        out_dtype = np.uint8 if max(label_map.values()) <= 255 else np.uint16
+        lut = np.zeros(max(values) + 1, dtype=out_dtype)
         for v, w in label_map.items():
             lut[v] = w
         for n, (rec, rev) in enumerate(chosen):
-            case = safe_case_name(rec.name, taken)
-            image = store.load_image(rec.id)
+            if progress is not None:
+                progress(n, len(chosen))
             label = store.load_label(rec.id, rev.revision)
             lab = np.asarray(label.array)
+            if lab.dtype.kind not in "iu":
+                lab = lab.astype(np.int64)
             unknown = sorted(set(np.unique(lab).tolist()) - set(values))
             if unknown:
-                raise ValidationError(f"image {rec.id} revision {rev.revision} holds values {unknown} not in the schema")
+                result.skipped.append({"image_id": rec.id, "reason": f"revision {rev.revision} holds values "
+                                       f"{unknown} that are not in the schema"})
+                continue
+            case = safe_case_name(rec.name, taken)
+            image = store.load_image(rec.id)
             lab_vol = Volume(lut[lab], image.affine.copy())  # the image's affine: identical geometry
             if fmt == "nnunet":
                 arr = np.asarray(image.array)
@@ -175,17 +192,20 @@ def export_dataset(
                     write_nifti(Volume(data, image.affine.copy()), tmp / "imagesTr" / f"{case}_{c:04d}.nii.gz")
             else:
                 write_nifti(image, tmp / "imagesTr" / f"{case}.nii.gz")
-            write_nifti(lab_vol, tmp / "labelsTr" / f"{case}.nii.gz", dtype=np.uint8)
+            write_nifti(lab_vol, tmp / "labelsTr" / f"{case}.nii.gz")
             training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
             result.cases.append({"name": case, "image_id": rec.id, "revision": rev.revision, "status": rev.status})
             if progress is not None:
                 progress(n + 1, len(chosen))
+        if not training:
+            raise ValidationError("no labelled image to export (every chosen revision was skipped)")
         names = {c.value: c.name for c in schema.classes}
+        names[0] = "background"
         if fmt == "nnunet":
             meta: dict[str, Any] = {
                 "name": name,
                 "channel_names": {str(c): modality if n_channels == 1 else f"{modality}_{c}" for c in range(n_channels)},
-                "labels": {names[v]: label_map[v] for v in values},
+                "labels": {_nnunet_label_name(names[v]): label_map[v] for v in values},
                 "numTraining": len(training),
                 "file_ending": ".nii.gz",
                 "description": "exported by segloop export-dataset",
@@ -202,11 +222,17 @@ def export_dataset(
                 "test": [],
             }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+        _check_out(out, force, None)  # again: something may have been written there meanwhile
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def _nnunet_label_name(name: str) -> str:
+    """nnU-Net reads a label named ``ignore`` as its ignore label (which must be the highest)."""
+    return "ignore-class" if name == "ignore" else name
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
