@@ -46,6 +46,7 @@ from segloop.jobs.records import Job
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'segloop[ray]'"
+CONNECT_ATTEMPTS = 3  # ray.init tries against a cluster whose client proxy failed to start a connection
 
 
 class RayMissing(ImportError):
@@ -294,10 +295,22 @@ class RayExecutor:
             if self.address is None:
                 kwargs.update(include_dashboard=False)
             kwargs.update(self.init_kwargs)
-            try:
-                ray.init(address=self.address, **kwargs)
-            except Exception as exc:
-                raise RuntimeError(f"could not connect to Ray at {self.where}: {exc}") from exc
+            for attempt in range(CONNECT_ATTEMPTS):
+                try:
+                    ray.init(address=self.address, **kwargs)
+                    break
+                except ConnectionAbortedError as exc:
+                    # the head's client proxy could not start the per-connection server (seen in
+                    # CI: psutil met that server as a zombie); a new connection gets a new one
+                    if attempt + 1 == CONNECT_ATTEMPTS:
+                        raise RuntimeError(f"could not connect to Ray at {self.where}: {exc}") from exc
+                    log.warning("connecting to Ray at %s failed (%s); trying again", self.where,
+                                str(exc).splitlines()[-1] if str(exc) else exc)
+                    if ray.is_initialized():
+                        ray.shutdown()
+                    time.sleep(2.0 * (attempt + 1))
+                except Exception as exc:
+                    raise RuntimeError(f"could not connect to Ray at {self.where}: {exc}") from exc
             self._owns_ray = True
         self._mailbox = ray.remote(num_cpus=0, max_restarts=0)(Mailbox).remote()
         self._task = ray.remote(max_retries=0, retry_exceptions=False, max_calls=1)(run_job_on_worker)
