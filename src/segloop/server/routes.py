@@ -20,7 +20,7 @@ from segloop.imaging.nifti import nifti_bytes, read_nifti
 from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
 from segloop.server.state import ServerState, current_principal, require, server_state
-from segloop.server.uploads import receive_multipart
+from segloop.server.uploads import one_label_upload, receive_multipart
 from segloop.store.filters import SeriesFilter
 from segloop.store.ingest import IngestError, import_paths
 from segloop.store.records import LabelClass, LabelSchema
@@ -340,19 +340,12 @@ async def save_label(image_id: ImageId, request: Request, state: State, principa
     folder = Path(tempfile.mkdtemp(prefix="label-", dir=Path(state.store.staging_dir())))
     try:
         received = await receive_multipart(request, folder, state.settings.max_upload_bytes)
-        files = received.files_of("file")
-        if len(files) != 1:
-            raise ApiError(422, "invalid_upload", "send exactly one label file in the part named 'file'")
-        status = received.fields.get("status", "draft") or "draft"
-        if status not in ("draft", "final"):
-            raise ApiError(422, "invalid", f"status must be 'draft' or 'final', not {status!r}")
-        if status == "final" and not principal.has("reviewer"):
-            raise ApiError(403, "forbidden", "saving a final label needs the reviewer role")
+        upload, status = one_label_upload(received, "label file", principal.has("reviewer"))
         base = _parse_base(received.fields.get("base_revision"))
 
         def work() -> Any:
             try:
-                volume = read_nifti(files[0])
+                volume = read_nifti(upload)
             except Exception as exc:
                 raise ApiError(422, "invalid_image", _strip(str(exc), folder)) from exc
             return state.store.save_label(

@@ -219,27 +219,20 @@ SEG_BODY = {
 @router.post("/images/{image_id}/dicom-seg", openapi_extra=SEG_BODY)
 async def import_seg(image_id: ImageId, request: Request, state: State, principal: Annotator) -> dict[str, Any]:
     """Import a DICOM SEG as a new label revision of the image (placed by geometry)."""
-    from segloop.server.uploads import receive_multipart
+    from segloop.server.uploads import one_label_upload, receive_multipart
     from segloop.store.seg_import import import_dicom_seg
 
     await run_in_threadpool(state.store.get_image, image_id)
     folder = Path(tempfile.mkdtemp(prefix="seg-", dir=Path(state.store.staging_dir())))
     try:
         received = await receive_multipart(request, folder, state.settings.max_upload_bytes)
-        files = received.files_of("file")
-        if len(files) != 1:
-            raise ApiError(422, "invalid_upload", "send exactly one DICOM SEG file in the part named 'file'")
-        status = received.fields.get("status", "draft") or "draft"
-        if status not in ("draft", "final"):
-            raise ApiError(422, "invalid", f"status must be 'draft' or 'final', not {status!r}")
-        if status == "final" and not principal.has("reviewer"):
-            raise ApiError(403, "forbidden", "saving a final label needs the reviewer role")
+        upload, status = one_label_upload(received, "DICOM SEG file", principal.has("reviewer"))
         extend = str(received.fields.get("extend_schema", "false")).lower() in ("1", "true", "yes")
 
         final: LabelStatus = "final" if status == "final" else "draft"
 
         def work() -> Any:
-            return import_dicom_seg(state.store, files[0], author=principal.name, status=final,
+            return import_dicom_seg(state.store, upload, author=principal.name, status=final,
                                     image_id=image_id, extend_schema=extend)
 
         result = await run_in_threadpool(work)

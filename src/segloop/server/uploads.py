@@ -156,3 +156,22 @@ async def receive_multipart(request: Request, dest: Path, max_bytes: int) -> Rec
         if state["file"] is not None:
             state["file"].close()
     return out
+
+
+def one_label_upload(received: Received, what: str, may_finalise: bool) -> tuple[Path, str]:
+    """The single file of the part named ``file`` and the ``status`` field (draft / final) of a
+    label upload; ``may_finalise``: the caller holds the reviewer role.
+
+    Raises:
+        ApiError: 422 for another number of files or an unknown status, 403 for a final label
+            without the reviewer role.
+    """
+    files = received.files_of("file")
+    if len(files) != 1:
+        raise ApiError(422, "invalid_upload", f"send exactly one {what} in the part named 'file'")
+    status = received.fields.get("status", "draft") or "draft"
+    if status not in ("draft", "final"):
+        raise ApiError(422, "invalid", f"status must be 'draft' or 'final', not {status!r}")
+    if status == "final" and not may_finalise:
+        raise ApiError(403, "forbidden", "saving a final label needs the reviewer role")
+    return files[0], status
