@@ -29,6 +29,11 @@ Recipe (see `TrainConfig` for the knobs):
 8. Checkpoint: ``torch.save`` to a temporary file in ``store.staging_dir()``, then
    ``store.add_model_version`` (moves it in atomically). Any error or a cancel before that leaves
    the store untouched, so the previous version stays current.
+
+``workers > 1`` runs the same recipe as that many ranks of a torch.distributed process group,
+each calling `train` with its `segloop.ml.distributed.Ranks` (own sampling stream and shard, the
+batch split over the ranks, DistributedDataParallel gradients; rank 0 alone validates, reports
+and saves): see that module. Without ``ranks`` (one worker) nothing here changes.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from scipy import ndimage
 
 from segloop.ml import case_cache
 from segloop.ml.clicks import Click
+from segloop.ml.distributed import Ranks, batch_per_rank
 from segloop.ml.guidance import encode_guidance
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
@@ -97,6 +103,7 @@ class TrainConfig:
     num_threads: int | None = None  # None: min(2, CPU count)
     max_minutes: float | None = None  # stop (and keep the best state) after this wall time
     log_dir: str | None = None  # TensorBoard logs, when tensorboard is installed
+    workers: int = 1  # ranks of a distributed training (jobs on Ray); batch_size is the global batch
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,10 +115,15 @@ class TrainConfig:
             raise ValueError(f"bad training config: {name} {why} (got {getattr(self, name)!r})")
 
         network_config(self.network, self.arch)  # raises ValueError for unknown arch / params
-        for name in ("epochs", "batch_size", "val_every", "max_click_iters"):
+        for name in ("epochs", "batch_size", "val_every", "max_click_iters", "workers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "must be a positive integer")
+        if self.workers > 1:
+            try:
+                batch_per_rank(self.batch_size, self.workers)
+            except ValueError as exc:
+                bad("batch_size", str(exc))
         if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
             bad("steps_per_epoch", "must be a positive integer or null")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
@@ -317,10 +329,11 @@ def _augment(img: np.ndarray, lab: np.ndarray, cfg: TrainConfig, rng: np.random.
 
 
 def _sample_batch(
-    cases: list[_Case], cfg: TrainConfig, patch: Sequence[int], rng: np.random.Generator
+    cases: list[_Case], cfg: TrainConfig, patch: Sequence[int], rng: np.random.Generator, n: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` patches (default ``cfg.batch_size``)."""
     imgs, labs = [], []
-    for _ in range(cfg.batch_size):
+    for _ in range(cfg.batch_size if n is None else n):
         case = cases[int(rng.integers(len(cases)))]
         shape = case.label.shape
         nonempty = [p for p in case.fg if len(p)]
@@ -460,6 +473,7 @@ def train(
     cancel: threading.Event | None = None,
     device: str | torch.device | None = None,
     make_current: bool = True,
+    ranks: Ranks | None = None,
 ) -> ModelVersion:
     """Train (or fine-tune) ``model`` and add the result to the store as its new version.
 
@@ -476,6 +490,10 @@ def train(
         make_current: make the new version the model's current one (default). ``False`` adds it
             beside the current version, for a caller that decides afterwards (the active-learning
             loop keeps the old version unless the new one is at least as good on validation images).
+        ranks: this process's rank of a distributed training of ``config.workers`` ranks
+            (`segloop.ml.distributed.join`); every rank calls `train` with the same arguments.
+            Only rank 0's ``progress`` and ``cancel`` are used (a cancel reaches the others at the
+            next step); every rank returns the version rank 0 registered.
 
     Returns:
         The new `ModelVersion`: config (`ModelSpec` + the TrainConfig), ``trained_on`` = every
@@ -488,6 +506,14 @@ def train(
         TrainingCancelled: ``cancel`` was set.
     """
     config.validate()
+    if (ranks.world if ranks is not None else 1) != config.workers:
+        raise ValueError(
+            f"workers {config.workers}: train() runs one rank of a distributed training and needs its process group "
+            f"(segloop.ml.distributed; jobs on Ray start the ranks: segloop serve --jobs ray)"
+            if ranks is None else f"workers {config.workers} but the process group has {ranks.world} ranks"
+        )
+    if ranks is not None and not ranks.is_main:
+        progress, cancel = None, None  # rank 0 reports; its cancel reaches this rank through Ranks.agree
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     schema = store.get_schema()
     if not schema.foreground:
@@ -513,7 +539,7 @@ def train(
     torch.set_num_threads(config.num_threads or max(1, min(2, os.cpu_count() or 1)))
     try:
         return _train(store, model, config, dev, schema, train_pairs, val_pairs, base_spec, base_state, fine_tune, progress, cancel,
-                      make_current)
+                      make_current, ranks)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -532,14 +558,27 @@ def _train(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     make_current: bool,
+    ranks: Ranks | None = None,
 ) -> ModelVersion:
     t0 = time.monotonic()
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed if ranks is None else ranks.seed(config.seed))
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
 
     def check_cancel() -> None:
         if cancel is not None and cancel.is_set():
             raise TrainingCancelled("training cancelled; no version was written")
+
+    def clock(step_start: bool) -> float:
+        """Seconds since the start: one worker checks cancel at a step's start; ranks agree on
+        stopping and on the time (so that they stop and schedule the learning rate alike)."""
+        if ranks is None:
+            if step_start:
+                check_cancel()
+            return time.monotonic() - t0
+        stop, elapsed = ranks.agree(cancel is not None and cancel.is_set(), time.monotonic() - t0)
+        if stop:
+            raise TrainingCancelled("training cancelled; no version was written")
+        return elapsed
 
     def report(**kw: Any) -> None:
         if progress is not None:
@@ -626,7 +665,11 @@ def _train(
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(train_cases) / config.batch_size))
     total = config.epochs * steps_per_epoch
     budget = config.max_minutes * 60.0 if config.max_minutes else None
-    writer = _tensorboard(config.log_dir, store, model)
+    writer = _tensorboard(config.log_dir, store, model) if ranks is None or ranks.is_main else None
+    sample_cases, batch, train_net = train_cases, config.batch_size, net
+    if ranks is not None:  # this rank's shard, share of the global batch, and DDP for the gradients
+        sample_cases = ranks.take_shard(train_cases, lambda c: c.image_id)
+        batch, train_net = ranks.batch(config.batch_size), ranks.wrap(net)
 
     best_state: dict[str, torch.Tensor] | None = None
     best_score = -1.0
@@ -644,14 +687,15 @@ def _train(
         for epoch in range(1, config.epochs + 1):
             losses = []
             for _ in range(steps_per_epoch):
-                check_cancel()
-                elapsed = time.monotonic() - t0
+                elapsed = clock(step_start=True)
                 frac = step / total
                 if budget:
                     frac = max(frac, elapsed / budget)
                 for g in opt.param_groups:
                     g["lr"] = config.lr * max(0.0, 1.0 - frac) ** 0.9
-                imgs, labs = _sample_batch(train_cases, config, spec.patch_size, rng)
+                imgs, labs = _sample_batch(sample_cases, config, spec.patch_size, rng, batch)
+                if ranks is not None:
+                    ranks.saw(imgs)
                 if spec.interactive and rng.random() < config.click_prob:  # automatic-only: no guidance
                     guidance = _simulate_clicks(net, imgs, labs, spec, config, dev, rng)
                 else:
@@ -659,7 +703,7 @@ def _train(
                 x = torch.from_numpy(np.concatenate([imgs, guidance], axis=1)).to(dev)
                 y = torch.from_numpy(labs[:, None].astype(np.int64)).to(dev)
                 opt.zero_grad(set_to_none=True)
-                out = net(x)
+                out = train_net(x)
                 if isinstance(out, (list, tuple)):
                     out = out[0]
                 loss = loss_fn(out, y)
@@ -671,7 +715,7 @@ def _train(
                 losses.append(float(loss.item()))
                 if writer is not None:
                     writer.add_scalar("loss/train", losses[-1], step)
-                elapsed = time.monotonic() - t0
+                elapsed = clock(step_start=False)
                 eta = elapsed / step * (total - step)
                 if budget:
                     eta = min(eta, max(0.0, budget - elapsed))
@@ -685,7 +729,7 @@ def _train(
                     break
             entry: dict[str, Any] = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None}
             last_epoch = epoch == config.epochs or stopped_early
-            due = val_cases and (epoch % config.val_every == 0 or last_epoch)
+            due = val_cases and (ranks is None or ranks.is_main) and (epoch % config.val_every == 0 or last_epoch)
             if due and not last_epoch and val_seconds > 0:
                 # bounded share: skip while validating again would exceed val_budget of the time so far
                 spent = time.monotonic() - t0
@@ -717,6 +761,12 @@ def _train(
             writer.close()
 
     check_cancel()
+    summary = ranks.summary(net) if ranks is not None else None
+    if ranks is not None and not ranks.is_main:
+        shared = ranks.share_version(None)
+        if shared is None:
+            raise RuntimeError("rank 0 did not register the model version")
+        return store.get_model(model).version(shared)
     state = best_state if best_state is not None else {k: v.detach().cpu() for k, v in net.state_dict().items()}
     spec.extra = {"train": config.to_dict(), "fine_tuned_from": fine_tune}
     version_config = spec.to_config()
@@ -736,6 +786,8 @@ def _train(
         "validation_seconds": round(val_seconds, 1),
         "history": history,
     }
+    if summary is not None:
+        metrics["distributed"] = {**summary, "global_batch": config.batch_size, "batch_per_rank": batch}
     report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=None, val_dice=best_val,
            eta_seconds=0.0, message="saving", fraction=1.0)
     fd, tmp_name = tempfile.mkstemp(prefix=f"{model}-", suffix=".pt", dir=store.staging_dir())
@@ -748,7 +800,7 @@ def _train(
             store.get_model(model)
         except NotFoundError:
             store.create_model(model, {"network": spec.network, "classes": version_config["classes"]})
-        return store.add_model_version(
+        added = store.add_model_version(
             model,
             tmp,
             config=version_config,
@@ -756,6 +808,9 @@ def _train(
             metrics=metrics,
             make_current=make_current,
         )
+        if ranks is not None:
+            ranks.share_version(added.version)
+        return added
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
