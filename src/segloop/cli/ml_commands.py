@@ -69,6 +69,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict(cfg)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
+    if config.workers > 1:
+        raise CommandError(
+            f"workers {config.workers}: `segloop train` trains in this process, on one worker. A training on several "
+            f"workers runs as a job on Ray: start `segloop serve --jobs ray` (or --jobs ray://HOST:PORT) and POST "
+            f"/api/v1/models/{args.model}/train with {{\"config\": {{\"workers\": {config.workers}}}}} (docs/deploy.md)"
+        )
     bar: tqdm | None = None
     last_val: dict[str, float] | None = None
 

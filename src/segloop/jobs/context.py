@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from segloop.jobs.records import JobCancelled
+from segloop.jobs.records import JobCancelled, JobRejected
 
 Message = tuple[Any, ...]
 Sink = Callable[[Message], None]
@@ -24,6 +24,31 @@ Sink = Callable[[Message], None]
 
 class CancelFlag(Protocol):
     def is_set(self) -> bool: ...
+
+
+class Peers(Protocol):
+    """The other ranks (1..N-1) of a distributed job, started elsewhere by the executor (Ray
+    actors, `segloop.jobs.ray_executor`); the job's own process is rank 0."""
+
+    host: str  # the address the other ranks reach rank 0 at
+
+    def launch(self, port: int) -> None:
+        """Start the ranks' work: each runs ``target(rank=r, world=N, host=host, port=port, **kwargs)``."""
+
+    def failure(self, wait: float) -> str | None:
+        """What went wrong with another rank (it died or raised), waiting up to ``wait`` seconds
+        for news; None when none failed."""
+
+    def finish(self, timeout: float) -> list[Any]:
+        """The other ranks' results, in rank order; raises RuntimeError naming a failed rank."""
+        ...
+
+    def close(self) -> None:
+        """Stop whatever still runs (idempotent)."""
+
+
+# (world, target "module:function", kwargs, the job's context) -> the other ranks, ready to launch
+PeersFactory = Callable[[int, str, dict[str, Any], "JobContext"], Peers]
 
 
 class JobContext:
@@ -37,6 +62,7 @@ class JobContext:
         cancel: CancelFlag,
         store: Any | None = None,
         db_url: str | None = None,
+        peers: PeersFactory | None = None,
     ) -> None:
         self.job_id = job_id
         self.kind = kind
@@ -46,6 +72,17 @@ class JobContext:
         self._cancel = cancel
         self._store = store
         self.db_url = db_url  # the data folder's server database, if any (None: $SEGLOOP_DB / SQLite)
+        self._peers = peers
+
+    def start_peers(self, world: int, target: str, kwargs: dict[str, Any]) -> Peers:
+        """Start ranks 1..``world``-1 of a distributed job (waits for their workers, cancellable).
+        Raises `JobRejected` where the executor cannot (jobs in local processes or threads)."""
+        if self._peers is None:
+            raise JobRejected(
+                f"a job on {world} workers needs jobs on a Ray cluster (segloop serve --jobs ray or --jobs "
+                f"ray://HOST:PORT); this server runs each job in one local process: use workers 1"
+            )
+        return self._peers(world, target, kwargs, self)
 
     @property
     def store(self) -> Any:
@@ -119,10 +156,12 @@ def execute(
     store: Any | None = None,
     capture_logs: bool = False,
     db_url: str | None = None,
+    peers: PeersFactory | None = None,
 ) -> None:
     """Run one handler and report its outcome as the last message on ``sink``:
-    ``("done", result)``, ``("cancelled", message)`` or ``("failed", error, traceback)``."""
-    ctx = JobContext(job_id, kind, params, root, sink, cancel, store, db_url)
+    ``("done", result)``, ``("cancelled", message)`` or ``("failed", error, traceback)``.
+    ``peers``: how this executor starts the other ranks of a distributed job (None: it cannot)."""
+    ctx = JobContext(job_id, kind, params, root, sink, cancel, store, db_url, peers)
     log_handler: logging.Handler | None = None
     if capture_logs:
         log_handler = _SinkLogHandler(ctx)

@@ -23,6 +23,14 @@ for local jobs, `segloop.jobs.executors`):
   cancel from any server reaches it) and the handler stops cooperatively, as in a local child
   process; a task still waiting for a worker is removed with ``ray.cancel``; one that has not
   stopped ``cancel_grace`` seconds after the request is killed (``ray.cancel(force=True)``).
+- **Training on several workers** (``TrainConfig.workers`` N > 1): the job's task is rank 0; it
+  starts N-1 `RankActor`s (one per rank, the same resources as a job: a GPU each where the cluster
+  has GPUs, else ``threads`` CPUs), waits for them (cancellable; a cluster too small for N ranks
+  rejects the job at once), and they form a torch.distributed process group with rank 0
+  (`segloop.ml.distributed`: gloo on CPU, NCCL on GPUs; DistributedDataParallel). Only rank 0
+  reports, validates and registers the version. A cancel reaches the other ranks through the
+  per-step agreement; a rank whose worker dies breaks rank 0's next collective and the job fails
+  naming that rank; the actors belong to the job's task, so they end with it.
 - A worker (or node) that dies mid-job fails the job ("the Ray worker running the job died");
   the server that dies takes its tasks with it (Ray kills an owner's tasks) and, restarted,
   marks the job interrupted. A training records its model version only at its very end, so the
@@ -62,6 +70,124 @@ def import_ray() -> Any:
 
 
 # --- on the cluster ----------------------------------------------------------------------------
+def _lower_priority(nice: int, idle_class: bool) -> None:
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    if idle_class and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+class RankActor:
+    """One rank (> 0) of a distributed job, in a Ray worker process of its own."""
+
+    def __init__(self, threads: int, nice: int = 0, idle_class: bool = False) -> None:
+        _lower_priority(nice, idle_class)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["SEGLOOP_JOB_THREADS"] = str(threads)
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def where(self) -> dict[str, Any]:
+        import socket
+
+        import ray
+
+        return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+    def run(self, target: str, kwargs: dict[str, Any]) -> Any:
+        from segloop.jobs.context import resolve_handler
+
+        fn: Any = resolve_handler(target)
+        return fn(**kwargs)
+
+
+class RayPeers:
+    """Ranks 1..N-1 of a job as `RankActor`s, started from the job's task (its rank 0)."""
+
+    def __init__(self, ray: Any, world: int, target: str, kwargs: dict[str, Any], ctx: Any, threads: int,
+                 resources: dict[str, Any], nice: int = 0, idle_class: bool = False, wait_poll: float = 0.5) -> None:
+        self.ray = ray
+        self.world = world
+        self.target = target
+        self.kwargs = kwargs
+        self.host = ray.util.get_node_ip_address()
+        self.actors: list[Any] = []
+        self.runs: list[Any] = []
+        self.where: list[dict[str, Any]] = []
+        need = {k: float(v) * world for k, v in resources.items() if k in ("num_cpus", "num_gpus")}
+        have = ray.cluster_resources()
+        short = [f"{need[k]:g} {name} (the cluster has {float(have.get(name, 0) or 0):g})"
+                 for k, name in (("num_gpus", "GPU"), ("num_cpus", "CPU")) if k in need
+                 if float(have.get(name, 0) or 0) < need[k]]
+        if short:
+            from segloop.jobs.records import JobRejected
+
+            raise JobRejected(f"a training on {world} workers needs {' and '.join(short)}: use fewer workers")
+        cls = ray.remote(max_restarts=0, max_task_retries=0)(RankActor)
+        try:
+            self.actors = [cls.options(name=None, **resources).remote(threads, nice, idle_class) for _ in range(1, world)]
+            refs = [a.where.remote() for a in self.actors]
+            ctx.progress(0.0, f"waiting for {world - 1} more Ray worker(s) for ranks 1..{world - 1}", force=True)
+            pending = refs
+            while pending:
+                _, pending = ray.wait(refs, num_returns=len(refs), timeout=wait_poll)
+                ctx.check_cancelled()
+            self.where = ray.get(refs, timeout=60)
+        except BaseException:
+            self.close()
+            raise
+        for rank, w in enumerate(self.where, start=1):
+            ctx.log(f"rank {rank} of {world} on Ray node {w['host']} {w['node'][:12]}, worker pid {w['pid']}")
+
+    def launch(self, port: int) -> None:
+        self.runs = [a.run.remote(self.target, {**self.kwargs, "rank": rank, "world": self.world, "host": self.host,
+                                                "port": port})
+                     for rank, a in enumerate(self.actors, start=1)]
+
+    def _describe(self, rank: int, exc: BaseException) -> str:
+        w = self.where[rank - 1] if rank - 1 < len(self.where) else {}
+        place = f"Ray node {w.get('host', '?')}, worker pid {w.get('pid', '?')}"
+        name = type(exc).__name__
+        if "Died" in name or "Unavailable" in name:
+            return f"rank {rank} of {self.world} died ({place}: {name})"
+        cause = getattr(exc, "cause", None) or exc
+        return f"rank {rank} of {self.world} failed ({place}): {type(cause).__name__}: {_first_line(cause)}"
+
+    def failure(self, wait: float) -> str | None:
+        if not self.runs:
+            return None
+        end = time.monotonic() + wait
+        while True:
+            ready, _ = self.ray.wait(self.runs, num_returns=len(self.runs), timeout=0.2)
+            for rank, ref in enumerate(self.runs, start=1):
+                if ref in ready:
+                    try:
+                        self.ray.get(ref, timeout=10)
+                    except Exception as exc:
+                        return self._describe(rank, exc)
+            if time.monotonic() >= end:
+                return None
+
+    def finish(self, timeout: float) -> list[Any]:
+        results = []
+        for rank, ref in enumerate(self.runs, start=1):
+            try:
+                results.append(self.ray.get(ref, timeout=timeout))
+            except Exception as exc:
+                raise RuntimeError(self._describe(rank, exc)) from exc
+        return results
+
+    def close(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
 class Mailbox:
     """The actor that carries jobs' messages from their tasks to the server (one per server)."""
 
@@ -89,6 +215,7 @@ def run_job_on_worker(
     idle_class: bool = False,
     send_interval: float = 0.2,
     cancel_poll: float = 0.5,
+    rank_resources: dict[str, Any] | None = None,
 ) -> Message:
     """The body of a job's Ray task: runs the handler and returns its outcome message."""
     import socket
@@ -97,12 +224,7 @@ def run_job_on_worker(
 
     from segloop.jobs.context import execute
 
-    if nice:
-        with contextlib.suppress(OSError):
-            os.nice(nice)
-    if idle_class and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    _lower_priority(nice, idle_class)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["SEGLOOP_JOB_THREADS"] = str(threads)
     with contextlib.suppress(Exception):
@@ -159,8 +281,13 @@ def run_job_on_worker(
     where = f"Ray node {socket.gethostname()} {node[:12]}, worker pid {os.getpid()}"
     sink(("progress", 0.0, f"running on {where}", {"ray_node": node, "ray_pid": os.getpid()}, True))
     sink(("log", f"running on {where}"))
+    def peers(world: int, target: str, kwargs: dict[str, Any], ctx: Any) -> RayPeers:
+        return RayPeers(ray, world, target, kwargs, ctx, threads, rank_resources or {"num_cpus": threads}, nice,
+                        idle_class)
+
     try:
-        execute(job_id, kind, handler_path, params, Path(root), sink, cancel, capture_logs=True, db_url=db_url)
+        execute(job_id, kind, handler_path, params, Path(root), sink, cancel, capture_logs=True, db_url=db_url,
+                peers=peers)
     finally:
         done.set()
         for t in helpers:
@@ -345,9 +472,11 @@ class RayExecutor:
         if self.ray is None or self._task is None:
             raise RuntimeError("the Ray executor is not started")
         local = self.address is None  # on the server's machine: yield the CPU as local jobs do
-        ref = self._task.options(name=f"segloop-{job.kind}-{job.id[:8]}", **self.resources()).remote(
+        resources = self.resources()
+        ref = self._task.options(name=f"segloop-{job.kind}-{job.id[:8]}", **resources).remote(
             job.id, job.kind, handler, job.params, str(self.config.root), self._db_url, self._mailbox, self.threads,
             self.config.nice if local else 0, local and job.kind in self.config.idle_kinds,
+            rank_resources=resources,
         )
         execution = _RayExecution(self, job, ref, report, finish)
         with self._lock:

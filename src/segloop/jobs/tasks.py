@@ -25,20 +25,33 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def run_train(ctx: JobContext) -> dict[str, Any]:
-    """params: ``model``, ``config`` (a `TrainConfig` dict), ``fine_tune`` (version number, or
-    None), ``revisions`` (list of ``[image_id, revision]``, or None: all final labels), ``device``."""
-    from segloop.ml.training import TrainConfig, train
+def _train_config(params: dict[str, Any]) -> Any:
+    from segloop.ml.training import TrainConfig
 
-    p = ctx.params
-    cfg = dict(p.get("config") or {})
+    cfg = dict(params.get("config") or {})
     threads = os.environ.get("SEGLOOP_JOB_THREADS")
     if cfg.get("num_threads") is None and threads:
         cfg["num_threads"] = int(threads)  # the runner's CPU budget for a job, not the ml default
-    config = TrainConfig.from_dict(cfg)
-    revisions = p.get("revisions")
-    if revisions is not None:
-        revisions = [(str(i), int(r)) for i, r in revisions]
+    return TrainConfig.from_dict(cfg)
+
+
+def _revisions(params: dict[str, Any]) -> list[tuple[str, int]] | None:
+    revisions = params.get("revisions")
+    return None if revisions is None else [(str(i), int(r)) for i, r in revisions]
+
+
+def run_train(ctx: JobContext) -> dict[str, Any]:
+    """params: ``model``, ``config`` (a `TrainConfig` dict), ``fine_tune`` (version number, or
+    None), ``revisions`` (list of ``[image_id, revision]``, or None: all final labels), ``device``.
+
+    With ``config["workers"]`` N > 1 this job is rank 0 of a distributed training: the executor
+    starts ranks 1..N-1 (`JobContext.start_peers`; jobs on Ray only, else the job is rejected),
+    each running `run_train_rank`; rank 0 reports, validates and registers the version."""
+    from segloop.ml.training import train
+
+    p = ctx.params
+    config = _train_config(p)
+    revisions = _revisions(p)
     ctx.log(f"training {p['model']!r} with {config.to_dict()}")
     state: dict[str, Any] = {"epoch": None, "loss": None}
 
@@ -75,19 +88,92 @@ def run_train(ctx: JobContext) -> dict[str, Any]:
             state["loss"] = detail["loss"]
         ctx.progress(fraction, message, force=validation or new_epoch or message == "saving", **detail)
 
-    version = train(
-        ctx.store,
-        p["model"],
-        config,
-        fine_tune=p.get("fine_tune"),
-        revisions=revisions,
-        progress=progress,
-        cancel=cast(threading.Event, ctx.cancel_flag),
-        device=p.get("device"),
-    )
+    cancel = cast(threading.Event, ctx.cancel_flag)
+    if config.workers > 1:
+        version = _train_distributed(ctx, config, revisions, progress, cancel)
+    else:
+        version = train(
+            ctx.store,
+            p["model"],
+            config,
+            fine_tune=p.get("fine_tune"),
+            revisions=revisions,
+            progress=progress,
+            cancel=cancel,
+            device=p.get("device"),
+        )
     info = version.to_dict()
     ctx.event("model.version", {"model": p["model"], "version": version.version, "metrics": _finite(info.get("metrics"))})
     return {"model_version": _finite(info)}
+
+
+def _train_distributed(
+    ctx: JobContext, config: Any, revisions: list[tuple[str, int]] | None, progress: Any, cancel: threading.Event
+) -> Any:
+    """Rank 0 of a training on ``config.workers`` ranks; the others run `run_train_rank`."""
+    import torch
+
+    from segloop.ml import distributed
+    from segloop.ml.training import TrainingCancelled, train
+
+    p = ctx.params
+    world = int(config.workers)
+    device = torch.device(p["device"]) if p.get("device") else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peers = ctx.start_peers(world, "segloop.jobs.tasks:run_train_rank",
+                            {"params": p, "root": str(ctx.root), "db_url": ctx.db_url})
+    try:
+        rendezvous = distributed.Rendezvous(peers.host, world)
+        peers.launch(rendezvous.port)
+        ctx.log(f"rank 0 of {world}: process group at {peers.host}:{rendezvous.port} ({distributed.backend_for(device)})")
+        ranks: distributed.Ranks | None = None
+        try:
+            ranks = distributed.join(0, world, peers.host, rendezvous.port, device, rendezvous=rendezvous)
+            version = train(ctx.store, p["model"], config, fine_tune=p.get("fine_tune"), revisions=revisions,
+                            progress=progress, cancel=cancel, device=device, ranks=ranks)
+        except TrainingCancelled:
+            raise
+        except Exception as exc:
+            why = None if cancel.is_set() else peers.failure(wait=10.0)
+            if why:  # the collective broke because another rank went away: say which and why
+                raise RuntimeError(f"{why} (rank 0: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+            raise
+        finally:
+            if ranks is not None:
+                ranks.close()
+        peers.finish(timeout=120.0)
+        return version
+    finally:
+        peers.close()
+
+
+def run_train_rank(*, params: dict[str, Any], root: str, db_url: str | None, rank: int, world: int, host: str,
+                   port: int) -> int:
+    """Rank ``rank`` (> 0) of a distributed training job: the same `train` call as rank 0's, without
+    progress or cancel (they come from rank 0). Returns the version rank 0 registered."""
+    from pathlib import Path
+
+    import torch
+
+    from segloop.ml import distributed
+    from segloop.ml.training import train
+    from segloop.store.local import open_datastore
+
+    config = _train_config(params)
+    device = torch.device(params["device"]) if params.get("device") else \
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    store = open_datastore(Path(root), url=db_url)
+    ranks: distributed.Ranks | None = None
+    try:
+        ranks = distributed.join(rank, world, host, port, device)
+        version = train(store, params["model"], config, fine_tune=params.get("fine_tune"), revisions=_revisions(params),
+                        device=device, ranks=ranks)
+        return int(version.version)
+    finally:
+        if ranks is not None:
+            ranks.close()  # also on an error: rank 0's pending collective fails now, not after a timeout
+        close = getattr(store, "close", None)
+        if callable(close):
+            close()
 
 
 def run_infer_batch(ctx: JobContext) -> dict[str, Any]:
