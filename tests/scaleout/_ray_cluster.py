@@ -1,4 +1,4 @@
-"""A real Ray cluster on loopback for tests/scaleout/test_ray_jobs.py and benchmarks/bench_ray.py:
+"""A real Ray cluster on loopback for tests/scaleout/test_ray_*.py and benchmarks/bench_ray.py:
 a head and worker nodes, each a ``ray start`` process (one CPU each by default) in a session of its
 own, so that they are stopped by their process groups: ``ray stop`` would stop every Ray on the
 machine, other people's included."""
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 START_TIMEOUT = 90.0
@@ -114,3 +116,38 @@ def _group_alive(pgid: int) -> bool:
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+# --- jobs on it --------------------------------------------------------------------------------
+def train_params(**config: Any) -> dict[str, Any]:
+    """A train job's parameters: model "tiny" with `tiny_train_config` and these changes."""
+    from tests.unit.al_synthetic import tiny_train_config
+
+    return {"model": "tiny", "config": tiny_train_config(**config).to_dict(), "device": "cpu"}
+
+
+def model_versions(store: Any) -> list[int]:
+    try:
+        model = store.get_model("tiny")
+    except Exception:
+        return []
+    return [v.version for v in model.versions]
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def worker_pid(runner: Any, job_id: str) -> int | None:
+    for entry in runner.db.log(job_id):
+        m = re.search(r"running on Ray node .* worker pid (\d+)", entry["line"])
+        if m:
+            return int(m.group(1))
+    return None
+
+

@@ -1,5 +1,6 @@
 """Fixtures of the scale-out tier: a private PostgreSQL cluster (scripts/postgres.sh) for the
-session, a fresh database per test, and data folders built with today's (pre-Alembic) schema."""
+session, a fresh database per test, data folders built with today's (pre-Alembic) schema, and a
+real Ray cluster (a head and a worker node on loopback) with a `JobRunner` on it per test module."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.scaleout._ray_cluster import RAY_BIN, RayCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"
@@ -86,3 +91,47 @@ def make_legacy_folder(folder: Path) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+# --- a real Ray cluster (tests/scaleout/test_ray_jobs.py, test_ray_ddp.py) ---------------------
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    try:
+        import ray  # noqa: F401
+        import ray.util.client  # noqa: F401
+    except ImportError:
+        _missing("Ray is not installed: pip install 'segloop[ray]'")
+    if not RAY_BIN.exists():
+        _missing(f"{RAY_BIN} not found (the ray command of this environment)")
+    # a short folder: Ray's socket paths live in it and must stay under 108 characters
+    temp = Path(tempfile.mkdtemp(prefix="sgray-", dir="/tmp"))
+    cluster = RayCluster(temp)
+    saved = {k: os.environ.get(k) for k in cluster.env()}
+    os.environ.update(cluster.env())  # this process and the servers it starts are the drivers
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        subprocess.run(["rm", "-rf", str(temp)], check=False, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ray_runner(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    from segloop.jobs import JobRunner
+    from tests.unit.al_synthetic import make_store
+
+    folder = tmp_path_factory.mktemp("raydata")
+    store, _, pool, _ = make_store(folder, n_train=4, n_pool=4)
+    runner = JobRunner(folder, mode=ray_cluster.address, max_running=4, child_threads=1, poll_interval=0.1,
+                       progress_interval=0.1)
+    runner.start()
+    try:
+        yield runner, store
+    finally:
+        runner.stop(timeout=20)

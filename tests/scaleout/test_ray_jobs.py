@@ -17,11 +17,8 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,7 @@ import pytest
 from segloop.jobs import JobRunner
 from segloop.jobs.executors import make_executor, ray_address
 from segloop.server.settings import RAY_MAX_JOBS, ServerSettings, SettingsError, parse_jobs_option
-from tests.scaleout._ray_cluster import RAY_BIN, RayCluster
-from tests.scaleout.conftest import _missing
+from tests.scaleout._ray_cluster import RayCluster, model_versions, train_params, wait_until, worker_pid
 from tests.unit.al_synthetic import make_store, tiny_train_config
 
 
@@ -73,86 +69,17 @@ def test_ray_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monkey
         make_executor("ray", ExecutorConfig(tmp_path)).start()
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[RayCluster]:
-    try:
-        import ray  # noqa: F401
-        import ray.util.client  # noqa: F401
-    except ImportError:
-        _missing("Ray is not installed: pip install 'segloop[ray]'")
-    if not RAY_BIN.exists():
-        _missing(f"{RAY_BIN} not found (the ray command of this environment)")
-    # a short folder: Ray's socket paths live in it and must stay under 108 characters
-    temp = Path(tempfile.mkdtemp(prefix="sgray-", dir="/tmp"))
-    cluster = RayCluster(temp)
-    saved = {k: os.environ.get(k) for k in cluster.env()}
-    os.environ.update(cluster.env())  # this process and the servers it starts are the drivers
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        subprocess.run(["rm", "-rf", str(temp)], check=False, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def ray_runner(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[JobRunner, Any]]:
-    folder = tmp_path_factory.mktemp("raydata")
-    store, _, pool, _ = make_store(folder, n_train=4, n_pool=4)
-    runner = JobRunner(folder, mode=ray_cluster.address, max_running=4, child_threads=1, poll_interval=0.1,
-                       progress_interval=0.1)
-    runner.start()
-    try:
-        yield runner, store
-    finally:
-        runner.stop(timeout=20)
-
-
-def _train_params(**config: Any) -> dict[str, Any]:
-    return {"model": "tiny", "config": tiny_train_config(**config).to_dict(), "device": "cpu"}
-
-
-def _versions(store: Any) -> list[int]:
-    try:
-        model = store.get_model("tiny")
-    except Exception:
-        return []
-    return [v.version for v in model.versions]
-
-
-def _wait_until(predicate: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s")
-
-
-def _worker_pid(runner: JobRunner, job_id: str) -> int | None:
-    for entry in runner.db.log(job_id):
-        m = re.search(r"running on Ray node .* worker pid (\d+)", entry["line"])
-        if m:
-            return int(m.group(1))
-    return None
-
-
 def test_training_then_scoring_run_on_the_cluster(ray_runner: tuple[JobRunner, Any]) -> None:
     runner, store = ray_runner
     seen: list[tuple[str, dict[str, Any]]] = []
     runner.bus.subscribe(lambda event: seen.append((event["type"], event["data"])))
 
-    job = runner.submit("train", _train_params(epochs=2, steps_per_epoch=2))
+    job = runner.submit("train", train_params(epochs=2, steps_per_epoch=2))
     done = runner.wait(job.id, timeout=120)
     assert done.state == "done", (done.state, done.message, done.error, runner.db.log(job.id)[-10:])
     assert done.progress == 1.0
     assert done.result is not None and done.result["model_version"]["version"] == 1
-    assert _versions(store) == [1] and store.get_model("tiny").current_version == 1
+    assert model_versions(store) == [1] and store.get_model("tiny").current_version == 1
     lines = [e["line"] for e in runner.db.log(job.id)]
     assert any("running on Ray node" in line for line in lines) and any("training 'tiny'" in line for line in lines)
     assert runner.get(job.id, with_metrics=True).metrics  # per-epoch records came back from the worker
@@ -171,30 +98,30 @@ def test_cancel_running_and_waiting_and_a_killed_worker(ray_runner: tuple[JobRun
     stops cooperatively on the DB flag), the second's worker is killed with SIGKILL (the job fails
     and is not retried). No model gains a version."""
     runner, store = ray_runner
-    if not _versions(store):  # alone: a first version to keep
-        assert runner.wait(runner.submit("train", _train_params(epochs=1, steps_per_epoch=1)).id, 120).state == "done"
-    before = _versions(store)
+    if not model_versions(store):  # alone: a first version to keep
+        assert runner.wait(runner.submit("train", train_params(epochs=1, steps_per_epoch=1)).id, 120).state == "done"
+    before = model_versions(store)
     current = store.get_model("tiny").current_version
 
-    a = runner.submit("train", _train_params(epochs=500, steps_per_epoch=4))
-    b = runner.submit("train", {**_train_params(epochs=500, steps_per_epoch=4), "model": "tiny-b"})
-    _wait_until(lambda: all(_worker_pid(runner, j.id) and runner.get(j.id).progress > 0.0 for j in (a, b)), 120,
+    a = runner.submit("train", train_params(epochs=500, steps_per_epoch=4))
+    b = runner.submit("train", {**train_params(epochs=500, steps_per_epoch=4), "model": "tiny-b"})
+    wait_until(lambda: all(worker_pid(runner, j.id) and runner.get(j.id).progress > 0.0 for j in (a, b)), 120,
                 "both trainings to make progress on Ray")
-    c = runner.submit("train", {**_train_params(epochs=500, steps_per_epoch=4), "model": "tiny-c"})
-    _wait_until(lambda: runner.get(c.id).state == "running", 10, "the third training to be handed to Ray")
+    c = runner.submit("train", {**train_params(epochs=500, steps_per_epoch=4), "model": "tiny-c"})
+    wait_until(lambda: runner.get(c.id).state == "running", 10, "the third training to be handed to Ray")
     time.sleep(1.0)
-    assert "waiting for a Ray worker" in runner.get(c.id).message and _worker_pid(runner, c.id) is None
+    assert "waiting for a Ray worker" in runner.get(c.id).message and worker_pid(runner, c.id) is None
 
     runner.cancel(c.id)
     waiting = runner.wait(c.id, timeout=30)
     assert waiting.state == "cancelled", (waiting.state, waiting.message, waiting.error)
-    assert _worker_pid(runner, c.id) is None  # never ran
+    assert worker_pid(runner, c.id) is None  # never ran
 
     runner.cancel(a.id)
     cancelled = runner.wait(a.id, timeout=60)
     assert cancelled.state == "cancelled", (cancelled.state, cancelled.message, cancelled.error)
 
-    pid = _worker_pid(runner, b.id)
+    pid = worker_pid(runner, b.id)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     failed = runner.wait(b.id, timeout=60)
@@ -202,7 +129,7 @@ def test_cancel_running_and_waiting_and_a_killed_worker(ray_runner: tuple[JobRun
     assert failed.error is not None and "Ray worker running the job died" in failed.error
     time.sleep(1.0)
     assert runner.get(b.id).state == "failed"  # not retried behind our back
-    assert _versions(store) == before and store.get_model("tiny").current_version == current
+    assert model_versions(store) == before and store.get_model("tiny").current_version == current
     for name in ("tiny-b", "tiny-c"):
         with contextlib.suppress(Exception):
             assert not store.get_model(name).versions
@@ -233,16 +160,16 @@ def test_server_on_ray_and_the_interrupted_rule_after_its_crash(
             assert r.status_code == 202, r.text
             job_id = r.json()["id"]
 
-            def worker_pid() -> int | None:
+            def server_worker_pid() -> int | None:
                 for entry in api.get(f"/jobs/{job_id}/log").json()["items"]:
                     m = re.search(r"worker pid (\d+)", entry["line"])
                     if m:
                         return int(m.group(1))
                 return None
 
-            _wait_until(lambda: api.get(f"/jobs/{job_id}").json()["progress"] > 0.0 and worker_pid() is not None, 90,
+            wait_until(lambda: api.get(f"/jobs/{job_id}").json()["progress"] > 0.0 and server_worker_pid() is not None, 90,
                         "the training to make progress on Ray")
-            pid = worker_pid()
+            pid = server_worker_pid()
             assert pid is not None
     finally:
         server.stop(signal.SIGKILL)
@@ -251,13 +178,13 @@ def test_server_on_ray_and_the_interrupted_rule_after_its_crash(
         with httpx.Client(base_url=server.api, timeout=30) as api:
             job = api.get(f"/jobs/{job_id}").json()
             assert job["state"] == "interrupted", job
-            _wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), 60,
+            wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), 60,
                         "the orphaned Ray task to stop")
             assert api.get("/models/tiny").status_code == 404 or not api.get("/models/tiny").json().get("versions")
             r = api.post("/jobs", json={"kind": "score", "params": {"strategy": "random"}})
             assert r.status_code == 202, r.text
             score_id = r.json()["id"]
-            _wait_until(lambda: api.get(f"/jobs/{score_id}").json()["state"] not in ("queued", "running"), 90,
+            wait_until(lambda: api.get(f"/jobs/{score_id}").json()["state"] not in ("queued", "running"), 90,
                         "the score job to end")
             assert api.get(f"/jobs/{score_id}").json()["state"] == "done"
     finally:
