@@ -9,10 +9,15 @@ import { loadWorklist } from "./worklist";
 import { closeSession, confirmDiscard } from "./image";
 import { checkFit } from "./fit";
 
-/** Session calls (clicks, pushed strokes, undo/redo, save) run one after another, in order. */
+/**
+ * Session calls (clicks, pushed strokes, undo/redo, save) run one after another, in order. While
+ * one is queued or on its way the 3-D tile is not ray-cast again (software WebGL would hold up
+ * its request and answer for as long as the ray-cast takes); it catches up after the last one.
+ */
 let chain: Promise<unknown> = Promise.resolve();
 export function serial<T>(fn: () => Promise<T>): Promise<T> {
-  const run = chain.then(fn);
+  viewer.lazy3D.hold();
+  const run = chain.then(fn).finally(() => viewer.lazy3D.release());
   chain = run.catch(() => undefined);
   return run;
 }

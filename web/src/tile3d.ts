@@ -63,3 +63,69 @@ export class Tile3DCache {
     if (scissor) gl.enable(gl.SCISSOR_TEST);
   }
 }
+
+/**
+ * When the 3-D tile, shown from its cache while the label changes, is ray-cast again. A ray-cast
+ * is long in software WebGL (0.3-0.7 s for a 256x256x128 volume) and cannot be interrupted once
+ * issued, and while it runs the page's requests and answers wait for it. So it waits until
+ * editing has paused for `delayMs` (no label change, no press on the canvas) and no session
+ * request (a click, a pushed stroke, undo/redo) is on its way — a click then never queues
+ * behind it, whatever the pace of clicking.
+ */
+export class Lazy3D {
+  delayMs = 350;
+  private timer = 0;
+  private due = false; // a label change was drawn with the cached tile
+  private holds = 0; // session requests on their way
+  private lastInput = -Infinity;
+
+  constructor(private recast: () => void) {}
+
+  /** The tile shown is the cached one, older than the label: ray-cast it once editing pauses. */
+  schedule(): void {
+    this.due = true;
+    this.arm(this.delayMs);
+  }
+
+  /** The tile was ray-cast anew (whatever the reason): nothing left to catch up. */
+  done(): void {
+    this.due = false;
+    clearTimeout(this.timer);
+  }
+
+  /** The user pressed on the canvas (a click or a stroke begins): hold the ray-cast back. */
+  input(): void {
+    this.lastInput = performance.now();
+  }
+
+  /** A session request is on its way: no ray-cast until `release`. */
+  hold(): void {
+    this.holds++;
+  }
+
+  release(): void {
+    this.holds = Math.max(0, this.holds - 1);
+    if (!this.holds && this.due) this.arm(this.delayMs);
+  }
+
+  /** A ray-cast is owed (the 3-D tile shows an older label than the 2-D tiles). */
+  get pending(): boolean {
+    return this.due;
+  }
+
+  private arm(ms: number): void {
+    clearTimeout(this.timer);
+    this.timer = window.setTimeout(() => this.fire(), ms);
+  }
+
+  private fire(): void {
+    if (!this.due || this.holds) return; // release() re-arms
+    const quiet = performance.now() - this.lastInput;
+    if (quiet < this.delayMs) {
+      this.arm(this.delayMs - quiet);
+      return;
+    }
+    this.due = false;
+    this.recast();
+  }
+}

@@ -240,7 +240,12 @@ wrap.addEventListener("mousedown", (e) => {
   e.stopPropagation();
   e.preventDefault();
   canvas.focus();
+  viewer.userInput();
   drag = tool.down(hit, e) ?? null;
+  // NiiVue never saw this press: its release must not reach NiiVue either, whose mouse-up
+  // handler redraws the whole scene (in the 2x2 layout: ray-casts the 3-D tile, ~0.3-0.7 s of
+  // software WebGL that then delays the click's own request and answer)
+  swallowUp = true;
 }, true);
 
 wrap.addEventListener("mousemove", (e) => {
@@ -262,11 +267,14 @@ wrap.addEventListener("mousemove", (e) => {
   drag.move(hit, e);
 }, true);
 
+let swallowUp = false; // the press went to a tool: its release is the tool's too
 const end = (e: MouseEvent) => {
   if (other) {
     e.stopPropagation();
     other = null;
   }
+  if (swallowUp && e.type === "mouseup") e.stopPropagation();
+  swallowUp = false;
   if (!drag) return;
   e.stopPropagation();
   const d = drag;

@@ -13,13 +13,14 @@
 // only the box of the drawing texture that holds changed voxels is uploaded (NiiVue's own
 // refresh uploads the whole volume), and in the 2x2 layout a frame caused by a label change
 // reuses the last picture of the 3-D tile (a framebuffer copy) instead of ray-casting it again;
-// the 3-D tile catches up once editing pauses (`lazy3DMs`).
+// the 3-D tile catches up once editing pauses and no session request is on its way (`lazy3D`,
+// tile3d.ts).
 
 import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/niivue";
 import { invert4, parseHeader, writeLabel, type NiftiHeaderInfo } from "./nifti";
 import { drawPreview } from "./preview";
 import { type LutEntry, type RasMap, OUTLINE_FILL, PRESETS, drawLut, lut, makeImage, presetWindow, rasMap } from "./viewer_tables";
-import { Tile3DCache } from "./tile3d";
+import { Lazy3D, Tile3DCache } from "./tile3d";
 
 export { PRESETS, type LutEntry } from "./viewer_tables";
 
@@ -48,11 +49,12 @@ export class Viewer {
   /** The last picture of the 3-D tile (canvas pixels) and where it was (made at attach). */
   private cache3D: Tile3DCache | null = null;
   private reuse3D = false; // the next frame shows the cached 3-D tile (set by label changes)
-  private lazyTimer = 0;
-  /** After the last label change, the 3-D tile is rendered again after this long. */
-  lazy3DMs = 350;
+  /** When the 3-D tile shown from its cache is ray-cast again (after edits pause). */
+  readonly lazy3D = new Lazy3D(() => this.nv.drawScene());
   /** Frames drawn with the 3-D tile ray-cast vs. reused from the cache (for tests and benchmarks). */
   readonly frames = { full3D: 0, reused3D: 0, boxUploads: 0, fullUploads: 0 };
+  /** Where the 3-D tile of the 2x2 layout was last drawn: canvas pixels, [left, top, width, height]. */
+  tile3DAt: number[] | null = null;
   /** Images larger than this get a 2-D preview while NiiVue builds its textures. */
   previewVoxels = 2_000_000;
   onLocation: (text: string) => void = () => {};
@@ -106,12 +108,14 @@ export class Viewer {
     const draw3D = this.nv.draw3D.bind(this.nv);
     this.nv.draw3D = (ltwh: number[] = [0, 0, 0, 0], ...rest: unknown[]) => {
       const tile = ltwh[2] > 0 && ltwh[3] > 0 && this.mode === "multi";
+      this.tile3DAt = tile ? [...ltwh] : null;
       if (tile && this.reuse3D && this.cache3D?.restore(ltwh)) {
         this.frames.reused3D++;
         return undefined;
       }
       const out = (draw3D as (...a: unknown[]) => string | undefined)(ltwh, ...rest);
       this.frames.full3D++;
+      this.lazy3D.done();
       if (tile) this.cache3D?.save(ltwh);
       return out;
     };
@@ -204,8 +208,12 @@ export class Viewer {
       this.reuse3D = false;
     }
     if (this.frames.reused3D === reused) return; // the 3-D tile was cast anew (or is not shown)
-    clearTimeout(this.lazyTimer);
-    this.lazyTimer = window.setTimeout(() => this.nv.drawScene(), this.lazy3DMs);
+    this.lazy3D.schedule();
+  }
+
+  /** The user pressed on the canvas to edit: the 3-D tile's catch-up waits (see `Lazy3D`). */
+  userInput(): void {
+    this.lazy3D.input();
   }
 
   /** Remove the 2-D preview (once NiiVue's first frame is on screen). */
