@@ -282,10 +282,22 @@ def test_undo_redo_of_clicks_and_pushed_strokes(app: AppPage, api: httpx.Client)
     after_click = app.counts()
     app.key("2")
     app.key("b")
+    app.page.evaluate("""() => {  // what each label upload sends
+        window.puts = [];
+        const f = window.fetch;
+        window.fetch = (u, init) => {
+            const b = init?.body;
+            if (init?.method === 'PUT' && b instanceof FormData) window.puts.push({ box: b.get('box'), bytes: b.get('file').size });
+            return f(u, init);
+        };
+    }""")
     _stroke(app, app.canvas_point(0.45, 0.15), app.canvas_point(0.55, 0.15))
     app.page.wait_for_function("() => document.body.dataset.pushes === '1'")
     after_stroke = app.counts()
     assert after_stroke != after_click
+    if app.has_feature("putLabelBox"):
+        put = app.page.evaluate("() => window.puts.at(-1)")
+        assert put["box"] and put["bytes"] < 20_000, f"the stroke's push sends its box, not the whole label: {put}"
 
     def session_counts() -> dict[str, int]:
         sid = app.page.evaluate("() => window.segloop.session.id")
@@ -417,3 +429,37 @@ def test_dicom_seg_export_for_a_dicom_image(app: AppPage, api: httpx.Client) -> 
     assert data[128:132] == b"DICM", "a DICOM file"
     assert dl.value.suggested_filename.endswith(".seg.dcm")
     app.shot("19-dicom-seg-export")
+
+
+def test_session_label_upload_of_a_box(app: AppPage, api: httpx.Client) -> None:
+    """PUT /sessions/{id}/label with a ``box``: only the box's voxels are replaced; a box outside
+    the grid, a body of the wrong size or unknown class values are refused with nothing changed."""
+    image = "hippocampus_004"
+    app.open(image)
+    if not app.has_feature("putLabelBox"):
+        pytest.skip("the server takes no box uploads")
+    sid = api.post("/sessions", json={"image_id": image, "model": "tiny"}).json()["id"]
+
+    def session_label() -> np.ndarray:
+        r = api.get(f"/sessions/{sid}/label")
+        r.raise_for_status()
+        return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(r.content)).dataobj)
+
+    def put(box: str, voxels: bytes) -> httpx.Response:
+        return api.put(f"/sessions/{sid}/label", data={"box": box}, files={"file": ("box.bin", voxels)})
+
+    before = session_label()
+    sub = np.zeros((3, 4, 2), np.uint8)
+    sub[0, 0, 0], sub[2, 3, 1] = 2, 1
+    r = put("5,8,6,10,7,9", gzip.compress(sub.tobytes(order="F")))
+    assert r.status_code == 200, r.text
+    expected = before.copy()
+    expected[5:8, 6:10, 7:9] = sub
+    assert r.json()["changed_voxels"] == int(np.count_nonzero(expected != before))
+    assert np.array_equal(session_label(), expected)
+    shape = before.shape
+    for box, voxels in ((f"0,{shape[0] + 1},0,1,0,1", bytes(shape[0] + 1)), ("5,8,6,10,7,9", bytes(5)),
+                        ("0,1,0,1,0,1", bytes([99])), ("0,1,0,1", bytes(1))):
+        bad = put(box, voxels)
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_label", bad.text
+    assert np.array_equal(session_label(), expected), "a refused upload changed nothing"

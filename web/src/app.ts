@@ -52,7 +52,7 @@ export const S = {
   jobs: [] as Job[],
   lastEval: null as Evaluation | null,
   evaluations: [] as Evaluation[], // of the open image, newest first
-  features: { putLabel: false, redo: false, dicomSeg: false, sendPacs: false }, // optional server routes, from its OpenAPI schema
+  features: { putLabel: false, putLabelBox: false, redo: false, dicomSeg: false, sendPacs: false }, // optional server routes, from its OpenAPI schema
   pacs: null as { dicomweb: boolean; url: string | null; ephemeral: boolean } | null, // GET /pacs, when offered
   sending: false, // a "send to PACS" is on its way
   sent: new Map<string, { at: string; sop: string }>(), // "image:revision" -> sent from this browser (or seen in the events)

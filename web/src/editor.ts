@@ -27,8 +27,11 @@ export interface SessionBackend {
   undo(): Promise<ServerMask>;
   /** Redo the last undone step on the server (`group` is the click, for servers without redo). */
   redo(group?: ClickGroup): Promise<ServerMask>;
-  /** Replace the session's mask with `mask` (one step of its history); null when unsupported. */
-  push: ((mask: Uint8Array) => Promise<void>) | null;
+  /**
+   * Replace the session's mask with `mask` (one step of its history); null when unsupported.
+   * `box` ([x0, x1, y0, y1, z0, z1]): `mask` differs from the session's mask only inside it.
+   */
+  push: ((mask: Uint8Array, box: number[] | null) => Promise<void>) | null;
 }
 
 export class Editor {
@@ -141,7 +144,7 @@ export class Editor {
     if (!backend.push || !this.hasLocalStrokes || this.stroke) return false; // a stroke in progress pushes at its end
     const pushed: Entry[] = this.undoStack.filter((e) => e.kind === "stroke");
     const mask = this.current().slice();
-    await backend.push(mask);
+    await backend.push(mask, changedBox(mask, this.base, this.viewer.dims));
     // strokes made while the push was on its way stay local overrides (their own push follows)
     const current = this.stroke as Map<number, number> | null; // may have begun during the await
     const later = new Set<number>(current ? current.keys() : []);
@@ -375,4 +378,30 @@ export class Editor {
     void this.viewer.refresh();
     this.endStroke();
   }
+}
+
+/**
+ * The box ([x0, x1, y0, y1, z0, z1], start/stop per axis) holding every voxel where `a` and `b`
+ * differ; null when they are equal. A stroke's push sends only this box of the label.
+ */
+export function changedBox(a: Uint8Array, b: Uint8Array, dims: [number, number, number]): number[] | null {
+  if (a.length !== b.length) return null;
+  const [nx, ny, nz] = dims;
+  const lo = [nx, ny, nz], hi = [-1, -1, -1];
+  let i = 0;
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++, i += nx) {
+      for (let x = 0; x < nx; x++) {
+        if (a[i + x] === b[i + x]) continue;
+        if (x < lo[0]) lo[0] = x;
+        if (x > hi[0]) hi[0] = x;
+        if (y < lo[1]) lo[1] = y;
+        if (y > hi[1]) hi[1] = y;
+        if (z < lo[2]) lo[2] = z;
+        if (z > hi[2]) hi[2] = z;
+      }
+    }
+  }
+  if (hi[0] < 0) return null;
+  return [lo[0], hi[0] + 1, lo[1], hi[1] + 1, lo[2], hi[2] + 1];
 }

@@ -52,6 +52,10 @@ async function loadFeatures(): Promise<void> {
     const paths = Object.entries(spec.paths ?? {});
     const has = (re: RegExp, method: string) => paths.some(([p, ops]) => re.test(p) && method in ops);
     S.features.putLabel = has(/^\/api\/v1\/sessions\/\{[^}]+\}\/label$/, "put");
+    // the upload of only a stroke's box (a `box` field beside the file)
+    const put = paths.find(([p]) => /^\/api\/v1\/sessions\/\{[^}]+\}\/label$/.test(p))?.[1]?.put as
+      { requestBody?: { content?: Record<string, { schema?: { properties?: Record<string, unknown> } }> } } | undefined;
+    S.features.putLabelBox = S.features.putLabel && Boolean(put?.requestBody?.content?.["multipart/form-data"]?.schema?.properties?.box);
     S.features.redo = has(/^\/api\/v1\/sessions\/\{[^}]+\}\/redo$/, "post");
     S.features.dicomSeg = has(/^\/api\/v1\/images\/\{[^}]+\}\/labels\/\{[^}]+\}\/dicom-seg$/, "get");
     S.features.sendPacs = has(/^\/api\/v1\/images\/\{[^}]+\}\/labels\/\{[^}]+\}\/send$/, "post") && has(/^\/api\/v1\/pacs$/, "get");

@@ -45,10 +45,31 @@ export async function ensureSession(): Promise<Session> {
   return session;
 }
 
-export async function pushLabel(s: Session, mask: Uint8Array): Promise<void> {
+/**
+ * Make `mask` the session's mask. `box`: it differs from the session's mask only there — then
+ * (when the server takes it) only the box's voxels are sent, raw (a stroke's box is a few KB;
+ * the whole mask is 8 MB to write, compress, upload and check for 256x256x128).
+ */
+export async function pushLabel(s: Session, mask: Uint8Array, box: number[] | null = null): Promise<void> {
   const form = new FormData();
-  form.append("file", await gzip(writeLabel(viewer.header!, mask)), "label.nii.gz");
+  if (box && S.features.putLabelBox) {
+    form.append("box", box.join(","));
+    form.append("file", new Blob([boxVoxels(mask, box) as BlobPart]), "box.bin");
+  } else form.append("file", await gzip(writeLabel(viewer.header!, mask)), "label.nii.gz");
   await api.request("PUT", `/sessions/${s.id}/label`, form);
+}
+
+/** The voxels of `mask` (file order) inside `box`, x fastest: `applyBox`'s counterpart. */
+export function boxVoxels(mask: Uint8Array, box: number[]): Uint8Array {
+  const [nx, ny] = viewer.dims;
+  const [x0, x1, y0, y1, z0, z1] = box;
+  const w = x1 - x0;
+  const out = new Uint8Array(w * (y1 - y0) * (z1 - z0));
+  let k = 0;
+  for (let z = z0; z < z1; z++) {
+    for (let y = y0; y < y1; y++, k += w) out.set(mask.subarray(x0 + nx * (y + ny * z), x0 + nx * (y + ny * z) + w), k);
+  }
+  return out;
 }
 
 export const BOX_TYPE = "application/vnd.segloop.label-box";
@@ -124,7 +145,7 @@ export function sessionBackend(): SessionBackend {
       if (group) return sessionCall("/clicks", { clicks: [group] }); // older servers: click again
       throw new Error("This server cannot redo that step.");
     },
-    push: S.features.putLabel ? (mask: Uint8Array) => pushLabel(S.session!, mask) : null,
+    push: S.features.putLabel ? (mask: Uint8Array, box: number[] | null) => pushLabel(S.session!, mask, box) : null,
   };
 }
 

@@ -382,3 +382,26 @@ def apply_box(mask: np.ndarray, box: Box, body: bytes) -> np.ndarray:
     if raw:
         mask[box] = np.frombuffer(raw, dtype=np.uint8).reshape(shape, order="F")
     return mask
+
+
+def label_with_box(current: np.ndarray, box_text: str, body: bytes, values: set[int] | frozenset[int]) -> np.ndarray:
+    """A copy of the session's mask ``current`` with the box ``box_text`` (``x0,x1,y0,y1,z0,z1``)
+    replaced by ``body``: the box's voxels, uint8, x fastest (as `encode_box` writes them, gzip or
+    not). What a brush stroke sends instead of the whole mask (its box is a few thousand voxels,
+    the mask 8 MB for 256x256x128). ValueError: a box outside the grid, a body of the wrong size,
+    or values not in ``values``."""
+    box = parse_box(box_text)
+    if any(s.stop > n for s, n in zip(box, current.shape, strict=True)):
+        raise ValueError(f"box {box_text} lies outside the image grid {tuple(current.shape)}")
+    raw = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+    shape = tuple(s.stop - s.start for s in box)
+    if len(raw) != box_size(box):
+        raise ValueError(f"box {box_text} needs {box_size(box)} voxels, the body has {len(raw)}")
+    voxels = np.frombuffer(raw, dtype=np.uint8)
+    unknown = [v for v in np.flatnonzero(np.bincount(voxels, minlength=1)).tolist() if v not in values]
+    if unknown:
+        raise ValueError(f"label values {unknown} are not in the label schema {sorted(values)}")
+    out = np.array(current, copy=True)
+    if raw:
+        out[box] = voxels.reshape(shape, order="F")
+    return out

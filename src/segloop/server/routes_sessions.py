@@ -25,7 +25,7 @@ from segloop.imaging.nifti import read_nifti
 from segloop.imaging.volume import Volume
 from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
-from segloop.server.maskcodec import BOX_MEDIA_TYPE, encode_box, format_box, label_nifti_gz
+from segloop.server.maskcodec import BOX_MEDIA_TYPE, encode_box, format_box, label_nifti_gz, label_with_box
 from segloop.server.routes import NIFTI, NIFTI_RESPONSE, Annotator, State, Viewer
 from segloop.server.state import ServerState
 from segloop.server.uploads import receive_multipart
@@ -316,7 +316,14 @@ SESSION_LABEL_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "box": {
+                            "type": "string",
+                            "description": "x0,x1,y0,y1,z0,z1: `file` holds only this box's voxels (uint8, x fastest, "
+                            "gzip or not); the rest of the mask stays the session's",
+                        },
+                    },
                     "required": ["file"],
                 }
             }
@@ -331,8 +338,10 @@ async def put_session_label(session_id: SessionId, request: Request, state: Stat
     on the image's grid with class values of the schema, checked as label saves are), e.g. after
     brush strokes. The next click refines on top of it, `undo` goes back to the mask before the
     upload, and a save stores it with source ``interactive``. Clicks made before the upload are
-    part of the uploaded mask and no longer steer the model. Returns the session (``undo_depth``,
-    ``redo_depth``, ``changed_voxels``)."""
+    part of the uploaded mask and no longer steer the model. With a ``box`` field
+    (``x0,x1,y0,y1,z0,z1``), ``file`` holds only that box's voxels (uint8, x fastest, as the compact
+    click responses; gzip or not) and the rest of the mask stays as it is: what the web app sends
+    for a brush stroke. Returns the session (``undo_depth``, ``redo_depth``, ``changed_voxels``)."""
     from segloop.imaging.errors import GeometryError
     from segloop.store.errors import ValidationError
     from segloop.store.local import _prepare_label  # the exact checks of label saves
@@ -345,7 +354,9 @@ async def put_session_label(session_id: SessionId, request: Request, state: Stat
         if len(files) != 1:
             raise ApiError(422, "invalid_upload", "send exactly one label file in the part named 'file'")
 
-        def work() -> dict[str, Any]:
+        box = received.fields.get("box")
+
+        def whole_label() -> np.ndarray:
             try:
                 volume = read_nifti(files[0])
             except Exception as exc:
@@ -355,10 +366,21 @@ async def put_session_label(session_id: SessionId, request: Request, state: Stat
                 data, _ = _prepare_label(record, volume, state.store.get_schema())
             except (ValidationError, GeometryError) as exc:
                 raise ApiError(422, "invalid_label", str(exc)) from exc
+            return data
+
+        def work() -> dict[str, Any]:
+            data = whole_label() if box is None else None
+            values = state.store.get_schema().values
             with entry.lock:
                 if entry.closed:
                     raise ApiError(404, "not_found", f"session {session_id!r} was closed")
-                changed = int(np.count_nonzero(data != np.asarray(entry.session.prediction.label.array)))
+                current = np.asarray(entry.session.prediction.label.array)
+                if data is None:
+                    try:
+                        data = label_with_box(current, str(box), files[0].read_bytes(), values)
+                    except ValueError as exc:
+                        raise ApiError(422, "invalid_label", str(exc)) from exc
+                changed = int(np.count_nonzero(data != current))
                 try:
                     pred = entry.session.set_label(Volume(data, entry.session.image.affine))
                 except ValueError as exc:
