@@ -7,9 +7,12 @@ scribbles apps use it (there with a histogram likelihood, Wang et al. 2018, Eq. 
 
 - unary ``U_p``: ``-log P(fg)`` / ``-log P(bg)`` with ``P(fg) = prior * h_fg / (prior * h_fg +
   (1 - prior) * h_bg)``: ``prior`` the model's current probability of the class, ``h_fg`` /
-  ``h_bg`` the intensity histograms of the foreground and background scribbles (``bins`` bins,
-  Gaussian-smoothed over 1.5 bins, floored at a thousandth of uniform); without scribbles of
-  one side, that side's voxels of the current mask (prior >= 0.5, resp. < 0.5) stand in for them;
+  ``h_bg`` intensity likelihoods of each side: the mean of the histogram of that side's
+  scribbles and the histogram of that side's voxels in the current mask (prior >= 0.5, resp.
+  < 0.5, scribbles of the other side left out) — ``bins`` bins, Gaussian-smoothed over 1.5 bins,
+  floored at a thousandth of uniform. A stroke alone holds too few voxels to stand for a
+  structure (it made the rest of the class improbable); without scribbles of a side, its mask
+  voxels alone count;
 - hard constraints: scribbled voxels keep their side whatever the cost;
 - pairwise: the 6-neighbourhood, ``dist`` the voxel spacing along the axis (mm), ``sigma``
   by default the mean absolute intensity difference between neighbours in the region.
@@ -85,15 +88,21 @@ def foreground_probability(
 ) -> np.ndarray:
     """``P(fg)`` per voxel: the prior combined with the scribbles' intensity histograms (see the module docstring)."""
     p = np.clip(prior.astype(np.float64), EPS, 1.0 - EPS)
-    if not fg.any():  # no scribble of this side: what the mask has of it stands in
-        fg = (prior >= 0.5) & ~bg
-    if not bg.any():
-        bg = (prior < 0.5) & ~fg
-    if fg.any() and bg.any():
-        lo, hi = float(image.min()), float(image.max())
-        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-        h_fg = _histogram_likelihood(image, fg, edges)
-        h_bg = _histogram_likelihood(image, bg, edges)
+    mask_fg = (prior >= 0.5) & ~bg
+    mask_bg = (prior < 0.5) & ~fg
+    lo, hi = float(image.min()), float(image.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+
+    def likelihood(scribbled: np.ndarray, masked: np.ndarray) -> np.ndarray | None:
+        # a stroke holds a few dozen voxels, too few to stand for a structure's intensities
+        # alone (a 10-voxel stroke made every other voxel of the class improbable and the cut
+        # removed most of it): the scribbles and what the mask has of that side count half each
+        parts = [_histogram_likelihood(image, m, edges) for m in (scribbled, masked) if m.any()]
+        return None if not parts else np.mean(parts, axis=0)
+
+    h_fg = likelihood(fg, mask_fg)
+    h_bg = likelihood(bg, mask_bg)
+    if h_fg is not None and h_bg is not None:
         p = p * h_fg / (p * h_fg + (1.0 - p) * h_bg)
     return np.clip(p, EPS, 1.0 - EPS)
 
