@@ -90,17 +90,33 @@ def test_strokes_rasterise_as_connected_lines_and_subsample_into_clicks() -> Non
         prompts.parse_strokes([{"class": "a", "points": [[1, 1, 1]], "radius": 99}], SCHEMA, SHAPE)
 
 
-def test_box_clicks_are_inside_and_just_outside() -> None:
+def test_box_click_only_where_the_model_has_nothing_of_the_class() -> None:
     box = prompts.Box(1, (4, 10, 5), (12, 30, 5))
     label = np.zeros(SHAPE, dtype=np.uint8)
-    clicks = prompts.box_clicks(box, label)
-    assert clicks[0] == Click(1, (8, 20, 5))  # nothing of the class yet: the centre
-    negatives = [c.point for c in clicks[1:]]
-    assert all(c.value == 0 for c in clicks[1:]) and len(negatives) == 8
-    assert all(p[2] == 5 for p in negatives)  # a 2D box: on its slice
-    assert all(not (4 <= p[0] <= 12 and 10 <= p[1] <= 30) for p in negatives)
-    label[5:8, 25:29, 5] = 1  # the class inside: the click goes to its interior
-    assert prompts.box_clicks(box, label)[0].point[1] in range(25, 29)
+    assert prompts.box_clicks(box, label) == [Click(1, (8, 20, 5))]  # nothing of the class: the centre
+    label[7:9, 18:22, 5] = 1  # the class already in the box's central half: no click to disturb it
+    assert prompts.box_clicks(box, label) == []
+
+
+def test_constraints_hold_their_class_out_of_a_window() -> None:
+    box3 = prompts.Box(1, (4, 10, 5), (12, 30, 9))
+    (c3,) = prompts.box_constraints(box3, SHAPE)
+    window = (slice(0, 8), slice(8, 16), slice(5, 6))
+    got = c3.within(window)
+    expect = prompts.box_outside(box3, SHAPE)[window]
+    assert got.shape == (8, 8, 1) and (got == expect).all() and got.any() and not got.all()
+    box2 = prompts.Box(2, (4, 10, 5), (12, 30, 5))
+    (c2,) = prompts.box_constraints(box2, SHAPE)
+    full = (slice(0, SHAPE[0]), slice(0, SHAPE[1]), slice(0, SHAPE[2]))
+    assert (c2.within(full) == prompts.box_outside(box2, SHAPE)).all()  # only on its slice
+    probs = np.full((3, *SHAPE), 1 / 3, dtype=np.float32)
+    probs[:, 0, 0, 5] = (0.0, 0.0, 1.0)  # nothing but class 2 where it is not allowed: background takes it
+    prompts.apply_constraints(probs, (c2,), full, (0, 1, 2))
+    out = prompts.box_outside(box2, SHAPE)
+    assert (probs[2][out] == 0).all() and np.allclose(probs[:, out].sum(axis=0), 1.0)
+    assert np.allclose(probs[:2, 1, 0, 5], 0.5)  # the class's share goes to the others, in proportion
+    assert (probs[:, 0, 0, 5] == (1.0, 0.0, 0.0)).all()
+    assert np.allclose(probs[:, 6, 20, 5], 1 / 3)  # inside the rectangle: untouched
 
 
 # --- session steps --------------------------------------------------------------------------------
@@ -113,14 +129,36 @@ def test_box_removes_the_class_outside_and_is_one_undoable_step(session: Interac
     got = mask(session)
     outside = prompts.box_outside(box, SHAPE)
     assert not (got[outside] == 1).any()
-    positive = session.clicks[0]
-    assert positive.value == 1 and got[positive.point] == 1
-    assert all(outside[c.point] for c in session.clicks[1:])  # the negative clicks
+    assert all(c.value == 1 and got[c.point] == 1 for c in session.clicks)  # at most its one positive click
     assert session.undo_depth == 1 and pred.changed is not None and pred.changed[0] == 1
+    assert len(session.constraints) == 1
     session.undo()
-    assert (mask(session) == start).all()
+    assert (mask(session) == start).all() and session.constraints == ()
     session.redo()
-    assert (mask(session) == got).all()
+    assert (mask(session) == got).all() and len(session.constraints) == 1
+
+
+def test_a_click_after_a_box_does_not_bring_the_class_back_outside(session: InteractiveSession) -> None:
+    box = prompts.Box(1, (3, 8, 3), (9, 20, 9))
+    session.add_box(box)
+    outside = prompts.box_outside(box, SHAPE)
+    # clicks of class 1 inside the box near its faces: the network's window reaches far outside
+    session.add_clicks([Click(1, (8, 19, 8)), Click(1, (4, 9, 4))])
+    got = mask(session)
+    assert not (got[outside] == 1).any()
+    assert (got[8, 19, 8], got[4, 9, 4]) == (1, 1)
+    # an explicit click of the class outside the box is the user's word: it wins at its voxel
+    session.add_clicks([Click(1, (15, 35, 15))])
+    assert mask(session)[15, 35, 15] == 1
+    session.undo()
+    session.undo()
+    assert len(session.constraints) == 1  # back to right after the box
+    session.set_label(mask(session))  # no change: still in force
+    assert len(session.constraints) == 1
+    edited = mask(session)
+    edited[15:18, 35:38, 15:18] = 1
+    session.set_label(edited)  # the user's own edit replaces the mask and ends the prompt's constraint
+    assert session.constraints == ()
 
 
 def test_lasso_sets_its_slice_exactly(session: InteractiveSession) -> None:
@@ -132,6 +170,9 @@ def test_lasso_sets_its_slice_exactly(session: InteractiveSession) -> None:
     assert not (got[:, :, 10][~inside] == 2).any()
     assert session.undo_depth == 1
     assert any(c.value == 2 for c in session.clicks) and any(c.value == 0 for c in session.clicks)
+    session.add_clicks([Click(2, (9, 20, 11)), Click(1, (9, 20, 9))])  # the slice stays as the lasso said
+    again = mask(session)
+    assert (again[:, :, 10][inside] == 2).all() and not (again[:, :, 10][~inside] == 2).any()
 
 
 def test_scribbles_as_guidance_mark_their_voxels_and_keep_steering(session: InteractiveSession) -> None:

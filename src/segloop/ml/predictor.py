@@ -44,6 +44,7 @@ from segloop.ml.guidance import encode_guidance
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
+from segloop.ml.prompts import Constraint, apply_constraints
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 
@@ -199,7 +200,8 @@ class Predictor:
         return InteractiveSession(self, image, initial)
 
 
-_Step = tuple[list[Click], tuple[slice, ...], np.ndarray, np.ndarray]
+# (clicks, box, probabilities and labels in the box, prompt constraints) before/after a step
+_Step = tuple[list[Click], tuple[slice, ...], np.ndarray, np.ndarray, tuple[Constraint, ...]]
 
 
 class _ProbsState:
@@ -301,6 +303,8 @@ class InteractiveSession:
         self._state = _ProbsState(self)
         self._mask_step = 0
         self.clicks: list[Click] = []
+        # where a prompt (box, lasso) said a class is not: every later click keeps to it
+        self.constraints: tuple[Constraint, ...] = ()
         # steps: (clicks before/after the step, box, probabilities and labels in the box)
         self._history: list[_Step] = []
         self._redo: list[_Step] = []
@@ -394,9 +398,11 @@ class InteractiveSession:
             w = w * self._local_weight(new, lo, hi, radius)
         old_p = self._probs[(slice(None), *box)].copy()
         old_l = self._label[box].copy()
-        self._history.append((list(self.clicks), box, old_p, old_l))
+        self._history.append((list(self.clicks), box, old_p, old_l, self.constraints))
         self._redo.clear()
         merged = w * probs + (1.0 - w) * old_p
+        if self.constraints:
+            merged = apply_constraints(merged, self.constraints, box, spec.class_values)
         for c in all_clicks:
             rel = [c.point[a] - lo[a] for a in range(3)]
             if all(0 <= r < hi[a] - lo[a] for a, r in enumerate(rel)):
@@ -433,11 +439,13 @@ class InteractiveSession:
 
     def _swap(self, step: _Step) -> _Step:
         """Put ``step``'s state into the session; return the state it replaced (same box)."""
-        clicks, box, probs, label = step
-        current: _Step = (list(self.clicks), box, self._probs[(slice(None), *box)].copy(), self._label[box].copy())
+        clicks, box, probs, label, constraints = step
+        current: _Step = (list(self.clicks), box, self._probs[(slice(None), *box)].copy(), self._label[box].copy(),
+                          self.constraints)
         self._write_probs(box, current[2], probs)
         self._label[box] = label
         self.clicks = list(clicks)
+        self.constraints = constraints
         return current
 
     def undo(self) -> Prediction:
@@ -474,7 +482,8 @@ class InteractiveSession:
 
         Voxels whose class changes take probability 1 for their new class; the others keep
         their probabilities. The clicks so far are part of the new mask: they stop steering the
-        network and their voxels are no longer forced (undo brings them back).
+        network and their voxels are no longer forced, and the prompts' constraints end too (the
+        user's own edit wins; undo brings them back).
 
         Raises:
             ValueError: another shape (or grid, for a `Volume`), or class values the model does not know.
@@ -497,7 +506,7 @@ class InteractiveSession:
         nz = np.nonzero(changed)
         box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
         old_p = self._probs[(slice(None), *box)].copy()
-        self._history.append((list(self.clicks), box, old_p, self._label[box].copy()))
+        self._history.append((list(self.clicks), box, old_p, self._label[box].copy(), self.constraints))
         self._redo.clear()
         sub = changed[box]
         new = lab[box][sub].astype(self._label.dtype)
@@ -508,6 +517,7 @@ class InteractiveSession:
         self._write_probs(box, old_p, probs)
         self._label[box][sub] = new
         self.clicks = []
+        self.constraints = ()
         self.prediction = self._snapshot(t0, box)
         return self.prediction
 
@@ -541,11 +551,11 @@ class InteractiveSession:
             box = tuple(slice(min(s[1][a].start for s in steps), max(s[1][a].stop for s in steps)) for a in range(3))
             probs = self._probs[(slice(None), *box)].copy()
             label = self._label[box].copy()
-            for _, b, old_p, old_l in reversed(steps):
+            for _, b, old_p, old_l, _c in reversed(steps):
                 rel = tuple(slice(s.start - u.start, s.stop - u.start) for s, u in zip(b, box, strict=True))
                 probs[(slice(None), *rel)] = old_p
                 label[rel] = old_l
-            self._history.append((steps[0][0], box, probs, label))
+            self._history.append((steps[0][0], box, probs, label, steps[0][4]))
             self.prediction.changed = (before, box)
         return self.prediction
 

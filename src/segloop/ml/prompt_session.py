@@ -4,9 +4,13 @@ Each prompt is built from the session's own steps — `add_clicks` for what the 
 follow, `set_label` for the constraint the prompt states — and then squashed into **one** step
 of the session's history, so one `undo` takes the whole prompt back and `redo` re-applies it.
 
-- box: the box's clicks, then its class is removed outside the box;
+- box: the box's click (only where the model has nothing of the class in it), then its class
+  is removed outside the box;
 - lasso: the lasso's clicks (the model grows the outline into 3D), then its slice is set to the
   contour's inside exactly;
+- box and lasso state *constraints* (`segloop.ml.prompts.Constraint`) that the session keeps:
+  every later click's network pass is held to them, so a click next to a box does not bring
+  the class back outside it;
 - scribbles, ``mode="guidance"``: the strokes sub-sampled into clicks (at least twice the
   guidance width apart), then every scribbled voxel takes its stroke's class;
 - scribbles, ``mode="graphcut"``: no network call; a min-cut seeded by the strokes on the
@@ -45,9 +49,15 @@ def _check_points(session: InteractiveSession, points: Sequence[Sequence[int]]) 
         check_point(list(p), session.image.shape)
 
 
-def _one_step(session: InteractiveSession, build: Callable[[], object]) -> Prediction:
-    """Run ``build`` (which makes session steps) and squash what it added into one step."""
+def _one_step(session: InteractiveSession, build: Callable[[], object],
+              constraints: Sequence[prompts.Constraint] = ()) -> Prediction:
+    """Run ``build`` (which makes session steps) and squash what it added into one step; the
+    prompt's ``constraints`` join the session's for this step and every later one (undo takes
+    them back with the step; a prompt that changes no voxel makes no step, and its constraints
+    stay until an edit replaces the mask)."""
     depth, before = session.undo_depth, session.prediction.step
+    previous = session.constraints
+    session.constraints = (*previous, *constraints)
     try:
         build()
     except BaseException:
@@ -55,8 +65,13 @@ def _one_step(session: InteractiveSession, build: Callable[[], object]) -> Predi
         if session.undo_depth > depth:  # a half-applied prompt is taken back whole
             session.undo()
             session._redo.clear()
+        session.constraints = previous
         raise
-    return session._squash_steps(depth, before)
+    out = session._squash_steps(depth, before)
+    if session.undo_depth > depth:
+        clicks, box, probs, label, _ = session._history[-1]
+        session._history[-1] = (clicks, box, probs, label, previous)
+    return out
 
 
 def _require_interactive(session: InteractiveSession, what: str) -> None:
@@ -66,9 +81,10 @@ def _require_interactive(session: InteractiveSession, what: str) -> None:
 
 
 def _keep_clicks(session: InteractiveSession, label: np.ndarray) -> None:
-    clicks = list(session.clicks)
+    """`set_label` as part of a prompt: the clicks and constraints stay in force."""
+    clicks, constraints = list(session.clicks), session.constraints
     session.set_label(label)
-    session.clicks = clicks
+    session.clicks, session.constraints = clicks, constraints
 
 
 def add_box(session: InteractiveSession, box: prompts.Box) -> Prediction:
@@ -82,7 +98,7 @@ def add_box(session: InteractiveSession, box: prompts.Box) -> Prediction:
         outside = prompts.box_outside(box, session.image.shape)
         _keep_clicks(session, prompts.reassign(session._label, session._probs, values, box.value, outside))
 
-    return _one_step(session, build)
+    return _one_step(session, build, prompts.box_constraints(box, session.image.shape))
 
 
 def add_lasso(session: InteractiveSession, lasso: prompts.Lasso) -> Prediction:
@@ -103,7 +119,7 @@ def add_lasso(session: InteractiveSession, lasso: prompts.Lasso) -> Prediction:
         lab[sl][inside] = lasso.value
         _keep_clicks(session, lab)
 
-    return _one_step(session, build)
+    return _one_step(session, build, prompts.lasso_constraints(lasso, shape, values))
 
 
 def add_scribbles(

@@ -5,13 +5,16 @@ understands, plus a hard constraint the prompt states itself:
 
 - **Box** (`Box`): two opposite corners (inclusive voxel indices). A *3D box* says "the structure
   is inside"; a *2D box* (one axis flat: both corners on the same slice) says so for that slice.
-  Clicks: one positive click (`box_clicks`) — at the interior point (largest distance to the
-  border) of what the current mask already has of the class inside the box's central half, else
-  at the box's centre — and negative clicks just outside the box (2 voxels beyond each face's
-  centre; for a 2D box beyond its 4 edges' middles and its 4 corners, on the slice). Constraint:
-  the class is removed outside the box (2D: outside the rectangle on its slice).
+  Constraint (`box_constraints`): the class is removed outside the box (2D: outside the
+  rectangle on its slice), now and after every later click of the session. Clicks
+  (`box_clicks`): a positive click at the box's centre only when the current mask has nothing
+  of the class in the box's central half. (Measured on Task04, 2026-12-05: a positive click on a
+  structure the model already has, and background clicks just outside the box's faces — which
+  land on the neighbouring class as often as on the background, since a box says where its class
+  is not, not what is there — each lowered Dice below the constraint alone.)
 - **Lasso** (`Lasso`): a closed polygon of voxel points on one slice (they share one index).
-  Its inside on that slice (`lasso_mask`) becomes the class exactly (the constraint); clicks
+  Its inside on that slice (`lasso_mask`) becomes the class exactly (the constraint, kept after
+  later clicks: `lasso_constraints`); clicks
   (`lasso_clicks`): positive ones inside — the interior point and points spread over the inside —
   and negative ones on a ring just outside, so the model grows the 2D outline into 3D.
 - **Scribbles** (`Stroke`): polylines of voxel points with a class (0: background), optionally
@@ -85,6 +88,85 @@ class Stroke:
 
     def to_dict(self) -> dict[str, Any]:
         return {"class": self.value, "points": [list(p) for p in self.points], "radius": self.radius}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Where a prompt said class ``value`` is not, kept by the session so that later clicks,
+    whose network pass knows nothing of boxes and lassos, do not bring the class back there.
+
+    ``outside=True``: everywhere except inside ``region`` (a 3D box). Otherwise: the voxels of
+    ``mask`` (shaped like ``region``; None: all of it) inside ``region``.
+    """
+
+    value: int
+    region: tuple[slice, slice, slice]
+    mask: np.ndarray | None = None
+    outside: bool = False
+
+    def within(self, box: Sequence[slice]) -> np.ndarray:
+        """Boolean array shaped like the window ``box`` (slices with start and stop): True where
+        the class is not allowed."""
+        shape = tuple(int(b.stop) - int(b.start) for b in box)
+        out = np.full(shape, self.outside, dtype=bool)
+        lo = [max(int(r.start), int(b.start)) for r, b in zip(self.region, box, strict=True)]
+        hi = [min(int(r.stop), int(b.stop)) for r, b in zip(self.region, box, strict=True)]
+        if any(a >= z for a, z in zip(lo, hi, strict=True)):
+            return out
+        rel = tuple(slice(a - int(b.start), z - int(b.start)) for a, z, b in zip(lo, hi, box, strict=True))
+        if self.outside:
+            out[rel] = False
+        elif self.mask is None:
+            out[rel] = True
+        else:
+            src = tuple(slice(a - int(r.start), z - int(r.start)) for a, z, r in zip(lo, hi, self.region, strict=True))
+            out[rel] = self.mask[src]
+        return out
+
+
+def apply_constraints(probs: np.ndarray, constraints: Sequence[Constraint], box: Sequence[slice],
+                      class_values: Sequence[int]) -> np.ndarray:
+    """``probs`` ``(C, ...)`` of the window ``box`` with each constrained class's probability moved
+    to the other classes where it is not allowed (renormalised; all to the background where
+    nothing else is left). Changes ``probs`` in place and returns it."""
+    values = list(class_values)
+    for con in constraints:
+        forbidden = con.within(box)
+        if not forbidden.any():
+            continue
+        p = probs[:, forbidden]
+        p[values.index(con.value)] = 0.0
+        total = p.sum(axis=0)
+        empty = total <= 0
+        if empty.any():
+            p[values.index(0) if 0 in values else 0, empty] = 1.0
+            total = np.where(empty, 1.0, total)
+        probs[:, forbidden] = p / total
+    return probs
+
+
+def box_constraints(box: Box, shape: Sequence[int]) -> tuple[Constraint, ...]:
+    """A 3D box: its class is nowhere outside it; a 2D box: nowhere outside its rectangle on its slice."""
+    flat = box.flat_axis
+    if flat is None:
+        return (Constraint(box.value, box.slices, None, outside=True),)
+    region = list(box.slices)
+    for a in range(3):
+        if a != flat:
+            region[a] = slice(0, int(shape[a]))
+    inside = np.zeros([r.stop - r.start for r in region], dtype=bool)
+    inside[tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box.slices, region, strict=True))] = True
+    return (Constraint(box.value, (region[0], region[1], region[2]), ~inside),)
+
+
+def lasso_constraints(lasso: Lasso, shape: Sequence[int], class_values: Sequence[int]) -> tuple[Constraint, ...]:
+    """On the lasso's slice its class is only inside the contour, and every other class is not inside it."""
+    inside = np.expand_dims(lasso_mask(lasso, shape), lasso.axis)
+    region = [slice(0, int(s)) for s in shape]
+    region[lasso.axis] = slice(lasso.index, lasso.index + 1)
+    r = (region[0], region[1], region[2])
+    return (Constraint(lasso.value, r, ~inside),
+            *(Constraint(int(v), r, inside) for v in class_values if int(v) != lasso.value))
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -313,36 +395,17 @@ def lasso_clicks(lasso: Lasso, shape: Sequence[int], inside: int = 4, outside: i
     return list(dict.fromkeys(out))
 
 
-def box_clicks(box: Box, label: np.ndarray, margin: int = 2) -> list[Click]:
-    """The positive click and the negative clicks of ``box`` (see the module docstring)."""
-    shape = label.shape
+def box_clicks(box: Box, label: np.ndarray) -> list[Click]:
+    """The click of ``box`` (see the module docstring): one positive click at the box's centre
+    when ``label`` has nothing of the box's class in the box's central half, else none."""
     lo, hi = np.asarray(box.lo), np.asarray(box.hi)
-    # central half of the box
     q = (hi - lo) // 4
     clo, chi = lo + q, hi - q
     central = label[clo[0] : chi[0] + 1, clo[1] : chi[1] + 1, clo[2] : chi[2] + 1] == box.value
-    pos = clo + _interior(central) if central.any() else (lo + hi) // 2
-    out = [Click(box.value, (int(pos[0]), int(pos[1]), int(pos[2])))]
+    if central.any():
+        return []
     mid = (lo + hi) // 2
-    flat = box.flat_axis
-    negatives: list[np.ndarray] = []
-    axes = [a for a in range(3) if a != flat]
-    for a in axes:
-        for end, sign in ((lo[a], -1), (hi[a], 1)):
-            p = mid.copy()
-            p[a] = end + sign * margin
-            negatives.append(p)
-    if flat is not None:
-        a, b = axes
-        for ea, sa in ((lo[a], -1), (hi[a], 1)):
-            for eb, sb in ((lo[b], -1), (hi[b], 1)):
-                p = mid.copy()
-                p[a], p[b] = ea + sa * margin, eb + sb * margin
-                negatives.append(p)
-    for p in negatives:
-        if all(0 <= p[x] < shape[x] for x in range(3)):
-            out.append(Click(0, (int(p[0]), int(p[1]), int(p[2]))))
-    return out
+    return [Click(box.value, (int(mid[0]), int(mid[1]), int(mid[2])))]
 
 
 def box_outside(box: Box, shape: Sequence[int]) -> np.ndarray:
