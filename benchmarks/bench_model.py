@@ -12,7 +12,9 @@ Measured, all in one process:
 2. automatic segmentation of the test set: Dice / IoU / HD95 per class (mean over the 2 classes);
 3. interactive (`segloop.ml.click_eval`): Dice per class after 1..20 virtual-user clicks per class
    (each round: one click per class, in that class's largest error region, both added together)
-   and NoC@85 / NoC@90 per class (clicks until Dice >= 0.85 / 0.90, capped at 20);
+   and NoC@85 / NoC@90 per class (clicks until Dice >= 0.85 / 0.90, capped at 20); Dice per prompt
+   type on the same images (`segloop.ml.prompt_eval`: box, box + 1 click, 2D box + 1 click, lasso,
+   lasso + 1 click, scribbles as guidance and as graph cut, beside 1 and 3 clicks);
 4. latency on a 256x256x128 volume (real hippocampus crops tiled): whole-volume sliding-window
    inference time, and p50 / p95 of one click -> updated mask (warm, in-process), peak RSS.
 
@@ -52,6 +54,7 @@ from segloop.ml.click_eval import evaluate_clicks
 from segloop.ml.clicks import Click
 from segloop.ml.evaluate import evaluate_model
 from segloop.ml.predictor import Predictor
+from segloop.ml.prompt_eval import evaluate_prompts
 from segloop.ml.training import TrainConfig, TrainProgress, train
 from segloop.store.local import open_datastore
 from segloop.store.records import LabelClass, LabelSchema
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_s = time.perf_counter() - t0
     clicks = interactive_figures(store, pred, [id_of[c] for c in test_eval], 10 if args.quick else 20, seed=0)
     inter = clicks["dice_after"]
+    pairs = [(store.load_image(id_of[c]), np.asarray(store.load_label(id_of[c]).array)) for c in test_eval]
+    prompt_figures = evaluate_prompts(pred, pairs, seed=0)["protocols"]
     lat = latency(store, pred, id_of[test_eval[0]], 5 if args.quick else 30, seed=0)
 
     result = {
@@ -250,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "noc": clicks["noc"],
         "reached": clicks["reached"],
         "noc_max_clicks": clicks["max_clicks"],
+        "prompts": prompt_figures,
         "latency": lat,
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__, "python": platform.python_version()},
         "quick": args.quick,
@@ -269,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in ("85", "90"):
         per = " / ".join(f"{clicks['noc'][t][n]:.2f}" for n in CLASSES.values())
         rows.append((f"NoC@{t} Anterior / Posterior (cap {clicks['max_clicks']})", per, ""))
+    for name, fig in prompt_figures.items():
+        rows.append((f"prompt {name}: mean Dice", f"{fig['mean']:.3f} ({fig['seconds']:.2f} s/image)",
+                     ">= clicks-3" if name == "box+1" else ""))
     rows += [
         ("whole-volume inference 256x256x128", f"{lat['whole_volume_s']:.2f} s (median of 3)", ""),
         ("one click p50 / p95", f"{lat['click_p50_s'] * 1000:.0f} / {lat['click_p95_s'] * 1000:.0f} ms", "p95 <= 1/4 whole"),

@@ -20,6 +20,7 @@ from segloop.loop.emulate import (
     parse_initial,
     run_emulation,
 )
+from segloop.ml.prompt_eval import PROTOCOLS
 from tests.unit.al_synthetic import synthetic_case
 
 N_CASES = 14
@@ -131,6 +132,12 @@ def test_outputs_exist_and_agree(finished: tuple[Path, Path, dict[str, Any]]) ->
         assert c["dice_after"]["0"] == pytest.approx(saved["dice_after"]["0"]["mean"])
         assert 0.0 <= c["noc85"] <= 3 and 0.0 <= c["noc90"] <= 3 and c["noc85"] <= c["noc90"]
         assert float(click_rows[arm]["noc90"]) == pytest.approx(c["noc90"], abs=0.01)
+        # Dice per prompt type on the same images; "auto" is the automatic prediction again
+        assert set(c["prompts"]) == set(PROTOCOLS) and saved["prompts"]["images"] == 3
+        assert c["prompts"]["auto"] == pytest.approx(c["dice_after"]["0"], abs=1e-9)
+        assert c["prompts"]["clicks-3"] == pytest.approx(c["dice_after"]["3"], abs=1e-9)
+    prompt_rows = list(csv.DictReader((out / "prompts.csv").open()))
+    assert len(prompt_rows) == 3 * len(PROTOCOLS) and {r["protocol"] for r in prompt_rows} == set(PROTOCOLS)
     # the automatic prediction of the final model is what the test split measured
     assert report["summary"]["full"]["clicks"]["dice_after"]["0"] == pytest.approx(
         report["arms"]["full"][0]["test_mean_dice"], abs=1e-6)
@@ -268,6 +275,7 @@ def test_step_budgets(tmp_path: Path) -> None:
 def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
     from segloop.loop.emulate import plan
     from segloop.loop.emulation_cost import UnitCosts, advice, estimate, strategy_passes
+    from segloop.ml.prompt_eval import PROTOCOLS
 
     ds = make_msd(tmp_path / "ds")
     p = plan(config(ds, tmp_path / "out", compare=["random", "mc-dropout", "full"], pretrain_steps=10, steps_per_round=5,
@@ -277,7 +285,11 @@ def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
     est = estimate(p, costs)
     ph = est["phases"]
     assert ph["pretrain"] == {"training": 10.0, "evaluation": 3 * 2.0}  # 3 test images
-    assert ph["full"]["training"] == 20.0 and ph["full"]["click figures"] == 2 * (2.0 + 3 * 2 * 0.5)
+    # click figures: a pass + 3 click rounds for 2 classes; prompt figures: each protocol a pass
+    # + up to 3 click rounds per class; on 2 images
+    n_protocols = len(PROTOCOLS)
+    assert ph["full"]["training"] == 20.0
+    assert ph["full"]["click figures"] == 2 * ((2.0 + 3 * 2 * 0.5) + n_protocols * (2.0 + 3 * 2 * 0.5))
     assert ph["random"]["training"] == 2 * 5.0 and ph["random"]["selection"] == 0.0
     # mc-dropout ranks the unlabelled pool (11 - 5 = 6, then 4) with 8 passes each
     assert strategy_passes("mc-dropout") == 8 and ph["mc-dropout"]["selection"] == (6 + 4) * 8 * 2.0

@@ -242,7 +242,9 @@ def _click_spread(figures: Sequence[dict[str, Any]]) -> dict[str, Any]:
     steps = [k for k in figures[0]["dice_after"] if all(k in f["dice_after"] for f in figures)]
     return {"runs": len(figures), "images": figures[0].get("images"), "max_clicks": figures[0].get("max_clicks"),
             "dice_after": {k: spread([f["dice_after"][k] for f in figures]) for k in steps},
-            "noc85": spread([f.get("noc85") for f in figures]), "noc90": spread([f.get("noc90") for f in figures])}
+            "noc85": spread([f.get("noc85") for f in figures]), "noc90": spread([f.get("noc90") for f in figures]),
+            "prompts": {k: spread([(f.get("prompts") or {}).get(k) for f in figures])
+                        for k in dict.fromkeys(k for f in figures for k in (f.get("prompts") or {}))}}
 
 
 def _mean_of(records: Sequence[dict[str, Any]], key: str) -> float | None:

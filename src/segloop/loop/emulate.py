@@ -462,10 +462,12 @@ class Emulation:
 
     def click_figures(self, arm: str) -> dict[str, Any] | None:
         """The interactive figures of an arm's final model (`segloop.ml.click_eval`: Dice after k
-        clicks per class, NoC@85/90 capped at ``noc_clicks``) on the first ``noc_images`` test
+        clicks per class, NoC@85/90 capped at ``noc_clicks``; `segloop.ml.prompt_eval`: Dice per
+        prompt type — box, box + 1 click, lasso, scribbles) on the first ``noc_images`` test
         images, saved in ``OUT/arms/<arm>/clicks.json`` (measured once; None when switched off)."""
         from segloop.ml.click_eval import evaluate_clicks
         from segloop.ml.predictor import Predictor
+        from segloop.ml.prompt_eval import evaluate_prompts
         from segloop.store.local import open_datastore
 
         cfg = self.config
@@ -475,26 +477,37 @@ class Emulation:
             return None
         done = read_json(path, None)
         if done is not None and done.get("images") == min(n_images, len(self.plan.test)) \
-                and done.get("max_clicks") == cfg.noc_clicks:
+                and done.get("max_clicks") == cfg.noc_clicks and "prompts" in done:
             return dict(done)
         rounds = self.arm_rounds(arm)
         if not rounds:
             return None
         version = int(rounds[-1]["model_version"])
         store = open_datastore(self.arm_dir(arm) / "data")
+        pairs = self.test_pairs()[:n_images]
         try:
             predictor = Predictor.load(store, MODEL, version, device=cfg.device)
             t0 = time.monotonic()
-            figures = evaluate_clicks(predictor, self.test_pairs()[:n_images], max_clicks=cfg.noc_clicks, seed=cfg.seed)
+            if done is not None and done.get("images") == len(pairs) and done.get("max_clicks") == cfg.noc_clicks:
+                figures = dict(done)  # measured before prompts were: only they are added
+            else:
+                figures = evaluate_clicks(predictor, pairs, max_clicks=cfg.noc_clicks, seed=cfg.seed)
+                figures.update(model_version=version, labelled=rounds[-1]["labelled"],
+                               seconds=round(time.monotonic() - t0, 1))
+            t1 = time.monotonic()
+            figures["prompts"] = evaluate_prompts(predictor, pairs, seed=cfg.seed)
+            figures["prompts"]["seconds"] = round(time.monotonic() - t1, 1)
         finally:
             store.close()
-        figures.update(model_version=version, labelled=rounds[-1]["labelled"], seconds=round(time.monotonic() - t0, 1))
         write_json(path, figures)
         d = figures["dice_after"]
         ks = [k for k in ("0", "1", "3", "10") if k in d]
         self.log(f"[{arm}] clicks on {figures['images']} test images: Dice after {'/'.join(ks)} clicks per class "
                  f"{'/'.join(format(d[k]['mean'], '.3f') for k in ks)}, NoC@85 {figures['noc']['85']['mean']:.1f}, "
                  f"NoC@90 {figures['noc']['90']['mean']:.1f} ({figures['seconds']:.0f} s)")
+        pr = figures["prompts"]["protocols"]
+        self.log(f"[{arm}] prompts on the same images, Dice: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in pr.items())
+                 + f" ({figures['prompts']['seconds']:.0f} s)")
         return figures
 
     # --- outputs ------------------------------------------------------------------------------------

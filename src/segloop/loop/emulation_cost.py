@@ -14,7 +14,7 @@ Counted work (per active-learning arm and round): the training steps; the test s
 evaluation; scoring the unlabelled pool with the strategy (its ``passes``: MC-dropout and TTA
 run several); the diagnostic (one automatic pass per image, shared by the deterministic scorers,
 plus each stochastic scorer's passes); the virtual user's annotation (one automatic pass and up
-to ``clicks`` clicks per class per image); and, once per arm, the click figures. Pre-training and
+to ``clicks`` clicks per class per image); and, once per arm, the click and prompt figures. Pre-training and
 ``full`` add their steps and one evaluation each. Reading, resampling and writing files are not
 counted (small beside the network on a CPU), so the estimate is a lower bound of sorts; the
 2026-12-03 Task04 runs in docs/emulation/ compare it with the measured wall time.
@@ -68,6 +68,15 @@ def passes_of(name: str) -> int:
     strategy, params = SCORERS.get(name, (name, {}))
     s = get_strategy(strategy, **params)
     return int(s.params["passes"]) if "passes" in s.params else 0
+
+
+def figures_seconds_per_image(noc_clicks: int, classes: int, inference: float, click: float) -> float:
+    """One test image's click figures (``noc_clicks`` rounds of a click per class) and prompt
+    figures (each `segloop.ml.prompt_eval` protocol: a session, prompts and up to 3 click rounds
+    per class — an upper bound)."""
+    from segloop.ml.prompt_eval import PROTOCOLS
+
+    return inference + noc_clicks * classes * click + len(PROTOCOLS) * (inference + 3 * classes * click)
 
 
 def strategy_passes(name: str) -> int:
@@ -163,7 +172,8 @@ def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
             notes.append(f"diagnostic on {diag_images} pool images per round (fits {DIAGNOSTIC_SHARE:.0%} of the run's time)")
     noc_images = base.noc_images
     if cfg.noc_images is None:
-        per_image = len(cfg.arms) * (costs.inference_seconds + cfg.noc_clicks * len(plan.class_names) * costs.click_seconds)
+        per_image = len(cfg.arms) * figures_seconds_per_image(cfg.noc_clicks, len(plan.class_names), costs.inference_seconds,
+                                                               costs.click_seconds)
         noc_images = min(base.noc_images, int(CLICK_FIGURES_SHARE * core // max(per_image, 1e-9)))
         if noc_images < base.noc_images:
             notes.append(f"click figures on {noc_images} test images (fit {CLICK_FIGURES_SHARE:.0%} of the run's time; "
@@ -186,7 +196,7 @@ def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) 
         phases[phase][kind] += seconds
 
     arms = cfg.arms
-    noc = min(measure.noc_images, n_test) * (infer + cfg.noc_clicks * n_classes * click)
+    noc = min(measure.noc_images, n_test) * figures_seconds_per_image(cfg.noc_clicks, n_classes, infer, click)
     if any(a != FULL for a in arms):
         _, steps = plan.budget("pretrain")
         add("pretrain", "training", float(steps or 0) * costs.step_seconds)

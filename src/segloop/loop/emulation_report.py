@@ -79,11 +79,13 @@ def click_summary(figures: dict[str, Any]) -> dict[str, Any]:
             "dice_after": {str(k): d[str(k)]["mean"] for k in steps},
             "noc85": figures["noc"]["85"]["mean"], "noc90": figures["noc"]["90"]["mean"],
             "noc90_per_class": {k: v for k, v in figures["noc"]["90"].items() if k != "mean"},
-            "reached90": figures["reached"]["90"]}
+            "reached90": figures["reached"]["90"],
+            "prompts": {k: v["mean"] for k, v in ((figures.get("prompts") or {}).get("protocols") or {}).items()}}
 
 
 def write_outputs(out: Path, report: dict[str, Any]) -> None:
-    """Write ``rounds.csv``, ``diagnostic.csv``, ``report.json`` and ``curves.png`` from ``report``."""
+    """Write ``rounds.csv``, ``diagnostic.csv``, ``clicks.csv``, ``prompts.csv`` (Dice per prompt
+    type of each arm's final model), ``report.json`` and ``curves.png`` from ``report``."""
     names = report["classes"]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -121,6 +123,14 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
             w.writerow([arm, c["images"], c["max_clicks"], *[fmt(c["dice_after"].get(str(k)), 4) for k in (0, *CLICK_STEPS)],
                         fmt(c["noc85"], 2), fmt(c["noc90"], 2)])
     write_atomic(out / "clicks.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["arm", "images", "protocol", "mean_dice"])
+    for arm, s in report["summary"].items():
+        c = s.get("clicks") or {}
+        for protocol, value in (c.get("prompts") or {}).items():
+            w.writerow([arm, c["images"], protocol, fmt(value, 4)])
+    write_atomic(out / "prompts.csv", buf.getvalue().encode())
     write_json(out / "report.json", report)
     plot_curves(report, out / "curves.png")
 
