@@ -126,6 +126,14 @@ def _train_distributed(
         peers.launch(rendezvous.port)
         ctx.log(f"rank 0 of {world}: process group at {peers.host}:{rendezvous.port} ({distributed.backend_for(device)})")
         ranks: distributed.Ranks | None = None
+
+        def poll() -> None:
+            ctx.check_cancelled()
+            why = peers.failure(wait=0.0)
+            if why:
+                raise RuntimeError(why)
+
+        rendezvous.wait_for_ranks(poll)
         try:
             ranks = distributed.join(0, world, peers.host, rendezvous.port, device, rendezvous=rendezvous)
             version = train(ctx.store, p["model"], config, fine_tune=p.get("fine_tune"), revisions=revisions,
@@ -135,7 +143,8 @@ def _train_distributed(
         except Exception as exc:
             why = None if cancel.is_set() else peers.failure(wait=10.0)
             if why:  # the collective broke because another rank went away: say which and why
-                raise RuntimeError(f"{why} (rank 0: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+                own = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise RuntimeError(f"{why} (rank 0: {type(exc).__name__}: {own})") from exc
             raise
         finally:
             if ranks is not None:
@@ -161,17 +170,20 @@ def run_train_rank(*, params: dict[str, Any], root: str, db_url: str | None, ran
     config = _train_config(params)
     device = torch.device(params["device"]) if params.get("device") else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    store = open_datastore(Path(root), url=db_url)
     ranks: distributed.Ranks | None = None
+    store: Any = None
     try:
+        # join first: a failure after it (say, the data folder missing on this node) ends this
+        # rank's process group, which rank 0 notices at once
         ranks = distributed.join(rank, world, host, port, device)
+        store = open_datastore(Path(root), url=db_url)
         version = train(store, params["model"], config, fine_tune=params.get("fine_tune"), revisions=_revisions(params),
                         device=device, ranks=ranks)
         return int(version.version)
     finally:
         if ranks is not None:
             ranks.close()  # also on an error: rank 0's pending collective fails now, not after a timeout
-        close = getattr(store, "close", None)
+        close = getattr(store, "close", None) if store is not None else None
         if callable(close):
             close()
 

@@ -39,6 +39,7 @@ import datetime
 import hashlib
 import os
 import socket
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,19 @@ class Rendezvous:
         self.store = dist.TCPStore(host, 0, world, is_master=True, wait_for_workers=False, timeout=timeout)
         self.port = int(self.store.port)
 
+    def wait_for_ranks(self, poll: Callable[[], None], interval: float = 0.2) -> None:
+        """Wait until ranks 1..N-1 have reached the rendezvous, calling ``poll`` meanwhile (it
+        raises to give up: a cancel, a rank that failed before joining). Without it rank 0 would
+        wait in ``init_process_group`` for a rank that will never come, for the whole timeout."""
+        keys = [_arrived(r) for r in range(1, self.world)]
+        while not self.store.check(keys):
+            poll()
+            time.sleep(interval)
+
+
+def _arrived(rank: int) -> str:
+    return f"segloop/arrived/{rank}"
+
 
 def node_address() -> str:
     """This machine's address for the rendezvous when no better one is known (Ray gives its node IP)."""
@@ -115,6 +129,7 @@ class Ranks:
     shard: list[str] = field(default_factory=list)  # names of the training cases this rank samples from
     batches: int = 0
     patches: int = 0
+    sync_seconds: float = 0.0  # time in the per-step agreement: mostly waiting for a slower rank
     _digest: int = 0
 
     @property
@@ -149,7 +164,9 @@ class Ranks:
     def agree(self, stop: bool, elapsed: float) -> tuple[bool, float]:
         """Whether any rank wants to stop, and the largest elapsed time (one all-reduce)."""
         t = torch.tensor([1.0 if stop else 0.0, float(elapsed)], dtype=torch.float64, device=self._comm_device)
+        t0 = time.perf_counter()
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        self.sync_seconds += time.perf_counter() - t0
         return bool(t[0].item() > 0), float(t[1].item())
 
     def share_version(self, version: int | None) -> int | None:
@@ -167,7 +184,7 @@ class Ranks:
         mine = {
             "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "cases": self.shard,
             "batches": self.batches, "patches": self.patches, "patch_digest": f"{self._digest:08x}",
-            "weights_sha1": h.hexdigest(),
+            "weights_sha1": h.hexdigest(), "sync_seconds": round(self.sync_seconds, 2),
         }
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, mine)
@@ -207,6 +224,7 @@ def join(
         store: Any = rendezvous.store
     else:
         store = dist.TCPStore(host, port, world, is_master=False, timeout=JOIN_TIMEOUT)
+        store.set(_arrived(rank), "1")
     backend = backend_for(device)
     if device.type == "cuda":
         torch.cuda.set_device(device.index or 0)
