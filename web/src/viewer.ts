@@ -3,24 +3,20 @@
 // opacity. Voxel coordinates here are always the file's (i fastest) index order, the same as
 // the server's arrays.
 //
-// The editable label is NiiVue's drawing layer, not an image layer: NiiVue blends image layers
-// into one texture and re-uploads and re-blends every volume (the image included) whenever one
-// changes, while the drawing layer is a single 8-bit texture updated in place. A click's new
-// mask therefore costs one copy of the changed voxels and one texture upload, whatever else is
-// shown.
+// The editable label is NiiVue's drawing layer, not an image layer (labellayer.ts): a click's
+// new mask costs one copy of the changed voxels and the upload of the box that holds them.
 //
-// Two costs are kept off the path from an edit to the screen (software WebGL makes both large):
-// only the box of the drawing texture that holds changed voxels is uploaded (NiiVue's own
-// refresh uploads the whole volume), and in the 2x2 layout a frame caused by a label change
-// reuses the last picture of the 3-D tile (a framebuffer copy) instead of ray-casting it again;
+// In the 2x2 layout a frame caused by a label change reuses the last picture of the 3-D tile (a
+// framebuffer copy) instead of ray-casting it again (software WebGL makes that long);
 // the 3-D tile catches up once editing pauses and no session request is on its way (`lazy3D`,
 // tile3d.ts).
 
 import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from "@niivue/niivue";
 import { invert4, parseHeader, writeLabel, type NiftiHeaderInfo } from "./nifti";
 import { drawPreview } from "./preview";
-import { type LutEntry, type RasMap, OUTLINE_FILL, PRESETS, drawLut, lut, makeImage, presetWindow, rasMap } from "./viewer_tables";
+import { type LutEntry, OUTLINE_FILL, PRESETS, drawLut, lut, makeImage, presetWindow, rasMap } from "./viewer_tables";
 import { Lazy3D, Tile3DCache } from "./tile3d";
+import { LabelLayer } from "./labellayer";
 
 export { PRESETS, type LutEntry } from "./viewer_tables";
 
@@ -35,10 +31,7 @@ export class Viewer {
   readonly nv: Niivue;
   header: NiftiHeaderInfo | null = null;
   private inv: number[][] | null = null;
-  private label = new Uint8Array(0); // the editable label, file order
-  private ras: RasMap | null = null;
-  private touched: number[] = []; // file-order indices changed since the last upload
-  private fullUpload = false;
+  private readonly layer: LabelLayer; // the editable label
   private overlays = new Map<OverlaySlot, NVImage>();
   readonly overlayOpacity: Record<OverlaySlot, number> = { reference: 0.5, prediction: 0.5, discrepancy: 0.7 };
   labelOpacity = 0.5;
@@ -86,6 +79,7 @@ export class Viewer {
         centerButton: DRAG_MODE.none,
       },
     });
+    this.layer = new LabelLayer(this.nv, this.frames);
   }
 
   async attach(): Promise<void> {
@@ -177,12 +171,10 @@ export class Viewer {
     }
     const aff = (img.hdr as { affine?: number[][] } | null)?.affine ?? this.header.affine;
     this.inv = invert4(aff.map((r) => [...r]));
-    this.ras = rasMap(img);
-    this.label = label && label.length === this.voxels ? label.slice() : new Uint8Array(this.voxels);
+    this.layer.reset(rasMap(img), this.dims, label);
     this.nv.drawOpacity = this.labelVisible ? (this.labelOutline ? OUTLINE_FILL : this.labelOpacity) : 0;
     this.nv.drawRimOpacity = this.labelVisible && this.labelOutline ? 1 : -1;
     this.nv.createEmptyDrawing(); // no redraw yet
-    this.fullUpload = true;
     this.flush(); // the label and one redraw
     return { window: w, previewAt };
   }
@@ -229,33 +221,22 @@ export class Viewer {
   /** The label's voxels, file order (edit in place, then `touch` what changed and `refresh`). */
   labelData(): Uint8Array {
     if (!this.header) throw new Error("no image is open");
-    return this.label;
+    return this.layer.data;
   }
 
   /** Voxels (file-order indices) changed in `labelData()`; uploaded by the next refresh. */
   touch(i: number): void {
-    if (!this.fullUpload) this.touched.push(i);
-    if (this.touched.length > this.label.length >> 4) {
-      this.touched = [];
-      this.fullUpload = true;
-    }
+    this.layer.touch(i);
   }
 
   /** Everything in `labelData()` may have changed (a new mask). */
   touchAll(): void {
-    this.touched = [];
-    this.fullUpload = true;
+    this.layer.touchAll();
   }
 
   /** Replace the label with `mask`, marking only the voxels that differ. */
   setLabel(mask: ArrayLike<number>): void {
-    const out = this.label;
-    for (let i = 0; i < out.length; i++) {
-      if (out[i] !== mask[i]) {
-        out[i] = mask[i];
-        this.touch(i);
-      }
-    }
+    this.layer.set(mask);
   }
 
   /** Copy the touched voxels into NiiVue's drawing (RAS order) and upload it: once per frame. */
@@ -297,78 +278,7 @@ export class Viewer {
   }
 
   private flush(): void {
-    const bmp = this.nv.drawBitmap;
-    const m = this.ras;
-    if (!bmp || !m) return;
-    if (this.fullUpload) {
-      if (m.identity) bmp.set(this.label);
-      else {
-        const src = this.label;
-        const [nx, ny, nz] = m.dims;
-        let j = 0;
-        for (let z = 0; z < nz; z++) {
-          const zi = m.start[2] + z * m.step[2];
-          for (let y = 0; y < ny; y++) {
-            let xi = m.start[0] + m.start[1] + y * m.step[1] + zi;
-            for (let x = 0; x < nx; x++, xi += m.step[0]) bmp[j++] = src[xi];
-          }
-        }
-      }
-      this.touched = [];
-      this.fullUpload = false;
-      this.frames.fullUploads++;
-      this.nv.refreshDrawing(false);
-      this.drawLabelChange();
-      return;
-    }
-    if (!this.touched.length) return;
-    const [fx, fy] = this.dims;
-    const fxy = fx * fy;
-    const [rx, ry] = m.dims;
-    const lo = [Infinity, Infinity, Infinity], hi = [-1, -1, -1];
-    const c = [0, 0, 0];
-    for (const i of this.touched) {
-      const f = [i % fx, Math.floor(i / fx) % fy, Math.floor(i / fxy)];
-      this.rasCoord(f, c);
-      bmp[c[0] + rx * (c[1] + ry * c[2])] = this.label[i];
-      for (let a = 0; a < 3; a++) {
-        if (c[a] < lo[a]) lo[a] = c[a];
-        if (c[a] > hi[a]) hi[a] = c[a];
-      }
-    }
-    this.touched = [];
-    this.uploadBox(bmp, lo, hi);
-    this.drawLabelChange();
-  }
-
-  /** Upload the box lo..hi (inclusive, RAS voxel order) of the drawing bitmap into its texture. */
-  private uploadBox(bmp: Uint8Array, lo: number[], hi: number[]): void {
-    const gl = this.nv.gl;
-    const [rx, ry] = this.ras!.dims;
-    gl.activeTexture(gl.TEXTURE7); // NiiVue's unit for the drawing
-    gl.bindTexture(gl.TEXTURE_3D, this.nv.drawTexture);
-    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
-    gl.pixelStorei(gl.UNPACK_ROW_LENGTH, rx);
-    gl.pixelStorei(gl.UNPACK_IMAGE_HEIGHT, ry);
-    gl.pixelStorei(gl.UNPACK_SKIP_PIXELS, lo[0]);
-    gl.pixelStorei(gl.UNPACK_SKIP_ROWS, lo[1]);
-    gl.pixelStorei(gl.UNPACK_SKIP_IMAGES, lo[2]);
-    try {
-      gl.texSubImage3D(gl.TEXTURE_3D, 0, lo[0], lo[1], lo[2], hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1,
-        gl.RED, gl.UNSIGNED_BYTE, bmp);
-    } finally {
-      for (const k of [gl.UNPACK_ROW_LENGTH, gl.UNPACK_IMAGE_HEIGHT, gl.UNPACK_SKIP_PIXELS, gl.UNPACK_SKIP_ROWS, gl.UNPACK_SKIP_IMAGES]) gl.pixelStorei(k, 0);
-    }
-    this.frames.boxUploads++;
-  }
-
-  /** The RAS voxel (NiiVue's drawing order) of file voxel `f`, written into `out`. */
-  private rasCoord(f: number[], out: number[]): void {
-    const m = this.ras!;
-    for (let p = 0; p < 3; p++) {
-      const a = Math.abs(m.perm[p]) - 1;
-      out[p] = m.perm[p] < 0 ? this.dims[a] - 1 - f[a] : f[a];
-    }
+    if (this.layer.upload()) this.drawLabelChange();
   }
 
   setLabelVisible(on: boolean): void {
