@@ -63,13 +63,29 @@ def test_inference_nice_flag_environment_and_range(tmp_path: Path, monkeypatch: 
 
 
 def test_passive_openmp_is_preferred_unless_the_user_chose() -> None:
-    from segloop.server.settings import prefer_passive_openmp
+    from segloop.openmp import prefer_passive_openmp
 
     env: dict[str, str] = {"PATH": "/bin"}
     assert prefer_passive_openmp(env) is True and env["OMP_WAIT_POLICY"] == "PASSIVE"
     for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
         env = dict(chosen)
         assert prefer_passive_openmp(env) is False and env == chosen  # left as the user set it
+
+
+def test_every_command_sets_the_policy_before_torch_loads(tmp_path: Path) -> None:
+    """Not only serve: train, emulate, select... spin-wait 5x slower on shared cores otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from segloop.cli import main; main(['emulate', '--out', sys.argv[1]]); "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "False"]  # set, and torch not yet loaded when it was
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "ACTIVE"
 
 
 def test_inference_pool_threads_run_at_the_configured_nice() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from segloop import __version__
 from segloop.cli.common import CommandError, database_env, user_errors
+from segloop.openmp import prefer_passive_openmp
 
 # Modules that contribute sub-commands; a module that is absent (a layer not installed) is skipped.
 COMMAND_MODULES = (
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefer_passive_openmp()  # before any command imports torch (see its docstring)
     try:
         with user_errors(), database_env(getattr(args, "db", None)):
             code = args.func(args)

@@ -209,7 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data is None:
         raise CommandError("--data DIR is required")
 
-    from segloop.server.settings import prefer_passive_openmp
+    from segloop.openmp import prefer_passive_openmp
 
     prefer_passive_openmp()  # before torch loads (see its docstring): clicks stay fast on a busy machine
     import uvicorn

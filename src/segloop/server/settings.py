@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,27 +27,6 @@ def _env_float(name: str, default: float) -> float:
         return float(text)
     except ValueError:
         raise SettingsError(f"{name} must be a number, not {text!r}") from None
-
-
-def prefer_passive_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Make OpenMP threads sleep at once when they wait (``OMP_WAIT_POLICY=PASSIVE``) instead of
-    spinning ~3 ms at every barrier (libgomp's default), unless ``OMP_WAIT_POLICY`` or
-    ``GOMP_SPINCOUNT`` is already set. libgomp reads these when it loads, so this must run before
-    torch is imported (``segloop serve`` calls it first); returns whether it set the policy.
-
-    Why: the inference pool's threads run at nice 10 and torch's OpenMP team started from them
-    inherits it. When other processes keep the cores busy, a spinning low-priority thread burns
-    the CPU share its descheduled partner needs to reach the barrier: a click on 256x256x128 then
-    took 7x the CPU and ~4x the time of a single-threaded one (benchmarks/bench_click_priority.py).
-    Child processes (jobs) inherit the policy; their teams run at nice 10 / SCHED_IDLE as well.
-    """
-    env = os.environ if environ is None else environ
-    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
-        return False
-    if environ is None and "torch" in sys.modules:
-        return False  # too late: libgomp has read the environment
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
 
 
 class SettingsError(ValueError):
