@@ -220,12 +220,18 @@ def test_defaults_are_the_small_start_preset(tmp_path: Path) -> None:
     from segloop.cli.emulate_command import register
 
     cfg = EmulationConfig(dataset="d", out="o")
-    assert (cfg.initial, cfg.per_round, cfg.pool_size, cfg.validation) == ("2", emu.PRESET_PER_ROUND, emu.PRESET_POOL_SIZE, 0)
-    assert 2 <= cfg.per_round <= 4 and cfg.rounds is None and cfg.minutes_per_round is None
+    assert (cfg.initial, cfg.per_round, cfg.pool_size, cfg.validation) == ("2", None, emu.PRESET_POOL_SIZE, 0)
+    assert cfg.rounds is None and cfg.minutes_per_round is None
     ds = make_msd(tmp_path / "ds", n=30)
     p = emu.plan(EmulationConfig(dataset=str(ds), out="o", pool_size=20))
     assert (len(p.test), len(p.pool), len(p.initial), len(p.validation)) == (6, 20, 2, 0)
     assert p.labelled(p.rounds) / len(p.pool) >= cfg.target_fraction > p.labelled(p.rounds - 1) / len(p.pool)
+    # images per round from the pool: a small pool still gets >= 3 rounds; 60 images keep 4 (Task04's runs)
+    assert p.config.per_round == 1 and p.rounds == 4  # (0.3 x 20 - 2) / 3 -> 1: 2 -> 6 labelled
+    assert emu.derive_per_round(60, 2, 0.3) == emu.PRESET_PER_ROUND == 4
+    assert emu.derive_per_round(16, 2, 0.3) == 1 and emu.derive_per_round(40, 2, 0.3) == 3
+    assert emu.derive_per_round(16, 2, 0.3, rounds=2) == 4 and emu.derive_per_round(3, 2, 0.3) == 1
+    assert emu.plan(EmulationConfig(dataset=str(ds), out="o", pool_size=20, per_round=3)).config.per_round == 3
     b = p.budgets()
     floor = cfg.min_steps
     assert b["pretrain"]["steps"] == emu.PRESET_PRETRAIN_FACTOR * floor
@@ -241,7 +247,7 @@ def test_defaults_are_the_small_start_preset(tmp_path: Path) -> None:
     register(parser.add_subparsers(dest="command"))
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["emulate"]
     helps = {a.dest: a.help or "" for a in sub._actions}
-    assert f"default {cfg.per_round})" in helps["per_round"] and f"default {cfg.pool_size};" in helps["pool_size"]
+    assert f"at most {emu.PRESET_PER_ROUND}" in helps["per_round"] and f"default {cfg.pool_size};" in helps["pool_size"]
     assert f"default {cfg.steps_per_image};" in helps["steps_per_image"] and f"default {cfg.min_steps})" in helps["min_steps"]
 
 

@@ -168,7 +168,7 @@ def register(subparsers: Any) -> None:
             "let the virtual user annotate them (automatic prediction + up to --clicks clicks per class; the result "
             "is saved, not the reference), retrain or fine-tune, evaluate on the test split. Writes OUT/rounds.csv, "
             "OUT/report.json and OUT/curves.png. Run it again with the same options to resume. The defaults are the "
-            "small-start preset: 2 labelled images, 4 per round up to 30 percent of a 60-image pool, step budgets "
+            "small-start preset: 2 labelled images, 4 per round (fewer on a small pool) up to 30 percent of a 60-image pool, step budgets "
             "proportional to the images trained on (printed at the start; docs/emulation/README.md). --aggregate OUT1 OUT2 ... --out AGG summarises runs that differ "
             "only in --seed (mean, sd, min-max per round)."
         ),
@@ -190,7 +190,8 @@ def register(subparsers: Any) -> None:
                    help="N more pool images labelled and held out of training for the version gate (default 0)")
     p.add_argument("--pool-size", type=int, default=None, metavar="N",
                    help="use at most N pool images; the test split stays --test-fraction of all cases (default 60; 0: all)")
-    p.add_argument("--per-round", type=int, default=None, metavar="N", help="images annotated per round (default 4)")
+    p.add_argument("--per-round", type=int, default=None, metavar="N", help="images annotated per round (default: from the pool, at most 4, so that "
+                   "the rounds up to --target-fraction are at least 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="R",
                    help="rounds (default: until --target-fraction of the pool is labelled)")
     p.add_argument("--target-fraction", type=float, default=None, metavar="F",

@@ -26,7 +26,8 @@ invocation (start, end, wall time, machine, the same CPU figures).
 
 Defaults (`EmulationConfig`, the CLI's defaults): the *small-start preset*: a pool of at most
 ``PRESET_POOL_SIZE`` images (the test split stays ``test_fraction`` of every case), 2 initially
-labelled, ``PRESET_PER_ROUND`` per round until ``PRESET_TARGET_FRACTION`` of the pool is labelled,
+labelled, ``PRESET_PER_ROUND`` per round (fewer on a small pool: `derive_per_round` keeps at least
+three rounds) until ``PRESET_TARGET_FRACTION`` of the pool is labelled,
 no validation images, step budgets ``max(min_steps, steps_per_image x images)`` (`Plan.budget`,
 printed at the start); before each round's selection, the correlation diagnostic
 (`segloop.loop.diagnostic`); each annotation's effort in minutes (`segloop.loop.effort`); see
@@ -81,6 +82,7 @@ from segloop.loop.emulation_setup import (
     Plan,
     build_train_config,
     case_name,
+    derive_per_round,
     describe_budgets,
     parse_initial,
     plan,
@@ -95,7 +97,7 @@ __all__ = [
     "FULL", "MODEL", "OPTIONAL_KEYS", "PRESET_INITIAL", "PRESET_MIN_STEPS", "PRESET_PER_ROUND", "PRESET_POOL_SIZE",
     "PRESET_PRETRAIN_FACTOR", "PRESET_STEPS_PER_IMAGE", "PRESET_TARGET_FRACTION", "STEP_KEYS", "CpuSnapshot", "Emulation",
     "EmulationConfig", "EmulationError", "Log", "Plan", "area_under_curve", "build_train_config", "case_name", "cpu_usage",
-    "describe_budgets", "machine_info", "parse_initial", "plan", "plot_curves", "run_emulation",
+    "derive_per_round", "describe_budgets", "machine_info", "parse_initial", "plan", "plot_curves", "run_emulation",
 ]
 
 
@@ -108,6 +110,7 @@ class Emulation:
         self.config = config
         self.log: Log = log or (lambda _msg: None)
         self.plan = plan(config, self.log)  # all checks before any work
+        self.config = self.plan.config  # with what the plan derived from the data (images per round)
         self.out = Path(config.out)
         self._refs: dict[str, np.ndarray] = {}
         self._test: list[tuple[Any, np.ndarray]] | None = None
@@ -275,7 +278,7 @@ class Emulation:
             minutes, steps = self.plan.budget("round", rnd)
             loop = ActiveLearningLoop(
                 store, MODEL, strategy, user, train_config=build_train_config(cfg, minutes, cfg.seed + rnd, steps),
-                retrain_every=cfg.per_round, fine_tune=cfg.fine_tune, validation_ids=self.plan.validation,
+                retrain_every=self.plan.per_round, fine_tune=cfg.fine_tune, validation_ids=self.plan.validation,
                 diversity=cfg.diversity, auto_train=False, device=cfg.device,
             )
             loop.set_version(int(rounds[-1]["model_version"]))
@@ -284,7 +287,7 @@ class Emulation:
             sel = read_json(sel_file, None)
             earlier = float(sel.get("select_seconds", 0.0)) if sel is not None else 0.0  # selection time of a resumed round
             if sel is None:
-                ranking = loop.select(cfg.per_round)
+                ranking = loop.select(self.plan.per_round)
                 sel = {"selected": ranking.ids(), "scores": ranking.scores(), "select_seconds": ranking.seconds, "annotations": {}}
                 write_json(sel_file, sel)
                 self.log(f"[{arm}] round {rnd}: selected {', '.join(sel['selected'])} ({ranking.seconds:.1f} s)")

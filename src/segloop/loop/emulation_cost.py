@@ -218,7 +218,7 @@ def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) 
             add(arm, "selection", unlabelled * sel * infer)
             if measure.diagnose and measure.diagnose_images:
                 add(arm, "diagnostic", min(measure.diagnose_images, unlabelled) * (1 + diag_passes) * infer)
-            add(arm, "annotation", cfg.per_round * (infer + cfg.clicks * n_classes * click))
+            add(arm, "annotation", plan.per_round * (infer + cfg.clicks * n_classes * click))
         add(arm, "click figures", noc)
     total = float(sum(sum(p.values()) for p in phases.values()))
     kinds: dict[str, float] = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ Log = Callable[[str], None]
 
 # The small-start preset (the defaults): see the module docstring and docs/emulation/README.md.
 PRESET_INITIAL = "2"
-PRESET_PER_ROUND = 4
+PRESET_PER_ROUND = 4  # at most; fewer on a small pool, so the curve has PRESET_MIN_ROUNDS points
+PRESET_MIN_ROUNDS = 3
 PRESET_TARGET_FRACTION = 0.3  # rounds (when not given): until this fraction of the pool is labelled
 PRESET_POOL_SIZE = 60
 PRESET_STEPS_PER_IMAGE = 15
@@ -66,7 +67,7 @@ class EmulationConfig:
     strategy: str = "entropy"
     compare: list[str] = field(default_factory=list)
     initial: str = PRESET_INITIAL
-    per_round: int = PRESET_PER_ROUND
+    per_round: int | None = None  # None: derived from the pool (`derive_per_round`)
     rounds: int | None = None  # None: until target_fraction of the pool is labelled
     target_fraction: float = PRESET_TARGET_FRACTION
     pool_size: int | None = PRESET_POOL_SIZE
@@ -132,9 +133,15 @@ class Plan:
     def class_names(self) -> dict[int, str]:
         return {c.value: c.name for c in self.schema.foreground}
 
+    @property
+    def per_round(self) -> int:
+        """Images annotated per round (given, or derived from the pool by `plan`)."""
+        assert self.config.per_round is not None, "plan() resolves per_round"
+        return self.config.per_round
+
     def labelled(self, rnd: int) -> int:
         """Pool images with a label after round ``rnd`` (validation images included)."""
-        return len(self.initial) + len(self.validation) + rnd * self.config.per_round
+        return len(self.initial) + len(self.validation) + rnd * self.per_round
 
     def budget(self, phase: str, rnd: int = 0) -> tuple[float | None, int | None]:
         """``(minutes, steps)`` of one training: ``phase`` is ``pretrain``, ``round`` (round ``rnd``) or
@@ -223,6 +230,16 @@ def build_train_config(config: EmulationConfig, minutes: float | None, seed: int
         raise EmulationError(str(exc)) from exc
 
 
+def derive_per_round(pool: int, start: int, target_fraction: float, rounds: int | None = None) -> int:
+    """Images per round when not given: at most `PRESET_PER_ROUND`, and few enough that the
+    rounds up to ``target_fraction`` of the pool (or the ``rounds`` asked for) are at least
+    `PRESET_MIN_ROUNDS` — a 16-image pool at 4 per round reached 30 % in one round, a curve of two
+    points that no strategy comparison can read. Task04's 60-image pool keeps 4."""
+    n_rounds = max(PRESET_MIN_ROUNDS, rounds or 0)
+    room = (pool - start) if rounds else (target_fraction * pool - start)
+    return int(min(PRESET_PER_ROUND, max(1, math.floor(room / n_rounds + 1e-9))))
+
+
 def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
     """Check everything and fix the splits (reads label files, writes nothing).
 
@@ -248,7 +265,7 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
                              ("--steps-per-image", config.steps_per_image, 1), ("--min-steps", config.min_steps, 1),
                              ("--diagnose-images", config.diagnose_images, 0), ("--noc-images", config.noc_images, 0),
                              ("--noc-clicks", config.noc_clicks, 1)):
-        if value is None and name not in ("--per-round", "--clicks", "--validation", "--noc-clicks"):
+        if value is None and name not in ("--clicks", "--validation", "--noc-clicks"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise EmulationError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -319,6 +336,11 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
             f"--initial {config.initial} gives {n_init} labelled image(s) of a pool of {len(pool)}: too few to train (need 2)"
         )
     start = n_init + config.validation
+    if config.per_round is None:
+        config = replace(config, per_round=derive_per_round(len(pool), start, config.target_fraction, config.rounds))
+        if log is not None:
+            log(f"{config.per_round} image(s) per round (derived from a pool of {len(pool)}; --per-round N to set it)")
+    assert config.per_round is not None
     rounds = config.rounds
     if rounds is None:
         rounds = max(1, int(math.ceil((config.target_fraction * len(pool) - start) / config.per_round - 1e-9)))
