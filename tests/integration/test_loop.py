@@ -97,6 +97,11 @@ def test_whole_loop(server: Server, client: httpx.Client, tmp_path: Path) -> Non
     assert nifti_array(vol.content).shape == tuple(uploaded["shape"])
 
     # --- train, following the live events over WebSocket --------------------------------------
+    # several workers need jobs on Ray: a local-jobs server refuses at once, before any job
+    jobs_before = client.get("/jobs").json()["total"]
+    many = client.post("/models/hippo/train", json={"config": {**TINY_TRAIN, "workers": 2}})
+    assert many.status_code == 422 and "--jobs ray" in many.json()["error"]["message"], many.text
+    assert client.get("/jobs").json()["total"] == jobs_before
     collector = EventCollector(server)
     r = client.post("/models/hippo/train", json={"config": TINY_TRAIN})
     assert r.status_code == 202, r.text

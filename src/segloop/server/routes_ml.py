@@ -123,6 +123,12 @@ def start_training(name: ModelName, body: TrainBody, state: State, principal: Ad
         config = TrainConfig.from_dict(dict(body.config))
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
+    if config.workers > 1:
+        from segloop.jobs.executors import is_ray_mode
+
+        if not is_ray_mode(state.settings.job_mode):
+            raise ApiError(422, "invalid", f"workers {config.workers}: a training on several workers runs on Ray; this "
+                           f"server's jobs are local ({state.settings.job_mode}; start it with --jobs ray or ray://HOST:PORT)")
     if body.fine_tune is not None:
         state.store.get_model(name).version(body.fine_tune)
     if not state.store.get_schema().foreground:
