@@ -30,6 +30,9 @@ Recipe (see `TrainConfig` for the knobs):
    ``store.add_model_version`` (moves it in atomically). Any error or a cancel before that leaves
    the store untouched, so the previous version stays current.
 
+The settings are `segloop.ml.train_config`; steps 3-5 (patches, augmentation, simulated clicks)
+are `segloop.ml.patches`; this module loads and prepares the cases, validates and runs the loop.
+
 ``workers > 1`` runs the same recipe as that many ranks of a torch.distributed process group,
 each calling `train` with its `segloop.ml.distributed.Ranks` (own sampling stream and shard, the
 batch split over the ranks, DistributedDataParallel gradients; rank 0 alone validates, reports
@@ -45,163 +48,28 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from segloop.ml import case_cache
-from segloop.ml.clicks import Click
-from segloop.ml.distributed import Ranks, batch_per_rank
-from segloop.ml.guidance import encode_guidance
+from segloop.ml.distributed import Ranks
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.networks import network_config, size_divisor
+from segloop.ml.patches import Case, sample_batch, simulate_clicks
 from segloop.ml.plan import CPU_PATCH_VOXELS, GPU_PATCH_VOXELS, Plan, fingerprint_arrays, make_plan, patch_for
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
-from segloop.ml.virtual_user import next_click
+from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 from segloop.store.records import ModelVersion
 
-
-class TrainingCancelled(Exception):
-    """Raised by `train` when its ``cancel`` event is set; nothing was written to the store."""
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run (all JSON-friendly; `from_dict` / `to_dict`)."""
-
-    arch: str = "unet"
-    network: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 50
-    steps_per_epoch: int | None = None  # None: ceil(train images / batch size)
-    batch_size: int = 2
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    val_split: float = 0.2
-    val_every: int = 1
-    val_budget: float = 0.15  # at most this share of the run's time goes to validation (the last one excepted)
-    val_max_images: int | None = 8  # validate on at most this many of the validation images (a fixed subset)
-    patch_size: list[int] | None = None  # None: from the training images' median shape
-    spacing: list[float] | None = None  # None: median spacing of the training images
-    fg_ratio: float = 0.67
-    click_prob: float = 0.5
-    max_click_iters: int = 3
-    guidance_sigma: float = 3.0
-    mask_input: bool = False  # also feed the previous mask (interactive refinement); not benchmarked yet
-    intensity: dict[str, Any] | str | None = "auto"  # "auto": from the data's plan; None: robust z-score; or a ModelSpec intensity
-    class_weights: list[float] | None = None  # focal-loss weight per class (background first)
-    focal_weight: float = 1.0
-    flip_axes: list[int] = field(default_factory=lambda: [0])
-    seed: int = 0
-    num_threads: int | None = None  # None: min(2, CPU count)
-    max_minutes: float | None = None  # stop (and keep the best state) after this wall time
-    log_dir: str | None = None  # TensorBoard logs, when tensorboard is installed
-    workers: int = 1  # ranks of a distributed training (jobs on Ray); batch_size is the global batch
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"bad training config: {name} {why} (got {getattr(self, name)!r})")
-
-        network_config(self.network, self.arch)  # raises ValueError for unknown arch / params
-        for name in ("epochs", "batch_size", "val_every", "max_click_iters", "workers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(name, "must be a positive integer")
-        if self.workers > 1:
-            try:
-                batch_per_rank(self.batch_size, self.workers)
-            except ValueError as exc:
-                bad("batch_size", str(exc))
-        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
-            bad("steps_per_epoch", "must be a positive integer or null")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
-            bad("lr", "must be in (0, 1)")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            bad("weight_decay", "must be >= 0")
-        if not (isinstance(self.val_split, (int, float)) and 0 <= self.val_split < 1):
-            bad("val_split", "must be in [0, 1)")
-        if not (isinstance(self.val_budget, (int, float)) and 0 < self.val_budget <= 1):
-            bad("val_budget", "must be in (0, 1]")
-        if self.val_max_images is not None and (
-            not isinstance(self.val_max_images, int) or isinstance(self.val_max_images, bool) or self.val_max_images < 1
-        ):
-            bad("val_max_images", "must be a positive integer or null")
-        for name in ("fg_ratio", "click_prob"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
-                bad(name, "must be in [0, 1]")
-        if not self.guidance_sigma > 0:
-            bad("guidance_sigma", "must be > 0")
-        if self.patch_size is not None and (
-            len(self.patch_size) != 3 or not all(isinstance(p, int) and p > 0 for p in self.patch_size)
-        ):
-            bad("patch_size", "must be three positive integers")
-        if self.patch_size is not None:
-            div = size_divisor(network_config(self.network, self.arch))
-            if any(p % div for p in self.patch_size):
-                bad("patch_size", f"must be multiples of {div} for this network")
-        if self.spacing is not None and (len(self.spacing) != 3 or not all(float(s) > 0 for s in self.spacing)):
-            bad("spacing", "must be three positive numbers (mm)")
-        if self.class_weights is not None and not all(float(w) >= 0 for w in self.class_weights):
-            bad("class_weights", "must be non-negative")
-        if any(a not in (0, 1, 2) for a in self.flip_axes):
-            bad("flip_axes", "must list axes among 0, 1, 2")
-        if self.num_threads is not None and self.num_threads < 1:
-            bad("num_threads", "must be positive")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            bad("max_minutes", "must be > 0")
-        if self.intensity != "auto":
-            from segloop.ml.modelspec import check_intensity
-
-            try:
-                check_intensity(self.intensity)
-            except ValueError as exc:
-                bad("intensity", f"is not 'auto', null or an intensity config: {exc}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"bad training config: unknown field(s) {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ValueError(f"bad training config: {exc}") from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """One progress report. ``step``/``steps`` count optimiser steps over the whole run."""
-
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    loss: float | None
-    val_dice: dict[str, float] | None
-    eta_seconds: float | None
-    message: str = ""
-    fraction: float | None = None  # share of the run done: max(step / steps, elapsed / time limit), 0..1
-
-
-ProgressCallback = Callable[[TrainProgress], None]
-
+__all__ = ["ProgressCallback", "TrainConfig", "TrainProgress", "TrainingCancelled", "train"]
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -214,15 +82,6 @@ class _ImageMeta:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     channels: int
-
-
-@dataclass
-class _Case:
-    image_id: str
-    revision: int
-    image: np.ndarray  # (C, X, Y, Z) float32 normalised, on the model grid
-    label: np.ndarray  # (X, Y, Z) uint8 class indices (0..K-1)
-    fg: list[np.ndarray]  # per foreground class index, (N, 3) voxel coordinates (subsampled)
 
 
 def _load_pairs(store: Datastore, revisions: Sequence[tuple[str, int]] | None) -> list[tuple[str, int]]:
@@ -253,7 +112,7 @@ def _split(pairs: list[tuple[str, int]], val_split: float, seed: int) -> tuple[l
 def _prepare_case(
     image_id: str, revision: int, image: Any, label: Any, spec: ModelSpec, rng: np.random.Generator,
     prepared: np.ndarray | None = None,
-) -> _Case:
+) -> Case:
     """``prepared``: the image already normalised and resampled to the model grid (from the cache)."""
     # the model's own normalisation (imported models may differ)
     arr = prepared if prepared is not None else spec.normalize(image.array)
@@ -278,115 +137,7 @@ def _prepare_case(
         if len(pts) > 4000:
             pts = pts[rng.choice(len(pts), 4000, replace=False)]
         fg.append(pts.astype(np.int32))
-    return _Case(image_id, revision, arr, idx, fg)
-
-
-def _crop(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """Crop the last three axes at ``start`` (may be negative / overflow), zero-padding outside."""
-    out = np.zeros((*array.shape[:-3], *size), dtype=array.dtype)
-    src: list[slice] = []
-    dst: list[slice] = []
-    for s, n, dim in zip(start, size, array.shape[-3:], strict=True):
-        a, b = max(0, s), min(dim, s + n)
-        src.append(slice(a, max(a, b)))
-        dst.append(slice(a - s, a - s + max(0, b - a)))
-    lead = (slice(None),) * (array.ndim - 3)
-    out[lead + tuple(dst)] = array[lead + tuple(src)]
-    return out
-
-
-def _patch_start(center: Sequence[int], shape: Sequence[int], size: Sequence[int], rng: np.random.Generator) -> list[int]:
-    start = []
-    for c, dim, n in zip(center, shape, size, strict=True):
-        if dim >= n:
-            start.append(int(np.clip(c - n // 2, 0, dim - n)))
-        else:  # the image is smaller: place it at a random offset inside the patch
-            start.append(-int(rng.integers(0, n - dim + 1)))
-    return start
-
-
-def _augment(img: np.ndarray, lab: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    for ax in cfg.flip_axes:
-        if rng.random() < 0.5:
-            img = np.flip(img, axis=ax + 1)
-            lab = np.flip(lab, axis=ax)
-    img = np.ascontiguousarray(img)
-    lab = np.ascontiguousarray(lab)
-    if rng.random() < 0.3:  # gamma on the patch's own range
-        lo, hi = float(img.min()), float(img.max())
-        if hi > lo:
-            g = float(np.exp(rng.uniform(np.log(0.7), np.log(1.5))))
-            img = ((img - lo) / (hi - lo)) ** g * (hi - lo) + lo
-    r = rng.random()
-    if r < 0.2:
-        img = np.stack([ndimage.gaussian_filter(c, float(rng.uniform(0.5, 1.0))) for c in img])
-    elif r < 0.3:
-        alpha = float(rng.uniform(0.2, 0.6))
-        img = np.stack([c + alpha * (c - ndimage.gaussian_filter(c, 1.0)) for c in img])
-    if rng.random() < 0.8:
-        img = img * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.1, 0.1))
-    return img.astype(np.float32, copy=False), lab
-
-
-def _sample_batch(
-    cases: list[_Case], cfg: TrainConfig, patch: Sequence[int], rng: np.random.Generator, n: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` patches (default ``cfg.batch_size``)."""
-    imgs, labs = [], []
-    for _ in range(cfg.batch_size if n is None else n):
-        case = cases[int(rng.integers(len(cases)))]
-        shape = case.label.shape
-        nonempty = [p for p in case.fg if len(p)]
-        if nonempty and rng.random() < cfg.fg_ratio:
-            pts = nonempty[int(rng.integers(len(nonempty)))]
-            center = pts[int(rng.integers(len(pts)))]
-        else:
-            center = np.array([rng.integers(0, s) for s in shape])
-        start = _patch_start(center, shape, patch, rng)
-        img, lab = _augment(_crop(case.image, start, patch), _crop(case.label, start, patch), cfg, rng)
-        imgs.append(img)
-        labs.append(lab)
-    return np.stack(imgs), np.stack(labs)
-
-
-def _simulate_clicks(
-    net: torch.nn.Module,
-    imgs: np.ndarray,
-    labs: np.ndarray,
-    spec: ModelSpec,
-    cfg: TrainConfig,
-    device: torch.device,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Extra input ``(B, E, X, Y, Z)``: guidance from clicks placed iteratively in the current
-    errors (+ the one-hot prediction they correct, for ``mask_input`` models)."""
-    k = spec.num_classes
-    b = imgs.shape[0]
-    shape = imgs.shape[2:]
-    clicks: list[list[Click]] = [[] for _ in range(b)]
-    guidance = np.zeros((b, k, *shape), dtype=np.float32)
-    prev = np.zeros((b, k, *shape), dtype=np.float32)  # no previous mask yet: automatic start
-    values = list(range(k))  # class indices (the network's own numbering)
-    iters = int(rng.integers(1, cfg.max_click_iters + 1))
-    was_training = net.training
-    set_mc_dropout(net, False)
-    try:
-        for _ in range(iters):
-            with torch.no_grad():
-                parts = [imgs, guidance, prev] if spec.mask_input else [imgs, guidance]
-                x = torch.from_numpy(np.concatenate(parts, axis=1)).to(device)
-                pred = net(x).argmax(dim=1).cpu().numpy()
-            if spec.mask_input:
-                prev = np.stack([(pred == c) for c in values], axis=1).astype(np.float32)
-            for i in range(b):
-                for c in values[1:]:
-                    click = next_click(pred[i], labs[i], [c], rng)
-                    if click is not None:
-                        clicks[i].append(click)
-                guidance[i] = encode_guidance(clicks[i], shape, values, cfg.guidance_sigma)
-    finally:
-        net.train(was_training)
-    return np.concatenate([guidance, prev], axis=1) if spec.mask_input else guidance
+    return Case(image_id, revision, arr, idx, fg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +173,7 @@ def _dice_per_class(pred: np.ndarray, ref: np.ndarray, k: int) -> list[float]:
     return out
 
 
-def _validate(net: torch.nn.Module, cases: list[_Case], spec: ModelSpec, device: torch.device) -> dict[str, float]:
+def _validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: torch.device) -> dict[str, float]:
     was_training = net.training
     set_mc_dropout(net, False)
     scores = []
@@ -693,11 +444,11 @@ def _train(
                     frac = max(frac, elapsed / budget)
                 for g in opt.param_groups:
                     g["lr"] = config.lr * max(0.0, 1.0 - frac) ** 0.9
-                imgs, labs = _sample_batch(sample_cases, config, spec.patch_size, rng, batch)
+                imgs, labs = sample_batch(sample_cases, config, spec.patch_size, rng, batch)
                 if ranks is not None:
                     ranks.saw(imgs)
                 if spec.interactive and rng.random() < config.click_prob:  # automatic-only: no guidance
-                    guidance = _simulate_clicks(net, imgs, labs, spec, config, dev, rng)
+                    guidance = simulate_clicks(net, imgs, labs, spec, config, dev, rng)
                 else:
                     guidance = np.zeros((imgs.shape[0], spec.extra_channels, *imgs.shape[2:]), dtype=np.float32)
                 x = torch.from_numpy(np.concatenate([imgs, guidance], axis=1)).to(dev)
