@@ -435,11 +435,13 @@ class Emulation:
         history = list(read_json(self.out / "estimate.json", []))
         if history and not fresh and history[0].get("measurements"):
             first = history[0]["measurements"]
-            kept = Measurements(tuple(first["diagnose"]), int(first["diagnose_images"]), int(first["noc_images"]))
+            kept = Measurements(tuple(first["diagnose"]), int(first["diagnose_images"]), int(first["noc_images"]),
+                                prompt_images=first.get("prompt_images"))
             self.measure = Measurements(
                 kept.diagnose if cfg.diagnose_images is None else tuple(cfg.diagnose),
                 kept.diagnose_images if cfg.diagnose_images is None else int(cfg.diagnose_images),
                 kept.noc_images if cfg.noc_images is None else min(int(cfg.noc_images), len(self.plan.test)),
+                prompt_images=kept.prompt_images if cfg.noc_images is None else None,
             )
         if not cfg.estimate:
             return None
@@ -498,7 +500,9 @@ class Emulation:
                 figures.update(model_version=version, labelled=rounds[-1]["labelled"],
                                seconds=round(time.monotonic() - t0, 1))
             t1 = time.monotonic()
-            figures["prompts"] = evaluate_prompts(predictor, pairs, seed=cfg.seed)
+            n_prompts = self.measure.prompts
+            figures["prompts"] = (evaluate_prompts(predictor, pairs[:n_prompts], seed=cfg.seed) if n_prompts
+                                  else {"images": 0, "protocols": {}})
             figures["prompts"]["seconds"] = round(time.monotonic() - t1, 1)
         finally:
             store.close()
@@ -509,8 +513,9 @@ class Emulation:
                  f"{'/'.join(format(d[k]['mean'], '.3f') for k in ks)}, NoC@85 {figures['noc']['85']['mean']:.1f}, "
                  f"NoC@90 {figures['noc']['90']['mean']:.1f} ({figures['seconds']:.0f} s)")
         pr = figures["prompts"]["protocols"]
-        self.log(f"[{arm}] prompts on the same images, Dice: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in pr.items())
-                 + f" ({figures['prompts']['seconds']:.0f} s)")
+        if pr:
+            self.log(f"[{arm}] prompts on {figures['prompts']['images']} of those images, Dice: "
+                     + ", ".join(f"{k} {v['mean']:.3f}" for k, v in pr.items()) + f" ({figures['prompts']['seconds']:.0f} s)")
         return figures
 
     # --- outputs ------------------------------------------------------------------------------------

@@ -37,17 +37,24 @@ DEFAULT_MEASURE_IMAGES = 20  # the diagnostic's and the click figures' images wh
 MIN_DIAGNOSTIC_IMAGES = 5  # fewer give a rank correlation too noisy to read: then none
 DIAGNOSTIC_SHARE = 0.25  # fitted diagnostic: at most this share of the core work's estimated time
 CLICK_FIGURES_SHARE = 0.10  # fitted click figures: at most this share
+PROMPT_FIGURES_SHARE = 0.05  # fitted prompt figures (on the click figures' first images): at most this share
 
 
 @dataclass(frozen=True)
 class Measurements:
     """What the run measures beside the loop itself: the diagnostic's scorers and images per round,
-    the click figures' test images."""
+    the click figures' test images and how many of them also get the prompt figures."""
 
     diagnose: tuple[str, ...]
     diagnose_images: int
     noc_images: int
     notes: tuple[str, ...] = ()
+    prompt_images: int | None = None  # the prompt figures' test images (None: as many as noc_images)
+
+    @property
+    def prompts(self) -> int:
+        """Test images of the prompt figures (the first of the click figures' images)."""
+        return self.noc_images if self.prompt_images is None else min(self.prompt_images, self.noc_images)
 
 
 @dataclass(frozen=True)
@@ -70,13 +77,17 @@ def passes_of(name: str) -> int:
     return int(s.params["passes"]) if "passes" in s.params else 0
 
 
-def figures_seconds_per_image(noc_clicks: int, classes: int, inference: float, click: float) -> float:
-    """One test image's click figures (``noc_clicks`` rounds of a click per class) and prompt
-    figures (each `segloop.ml.prompt_eval` protocol: a session, prompts and up to 3 click rounds
-    per class — an upper bound)."""
+def click_figures_seconds(noc_clicks: int, classes: int, inference: float, click: float) -> float:
+    """One test image's click figures: a session and ``noc_clicks`` rounds of a click per class."""
+    return inference + noc_clicks * classes * click
+
+
+def prompt_figures_seconds(classes: int, inference: float, click: float) -> float:
+    """One test image's prompt figures: each `segloop.ml.prompt_eval` protocol a session, prompts and
+    up to 3 click rounds per class (an upper bound)."""
     from segloop.ml.prompt_eval import PROTOCOLS
 
-    return inference + noc_clicks * classes * click + len(PROTOCOLS) * (inference + 3 * classes * click)
+    return len(PROTOCOLS) * (inference + 3 * classes * click)
 
 
 def strategy_passes(name: str) -> int:
@@ -172,13 +183,18 @@ def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
             notes.append(f"diagnostic on {diag_images} pool images per round (fits {DIAGNOSTIC_SHARE:.0%} of the run's time)")
     noc_images = base.noc_images
     if cfg.noc_images is None:
-        per_image = len(cfg.arms) * figures_seconds_per_image(cfg.noc_clicks, len(plan.class_names), costs.inference_seconds,
-                                                               costs.click_seconds)
+        per_image = len(cfg.arms) * click_figures_seconds(cfg.noc_clicks, len(plan.class_names), costs.inference_seconds,
+                                                          costs.click_seconds)
         noc_images = min(base.noc_images, int(CLICK_FIGURES_SHARE * core // max(per_image, 1e-9)))
         if noc_images < base.noc_images:
             notes.append(f"click figures on {noc_images} test images (fit {CLICK_FIGURES_SHARE:.0%} of the run's time; "
                          "--noc-images N to force)")
-    return Measurements(scorers, diag_images, noc_images, tuple(notes))
+    per_prompt_image = len(cfg.arms) * prompt_figures_seconds(len(plan.class_names), costs.inference_seconds, costs.click_seconds)
+    prompt_images = min(noc_images, int(PROMPT_FIGURES_SHARE * core // max(per_prompt_image, 1e-9)))
+    if prompt_images < noc_images:
+        notes.append(f"prompt figures on {prompt_images} of the click figures' {noc_images} test images (fit "
+                     f"{PROMPT_FIGURES_SHARE:.0%} of the run's time)")
+    return Measurements(scorers, diag_images, noc_images, tuple(notes), prompt_images)
 
 
 def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) -> dict[str, Any]:
@@ -196,7 +212,8 @@ def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) 
         phases[phase][kind] += seconds
 
     arms = cfg.arms
-    noc = min(measure.noc_images, n_test) * figures_seconds_per_image(cfg.noc_clicks, n_classes, infer, click)
+    noc = (min(measure.noc_images, n_test) * click_figures_seconds(cfg.noc_clicks, n_classes, infer, click)
+           + min(measure.prompts, n_test) * prompt_figures_seconds(n_classes, infer, click))
     if any(a != FULL for a in arms):
         _, steps = plan.budget("pretrain")
         add("pretrain", "training", float(steps or 0) * costs.step_seconds)
