@@ -287,7 +287,8 @@ def run_score(ctx: JobContext) -> dict[str, Any]:
     scored again, so a cancelled or failed job loses nothing it had finished.
     """
     from segloop.activelearning import get_strategy
-    from segloop.activelearning.ranking import RankingCancelled, rank_pool
+    from segloop.activelearning.cache import ScoreCache
+    from segloop.activelearning.ranking import RankingCancelled, data_folder, rank_pool
 
     p = ctx.params
     try:
@@ -310,6 +311,9 @@ def run_score(ctx: JobContext) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         ctx.progress(done / total if total else 1.0, f"scored {done}/{total}", done=done, total=total)
 
+    # the cache in the job's own database: a Ray worker has no $SEGLOOP_DB (only the task's URL),
+    # and a cache opened from the environment there refused a folder bound to PostgreSQL
+    cache = ScoreCache(data_folder(ctx.store), url=ctx.db_url)
     try:
         ranking = rank_pool(
             ctx.store,
@@ -320,9 +324,12 @@ def run_score(ctx: JobContext) -> dict[str, Any]:
             batch_size=int(p.get("batch_size") or 4),
             progress=progress,
             cancel=cast(threading.Event, ctx.cancel_flag),
+            cache=cache,
         )
     except RankingCancelled as exc:
         raise JobCancelled(str(exc)) from exc
+    finally:
+        cache.close()
     ctx.log(f"scored {ranking.scored} image(s), {len(ranking.items) - ranking.scored} from the cache, "
             f"in {ranking.seconds:.1f}s")
     return {
