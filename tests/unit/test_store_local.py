@@ -19,6 +19,7 @@ from segloop.store import (
     LabelSchema,
     NotFoundError,
     ValidationError,
+    local_files,
 )
 from segloop.store import local as local_mod
 from segloop.store.local import LocalDatastore, open_datastore, slugify
@@ -500,14 +501,14 @@ def test_failed_insert_removes_the_file(store: LocalDatastore, monkeypatch: pyte
 def test_failed_add_image_stores_nothing(store: LocalDatastore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.add_image(_image(), "first", "upload")
     before = _snapshot(store)
-    real_fsync_dir = local_mod._fsync_dir
+    real_fsync_dir = local_files._fsync_dir
 
     def boom(path: Path) -> None:
         if path.name == "images":
             raise OSError("crash after rename")
         real_fsync_dir(path)
 
-    monkeypatch.setattr(local_mod, "_fsync_dir", boom)
+    monkeypatch.setattr(local_files, "_fsync_dir", boom)
     with pytest.raises(OSError):
         store.add_image(_image(), "second", "upload")
     assert _snapshot(store) == before
@@ -642,7 +643,7 @@ def test_failed_add_model_version_keeps_current(
     def boom(path: Path) -> None:
         raise OSError("crash after the move, before the commit")
 
-    monkeypatch.setattr(local_mod, "_fsync_dir", boom)
+    monkeypatch.setattr(local_files, "_fsync_dir", boom)
     with pytest.raises(OSError):
         store.add_model_version("m", ckpt, config={}, trained_on=[], metrics={})
     monkeypatch.undo()

@@ -37,7 +37,6 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from segloop.store import database
-from segloop.store.local_files import _fsync_dir as _fsync_dir
 from segloop.store.local_images import LocalImages
 from segloop.store.local_models import LocalModels
 from segloop.store.local_revisions import LocalRevisions
@@ -122,12 +121,6 @@ class LocalDatastore(LocalRevisions, LocalModels, LocalImages, LocalSchema):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @staticmethod
-    def _sync_dir(path: Path) -> None:
-        # Looked up in this module, so a test that patches `segloop.store.local._fsync_dir`
-        # (a crash right after a rename) reaches the renames of every part.
-        _fsync_dir(path)
 
 
 def open_datastore(root: Path | str, *, url: str | None = None) -> LocalDatastore:
