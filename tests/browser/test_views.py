@@ -60,16 +60,15 @@ def test_3d_view_drops_an_overlay_switched_off(app: AppPage) -> None:
 def test_brush_in_four_views_reuses_the_3d_tile_then_catches_up(app: AppPage) -> None:
     app.open("hippocampus_007")
     assert app.page.evaluate("() => window.segloopDebug.viewer.mode") == "multi"
+    # a stroke through the crosshair in the axial tile (so that every tile shows it), of a class
+    # the voxel there does not have
+    x, y = crosshair_in_axial(app)
+    app.key(other_class(app, x, y))
     app.key("b")
     frames = "() => ({...window.segloopDebug.viewer.frames})"
-    time.sleep(1.0)
+    picture = settled_picture(app)
     before = app.page.evaluate(frames)
-    # a stroke across the middle of the axial tile
-    tile = app.page.evaluate("() => window.segloopDebug.viewer.tiles().find(t => t.axCorSag === 0)")
-    box = app.page.locator("#gl").bounding_box()
-    assert tile and box
-    y = box["y"] + tile["y"] + tile["h"] / 2
-    pts = [(box["x"] + tile["x"] + tile["w"] * f, y) for f in (0.45, 0.5, 0.55)]
+    pts = [(x - 8, y), (x, y), (x + 8, y)]
     assert all(app.page.evaluate("p => window.segloopDebug.voxelAt(p[0], p[1])", list(p)) for p in pts)
     app.page.mouse.move(*pts[0])
     app.page.mouse.down()
@@ -82,6 +81,7 @@ def test_brush_in_four_views_reuses_the_3d_tile_then_catches_up(app: AppPage) ->
     assert during["reused3D"] > before["reused3D"], "the 3-D tile came from its cache while painting"
     assert during["full3D"] - before["full3D"] <= 1
     app.page.wait_for_function("n => window.segloopDebug.viewer.frames.full3D > n", arg=during["full3D"], timeout=10_000)
+    assert_every_tile_changed_and_nothing_stale(app, picture)
 
 
 FRAMES = "() => ({...window.segloopDebug.viewer.frames})"
