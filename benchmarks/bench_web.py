@@ -15,7 +15,12 @@ app itself (``window.segloop.stats``; ``performance.now()`` in the page):
    begun). Measured with the 3-D tile shown (the 2x2 view) and hidden
    (axial view only).
 3. **Stroke push** (when the server has ``PUT /sessions/{id}/label``): a brush stroke's end →
-   the whole label is in the interactive session.
+   the stroke is in the interactive session (the box of changed voxels is sent when the server
+   takes box uploads, else the whole label).
+
+``load_avg_1_5_15_at_start``/``_at_end`` are recorded: other work on the machine slows software
+WebGL, the page and the server alike, so compare builds only in runs made back to back (``--dist``
+serves another build, ``--note`` says which).
 
 The volume is made of real Task04_Hippocampus crops tiled to 256x256x128 (as in
 ``bench_server.py``); the model is trained for one step (its quality does not matter here).
@@ -171,6 +176,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run (3 opens, 5 clicks per view)")
     ap.add_argument("--dist", type=Path, help="the built web app to serve (default: web/dist)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. which build of the app)")
     args = ap.parse_args()
     if args.quick:
         args.opens, args.clicks = 3, 5
@@ -191,6 +197,9 @@ def main() -> int:
         "viewport": VIEWPORT,
         "click_pace_ms": args.click_pace_ms,
         "dist": str(dist),
+        "note": args.note,
+        # other work on the machine slows the software WebGL, the server and the page alike
+        "load_avg_1_5_15_at_start": list(os.getloadavg()),
     }
     server: ServerProc | None = None
     old_dist = os.environ.get("SEGLOOP_WEB_DIST")
@@ -252,6 +261,7 @@ def main() -> int:
                 print(row(f"click, {view}: {label}", c[key]))
     if "stroke_push" in results:
         print(row("brush stroke pushed into the session", results["stroke_push"]["push"]))
+    results["load_avg_1_5_15_at_end"] = list(os.getloadavg())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
