@@ -184,3 +184,28 @@ def test_each_step_says_where_it_changed_the_mask(session: InteractiveSession) -
         outside[pred.changed[1]] = False
         assert np.array_equal(np.asarray(pred.label.array)[outside], np.asarray(prev.label.array)[outside])
         prev = pred
+
+
+def test_a_stroke_box_is_all_that_is_checked_and_compared(session: InteractiveSession) -> None:
+    """A brush stroke's box (the caller's promise that nothing else differs) makes the step cost
+    the box: the result equals the whole-label path's, and the box's own values are checked."""
+    start = mask(session)
+    edited = start.copy()
+    edited[3:5, 10:14, 6] = 2
+    box = (slice(2, 6), slice(9, 15), slice(6, 7))
+    pred = session.set_label(Volume(edited, np.eye(4)), box=box)
+    assert (mask(session) == edited).all() and session.undo_depth == 1
+    assert pred.changed is not None and pred.changed[1] == (slice(3, 5), slice(10, 14), slice(6, 7))
+    session.undo()
+    assert (mask(session) == start).all()
+    whole = session.set_label(Volume(edited, np.eye(4)))  # the same edit without a box: the same step
+    assert (mask(session) == edited).all() and whole.changed is not None and whole.changed[1] == pred.changed[1]
+    session.undo()
+    bad = edited.copy()
+    bad[4, 12, 6] = 9
+    with pytest.raises(ValueError, match=r"values \[9\]"):
+        session.set_label(Volume(bad, np.eye(4)), box=box)
+    outside = start.copy()
+    outside[15, 30, 15] = 9  # outside the promised box: not looked at, and not applied
+    session.set_label(Volume(outside, np.eye(4)), box=box)
+    assert (mask(session) == start).all() and session.undo_depth == 0

@@ -25,7 +25,14 @@ from segloop.imaging.nifti import read_nifti
 from segloop.imaging.volume import Volume
 from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
-from segloop.server.maskcodec import BOX_MEDIA_TYPE, encode_box, format_box, label_nifti_gz, label_with_box
+from segloop.server.maskcodec import (
+    BOX_MEDIA_TYPE,
+    encode_box,
+    format_box,
+    label_nifti_gz,
+    label_with_box,
+    parse_box,
+)
 from segloop.server.routes import NIFTI, NIFTI_RESPONSE, Annotator, State, Viewer
 from segloop.server.state import ServerState
 from segloop.server.uploads import receive_multipart
@@ -375,14 +382,17 @@ async def put_session_label(session_id: SessionId, request: Request, state: Stat
                 if entry.closed:
                     raise ApiError(404, "not_found", f"session {session_id!r} was closed")
                 current = np.asarray(entry.session.prediction.label.array)
+                region = None
                 if data is None:
                     try:
                         data = label_with_box(current, str(box), files[0].read_bytes(), values)
                     except ValueError as exc:
                         raise ApiError(422, "invalid_label", str(exc)) from exc
-                changed = int(np.count_nonzero(data != current))
+                    region = parse_box(str(box))  # only the box can differ: check and compare only it
+                where = region if region is not None else (slice(None),) * 3
+                changed = int(np.count_nonzero(data[where] != current[where]))
                 try:
-                    pred = entry.session.set_label(Volume(data, entry.session.image.affine))
+                    pred = entry.session.set_label(Volume(data, entry.session.image.affine), box=region)
                 except ValueError as exc:
                     raise ApiError(422, "invalid_label", str(exc)) from exc
                 entry.note(pred)  # a later compact click response may span this step
