@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from segloop.imaging import ImagingError, Volume, discover, safe_extract_zip, write_nifti
-from segloop.imaging import dicom as dicom_module
+from segloop.imaging import dicom_series as dicom_module
 
 CROP = "mr_brain_tcia_pgbm/Study1/13_HCropVolume"
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")

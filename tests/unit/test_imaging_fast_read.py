@@ -20,13 +20,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from segloop.imaging.dicom import (
-    _plain_pixels,
-    _stack_and_rescale,
-    _stack_and_rescale_c,
-    read_dicom_parts,
-    read_dicom_series,
-)
+from segloop.imaging.dicom import read_dicom_parts, read_dicom_series
+from segloop.imaging.dicom_pixels import _plain_pixels, _stack_and_rescale, _stack_and_rescale_c
 from segloop.imaging.errors import ImagingError
 from segloop.imaging.nifti import _image_pieces, read_nifti, write_nifti
 from segloop.imaging.volume import Volume

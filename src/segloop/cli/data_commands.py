@@ -79,7 +79,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"segloop import: nothing was imported ({len(exc.problems)} problem(s))", file=sys.stderr)
         return 2
     close()
-    from segloop.imaging.dicom import SEG_REASON
+    from segloop.imaging.dicom_header import SEG_REASON
 
     segs = [Path(path) for path, reason in report.skipped if reason == SEG_REASON]
     for path, reason in report.skipped:

@@ -145,7 +145,7 @@ def load_source_headers(source: Path | str | Iterable[Path | str | Dataset]) -> 
     Raises:
         ImagingError: a listed file is not readable DICOM, or nothing usable was found.
     """
-    from segloop.imaging.dicom import looks_like_dicom
+    from segloop.imaging.dicom_header import looks_like_dicom
 
     items: list[Path | Dataset]
     where: Path | None = None

@@ -44,7 +44,9 @@ from segloop.imaging.archive import (
     is_zip_path,
     safe_extract_zip,
 )
-from segloop.imaging.dicom import DicomSeries, looks_like_dicom, sanitize_name, scan_dicom
+from segloop.imaging.dicom_header import looks_like_dicom
+from segloop.imaging.dicom_scan import scan_dicom
+from segloop.imaging.dicom_series import DicomSeries, sanitize_name
 from segloop.imaging.errors import ImagingError
 from segloop.imaging.nifti import is_nifti_path, read_nifti
 from segloop.imaging.nrrd import is_seg_nrrd_path, read_nrrd

@@ -45,7 +45,7 @@ import pydicom
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from segloop.imaging.dicom import read_dicom_parts
+from segloop.imaging.dicom_read import read_dicom_parts
 from segloop.imaging.errors import ImagingError
 from segloop.imaging.nifti import read_nifti, write_nifti
 from segloop.imaging.volume import Volume
