@@ -352,6 +352,7 @@ def test_open_measurements_are_fitted_to_the_cost(tmp_path: Path, monkeypatch: p
     assert off.diagnose_images == 0 and any("diagnostic off" in n for n in off.notes)
     fixed = fit_measurements(plan(config(ds, tmp_path / "o", **{**kw, "diagnose_images": 7, "noc_images": 2})), costs(60.0))
     assert (fixed.diagnose_images, fixed.noc_images, len(fixed.diagnose)) == (7, 2, 3)
+    assert fixed.prompts == 2  # --noc-images given: the prompt figures on those images too, however costly
 
 
 def test_arms_take_strategy_defaults_or_named_variants() -> None:

@@ -189,11 +189,13 @@ def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
         if noc_images < base.noc_images:
             notes.append(f"click figures on {noc_images} test images (fit {CLICK_FIGURES_SHARE:.0%} of the run's time; "
                          "--noc-images N to force)")
-    per_prompt_image = len(cfg.arms) * prompt_figures_seconds(len(plan.class_names), costs.inference_seconds, costs.click_seconds)
-    prompt_images = min(noc_images, int(PROMPT_FIGURES_SHARE * core // max(per_prompt_image, 1e-9)))
-    if prompt_images < noc_images:
-        notes.append(f"prompt figures on {prompt_images} of the click figures' {noc_images} test images (fit "
-                     f"{PROMPT_FIGURES_SHARE:.0%} of the run's time)")
+    prompt_images: int | None = None  # --noc-images given: the prompt figures on all of them too
+    if cfg.noc_images is None:
+        per_prompt = len(cfg.arms) * prompt_figures_seconds(len(plan.class_names), costs.inference_seconds, costs.click_seconds)
+        prompt_images = min(noc_images, int(PROMPT_FIGURES_SHARE * core // max(per_prompt, 1e-9)))
+        if prompt_images < noc_images:
+            notes.append(f"prompt figures on {prompt_images} of the click figures' {noc_images} test images (fit "
+                         f"{PROMPT_FIGURES_SHARE:.0%} of the run's time)")
     return Measurements(scorers, diag_images, noc_images, tuple(notes), prompt_images)
 
 
