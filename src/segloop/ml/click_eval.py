@@ -25,6 +25,17 @@ THRESHOLDS = (0.85, 0.90)
 DEFAULT_MAX_CLICKS = 20
 
 
+def click_round(session: Any, reference: np.ndarray, classes: Sequence[int], rng: np.random.Generator,
+                spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """One round of the protocol: one virtual-user click per class in that class's largest error
+    region of the session's current mask, all added together; returns the mask after it."""
+    label = np.asarray(session.prediction.label.array)
+    clicks = [c for c in (next_click(label, reference, [v], rng, spacing) for v in classes) if c is not None]
+    if clicks:
+        label = np.asarray(session.add_clicks(clicks).label.array)
+    return label
+
+
 def click_curve(
     predictor: Any,
     image: Any,
@@ -46,9 +57,7 @@ def click_curve(
     rows = [[dice(label, ref, c) for c in classes]]
     spacing = getattr(image, "spacing", (1.0, 1.0, 1.0))
     for _ in range(max_clicks):
-        clicks = [c for c in (next_click(label, ref, [v], rng, spacing) for v in classes) if c is not None]
-        if clicks:
-            label = np.asarray(session.add_clicks(clicks).label.array)
+        label = click_round(session, ref, classes, rng, spacing)
         rows.append([dice(label, ref, c) for c in classes])
     return np.asarray(rows, dtype=float)
 

@@ -31,8 +31,8 @@ import numpy as np
 
 from segloop.metrics import dice
 from segloop.ml import prompt_session
+from segloop.ml.click_eval import click_round
 from segloop.ml.virtual_prompts import error_scribbles, reference_box, reference_lasso
-from segloop.ml.virtual_user import next_click
 
 PROTOCOLS = ("auto", "clicks-1", "clicks-3", "box", "box+1", "box2d+1", "lasso", "lasso+1", "scribble", "scribble-graphcut")
 DEFAULT_PROTOCOLS = PROTOCOLS
@@ -45,29 +45,20 @@ def _label(session: Any) -> np.ndarray:
 def _click_rounds(session: Any, ref: np.ndarray, classes: Sequence[int], rounds: int,
                   rng: np.random.Generator, spacing: Sequence[float]) -> None:
     for _ in range(rounds):
-        label = _label(session)
-        clicks = [c for c in (next_click(label, ref, [v], rng, spacing) for v in classes) if c is not None]
-        if clicks:
-            session.add_clicks(clicks)
-
-
-def _per_class(session: Any, classes: Sequence[int], prompt: Callable[[int], Any]) -> None:
-    """Apply ``prompt(class)`` (a callable returning the prompt object or None) for every class."""
-    for v in classes:
-        prompt(v)
+        click_round(session, ref, classes, rng, spacing)
 
 
 def run_protocol(predictor: Any, image: Any, reference: np.ndarray, classes: Sequence[int], protocol: str,
                  rng: np.random.Generator | int | None = 0) -> np.ndarray:
     """Dice per class (``(len(classes),)``) after ``protocol`` on one image."""
-    if protocol not in PROTOCOLS and not protocol.startswith("clicks-"):
-        raise ValueError(f"unknown prompt protocol {protocol!r} (known: {', '.join(PROTOCOLS)})")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     ref = np.asarray(getattr(reference, "array", reference))
     spacing = getattr(image, "spacing", (1.0, 1.0, 1.0))
-    session = predictor.session(image)
     name, _, suffix = protocol.partition("+")
+    if name not in ("auto", "box", "box2d", "lasso", "scribble", "scribble-graphcut") and not name.startswith("clicks-"):
+        raise ValueError(f"unknown prompt protocol {protocol!r} (known: {', '.join(PROTOCOLS)})")
     follow = int(suffix) if suffix else 0
+    session = predictor.session(image)
 
     def box(v: int, axis: int | None = None) -> None:
         b = reference_box(ref, v, axis=axis)
@@ -84,22 +75,17 @@ def run_protocol(predictor: Any, image: Any, reference: np.ndarray, classes: Seq
         if strokes:
             prompt_session.add_scribbles(session, strokes, mode=mode)  # type: ignore[arg-type]
 
+    per_class: dict[str, Callable[[int], None]] = {
+        "box": box, "box2d": lambda v: box(v, axis=2), "lasso": lasso,
+        "scribble": lambda v: scribble(v, "guidance"), "scribble-graphcut": lambda v: scribble(v, "graphcut"),
+    }
     if name == "auto":
         pass
     elif name.startswith("clicks-"):
         _click_rounds(session, ref, classes, int(name.split("-", 1)[1]), gen, spacing)
-    elif name == "box":
-        _per_class(session, classes, box)
-    elif name == "box2d":
-        _per_class(session, classes, lambda v: box(v, axis=2))
-    elif name == "lasso":
-        _per_class(session, classes, lasso)
-    elif name == "scribble":
-        _per_class(session, classes, lambda v: scribble(v, "guidance"))
-    elif name == "scribble-graphcut":
-        _per_class(session, classes, lambda v: scribble(v, "graphcut"))
     else:
-        raise ValueError(f"unknown prompt protocol {protocol!r} (known: {', '.join(PROTOCOLS)})")
+        for v in classes:
+            per_class[name](v)
     _click_rounds(session, ref, classes, follow, gen, spacing)
     label = _label(session)
     return np.asarray([dice(label, ref, c) for c in classes], dtype=float)
