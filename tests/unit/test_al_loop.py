@@ -144,6 +144,26 @@ def test_residual_strokes_count_classes_per_slice() -> None:
     assert residual_strokes(got, ref, [1, 2]) == 0
     got[1, 1, 1] = 0  # class 1 wrong on slice 1
     got[0, 0, 4] = 1  # class 1 and class 2 wrong on slice 4
-    assert residual_strokes(got, ref, [1, 2]) == 3
+    assert residual_strokes(got, ref, [1, 2], tolerance=0) == 3
+    # within a voxel of the outline: class 1's corner on slice 1 and class 2's one voxel are
+    # boundary disagreement; class 1 where the reference has none of it is not
+    assert residual_strokes(got, ref, [1, 2]) == 1
     with pytest.raises(ValueError, match="shape"):
         residual_strokes(got[:, :, :4], ref, [1])
+    with pytest.raises(ValueError, match="tolerance"):
+        residual_strokes(got, ref, [1], tolerance=-1)
+
+
+def test_residual_strokes_leave_boundary_disagreement_and_count_real_errors() -> None:
+    from segloop.loop.annotator import residual_strokes
+
+    ref = np.zeros((20, 20, 4), np.uint8)
+    ref[5:15, 5:15, :] = 1
+    got = ref.copy()
+    got[4, 5:15, 0] = 1  # slice 0: the outline one voxel too far out: tolerated
+    got[5:15, 5, 1] = 0  # slice 1: one voxel too far in: tolerated
+    got[8:11, 8:11, 2] = 0  # slice 2: a hole in the middle, 3 voxels from the outline: a stroke
+    got[17:19, 17:19, 3] = 1  # slice 3: a lump 2 voxels outside the outline: a stroke
+    assert residual_strokes(got, ref, [1]) == 2
+    assert residual_strokes(got, ref, [1], tolerance=0) == 4
+    assert residual_strokes(got, ref, [1], tolerance=4) == 1  # the lump is within 4 voxels, the hole reaches 5 in

@@ -120,6 +120,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         dataset=str(args.dataset), out=str(args.out), strategy=args.strategy, compare=compare, initial=args.initial,
         clicks=args.clicks, seed=args.seed, test_fraction=args.test_fraction, fine_tune=args.fine_tune, train=train,
         satisfied_dice=None if args.satisfied_dice <= 0 else args.satisfied_dice, finish=args.finish,
+        stroke_tolerance=args.stroke_tolerance,
         diversity=args.diversity,
         max_cases=args.max_cases, device=args.device, noc_images=args.noc_images, noc_clicks=args.noc_clicks,
         estimate=not args.no_estimate, max_minutes=args.max_minutes, **preset,
@@ -223,6 +224,9 @@ def register(subparsers: Any) -> None:
                    help="what the virtual user saves: brush = after its clicks it brushes the remaining errors away "
                         "(the reference is saved; the strokes count as effort), clicks = the clicked result as it is "
                         "(default brush)")
+    p.add_argument("--stroke-tolerance", type=int, default=1, metavar="V",
+                   help="voxels of in-plane boundary disagreement the brushing virtual user leaves as it is: errors "
+                        "farther from the reference's outline cost a stroke (0: every wrong voxel; default 1)")
     p.add_argument("--diversity", type=float, default=0.0, help="near-duplicate penalty weight in a batch (0: off)")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick checks)")
     p.add_argument("--diagnose", default=None, metavar="S,S,...",

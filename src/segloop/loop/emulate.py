@@ -117,7 +117,7 @@ class Emulation:
         self._session: dict[str, Any] | None = None
         self._session_cpu: CpuSnapshot | None = None
         self._earlier_sessions: list[dict[str, Any]] = []
-        self.effort = EffortModel()
+        self.effort = EffortModel(stroke_tolerance_voxels=self.config.stroke_tolerance)
         from segloop.loop.emulation_cost import configured
 
         self.measure = configured(self.plan)  # fitted to the cost in `cost_estimate`
@@ -270,7 +270,8 @@ class Emulation:
         write_json(folder / "rounds.json", rounds)
         self.write_outputs()
         strategy = arm_strategy(arm, seed=cfg.seed)  # a strategy name or a named variant (e.g. tta-dice)
-        user = VirtualAnnotator(self.reference, cfg.clicks, cfg.satisfied_dice, seed=cfg.seed, finish=cfg.finish)
+        user = VirtualAnnotator(self.reference, cfg.clicks, cfg.satisfied_dice, seed=cfg.seed, finish=cfg.finish,
+                                stroke_tolerance=cfg.stroke_tolerance)
         names = self.plan.class_names
         for rnd in range(len(rounds), self.plan.rounds + 1):
             t0 = time.monotonic()

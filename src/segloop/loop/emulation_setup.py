@@ -89,6 +89,7 @@ class EmulationConfig:
     train: dict[str, Any] = field(default_factory=dict)
     satisfied_dice: float | None = 0.95
     finish: str = "brush"  # brush: residual errors brushed away (saved = reference); clicks: the clicked result is saved
+    stroke_tolerance: int = 1  # voxels of boundary disagreement the brushing user leaves (effort model)
     diversity: float = 0.0
     max_cases: int | None = None  # use only the first N cases (sorted by name) for quick checks
     device: str | None = None
@@ -271,6 +272,8 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
             raise EmulationError(f"{name} must be an integer >= {low}, got {value!r}")
     if config.finish not in FINISH_MODES:
         raise EmulationError(f"--finish must be one of {', '.join(FINISH_MODES)}, got {config.finish!r}")
+    if config.stroke_tolerance < 0:
+        raise EmulationError(f"--stroke-tolerance must be >= 0 voxels, got {config.stroke_tolerance}")
     if not 0 < config.target_fraction <= 1:
         raise EmulationError(f"--target-fraction must be in (0, 1], got {config.target_fraction}")
     try:
