@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from segloop.imaging import read_dicom_series
 from segloop.imaging.volume import middle_slice
-from segloop.server import ServerSettings, create_app
+from segloop.server import create_app
 from segloop.store.dicomweb import DicomWebSource
 from segloop.store.dicomweb_preview import SAMPLED_ABOVE
 from segloop.store.dicomweb_store import DicomWebDatastore, series_image_id
@@ -47,8 +47,7 @@ def test_the_preview_is_a_middle_slice_of_the_series_without_fetching_it(
 ) -> None:
     whole = read_dicom_series(dicom_sets[key])
     image_id = series_image_id(uploaded[key][1])
-    settings = ServerSettings(data=tmp_path / "data", job_mode="thread", dicomweb_url=orthanc.dicomweb_url,
-                              dicomweb_auth=orthanc.auth)
+    settings = orthanc.segloop_settings(tmp_path / "data")
     app = create_app(settings)
     with TestClient(app) as client:
         store = app.state.segloop.store
@@ -103,13 +102,7 @@ def test_a_long_series_stored_in_stack_order_previews_its_exact_middle(
 def test_a_preview_of_what_is_not_an_image_series_is_refused(
     orthanc: OrthancServer, tmp_path: Path, uploaded: dict[str, tuple[str, str]]
 ) -> None:
-    store = DicomWebDatastore.open(tmp_path / "data", orthanc.dicomweb_url, auth=orthanc.auth)
-    app = create_app(ServerSettings(data=tmp_path / "data2", job_mode="thread", dicomweb_url=orthanc.dicomweb_url,
-                                    dicomweb_auth=orthanc.auth))
-    try:
-        with TestClient(app) as client:
-            seg = series_image_id(uploaded["liver"][1])  # a SEG series: not listed as an image
-            assert client.get(f"/api/v1/images/{seg}/preview").status_code == 404
-            assert client.get("/api/v1/images/dw-0000000000000000/preview").status_code == 404
-    finally:
-        store.close()
+    with TestClient(create_app(orthanc.segloop_settings(tmp_path / "data"))) as client:
+        seg = series_image_id(uploaded["liver"][1])  # a SEG series: not listed as an image
+        assert client.get(f"/api/v1/images/{seg}/preview").status_code == 404
+        assert client.get("/api/v1/images/dw-0000000000000000/preview").status_code == 404
