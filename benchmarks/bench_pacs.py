@@ -38,15 +38,11 @@ import argparse
 import copy
 import gzip
 import io
-import json
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,9 +56,11 @@ from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tests.pacs.orthanc import OrthancServer  # noqa: E402
 
+from benchlib import base_result, med, timed, write_json  # noqa: E402
 from segloop.imaging.dicom import read_dicom_series  # noqa: E402
 from segloop.imaging.volume import middle_slice  # noqa: E402
 from segloop.server import ServerSettings, create_app  # noqa: E402
@@ -104,16 +102,6 @@ def synthetic_series(n: int) -> list[pydicom.Dataset]:
     return out
 
 
-def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
-    t = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return time.perf_counter() - t, value
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def multipart(parts: list[bytes]) -> tuple[bytes, str]:
     boundary = f"segloop-{generate_uid()[-12:]}"
     buf = io.BytesIO()
@@ -149,8 +137,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-pacs-"))
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "loadavg_at_start": list(os.getloadavg()),
+        **base_result(started=False),
         "slices": args.slices,
         "repeat": args.repeat,
     }
@@ -330,10 +317,7 @@ def main() -> int:
     for key, text in names.items():
         if key in results["cold_breakdown_seconds"]:
             print(f"  {text:52s} {results['cold_breakdown_seconds'][key]['median']:8.3f}s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+    write_json(results, args.out)
     return 0
 
 
