@@ -39,9 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -55,8 +53,9 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import BIG_SHAPE, ROOT, build_data, free_port, others_busy, our_pids, pct, train_first  # noqa: E402
+from bench_server import BIG_SHAPE, ROOT, build_data, others_busy, our_pids, train_first  # noqa: E402
 from bench_server import cpu_times as all_cpu_times  # noqa: E402
+from benchlib import base_result, free_port, pct, write_json  # noqa: E402
 
 # key -> (description, extra serve flags, extra environment). GOMP_SPINCOUNT=300000 is libgomp's
 # own default (spin ~3 ms before sleeping): set, it keeps `segloop serve` from choosing the passive
@@ -206,9 +205,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-click-priority-"))
     big_id = "big_256x256x128"
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_at_start": os.getloadavg(),
+        **base_result(),
         "volume_shape": list(BIG_SHAPE),
         "competitors": args.competitors,
     }
@@ -280,19 +277,16 @@ def main() -> int:
     for name, t in results["clicks"].items():
         print(f"{name + ': ' + t['description']:<34}{t['http']['p50_ms']:>6.0f}ms{t['http']['p95_ms']:>6.0f}ms{t['http_min_ms']:>6.0f}ms"
               f"{t['click_compute']['p50_ms']:>7.0f}ms{t['server_cpu_per_click_p50_ms']:>8.0f}ms  {t['thread_nices']}")
-    resp = results.get("responsiveness_during_clicks")
-    if resp:
+    during = results.get("responsiveness_during_clicks")
+    if during:
         print("\nduring back-to-back clicks:")
         print(f"{'configuration':<34}{'list p50':>9}{'p95':>8}{'volume p50':>11}{'p95':>8}{'clicks':>7}")
-        for name, r in resp.items():
-            print(f"{name + ': ' + configs[name][0]:<34}{r['list']['p50_ms']:>7.1f}ms{r['list']['p95_ms']:>6.1f}ms{r['volume']['p50_ms']:>9.1f}ms"
-                  f"{r['volume']['p95_ms']:>6.1f}ms{r['clicks_meanwhile']:>7}")
+        for name, row in during.items():
+            print(f"{name + ': ' + configs[name][0]:<34}{row['list']['p50_ms']:>7.1f}ms{row['list']['p95_ms']:>6.1f}ms{row['volume']['p50_ms']:>9.1f}ms"
+                  f"{row['volume']['p95_ms']:>6.1f}ms{row['clicks_meanwhile']:>7}")
     for b in results["others_busy_during_clicks"]:
         print(f"  not ours, busy during the clicks: {b['cpu_share']:.2f} core  {b['cmd'][:80]}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+    write_json(results, args.out)
     return 0
 
 

@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tests.scaleout._ray_cluster import RayCluster  # noqa: E402
+from benchlib import loadavg, log, machine, ratio, ray_cluster, write_result  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 
@@ -103,7 +101,7 @@ def one_run(runner: Any, config: dict[str, Any], workers: int, seed: int) -> dic
         "seconds_per_step": round(loop / max(1, int(m["steps"])), 3),
         "wall_seconds": round(wall, 1),
         "distributed": _distributed(m.get("distributed")),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "loadavg_1m": loadavg()[0],
     }
 
 
@@ -133,14 +131,8 @@ def main() -> int:
     temp = Path(tempfile.mkdtemp(prefix="sgbddp-", dir="/tmp"))
     folder = temp / "data"
     fill_store(folder, args.cases).close()
-    cluster = RayCluster(temp / "ray", cpus=1)
-    cluster.temp.mkdir()
-    os.environ.update(cluster.env())
     runs: list[dict[str, Any]] = []
-    try:
-        t = time.perf_counter()
-        cluster.start(workers=1)
-        print(f"Ray cluster (head + 1 worker node, 1 CPU each) up in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    with ray_cluster(temp) as cluster:
         runner = JobRunner(folder, mode=cluster.address, max_running=1, child_threads=1, poll_interval=0.2)
         runner.start()
         try:
@@ -148,12 +140,9 @@ def main() -> int:
                 for workers in ((1, 2) if seed % 2 == 0 else (2, 1)):  # alternate which goes first
                     run = one_run(runner, config, workers, seed)
                     runs.append(run)
-                    print(json.dumps(run), file=sys.stderr)
+                    log(json.dumps(run))
         finally:
             runner.stop(timeout=30)
-    finally:
-        cluster.stop()
-        subprocess.run(["rm", "-rf", str(temp)], check=False, timeout=120)
 
     def of(workers: int, key: str) -> list[float]:
         return [float(r[key]) for r in sorted(runs, key=lambda r: r["seed"]) if r["workers"] == workers]
@@ -162,9 +151,9 @@ def main() -> int:
     diffs = [b - a for a, b in zip(d1, d2, strict=True)]
     spread = statistics.stdev(d1) if len(d1) > 1 else None
     s1, s2 = of(1, "seconds_per_step"), of(2, "seconds_per_step")
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "bench_ddp: validation Dice and time per step, 1 vs 2 Ray workers (DDP), same step budget",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "config": {**config, "cases": args.cases, "steps": epochs * steps_per_epoch, "seeds": args.seeds,
                    "data": "Task04_Hippocampus subset", "threads_per_rank": 1,
                    "nodes": "head + 1 worker, 1 CPU each, loopback, Ray Client"},
@@ -174,7 +163,7 @@ def main() -> int:
                           "mean_difference": round(statistics.mean(diffs), 4),
                           "seed_spread_1_worker_sd": round(spread, 4) if spread is not None else None},
         "seconds_per_step": {"1_worker": round(statistics.median(s1), 3), "2_workers": round(statistics.median(s2), 3),
-                             "speedup_2_vs_1": round(statistics.median(s1) / statistics.median(s2), 2)},
+                             "speedup_2_vs_1": ratio(statistics.median(s1), statistics.median(s2))},
     }
     print(f"\n{'seed':>4} {'workers':>7} {'val Dice':>9} {'s/step':>7} {'wall s':>7} {'load':>5}")
     for r in sorted(runs, key=lambda r: (r["seed"], r["workers"])):
@@ -183,11 +172,7 @@ def main() -> int:
     print(f"mean paired difference (2 - 1 workers): {result['val_mean_dice']['mean_difference']:+.4f}; "
           f"1-worker seed spread (sd): {result['val_mean_dice']['seed_spread_1_worker_sd']}; "
           f"speed-up per step: {result['seconds_per_step']['speedup_2_vs_1']}x\n")
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
     return 0
 
 

@@ -39,6 +39,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import write_json  # noqa: E402
+
 BUDGET_MINUTES = 90.0
 
 
@@ -154,7 +157,7 @@ def main() -> None:
     shape = tuple(int(s) for s in a.shape.split(","))
     assert len(shape) == 3
     t0 = time.perf_counter()
-    data = make_dataset(a.work / "data", a.cases, shape, a.seed)  # type: ignore[arg-type]
+    data = make_dataset(a.work / "data", a.cases, shape, a.seed)
     print(f"dataset ready in {time.perf_counter() - t0:.0f} s: {data}", flush=True)
     if a.make_only:
         return
@@ -185,8 +188,7 @@ def main() -> None:
         "rounds": rows,
         "log_tail": log.read_text().splitlines()[-60:],
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1))
+    write_json(result, a.out, indent=1, announce="")  # said in the last line
     print(f"\n{'arm':<10} {'round':>5} {'labelled':>8} {'test dice':>9}")
     for r in rows:
         print(f"{r.get('arm', ''):<10} {r.get('round', ''):>5} {r.get('labelled', ''):>8} {r.get('dice', ''):>9}")

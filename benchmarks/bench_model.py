@@ -35,7 +35,6 @@ validation every 2 epochs on 10% of the training set, stopped by the wall budget
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -58,6 +57,9 @@ from segloop.ml.prompt_eval import evaluate_prompts
 from segloop.ml.training import TrainConfig, TrainProgress, train
 from segloop.store.local import open_datastore
 from segloop.store.records import LabelClass, LabelSchema
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import write_json  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "Task04_Hippocampus"
 CLASSES = {1: "Anterior", 2: "Posterior"}
@@ -260,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__, "python": platform.python_version()},
         "quick": args.quick,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+    write_json(result, args.out, default=str, announce="")  # said after the table
 
     rows = [
         ("training (CPU, wall)", f"{train_s / 60:.1f} min, {version.metrics['steps']} steps", ""),

@@ -34,10 +34,7 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,90 +44,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-HIPPO = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_server import HIPPO, ROOT, ServerProc, build_data  # noqa: E402
+from benchlib import write_json  # noqa: E402
+
 SHAPES = {"96x96x64": (96, 96, 64), "256x256x128": (256, 256, 128)}
 MODEL = "bench"
 TRAIN = {"epochs": 2, "batch_size": 2, "patch_size": [32, 32, 32], "val_split": 0.34,
          "network": {"channels": [8, 16, 32], "num_res_units": 1}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
-    """Real hippocampus crops (32^3) tiled to ``shape`` (1 mm, RAS)."""
-    from segloop.imaging.nifti import read_nifti, write_nifti
-    from segloop.imaging.volume import Volume
-
-    crops = []
-    for f in sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:16]:
-        a = read_nifti(f).array.astype(np.float32)
-        a = a / max(1e-6, float(np.percentile(a, 99.5)))
-        pad = [(0, max(0, 32 - s)) for s in a.shape]
-        crops.append(np.pad(a, pad)[:32, :32, :32])
-    big = np.zeros(shape, dtype=np.float32)
-    n = 0
-    for i in range(0, shape[0], 32):
-        for j in range(0, shape[1], 32):
-            for k in range(0, shape[2], 32):
-                big[i : i + 32, j : j + 32, k : k + 32] = crops[n % len(crops)]
-                n += 1
-    write_nifti(Volume(big * 1000.0, np.eye(4)), path)
-
-
-def build_data(work: Path) -> Path:
-    from segloop.store.ingest import import_paths
-    from segloop.store.local import open_datastore
-
-    src = work / "src"
-    (src / "images").mkdir(parents=True)
-    (src / "labels").mkdir(parents=True)
-    for f in sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:6]:
-        shutil.copy(f, src / "images")
-        shutil.copy(HIPPO / "labelsTr" / f.name, src / "labels")
-    shutil.copy(HIPPO / "dataset.json", src / "labels")
-    vols = work / "volumes"
-    vols.mkdir()
-    for name, shape in SHAPES.items():
-        make_volume(vols / f"vol_{name}.nii.gz", shape)
-    data = work / "data"
-    store = open_datastore(data)
-    import_paths(store, [src / "images"], labels_dir=src / "labels", author="reference")
-    import_paths(store, [vols])
-    store.close()
-    return data
-
-
-class ServerProc:
-    def __init__(self, data: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "segloop.cli", "serve", "--data", str(data), "--port", str(self.port),
-             "--log-level", "warning", "--job-threads", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        for _ in range(600):
-            try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def timed(fn: Any) -> float:
@@ -235,8 +156,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-monailabel-"))
     srv = None
     try:
-        data = build_data(work)
-        srv = ServerProc(data, work / "server.log")
+        data = build_data(work, cases=6, volumes={f"vol_{name}": shape for name, shape in SHAPES.items()},
+                          folder="volumes")
+        srv = ServerProc(data, work / "server.log", flags=())
         with httpx.Client(base_url=srv.url, timeout=600) as c:
             job = c.post(f"/api/v1/models/{MODEL}/train", json={"config": TRAIN}).json()
             while c.get(f"/api/v1/jobs/{job['id']}", params={"metrics": False}).json()["state"] in ("queued", "running"):
@@ -270,9 +192,7 @@ def main() -> int:
             print(f"{name:<12} {'1st click':<10} {f['first_click_compat']:>14.1f} "
                   f"{f['session_open_native'] + f['first_click_native']:>14.1f}   (compat: implicit session; "
                   f"native: open {f['session_open_native']:.0f} + click {f['first_click_native']:.0f})")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"\nwrote {args.out}")
+        write_json(report, args.out, announce="\nwrote {}")
         return 0
     finally:
         if srv is not None:

@@ -9,6 +9,10 @@ thickness apart, a smooth int16 phantom as pixels), stored into a fresh Orthanc 
 
 Measured (median of ``--repeat`` runs; cold runs each start from an empty data folder):
 
+* **first image, cold** — ``GET /api/v1/images/{id}/preview`` on a new app (nothing fetched):
+  the middle slice alone (QIDO-RS of the instances, WADO-RS of one), what the web app draws
+  while the series comes; alone, and asked at the same moment as the whole series (as the web
+  app asks), each on its own new app;
 * **first view, cold** — ``GET /api/v1/images/{id}/volume`` on segloop (in-process app, DICOMweb
   datastore): QIDO lookup, WADO-RS of every instance, decoding, registering the series locally
   (volume + headers), then the gzip NIfTI response the viewer loads;
@@ -34,15 +38,12 @@ import argparse
 import copy
 import gzip
 import io
-import json
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,18 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import requests
+from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tests.pacs.orthanc import OrthancServer  # noqa: E402
 
+from benchlib import base_result, med, timed, write_json  # noqa: E402
 from segloop.imaging.dicom import read_dicom_series  # noqa: E402
+from segloop.imaging.volume import middle_slice  # noqa: E402
 from segloop.server import ServerSettings, create_app  # noqa: E402
 from segloop.store.dicomweb import DicomWebSource  # noqa: E402
 from segloop.store.dicomweb_store import DicomWebDatastore, series_image_id  # noqa: E402
@@ -97,16 +102,6 @@ def synthetic_series(n: int) -> list[pydicom.Dataset]:
     return out
 
 
-def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
-    t = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return time.perf_counter() - t, value
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def multipart(parts: list[bytes]) -> tuple[bytes, str]:
     boundary = f"segloop-{generate_uid()[-12:]}"
     buf = io.BytesIO()
@@ -142,8 +137,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-pacs-"))
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "loadavg_at_start": list(os.getloadavg()),
+        **base_result(started=False),
         "slices": args.slices,
         "repeat": args.repeat,
     }
@@ -169,8 +163,10 @@ def main() -> int:
                 d.save_as(local_dir / f"{n:04d}.dcm", enforce_file_format=True)
             reference = read_dicom_series(local_dir)
 
+            middle = middle_slice(reference)
             rows: dict[str, list[float]] = {k: [] for k in (
-                "api_cold", "api_warm", "api_again", "store_cold", "store_warm", "plain_wado")}
+                "api_cold", "api_warm", "api_again", "store_cold", "store_warm", "plain_wado",
+                "api_preview", "api_preview_beside", "api_cold_beside")}
             steps: dict[str, list[float]] = {}
             volume_bytes: dict[str, int] = {}
             wado_bytes = 0
@@ -183,7 +179,7 @@ def main() -> int:
                 # segloop over HTTP (in-process app), a fresh data folder each run
                 settings = ServerSettings(data=work / f"api-{run}", job_mode="thread",
                                           dicomweb_url=orthanc.dicomweb_url, dicomweb_auth=auth)
-                from fastapi.testclient import TestClient
+
 
                 app = create_app(settings)
                 with TestClient(app) as client:
@@ -202,6 +198,34 @@ def main() -> int:
                     fetch.update(app.state.segloop.store.last_fetch.get("seconds", {}))
                     for k, v in fetch.items():
                         steps.setdefault(k, []).append(v)
+                # the first image: the middle slice alone, on a new server (nothing fetched)
+                settings_p = ServerSettings(data=work / f"api-{run}-preview", job_mode="thread",
+                                            dicomweb_url=orthanc.dicomweb_url, dicomweb_auth=auth)
+                with TestClient(create_app(settings_p)) as client:
+                    t, resp = timed(client.get, f"/api/v1/images/{image_id}/preview")
+                    assert resp.status_code == 200, resp.text
+                    same_voxels(resp.content, middle, "first image (middle slice)")
+                    rows["api_preview"].append(t)
+                # what the web app does: the middle slice and the series asked for at once
+                settings_b = ServerSettings(data=work / f"api-{run}-both", job_mode="thread",
+                                            dicomweb_url=orthanc.dicomweb_url, dicomweb_auth=auth)
+                with TestClient(create_app(settings_b)) as client, ThreadPoolExecutor(2) as pool:
+                    t0 = time.perf_counter()
+
+                    def get(path: str, t0: float = t0, client: Any = client) -> tuple[Any, float]:
+                        r = client.get(path)
+                        return r, time.perf_counter() - t0
+
+                    f_volume = pool.submit(get, f"/api/v1/images/{image_id}/volume")
+                    f_preview = pool.submit(get, f"/api/v1/images/{image_id}/preview")
+                    (r_volume, t_volume), (r_preview, t_preview) = f_volume.result(), f_preview.result()
+                    assert r_volume.status_code == 200 and r_preview.status_code == 200
+                    same_voxels(r_preview.content, middle, "first image beside the series")
+                    same_voxels(r_volume.content, reference, "first view beside the middle slice")
+                    rows["api_preview_beside"].append(t_preview)
+                    rows["api_cold_beside"].append(t_volume)
+                    app_b_store = client.app.state.segloop.store  # type: ignore[attr-defined]
+                    app_b_store.settle()
                 # a new server on the same data folder: the series is on local disk, not in memory
                 with TestClient(create_app(settings)) as client:
                     t, resp = timed(client.get, f"/api/v1/images/{image_id}/volume")
@@ -262,7 +286,10 @@ def main() -> int:
           f"medians of {args.repeat} run(s)")
     print(f"{'what':52s} {'segloop':>9s} {'Orthanc to plain HTTP':>22s} {'ratio':>6s}")
     table = [
-        ("first view, cold (GET volume: WADO + decode + store)", s["api_cold"], s["plain_wado"]),
+        ("first image, cold (GET preview: the middle slice)", s["api_preview"], s["plain_wado"]),
+        ("  the same, asked beside the series (as the web app)", s["api_preview_beside"], s["plain_wado"]),
+        ("whole series, cold (GET volume: WADO + decode + store)", s["api_cold"], s["plain_wado"]),
+        ("  the same, asked beside the middle slice", s["api_cold_beside"], s["plain_wado"]),
         ("first view, warm (new server, series on local disk)", s["api_warm"], s["plain_wado"]),
         ("same view again in the same server", s["api_again"], s["plain_wado"]),
         ("datastore load_image, cold", s["store_cold"], s["plain_wado"]),
@@ -290,10 +317,7 @@ def main() -> int:
     for key, text in names.items():
         if key in results["cold_breakdown_seconds"]:
             print(f"  {text:52s} {results['cold_breakdown_seconds'][key]['median']:8.3f}s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+    write_json(results, args.out)
     return 0
 
 

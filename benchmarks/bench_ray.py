@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,9 +41,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tests.scaleout._ray_cluster import RayCluster  # noqa: E402
 from tests.unit.al_synthetic import make_store, synthetic_case, tiny_train_config  # noqa: E402
+
+from benchlib import loadavg, log, machine, ratio, ray_cluster, write_result  # noqa: E402
 
 
 def task_start(runner: Any, job_id: str) -> tuple[str | None, datetime | None]:
@@ -85,7 +84,7 @@ def one_run(runner: Any, pool: list[str], workers: int, seed: int, passes: int) 
         "seconds_to_task_start": to_start,
         "scoring_seconds_per_job": [round(s, 2) for s in inside],
         "nodes": sorted({n or "?" for n, _ in starts}),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "loadavg_1m": loadavg()[0],
     }
 
 
@@ -115,17 +114,10 @@ def main() -> int:
         pool.append(store.add_image(Volume(image * 100.0, np.eye(4)), f"pool{n:02d}", "bench").id)
     t = time.perf_counter()
     train(store, "seg", tiny_train_config(epochs=1, steps_per_epoch=2), device="cpu")
-    print(f"model trained in {time.perf_counter() - t:.1f}s; pool {args.pool} x {args.shape}", file=sys.stderr)
+    log(f"model trained in {time.perf_counter() - t:.1f}s; pool {args.pool} x {args.shape}")
 
-    cluster = RayCluster(temp / "ray", cpus=1)
-    cluster.temp.mkdir()
-    os.environ.update(cluster.env())
     runs: list[dict[str, Any]] = []
-    try:
-        t = time.perf_counter()
-        cluster.start(workers=1)
-        print(f"Ray cluster (head + 1 worker node, 1 CPU each) up in {time.perf_counter() - t:.1f}s",
-              file=sys.stderr)
+    with ray_cluster(temp) as cluster:
         runner = JobRunner(folder, mode=cluster.address, max_running=4, child_threads=1, poll_interval=0.1)
         runner.start()
         try:
@@ -137,29 +129,23 @@ def main() -> int:
                     seed += 1
                     run = one_run(runner, pool, workers, seed, args.passes)
                     runs.append(run)
-                    print(json.dumps(run), file=sys.stderr)
+                    log(json.dumps(run))
         finally:
             runner.stop(timeout=20)
-    finally:
-        cluster.stop()
-        subprocess.run(["rm", "-rf", str(temp)], check=False, timeout=120)
 
     def median_rate(workers: int) -> float:
         return statistics.median(r["images_per_minute"] for r in runs if r["workers"] == workers)
 
     result = {
         "benchmark": "bench_ray: images scored per minute, 1 vs 2 Ray workers",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "config": {"pool": args.pool, "shape": args.shape, "strategy": "mc-dropout", "passes": args.passes,
                    "repeats": args.repeats, "nodes": "head + 1 worker, 1 CPU each, loopback, Ray Client"},
         "runs": runs,
         "images_per_minute": {"1_worker": round(median_rate(1), 2), "2_workers": round(median_rate(2), 2)},
-        "ratio_2_vs_1": round(median_rate(2) / median_rate(1), 2),
+        "ratio_2_vs_1": ratio(median_rate(2), median_rate(1)),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
     return 0
 
 

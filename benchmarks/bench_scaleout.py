@@ -31,9 +31,7 @@ import gzip
 import hashlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tests.integration._harness import TINY_TRAIN, Server  # noqa: E402
 from tests.scaleout._cluster import (  # noqa: E402
@@ -58,11 +57,21 @@ from tests.scaleout._cluster import (  # noqa: E402
     save_label,
 )
 
+from benchlib import (  # noqa: E402
+    add_db_argument,
+    loadavg,
+    log,
+    machine,
+    pct,
+    ratio,
+    start_postgres,
+    stop_postgres,
+    timed_ms,
+    utc_now,
+    write_result,
+)
+
 TRAIN = {**TINY_TRAIN, "epochs": 10_000}  # runs until cancelled at the end of the loaded phase
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def voxels_digest(body: bytes) -> str:
@@ -166,17 +175,13 @@ def latency(client: httpx.Client, image_id: str, seconds: float, min_n: int) -> 
     fetches: list[float] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end or len(lists) < min_n:
-        t0 = time.perf_counter()
-        client.get("/images", params={"limit": 50}).raise_for_status()
-        lists.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        client.get(f"/images/{image_id}/volume").raise_for_status()
-        fetches.append((time.perf_counter() - t0) * 1000)
+        lists.append(timed_ms(lambda: client.get("/images", params={"limit": 50}).raise_for_status()))
+        fetches.append(timed_ms(lambda: client.get(f"/images/{image_id}/volume").raise_for_status()))
     return {
         "n": len(lists),
         "list_ms": {"p50": round(pct(lists, 50), 2), "p95": round(pct(lists, 95), 2)},
         "fetch_ms": {"p50": round(pct(fetches, 50), 2), "p95": round(pct(fetches, 95), 2)},
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "loadavg": loadavg(),
     }
 
 
@@ -195,8 +200,7 @@ def wait_running(client: httpx.Client, job_id: str, deadline_s: float = 120) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the JSON result here")
-    ap.add_argument("--db", help="a PostgreSQL URL whose cluster may host a new database (default: a private "
-                                 "cluster started with scripts/postgres.sh)")
+    add_db_argument(ap)
     ap.add_argument("--savers", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each latency phase")
     ap.add_argument("--quick", action="store_true", help="8 savers, 5 s latency phases")
@@ -208,11 +212,7 @@ def main() -> int:
     pg_dir = Path("/tmp") / f"segloop-bench-pg-{os.getpid()}"  # the postgres user must reach it
     servers: list[Server] = []
     try:
-        cluster = args.db or subprocess.run(
-            ["bash", str(ROOT / "scripts" / "postgres.sh"), "start", str(pg_dir)],
-            check=True, capture_output=True, text=True, timeout=120,
-        ).stdout.strip()
-        url = create_database(cluster)
+        url = create_database(start_postgres(args.db, pg_dir))
         data = make_shared_data(work, url)
         common = ["--db", url, "--job-threads", "1", "--inference-threads", "1"]
         # A serves the API only (--jobs 0): the training of phase 3 runs on B
@@ -221,24 +221,24 @@ def main() -> int:
             s.wait_ready()
         result: dict[str, Any] = {
             "benchmark": "scaleout",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "started": utc_now(),
+            "machine": machine(),
             "setup": "two segloop serve processes (A: --jobs 0, B: --jobs 1) on one PostgreSQL database "
                      "(scripts/postgres.sh, same machine) and one data folder; Task04_Hippocampus cases",
-            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "loadavg_at_start": loadavg(),
         }
         with httpx.Client(base_url=servers[0].api, timeout=300) as a, httpx.Client(base_url=servers[1].api,
                                                                                   timeout=300) as b:
             clients = [a, b]
             image = image_of_case(a, "001")
-            print(f"1. {args.savers} savers on one base, split over 2 servers", file=sys.stderr)
+            log(f"1. {args.savers} savers on one base, split over 2 servers")
             result["same_base"] = same_base(clients, image["id"], args.savers, "001")
-            print(json.dumps(result["same_base"]), file=sys.stderr)
-            print(f"2. {args.savers} savers retrying on 409", file=sys.stderr)
+            log(json.dumps(result["same_base"]))
+            log(f"2. {args.savers} savers retrying on 409")
             result["retry_on_409"] = retry_on_409(clients, image["id"], args.savers, "001")
-            print(json.dumps(result["retry_on_409"]), file=sys.stderr)
+            log(json.dumps(result["retry_on_409"]))
 
-            print("3. list/fetch on A: idle, then while B trains", file=sys.stderr)
+            log("3. list/fetch on A: idle, then while B trains")
             probe = image_of_case(a, "003")
             latency(a, probe["id"], 2.0, 10)  # warm-up
             idle = latency(a, probe["id"], args.seconds, 30)
@@ -260,24 +260,19 @@ def main() -> int:
                 "training_state_after": still["state"],
                 "training_epochs_during": (still.get("detail") or {}).get("epoch"),
                 "ratio_p95": {
-                    "list": round(loaded["list_ms"]["p95"] / idle["list_ms"]["p95"], 2),
-                    "fetch": round(loaded["fetch_ms"]["p95"] / idle["fetch_ms"]["p95"], 2),
+                    "list": ratio(loaded["list_ms"]["p95"], idle["list_ms"]["p95"]),
+                    "fetch": ratio(loaded["fetch_ms"]["p95"], idle["fetch_ms"]["p95"]),
                 },
                 "note": "A, B, B's training child and PostgreSQL share this machine's "
                         f"{os.cpu_count()} cores: the ratio bounds what servers on separate machines would see",
             }
-            print(json.dumps(result["latency_on_a"]), file=sys.stderr)
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text + "\n")
+            log(json.dumps(result["latency_on_a"]))
+        write_result(result, args.out)
         return 0
     finally:
         for s in servers:
             s.stop()
-        if not args.db:
-            subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(pg_dir)], timeout=60, check=False)
+        stop_postgres(args.db, pg_dir)
         shutil.rmtree(work, ignore_errors=True)
 
 

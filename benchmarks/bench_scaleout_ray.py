@@ -36,8 +36,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import os
 import re
 import shutil
@@ -50,8 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nibabel as nib
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,15 +57,24 @@ from tests.integration._harness import TINY_TRAIN, Server, wait_job  # noqa: E40
 from tests.scaleout._cluster import create_database, image_of_case, label_bytes, make_shared_data, save_label  # noqa: E402
 from tests.scaleout._ray_cluster import RayCluster  # noqa: E402
 
-from benchlib import loadavg, log, machine, ratio, summary_ms, timed_ms, utc_now, write_result  # noqa: E402
+from bench_scaleout import voxels_digest  # noqa: E402
+from benchlib import (  # noqa: E402
+    add_db_argument,
+    loadavg,
+    log,
+    machine,
+    ratio,
+    start_postgres,
+    start_ray,
+    stop_postgres,
+    summary_ms,
+    timed_ms,
+    utc_now,
+    write_result,
+)
 
 MODEL = "bench"
 LONG_TRAIN = {**TINY_TRAIN, "epochs": 10_000}  # lasts the busy window; ended by the kill
-
-
-def voxels_digest(body: bytes) -> str:
-    img = nib.Nifti1Image.from_bytes(gzip.decompress(body))
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(img.dataobj).astype(np.uint8)).tobytes()).hexdigest()
 
 
 def label_snapshot(client: httpx.Client) -> dict[str, list[tuple[int, int | None, str]]]:
@@ -130,8 +135,7 @@ def model_files(data: Path) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the JSON result here")
-    ap.add_argument("--db", help="a PostgreSQL URL whose cluster may host a new database (default: a private "
-                                 "cluster started with scripts/postgres.sh)")
+    add_db_argument(ap)
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each latency phase (default 20)")
     ap.add_argument("--quick", action="store_true", help="5 s latency phases")
     args = ap.parse_args()
@@ -144,15 +148,9 @@ def main() -> int:
     os.environ.update(cluster.env())  # the servers started below are Ray drivers
     servers: list[Server] = []
     try:
-        pg = args.db or subprocess.run(
-            ["bash", str(ROOT / "scripts" / "postgres.sh"), "start", str(pg_dir)],
-            check=True, capture_output=True, text=True, timeout=120,
-        ).stdout.strip()
-        url = create_database(pg)
+        url = create_database(start_postgres(args.db, pg_dir))
         data = make_shared_data(work, url)
-        t = time.perf_counter()
-        cluster.start(workers=1)
-        log(f"Ray cluster (head + 1 worker node, 1 CPU each) up in {time.perf_counter() - t:.1f}s")
+        start_ray(cluster)
         common = ["--db", url, "--job-threads", "1", "--inference-threads", "1"]
         servers = [Server(data, *common, "--jobs", "0"), Server(data, *common, "--jobs", cluster.address)]
         for s in servers:
@@ -272,8 +270,7 @@ def main() -> int:
         for s in servers:
             s.stop()
         cluster.stop()
-        if not args.db:
-            subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(pg_dir)], timeout=60, check=False)
+        stop_postgres(args.db, pg_dir)
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["rm", "-rf", str(cluster.temp)], check=False, timeout=120)
 

@@ -40,16 +40,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,10 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from benchlib import base_result, free_port, pct, write_json  # noqa: E402
+
 HIPPO = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 BIG_SHAPE = (256, 256, 128)
 TRAIN = {
@@ -69,56 +72,50 @@ TRAIN = {
 }
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_big_volume(path: Path) -> None:
-    """Real hippocampus crops tiled into a 256x256x128 float32 volume (1 mm, RAS)."""
+def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
+    """Real hippocampus crops (32^3) tiled into a float32 volume of ``shape`` (1 mm, RAS)."""
     from segloop.imaging.nifti import read_nifti, write_nifti
     from segloop.imaging.volume import Volume
 
-    files = sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:16]
     crops = []
-    for f in files:
+    for f in sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:16]:
         a = read_nifti(f).array.astype(np.float32)
         a = a / max(1e-6, float(np.percentile(a, 99.5)))
-        crops.append(np.pad(a, [(0, max(0, 32 - a.shape[0])), (0, max(0, 32 - a.shape[1])), (0, max(0, 32 - a.shape[2]))])[:32, :32, :32])
-    big = np.zeros(BIG_SHAPE, dtype=np.float32)
+        pad = [(0, max(0, 32 - s)) for s in a.shape]
+        crops.append(np.pad(a, pad)[:32, :32, :32])
+    big = np.zeros(shape, dtype=np.float32)
     n = 0
-    for i in range(0, BIG_SHAPE[0], 32):
-        for j in range(0, BIG_SHAPE[1], 32):
-            for k in range(0, BIG_SHAPE[2], 32):
+    for i in range(0, shape[0], 32):
+        for j in range(0, shape[1], 32):
+            for k in range(0, shape[2], 32):
                 big[i : i + 32, j : j + 32, k : k + 32] = crops[n % len(crops)]
                 n += 1
     write_nifti(Volume(big * 1000.0, np.eye(4)), path)
 
 
-def build_data(work: Path) -> Path:
+def build_data(work: Path, cases: int = 8, volumes: dict[str, tuple[int, int, int]] | None = None,
+               folder: str = "big") -> Path:
+    """A data folder of the first ``cases`` hippocampus cases with their reference labels, and the
+    tiled ``volumes`` ({image name: shape}; default the 256x256x128 ``big_256x256x128``), made in
+    ``work/folder`` and imported from there."""
     from segloop.store.ingest import import_paths
     from segloop.store.local import open_datastore
 
     src = work / "src"
     (src / "images").mkdir(parents=True)
     (src / "labels").mkdir(parents=True)
-    cases = sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:8]
-    for f in cases:
+    for f in sorted((HIPPO / "imagesTr").glob("*.nii.gz"))[:cases]:
         shutil.copy(f, src / "images")
         shutil.copy(HIPPO / "labelsTr" / f.name, src / "labels")
     shutil.copy(HIPPO / "dataset.json", src / "labels")
-    big = work / "big" / "big_256x256x128.nii.gz"
-    big.parent.mkdir()
-    make_big_volume(big)
+    vols = work / folder
+    vols.mkdir()
+    for name, shape in (volumes or {"big_256x256x128": BIG_SHAPE}).items():
+        make_volume(vols / f"{name}.nii.gz", shape)
     data = work / "data"
     store = open_datastore(data)
     import_paths(store, [src / "images"], labels_dir=src / "labels", author="reference")
-    import_paths(store, [big])
+    import_paths(store, [vols])
     store.close()
     return data
 
@@ -135,13 +132,18 @@ def train_first(data: Path) -> None:
 
 
 class ServerProc:
-    def __init__(self, data: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    """A ``segloop serve`` process on a free loopback port (``url``; its API at ``api``), ready when
+    made; ``flags`` are added to its command line."""
+
+    def __init__(self, data: Path, log: Path, env: dict[str, str] | None = None,
+                 flags: tuple[str, ...] = ("--inference-queue", "8")) -> None:
         self.port = free_port()
-        self.api = f"http://127.0.0.1:{self.port}/api/v1"
-        self.log = open(log, "wb")  # noqa: SIM115
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = f"{self.url}/api/v1"
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "segloop.cli", "serve", "--data", str(data), "--port", str(self.port),
-             "--log-level", "warning", "--job-threads", "1", "--inference-queue", "8"],
+             "--log-level", "warning", "--job-threads", "1", *flags],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
         )
         for _ in range(600):
@@ -446,7 +448,7 @@ def click_phase(data: Path, big_id: str, clicks: int) -> dict[str, Any]:
 
                 # the three alternate, the order rotating click by click
                 got: dict[str, Any] = {}
-                calls = [("http", http), ("box", http_box), ("local", in_process)]
+                calls: list[tuple[str, Callable[[], Any]]] = [("http", http), ("box", http_box), ("local", in_process)]
                 for name, fn in calls[n % 3 :] + calls[: n % 3]:
                     got[name] = fn()
                 (dt, ss, dc), (db, sb, cb), (dl, cl) = got["http"], got["box"], got["local"]
@@ -541,9 +543,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_at_start": os.getloadavg(),
+        **base_result(),
         "volume_shape": list(BIG_SHAPE),
         "rounds": args.rounds,
         "interval_s": args.interval,
@@ -612,16 +612,13 @@ def main() -> int:
             print("  compact server timing p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in bx["server_timing_p50_ms"].items()))
         for b in ck["other_processes_busy"]:
             print(f"  not ours, busy during the clicks: {b['cpu_share']:.2f} core  {b['cmd'][:80]}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        out = results
-        if args.only != "all" and args.out.exists():
-            # one part re-measured: the other part's figures stay, with their own date and load
-            out = json.loads(args.out.read_text())
-            part = "latency" if args.only == "latency" else "click"
-            out[part] = {**results[part], "started": results["started"], "loadavg_at_start": results["loadavg_at_start"]}
-        args.out.write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.out}")
+    out = results
+    if args.out and args.only != "all" and args.out.exists():
+        # one part re-measured: the other part's figures stay, with their own date and load
+        out = json.loads(args.out.read_text())
+        part = "latency" if args.only == "latency" else "click"
+        out[part] = {**results[part], "started": results["started"], "loadavg_at_start": results["loadavg_at_start"]}
+    write_json(out, args.out)
     return 0
 
 

@@ -37,9 +37,7 @@ Needs ``scripts/web.sh build`` and ``scripts/web.sh install-browser``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -51,7 +49,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import BIG_SHAPE, ROOT, ServerProc, build_data, pct  # noqa: E402
+from bench_server import BIG_SHAPE, ROOT, ServerProc, build_data  # noqa: E402
+from benchlib import loadavg, machine, pct, write_json  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("SEGLOOP_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -192,14 +191,14 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-web-"))
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "volume_shape": list(BIG_SHAPE),
         "viewport": VIEWPORT,
         "click_pace_ms": args.click_pace_ms,
         "dist": str(dist),
         "note": args.note,
         # other work on the machine slows the software WebGL, the server and the page alike
-        "load_avg_1_5_15_at_start": list(os.getloadavg()),
+        "load_avg_1_5_15_at_start": loadavg(None),
     }
     server: ServerProc | None = None
     old_dist = os.environ.get("SEGLOOP_WEB_DIST")
@@ -261,11 +260,8 @@ def main() -> int:
                 print(row(f"click, {view}: {label}", c[key]))
     if "stroke_push" in results:
         print(row("brush stroke pushed into the session", results["stroke_push"]["push"]))
-    results["load_avg_1_5_15_at_end"] = list(os.getloadavg())
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+    results["load_avg_1_5_15_at_end"] = loadavg(None)
+    write_json(results, args.out)
     return 0
 
 

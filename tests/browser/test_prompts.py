@@ -131,13 +131,25 @@ def test_graph_cut_scribbles_3d_box_and_errors(app: AppPage) -> None:
     _wait_prompts(app, 1)
     after = app.counts()
     assert after != before
-    # graph cut: a foreground and an Alt+drag background stroke, each one step
+    # graph cut: a foreground and an Alt+drag background stroke, each one step, with the
+    # parameters of the option row (shown for graph cut only; a value out of range is refused here)
     app.key("w")
+    assert app.page.locator("#graphcut-opts").is_hidden()
     app.page.select_option("#scribble-mode", "graphcut")
+    assert app.page.locator("#graphcut-opts").is_visible()
+    app.page.fill("#graphcut-lambda", "-1")
+    _path(app, [(0.47, 0.5), (0.53, 0.5)])
+    app.page.wait_for_function("() => document.querySelector('#notices').innerText.includes('smoothness must be')")
+    assert app.body("prompts") == "1"
+    app.page.fill("#graphcut-lambda", "4")
+    app.page.fill("#graphcut-margin", "12")
+    bodies: list[Any] = []
+    app.page.on("request", lambda r: bodies.append(r.post_data_json) if "/scribbles" in r.url else None)
     fg = app.voxel_at(*app.canvas_point(0.5, 0.5))
     _path(app, [(0.47, 0.5), (0.53, 0.5)])
     _wait_prompts(app, 2)
     assert app.value(fg) == 1
+    assert bodies and bodies[0]["mode"] == "graphcut" and bodies[0]["graphcut"] == {"lambda": 4, "margin_mm": 12}
     after_fg = app.counts()
     bg = app.voxel_at(*app.canvas_point(0.5, 0.2))
     _path(app, [(0.45, 0.2), (0.55, 0.2)], modifier="Alt")

@@ -94,7 +94,14 @@ def test_whole_loop(server: Server, client: httpx.Client, tmp_path: Path) -> Non
 
     vol = client.get(f"/images/{image_id}/volume")
     assert vol.status_code == 200 and vol.headers["content-type"] == "application/gzip"
-    assert nifti_array(vol.content).shape == tuple(uploaded["shape"])
+    whole = nifti_array(vol.content)
+    assert whole.shape == tuple(uploaded["shape"])
+    # the first image a viewer can show: the middle slice, cut from the image
+    preview = client.get(f"/images/{image_id}/preview")
+    assert preview.status_code == 200 and preview.headers["content-type"] == "application/gzip"
+    middle = whole.shape[2] // 2
+    assert np.array_equal(nifti_array(preview.content), whole[:, :, middle:middle + 1])
+    assert client.get("/images/no-such-image/preview").status_code == 404
 
     # --- train, following the live events over WebSocket --------------------------------------
     # several workers need jobs on Ray: a local-jobs server refuses at once, before any job

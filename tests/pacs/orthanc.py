@@ -21,6 +21,8 @@ from pathlib import Path
 
 import requests
 
+from segloop.server.settings import ServerSettings
+
 DICOMWEB_PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
 USER = "segloop-test"
 
@@ -68,6 +70,11 @@ class OrthancServer:
     @property
     def auth(self) -> tuple[str, str]:
         return (self.user, self.password)
+
+    def segloop_settings(self, data: Path) -> ServerSettings:
+        """A segloop server on the data folder ``data`` whose images come from this Orthanc
+        (jobs in threads: the in-process test apps)."""
+        return ServerSettings(data=data, job_mode="thread", dicomweb_url=self.dicomweb_url, dicomweb_auth=self.auth)
 
     def _config(self, plugin: Path) -> dict[str, object]:
         return {

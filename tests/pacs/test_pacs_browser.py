@@ -128,3 +128,35 @@ def test_send_a_final_label_to_the_pacs_from_the_browser(
     assert str(seg.Modality) == "SEG"
     assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == series
     assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == ["Hippocampus"]
+
+
+def test_a_pacs_series_shows_its_middle_slice_before_the_series_is_here(
+    pacs_app: AppPage, pacs_series: tuple[str, str]
+) -> None:
+    """Opening a series never fetched: the page asks for its middle slice (two small requests to
+    the PACS) beside the whole series, and draws it while the series is still on its way. The
+    series' answer is held back here until the slice is on screen, so the order is not luck."""
+    app, (_, series) = pacs_app, pacs_series
+    image_id = series_image_id(series)
+    page = app.page
+    held: list[Any] = []
+    page.route(f"**/api/v1/images/{image_id}/volume", lambda route: held.append(route))
+    page.goto(f"{app.base}/?image={image_id}")
+    page.wait_for_function("() => { const p = document.querySelector('#preview'); return !!p && !p.hidden; }",
+                           timeout=60_000)
+    assert held and not app.body("imageId")  # the whole series has not been answered yet
+    bright = page.evaluate("""() => {
+        const c = document.querySelector('#preview');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] > 60) n++;
+        return n; }""")
+    assert bright > 2000, f"the middle slice was not drawn ({bright} bright pixels)"
+    app.shot("05-middle-slice-while-the-series-comes")
+    held[0].continue_()
+    page.unroute(f"**/api/v1/images/{image_id}/volume")
+    page.wait_for_function("id => document.body.dataset.imageId === id", arg=image_id, timeout=60_000)
+    assert page.locator("#preview").is_hidden()
+    stats = page.evaluate("() => window.segloop.stats")
+    assert stats["previewMs"] is not None and 0 < stats["previewMs"] <= stats["openMs"]
+    app.shot("06-the-series-shown")

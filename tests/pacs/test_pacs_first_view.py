@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from segloop.imaging import read_dicom_series
-from segloop.server import ServerSettings, create_app
+from segloop.server import create_app
 from segloop.store.dicomweb_store import DicomWebDatastore, series_image_id
 from segloop.store.ingest import HEADERS_KIND, import_paths
 from segloop.store.local import open_datastore
@@ -40,8 +40,7 @@ def test_first_view_voxels_are_those_of_a_local_import(
     reference = local.load_image(imported.record.id)
     assert np.array_equal(reference.array, read_dicom_series(dicom_sets[key]).array)
     image_id = series_image_id(uploaded[key][1])
-    settings = ServerSettings(data=tmp_path / "data", job_mode="thread", dicomweb_url=orthanc.dicomweb_url,
-                              dicomweb_auth=orthanc.auth)
+    settings = orthanc.segloop_settings(tmp_path / "data")
     app = create_app(settings)
     with TestClient(app) as client:
         store = app.state.segloop.store

@@ -37,7 +37,19 @@ export async function openImage(id: string, force = false): Promise<void> {
     // the record, the volume and the latest label at once: the first slices come with their label
     const recP = api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`);
     const labelP = recP.then((r) => (r.latest_revision ? fetchLabel(r.id, r.latest_revision) : null));
-    const [listed, vol, mask] = await Promise.all([recP, api.binary("GET", `/images/${encodeURIComponent(id)}/volume`), labelP]);
+    let volumeIn = false;
+    const volP = api.binary("GET", `/images/${encodeURIComponent(id)}/volume`).finally(() => { volumeIn = true; });
+    // a PACS series not fetched yet: its middle slice (two small requests) is shown while the series comes
+    let slicePreviewAt: number | null = null;
+    void recP.then(async (r) => {
+      if (r.metadata?.fetched !== false) return;
+      const p = await api.binary("GET", `/images/${encodeURIComponent(id)}/preview`).catch(() => null);
+      if (!p || volumeIn || mine !== opening) return;
+      const raw = await gunzipIfNeeded(p.data);
+      if (volumeIn || mine !== opening) return;
+      if (await viewer.showSlicePreview(raw, $select("#wl-preset").value)) slicePreviewAt = performance.now();
+    }).catch(() => undefined);
+    const [listed, vol, mask] = await Promise.all([recP, volP, labelP]);
     // a PACS series not fetched yet is described by its listing (no shape or spacing): now it is here
     const rec = listed.metadata?.fetched === false ? await api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`) : listed;
     const raw = await gunzipIfNeeded(vol.data);
@@ -59,7 +71,8 @@ export async function openImage(id: string, force = false): Promise<void> {
       await viewer.presented(); // the first slices, with their label, are on screen
       viewer.hidePreview();
       S.stats.openMs = Math.round(performance.now() - t0);
-      S.stats.previewMs = shown.previewAt === null ? null : Math.round(shown.previewAt - t0);
+      const previewAt = slicePreviewAt ?? shown.previewAt;
+      S.stats.previewMs = previewAt === null ? null : Math.round(previewAt - t0);
       await loadRevisionIntoEditor(rec.latest_revision, mask);
       S.stats.opens++;
       document.body.dataset.imageId = rec.id;

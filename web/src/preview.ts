@@ -2,6 +2,8 @@
 // WebGL) that takes seconds for 256x256x128 voxels and blocks the page, so the middle axial,
 // coronal and sagittal slices are first drawn on a 2-D canvas over the viewer, in the viewer's
 // layout and orientation (neurological: the patient's left on the left; anterior up in axial).
+// A one-slice image (the middle slice of a PACS series, fetched before the whole series) is
+// drawn alone, in its own plane, over the whole canvas.
 
 import type { NiftiHeaderInfo } from "./nifti";
 import type { ViewMode } from "./viewer";
@@ -107,13 +109,18 @@ export function drawPreview(canvas: HTMLCanvasElement, raw: ArrayBuffer, h: Nift
     g.drawImage(bmp, x + (w - t.mmW * f) / 2, y + (hh - t.mmH * f) / 2, t.mmW * f, t.mmH * f);
   };
   const W = canvas.width, H = canvas.height;
-  if (mode === "multi") {
+  const flat = [0, 1, 2].find((k) => d[k] === 1);
+  if (flat !== undefined) {
+    // one slice (a PACS series' middle slice, fetched before the series): its own plane, whole canvas
+    const plane = flat === S.axis ? tiles.axial : flat === A.axis ? tiles.coronal : tiles.sagittal;
+    put(plane(), 0, 0, W, H);
+  } else if (mode === "multi") {
     put(tiles.coronal(), 0, 0, W / 2, H / 2);
     put(tiles.sagittal(), W / 2, 0, W / 2, H / 2);
     put(tiles.axial(), 0, H / 2, W / 2, H / 2);
   } else put(tiles[mode === "render" ? "axial" : mode](), 0, 0, W, H);
   g.fillStyle = "rgba(228, 230, 235, 0.8)";
   g.font = `${Math.round(12 * dpr)}px system-ui, sans-serif`;
-  g.fillText("preparing the 3-D view…", 8 * dpr, H - 8 * dpr);
+  g.fillText(flat !== undefined ? "the middle slice; loading the series…" : "preparing the 3-D view…", 8 * dpr, H - 8 * dpr);
   return true;
 }

@@ -20,8 +20,29 @@ opts.innerHTML = `
     <input id="box-depth" type="number" min="1" max="200" value="5" style="width:4em"> slices</div>
   <div class="row" title="Scribbles: stroke class (Alt+drag: a background stroke) and how the strokes are used">
     Scribble <select id="scribble-class"><option value="fg">class</option><option value="bg">background</option></select>
-    <select id="scribble-mode"><option value="guidance">model guidance</option><option value="graphcut">graph cut</option></select></div>`;
+    <select id="scribble-mode"><option value="guidance">model guidance</option><option value="graphcut">graph cut</option></select></div>
+  <div class="row" id="graphcut-opts" hidden title="Graph cut: how strongly the cut follows smooth, edge-aligned boundaries (smoothness) and how far beyond the strokes it may change the mask (reach)">
+    smoothness <input id="graphcut-lambda" type="number" min="0" max="1000" step="0.5" value="2" style="width:4em">
+    reach <input id="graphcut-margin" type="number" min="0" max="500" step="1" value="15" style="width:4em"> mm</div>`;
 $("#tools").after(opts);
+$select("#scribble-mode").addEventListener("change", () => {
+  ($("#graphcut-opts") as HTMLElement).hidden = $select("#scribble-mode").value !== "graphcut";
+});
+
+/** The graph cut's parameters from the option row (null: a value out of range, said in a notice). */
+function graphcutParams(): { lambda: number; margin_mm: number } | null {
+  const lam = Number($input("#graphcut-lambda").value);
+  const margin = Number($input("#graphcut-margin").value);
+  if (!Number.isFinite(lam) || lam < 0 || lam > 1000) {
+    notify("Graph cut: the smoothness must be a number from 0 to 1000.", "error");
+    return null;
+  }
+  if (!Number.isFinite(margin) || margin < 0 || margin > 500) {
+    notify("Graph cut: the reach must be from 0 to 500 mm.", "error");
+    return null;
+  }
+  return { lambda: lam, margin_mm: margin };
+}
 
 let sent = 0;
 
@@ -148,8 +169,17 @@ registerTool({
     const mode = $select("#scribble-mode").value === "graphcut" ? "graphcut" : "guidance";
     return pathDrag(hit, "stroke", color, (pts, axis) => {
       const what = `${background ? "background" : className(S.classValue)} scribble (${mode === "graphcut" ? "graph cut" : "model guidance"})`;
-      send(what, "/scribbles", { scribbles: [{ class: cls, points: pts, radius: 1 }], mode },
-        { kind: "stroke", pts, axis, color });
+      const body: Record<string, unknown> = { scribbles: [{ class: cls, points: pts, radius: 1 }], mode };
+      if (mode === "graphcut") {
+        const params = graphcutParams();
+        if (!params) {
+          marks.prompt = null;
+          marks.draw();
+          return;
+        }
+        body.graphcut = params;
+      }
+      send(what, "/scribbles", body, { kind: "stroke", pts, axis, color });
     });
   },
 });

@@ -208,6 +208,21 @@ export class Viewer {
     this.lazy3D.input();
   }
 
+  /**
+   * Show a one-slice image (uncompressed NIfTI: a PACS series' middle slice) on the preview
+   * canvas until the whole image is loaded; true once it is on screen (false: not drawable).
+   */
+  async showSlicePreview(raw: ArrayBuffer, preset: string): Promise<boolean> {
+    if (!this.preview) return false;
+    const h = parseHeader(raw);
+    const p = PRESETS[preset];
+    this.preview.hidden = false;
+    const shown = drawPreview(this.preview, raw, h, p && !Number.isNaN(p.center) ? p : null, this.mode);
+    this.preview.hidden = !shown;
+    if (shown) await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+    return shown;
+  }
+
   /** Remove the 2-D preview (once NiiVue's first frame is on screen). */
   hidePreview(): void {
     if (this.preview) this.preview.hidden = true;

@@ -90,3 +90,12 @@ class Volume:
 
     def copy(self) -> Volume:
         return replace(self, array=self.array.copy(), affine=self.affine.copy(), metadata=dict(self.metadata))
+
+
+def middle_slice(volume: Volume) -> Volume:
+    """The slice ``k = Z // 2`` of ``volume`` as a one-slice volume ``(X, Y, 1[, C])`` at its
+    place in the world (the affine moved by ``k`` slices)."""
+    k = volume.shape[2] // 2
+    affine = np.array(volume.affine, dtype=np.float64)
+    affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, float(k)]) + affine[:3, 3]
+    return Volume(np.ascontiguousarray(volume.array[:, :, k:k + 1]), affine, dict(volume.metadata))

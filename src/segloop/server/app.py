@@ -13,6 +13,7 @@ GET     /images?label_state=&offset=&limit=            annotator  paged list; &m
 POST    /images (multipart ``file``, repeatable)       reviewer   streamed upload, validated, all or nothing
 GET     /images/{id}; DELETE /images/{id}              ann/admin  metadata; delete
 GET     /images/{id}/volume                            annotator  gzip NIfTI
+GET     /images/{id}/preview                           annotator  the middle slice, gzip NIfTI (a PACS series: fetched alone)
 GET     /images/{id}/labels                            annotator  revisions
 POST    /images/{id}/labels (multipart)                annotator  new revision; stale base → 409 + current
 GET     /images/{id}/labels/{rev|latest}[/info]        annotator  gzip NIfTI / JSON

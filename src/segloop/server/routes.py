@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from segloop import __version__
 from segloop.imaging.nifti import nifti_bytes, read_nifti
+from segloop.imaging.volume import middle_slice
 from segloop.server.auth import Principal
 from segloop.server.errors import ApiError
 from segloop.server.state import ServerState, current_principal, require, server_state
@@ -267,6 +268,18 @@ async def get_volume(image_id: ImageId, state: State, _: Viewer) -> Response:
         return nifti_bytes(state.store.load_image(image_id))
 
     return Response(await run_in_threadpool(load), media_type=NIFTI, headers=headers)
+
+
+@router.get("/images/{image_id}/preview", tags=["images"], response_class=Response, responses=NIFTI_RESPONSE)
+def get_preview(image_id: ImageId, state: State, _: Viewer) -> Response:
+    """The image's middle slice (along its third axis) as a one-slice gzip NIfTI, at its place
+    in the world: what a viewer can show at once. For a PACS series not fetched yet it is
+    fetched alone (the middle instance by position, two small requests), so it comes long before
+    ``/volume`` has the whole series; otherwise it is cut from the image."""
+    preview = getattr(state.store, "preview", None)
+    volume = preview(image_id) if preview is not None else middle_slice(state.store.load_image(image_id))
+    headers = {"Content-Disposition": f'attachment; filename="{image_id}-preview.nii.gz"'}
+    return Response(nifti_bytes(volume), media_type=NIFTI, headers=headers)
 
 
 @router.delete("/images/{image_id}", tags=["images"])

@@ -370,7 +370,9 @@ class DicomWebSource:
         operation = f"WADO-RS retrieval of study {study_uid} series {series_uid}"
         response = self.session.get(
             f"{self.url}/studies/{study_uid}/series/{series_uid}", stream=True, timeout=self.link.timeouts,
-            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+            # no HTTP compression: a PACS that gzips DICOM spends more than the transfer saves
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+                     "Accept-Encoding": "identity"})
         try:
             if response.status_code >= 400:
                 raise from_response(response, self.url, operation)

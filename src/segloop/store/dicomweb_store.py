@@ -62,9 +62,10 @@ from typing import Any
 import numpy as np
 
 from segloop.imaging.nifti import write_nifti
-from segloop.imaging.volume import Volume
+from segloop.imaging.volume import Volume, middle_slice
 from segloop.store.dicomweb import DEFAULT_CACHE_BYTES, DicomWebSource, SeriesInfo
 from segloop.store.dicomweb_http import DEFAULT_TIMEOUT, PacsError
+from segloop.store.dicomweb_preview import fetch_preview
 from segloop.store.errors import NotFoundError, ValidationError
 from segloop.store.filters import SeriesFilter
 from segloop.store.ingest import HEADERS_KIND
@@ -561,6 +562,24 @@ class DicomWebDatastore:
             meta = {**record.metadata, "image_id": record.id, "name": record.name, "modality": record.modality}
             return Volume(view.volume.array, np.array(record.affine, dtype=np.float64), meta)
         return self.local.load_image(image_id)
+
+    def preview(self, image_id: str) -> Volume:
+        """The image's middle slice as a one-slice `Volume` (its place in the world kept): for a
+        series not fetched yet, fetched alone with two small requests (`fetch_preview`) while
+        the whole series may be on its way; otherwise (or for a single multi-frame instance)
+        cut from the image.
+
+        Raises:
+            NotFoundError: no such image or listed series.
+            PacsError, ImagingError: the PACS cannot deliver the slice (naming the UIDs).
+        """
+        if not self.is_fetched(image_id):
+            info = self.series_of(image_id)
+            got = fetch_preview(self.source, info.study_uid, info.series_uid, info.instances)
+            if got is not None:
+                self._touch(image_id)
+                return got
+        return middle_slice(self.load_image(image_id))
 
     def image_path(self, image_id: str) -> Path:
         """The image's NIfTI file; for a series just fetched, a file written without gzip
