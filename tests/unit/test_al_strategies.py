@@ -142,3 +142,38 @@ def test_scoring_does_not_block_saving_and_can_be_cancelled(trained: dict[str, A
     cancel.set()
     with pytest.raises(RankingCancelled):
         rank_pool(store, "entropy", predictor=pred, cancel=cancel, cache=False)
+
+
+def test_the_diagnostic_takes_one_pass_per_image_for_its_deterministic_scores(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """entropy, entropy-volume, soft-dice and the model's error share one click-free pass (the
+    emulation's cost estimate counts one); each used to run its own."""
+    from segloop.activelearning import passes
+    from segloop.loop.diagnostic import model_error, score_error_correlation
+
+    store, predictor = trained["store"], trained["predictor"]
+    pool = trained["pool"]
+    labels = {i: synthetic_case(np.random.default_rng(n), noise=0.0)[1] for n, i in enumerate(pool)}
+    calls: list[int] = []
+    real = passes.automatic_probabilities
+
+    def counted(p: Any, data: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return real(p, data)
+
+    monkeypatch.setattr(passes, "automatic_probabilities", counted)
+    out = score_error_correlation(predictor, pool, store.load_image, labels.__getitem__,
+                                  ["entropy", "entropy-volume", "soft-dice"])
+    assert len(calls) == len(pool)
+    # the error is that of the model's automatic segmentation, as predict() gives it
+    for image_id in pool:
+        label = predictor.predict(store.load_image(image_id)).label.array
+        fg = [int(v) for v in predictor.spec.foreground]
+        assert out["errors"][image_id] == pytest.approx(model_error(label, labels[image_id], fg))
+    # and the scores are those each strategy gives on its own
+    for name in ("entropy", "soft-dice"):
+        alone = rank_pool(store, name, predictor=predictor, cache=False)
+        for item in alone.items:
+            if item.image_id in out["scores"][name]:
+                assert out["scores"][name][item.image_id] == pytest.approx(item.score, rel=1e-6)

@@ -87,6 +87,8 @@ class ScoringContext:
     predictor: Any = None
     order: dict[str, int] = field(default_factory=dict)
     _volumes: dict[str, Volume] = field(default_factory=dict)
+    _prepared: dict[str, Any] = field(default_factory=dict)
+    _automatic: dict[str, np.ndarray] = field(default_factory=dict)
 
     def volume(self, image_id: str) -> Volume:
         """The image, loaded once per context (kept for the descriptor of the same batch)."""
@@ -94,8 +96,30 @@ class ScoringContext:
             self._volumes[image_id] = self.load(image_id)
         return self._volumes[image_id]
 
+    def prepared(self, image_id: str) -> Any:
+        """The image normalised and resampled for the model (`Predictor.prepare`), once per image."""
+        if self.predictor is None:
+            raise ValueError("scoring with the model needs a trained model")
+        if image_id not in self._prepared:
+            self._prepared[image_id] = self.predictor.prepare(self.volume(image_id))
+        return self._prepared[image_id]
+
+    def automatic(self, image_id: str) -> np.ndarray:
+        """The model's click-free probabilities ``(C, X, Y, Z)`` on its grid, one network pass per
+        image however many deterministic scores (entropy, soft Dice, ...) or the diagnostic's
+        error use them."""
+        if image_id not in self._automatic:
+            from segloop.activelearning.passes import automatic_probabilities
+
+            data = np.asarray(self.prepared(image_id).data)
+            self._automatic[image_id] = automatic_probabilities(self.predictor, data)
+        return self._automatic[image_id]
+
     def forget(self, image_id: str) -> None:
+        """Drop what was kept for ``image_id`` (a whole-volume pass of a large image is 100s of MB)."""
         self._volumes.pop(image_id, None)
+        self._prepared.pop(image_id, None)
+        self._automatic.pop(image_id, None)
 
 
 def _stable_uniform(seed: int, image_id: str) -> float:
@@ -137,7 +161,12 @@ class _ModelStrategy(Strategy):
     def _prepared(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
         if ctx.predictor is None:
             raise ValueError(f"strategy {self.name!r} needs a trained model")
-        return np.asarray(ctx.predictor.prepare(ctx.volume(image_id)).data)
+        return np.asarray(ctx.prepared(image_id).data)
+
+    def _automatic(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
+        if ctx.predictor is None:
+            raise ValueError(f"strategy {self.name!r} needs a trained model")
+        return ctx.automatic(image_id)
 
     def _seed(self, image_id: str) -> int:
         return (int(self.params.get("seed", 0)) * 1_000_003 + zlib.crc32(image_id.encode())) & 0x7FFFFFFF
@@ -151,9 +180,7 @@ class EntropyStrategy(_ModelStrategy):
         self._check_region()
 
     def score(self, image_id: str, ctx: ScoringContext) -> float:
-        from segloop.activelearning.passes import automatic_probabilities
-
-        probs = automatic_probabilities(ctx.predictor, self._prepared(image_id, ctx))
+        probs = self._automatic(image_id, ctx)
         return S.map_score(S.voxel_entropy(probs), probs, self.region, self.params["dilation"])
 
 
@@ -162,9 +189,7 @@ class SoftDiceStrategy(_ModelStrategy):
     defaults: ClassVar[dict[str, Any]] = {}
 
     def score(self, image_id: str, ctx: ScoringContext) -> float:
-        from segloop.activelearning.passes import automatic_probabilities
-
-        return S.expected_dice_loss(automatic_probabilities(ctx.predictor, self._prepared(image_id, ctx)))
+        return S.expected_dice_loss(self._automatic(image_id, ctx))
 
 
 class McDropoutStrategy(_ModelStrategy):

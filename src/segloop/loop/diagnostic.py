@@ -111,8 +111,9 @@ def score_error_correlation(
     seconds: dict[str, float] = {n: 0.0 for n in [*names, "error"]}
     for image_id in image_ids:
         t0 = time.perf_counter()
-        volume = ctx.volume(image_id)
-        errors[image_id] = model_error(predictor.predict(volume).label.array, reference(image_id), class_values)
+        # the automatic segmentation from the pass the deterministic scorers share (ctx.automatic)
+        label = predictor.labels_from(predictor.to_image_grid(ctx.automatic(image_id), ctx.prepared(image_id)))
+        errors[image_id] = model_error(label, reference(image_id), class_values)
         seconds["error"] += time.perf_counter() - t0
         for n, strat in strategies.items():
             t0 = time.perf_counter()
