@@ -191,7 +191,7 @@ def main() -> None:
     write_json(result, a.out, indent=1, announce="")  # said in the last line
     print(f"\n{'arm':<10} {'round':>5} {'labelled':>8} {'test dice':>9}")
     for r in rows:
-        print(f"{r.get('arm', ''):<10} {r.get('round', ''):>5} {r.get('labelled', ''):>8} {r.get('dice', ''):>9}")
+        print(f"{r.get('arm', ''):<10} {r.get('round', ''):>5} {r.get('labelled', ''):>8} {r.get('test_mean_dice', ''):>9}")
     print(f"\nrc {rc}; wall {wall / 60:.1f} min (budget {BUDGET_MINUTES:.0f}); peak RSS {peak_kb / 1e6:.2f} GB; wrote {a.out}")
 
 
