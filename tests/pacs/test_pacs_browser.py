@@ -133,9 +133,9 @@ def test_send_a_final_label_to_the_pacs_from_the_browser(
 def test_a_pacs_series_shows_its_middle_slice_before_the_series_is_here(
     pacs_app: AppPage, pacs_series: tuple[str, str]
 ) -> None:
-    """Opening a series never fetched: the page asks for its middle slice (two small requests to
-    the PACS) beside the whole series, and draws it while the series is still on its way. The
-    series' answer is held back here until the slice is on screen, so the order is not luck."""
+    """Opening a series never fetched: the page asks for its middle slice (small requests to the
+    PACS), draws it, then asks for the whole series. The series' answer is held back here until
+    the slice is on screen, so the order is not luck."""
     app, (_, series) = pacs_app, pacs_series
     image_id = series_image_id(series)
     page = app.page
@@ -144,6 +144,10 @@ def test_a_pacs_series_shows_its_middle_slice_before_the_series_is_here(
     page.goto(f"{app.base}/?image={image_id}")
     page.wait_for_function("() => { const p = document.querySelector('#preview'); return !!p && !p.hidden; }",
                            timeout=60_000)
+    for _ in range(100):  # the series is asked for once the slice is on screen
+        if held:
+            break
+        page.wait_for_timeout(100)
     assert held and not app.body("imageId")  # the whole series has not been answered yet
     bright = page.evaluate("""() => {
         const c = document.querySelector('#preview');

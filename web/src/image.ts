@@ -24,6 +24,7 @@ export function confirmDiscard(): boolean {
   return !editor.dirty || window.confirm("Your changes to this label are not saved. Discard them?");
 }
 
+const PREVIEW_WAIT_MS = 300; // the longest a PACS series waits for its middle slice to be shown
 let opening = 0; // the latest openImage call: an earlier one that is still loading gives way
 let showing: Promise<void> = Promise.resolve();
 
@@ -37,18 +38,29 @@ export async function openImage(id: string, force = false): Promise<void> {
     // the record, the volume and the latest label at once: the first slices come with their label
     const recP = api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`);
     const labelP = recP.then((r) => (r.latest_revision ? fetchLabel(r.id, r.latest_revision) : null));
+    // A PACS series not fetched yet ("dw-" ids; the record says): its middle slice comes first (small
+    // requests, drawn at once) and the series is asked for when it is in, or after PREVIEW_WAIT_MS at
+    // most. On a 2-core server both at once slowed each other: the slice came at 0.29 s instead of
+    // 0.10 s and the series 0.2 s later than alone.
     let volumeIn = false;
-    const volP = api.binary("GET", `/images/${encodeURIComponent(id)}/volume`).finally(() => { volumeIn = true; });
-    // a PACS series not fetched yet: its middle slice (two small requests) is shown while the series comes
     let slicePreviewAt: number | null = null;
-    void recP.then(async (r) => {
-      if (r.metadata?.fetched !== false) return;
-      const p = await api.binary("GET", `/images/${encodeURIComponent(id)}/preview`).catch(() => null);
-      if (!p || volumeIn || mine !== opening) return;
-      const raw = await gunzipIfNeeded(p.data);
-      if (volumeIn || mine !== opening) return;
-      if (await viewer.showSlicePreview(raw, $select("#wl-preset").value)) slicePreviewAt = performance.now();
-    }).catch(() => undefined);
+    const volumeUrl = `/images/${encodeURIComponent(id)}/volume`;
+    const volP = (async () => {
+      if (id.startsWith("dw-")) {
+        const r = await recP.catch(() => null);
+        if (r && r.metadata?.fetched === false) {
+          const shown = (async () => {
+            const p = await api.binary("GET", `/images/${encodeURIComponent(id)}/preview`).catch(() => null);
+            if (!p || volumeIn || mine !== opening) return;
+            const raw = await gunzipIfNeeded(p.data);
+            if (volumeIn || mine !== opening) return;
+            if (await viewer.showSlicePreview(raw, $select("#wl-preset").value)) slicePreviewAt = performance.now();
+          })().catch(() => undefined);
+          await Promise.race([shown, new Promise((r) => setTimeout(r, PREVIEW_WAIT_MS))]);
+        }
+      }
+      return api.binary("GET", volumeUrl);
+    })().finally(() => { volumeIn = true; });
     const [listed, vol, mask] = await Promise.all([recP, volP, labelP]);
     // a PACS series not fetched yet is described by its listing (no shape or spacing): now it is here
     const rec = listed.metadata?.fetched === false ? await api.get<ImageRecord>(`/images/${encodeURIComponent(id)}`) : listed;
