@@ -50,7 +50,8 @@ def _check_iop(path: Path, iop: np.ndarray) -> None:
         raise ImagingError(path, f"ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
 
 
-def _normal(iop: np.ndarray) -> np.ndarray:
+def slice_normal(iop: np.ndarray) -> np.ndarray:
+    """The unit normal of the slice plane of an ImageOrientationPatient ``(6,)`` (row x column)."""
     r = iop[:3] / np.linalg.norm(iop[:3])
     c = iop[3:] / np.linalg.norm(iop[3:])
     n = np.cross(r, c)
@@ -58,7 +59,7 @@ def _normal(iop: np.ndarray) -> np.ndarray:
 
 
 def _positions(group: Sequence[_Plane]) -> np.ndarray:
-    n = _normal(group[0].iop)
+    n = slice_normal(group[0].iop)
     return np.array([float(np.dot(n, p.position)) for p in group])
 
 
@@ -78,7 +79,7 @@ def _sorted_stack(group: list[_Plane], folder: Path, label: str) -> tuple[list[_
     """
     first = group[0]
     ds = first.header.dataset
-    n = _normal(first.iop)
+    n = slice_normal(first.iop)
     d = _positions(group)
     order = np.argsort(d, kind="stable")
     group = [group[i] for i in order]

@@ -22,9 +22,9 @@ from segloop.imaging.dicom_geometry import (
     _check_iop,
     _floats,
     _has_duplicates,
-    _normal,
     _Plane,
     _sorted_stack,
+    slice_normal,
 )
 from segloop.imaging.dicom_header import DicomHeader, _sop_name, _str, non_image_reason, read_dicom_header
 from segloop.imaging.dicom_pixels import _decoder_problem, _dicomwrappers, _rescale
@@ -330,7 +330,7 @@ def _multiframe_series(header: DicomHeader, root: Path | None) -> DicomSeries:
         )
     # reuse the slice-stack checks (sorting, duplicates, gaps, line) on the frames
     base = _slices_series(planes, root)
-    normal = _normal(iop)
+    normal = slice_normal(iop)
     order = np.argsort([float(np.dot(normal, s.position)) for s in slices], kind="stable")
     return DicomSeries(
         key=_file_key(header, root),

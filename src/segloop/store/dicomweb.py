@@ -57,6 +57,10 @@ from segloop.store.records import ImageRecord
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
+WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+"""WADO-RS of instances in their stored transfer syntax (decoded here, as a local import is)."""
+
+
 @dataclass
 class FetchedSeries:
     """What `DicomWebSource.fetch` got: the volume, the SOPInstanceUIDs in slice order, and
@@ -371,8 +375,7 @@ class DicomWebSource:
         response = self.session.get(
             f"{self.url}/studies/{study_uid}/series/{series_uid}", stream=True, timeout=self.link.timeouts,
             # no HTTP compression: a PACS that gzips DICOM spends more than the transfer saves
-            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
-                     "Accept-Encoding": "identity"})
+            headers={"Accept": WADO_ACCEPT, "Accept-Encoding": "identity"})
         try:
             if response.status_code >= 400:
                 raise from_response(response, self.url, operation)
@@ -399,7 +402,7 @@ class DicomWebSource:
         operation = f"WADO-RS retrieval of study {study_uid} series {series_uid}"
         t0 = time.perf_counter()
         response = self.link.get(operation, f"/studies/{study_uid}/series/{series_uid}", headers={
-            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+            "Accept": WADO_ACCEPT})
         body = response.content
         t1 = time.perf_counter()
         try:

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from segloop.imaging.dicom_geometry import slice_normal
 from segloop.imaging.dicom_read import read_dicom_parts
 from segloop.imaging.errors import ImagingError
 from segloop.imaging.volume import Volume, middle_slice
-from segloop.store.dicomweb import DicomWebSource, MultipartSplitter
+from segloop.store.dicomweb import WADO_ACCEPT, DicomWebSource, MultipartSplitter
 from segloop.store.dicomweb_http import PacsError
 
 _SOP_UID = "00080018"
@@ -34,7 +35,6 @@ _POSITION = "00200032"
 _ORIENTATION = "00200037"
 _FRAMES = "00280008"
 PREVIEW_FIELDS = (_SOP_UID, _INSTANCE_NUMBER, _POSITION, _ORIENTATION, _FRAMES)
-ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 def _values(item: dict[str, Any], tag: str) -> list[Any]:
@@ -92,7 +92,7 @@ def _keys(items: Sequence[dict[str, Any]]) -> tuple[list[float] | None, bool]:
     if len(orientations) == 1 and all(len(p) == 3 and None not in p for p in positions):
         (o,) = orientations
         if len(o) == 6 and None not in o:
-            normal = np.cross(np.array(o[:3], dtype=float), np.array(o[3:], dtype=float))
+            normal = slice_normal(np.array(o, dtype=float))
             return [float(np.dot(normal, np.array(p, dtype=float))) for p in positions], True
     numbers = [_number((_values(i, _INSTANCE_NUMBER) or [None])[0]) for i in items]
     if None not in numbers:
@@ -181,7 +181,7 @@ def fetch_preview(
     sop, step = chosen
     operation = f"WADO-RS retrieval of instance {sop} of {what}"
     response = source.link.get(operation, f"/studies/{study_uid}/series/{series_uid}/instances/{sop}",
-                               headers={"Accept": ACCEPT, "Accept-Encoding": "identity"})
+                               headers={"Accept": WADO_ACCEPT, "Accept-Encoding": "identity"})
     try:
         splitter = MultipartSplitter(response.headers.get("Content-Type", ""))
     except ValueError as exc:
