@@ -9,6 +9,7 @@ resampled back to the image grid (cheaper, and the same ranking up to interpolat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,3 +89,61 @@ def tta_samples(
             p = np.ascontiguousarray(np.flip(p, axis=tuple(a + 1 for a in axes)))
         out.append(p)
     return np.stack(out)
+
+
+class _BottleneckRecorder:
+    """Forward hooks on every module of a network that keep, per module with a 5-D output
+    ``(B, C, X, Y, Z)``, the per-channel sum and sum of squares over all windows and voxels.
+    The bottleneck is the module with the coarsest output (fewest voxels), the most channels,
+    and the last to run among those (the end of the deepest block), whatever the architecture.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self._stats: dict[int, list[Any]] = {}  # id -> [first run order, voxels, sum, sumsq, count]
+        self._handles = [m.register_forward_hook(self._hook) for m in net.modules()]
+
+    def _hook(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor) or output.ndim != 5:
+            return
+        o = output.detach().float()
+        s = o.sum(dim=(0, 2, 3, 4))
+        sq = (o * o).sum(dim=(0, 2, 3, 4))
+        count = o.shape[0] * o.shape[2] * o.shape[3] * o.shape[4]
+        entry = self._stats.get(id(module))
+        if entry is None:
+            self._stats[id(module)] = [len(self._stats), o.shape[2] * o.shape[3] * o.shape[4], s, sq, count]
+        else:
+            entry[2] = entry[2] + s
+            entry[3] = entry[3] + sq
+            entry[4] += count
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def features(self) -> np.ndarray:
+        """``(2 * C,)`` float32: the bottleneck's per-channel mean and standard deviation."""
+        if not self._stats:
+            raise ValueError("the network produced no 3-D feature maps to describe the image with")
+        run, _voxels, s, sq, count = min(
+            self._stats.values(), key=lambda e: (e[1], -int(e[2].numel()), -e[0])
+        )
+        mean = s / count
+        std = torch.sqrt(torch.clamp(sq / count - mean * mean, min=0.0))
+        return torch.cat([mean, std]).cpu().numpy().astype(np.float32)
+
+
+def automatic_with_features(predictor: Predictor, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The click-free pass of `automatic_probabilities`, also describing the image by the network's
+    own bottleneck features (per-channel mean and standard deviation over every window).
+
+    Returns:
+        ``(probabilities (C, X, Y, Z), features (2 * C_bottleneck,))``.
+    """
+    set_mc_dropout(predictor.net, False)
+    recorder = _BottleneckRecorder(predictor.net)
+    try:
+        probs = _run(predictor, data)
+    finally:
+        recorder.close()
+    return probs, recorder.features()

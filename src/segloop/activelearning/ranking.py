@@ -130,6 +130,9 @@ def rank_pool(
                 store.get_image(image_id)  # NotFoundError
     model = getattr(predictor, "model", None) if strat.needs_model else None
     version = getattr(predictor, "version", None) if strat.needs_model else None
+    if strat.batch_mode:
+        ctx = ScoringContext(load=store.load_image, predictor=predictor if strat.needs_model else None, order=order)
+        return _rank_batch_mode(strat, ctx, ids, records, names, limit, progress, cancel, batch_size, model, version, t0)
     score_cache: ScoreCache | None
     if isinstance(cache, ScoreCache):
         score_cache = cache
@@ -187,6 +190,32 @@ def rank_pool(
         RankedImage(i, names.get(i, i), values[i], n, i in from_cache) for n, i in enumerate(ordered, 1)
     ]
     return Ranking(strat.name, dict(strat.params), model, version, items, diversity, time.perf_counter() - t0, scored)
+
+
+def _rank_batch_mode(
+    strat: Strategy, ctx: ScoringContext, ids: list[str], records: Sequence[Any], names: dict[str, str],
+    limit: int | None, progress: Callable[[int, int], None] | None, cancel: threading.Event | None,
+    batch_size: int, model: str | None, version: int | None, t0: float,
+) -> Ranking:
+    """A batch-mode strategy: every candidate's and labelled image's features first (in batches,
+    with progress and cancel), then the strategy orders the candidates as a whole. Nothing is
+    cached: the order depends on the whole pool, and the diversity penalty does not apply."""
+    candidates = set(ids)
+    labelled = [r.id for r in records if r.label_state == "final" and r.id not in candidates]
+    everything = ids + labelled
+    for start in range(0, len(everything), batch_size):
+        if cancel is not None and cancel.is_set():
+            raise RankingCancelled(f"ranking cancelled after {start} of {len(everything)} images")
+        for image_id in everything[start : start + batch_size]:
+            if strat.needs_model:
+                ctx.features(image_id)
+            ctx.forget(image_id)
+        if progress is not None:
+            progress(min(start + batch_size, len(everything)), len(everything))
+    n = None if limit is None else max(0, int(limit))
+    ordered, values = strat.order(ids, labelled, ctx, n)
+    items = [RankedImage(i, names.get(i, i), values.get(i, 0.0), k) for k, i in enumerate(ordered, 1)]
+    return Ranking(strat.name, dict(strat.params), model, version, items, 0.0, time.perf_counter() - t0, len(everything))
 
 
 def _descriptor(store: Datastore, image_id: str, ctx: ScoringContext, cache: ScoreCache | None) -> np.ndarray:

@@ -22,6 +22,10 @@ Strategies (`get_strategy(name, **params)`):
   ``seed``, ``intensity``, ``region``, ``foreground_only``, ``dilation``): aleatoric
   uncertainty over flipped / intensity-perturbed passes (flips along the axes the model was
   trained to flip).
+- ``typiclust`` (``batch``, ``seed``, ``neighbours``, ``dims``), batch mode: clusters the labelled
+  and unlabelled images' bottleneck features into ``labelled + batch`` clusters and takes the
+  most typical image of each cluster no label covers yet (`segloop.activelearning.typicality`);
+  ``batch`` 0 = the number of images asked for.
 """
 
 from __future__ import annotations
@@ -38,10 +42,15 @@ from segloop.imaging.volume import Volume
 
 
 class Strategy:
-    """Base class: ``params`` (validated, JSON-friendly) and `score` of one image."""
+    """Base class: ``params`` (validated, JSON-friendly) and `score` of one image.
+
+    A *batch-mode* strategy (``batch_mode = True``) cannot score an image alone: it orders the
+    candidates by looking at all of them and at the labelled images together (`order`).
+    """
 
     name: ClassVar[str] = ""
     needs_model: ClassVar[bool] = False
+    batch_mode: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
@@ -69,6 +78,13 @@ class Strategy:
     def score(self, image_id: str, ctx: ScoringContext) -> float:
         raise NotImplementedError
 
+    def order(
+        self, candidates: Sequence[str], labelled: Sequence[str], ctx: ScoringContext, n: int | None
+    ) -> tuple[list[str], dict[str, float]]:
+        """Batch-mode strategies: the first ``n`` candidates to annotate, in order, and a score per
+        candidate (informative only)."""
+        raise NotImplementedError(f"strategy {self.name!r} scores images one by one")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
 
@@ -89,6 +105,7 @@ class ScoringContext:
     _volumes: dict[str, Volume] = field(default_factory=dict)
     _prepared: dict[str, Any] = field(default_factory=dict)
     _automatic: dict[str, np.ndarray] = field(default_factory=dict)
+    _features: dict[str, np.ndarray] = field(default_factory=dict)
 
     def volume(self, image_id: str) -> Volume:
         """The image, loaded once per context (kept for the descriptor of the same batch)."""
@@ -115,8 +132,19 @@ class ScoringContext:
             self._automatic[image_id] = automatic_probabilities(self.predictor, data)
         return self._automatic[image_id]
 
+    def features(self, image_id: str) -> np.ndarray:
+        """The network's own description of the image (bottleneck per-channel mean and standard
+        deviation, `passes.automatic_with_features`), from the same pass as `automatic`."""
+        if image_id not in self._features:
+            from segloop.activelearning.passes import automatic_with_features
+
+            data = np.asarray(self.prepared(image_id).data)
+            self._automatic[image_id], self._features[image_id] = automatic_with_features(self.predictor, data)
+        return self._features[image_id]
+
     def forget(self, image_id: str) -> None:
-        """Drop what was kept for ``image_id`` (a whole-volume pass of a large image is 100s of MB)."""
+        """Drop what was kept for ``image_id`` (a whole-volume pass of a large image is 100s of MB);
+        its feature vector (a few hundred floats) is kept."""
         self._volumes.pop(image_id, None)
         self._prepared.pop(image_id, None)
         self._automatic.pop(image_id, None)
@@ -242,9 +270,50 @@ class TtaStrategy(_ModelStrategy):
         return S.sample_score(samples, self.params["metric"], dilation=self.params["dilation"], region=self.region)
 
 
+class TypiclustStrategy(_ModelStrategy):
+    """Typical images of the clusters no label covers yet, over the network's own bottleneck
+    features (`segloop.activelearning.typicality`)."""
+
+    name = "typiclust"
+    batch_mode = True
+    defaults: ClassVar[dict[str, Any]] = {"batch": 0, "seed": 0, "neighbours": 20, "dims": 16}
+
+    def _check(self) -> None:
+        self._int("batch", 0)
+        self._int("seed", 0)
+        self._int("neighbours", 1)
+        self._int("dims", 1)
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        raise ValueError("strategy 'typiclust' ranks the pool as a whole (rank_pool), not one image at a time")
+
+    def order(
+        self, candidates: Sequence[str], labelled: Sequence[str], ctx: ScoringContext, n: int | None
+    ) -> tuple[list[str], dict[str, float]]:
+        from segloop.activelearning.typicality import typiclust_order
+
+        ids = list(candidates) + [i for i in labelled if i not in set(candidates)]
+        if not candidates:
+            return [], {}
+        feats = np.stack([self._features(i, ctx) for i in ids])
+        flags = [False] * len(candidates) + [True] * (len(ids) - len(candidates))
+        batch = self.params["batch"] or (n if n else 4)
+        picks, typ = typiclust_order(
+            feats, flags, batch, n, seed=self.params["seed"], neighbours=self.params["neighbours"], dims=self.params["dims"]
+        )
+        return [ids[p] for p in picks], {ids[i]: float(typ[i]) for i in range(len(candidates))}
+
+    def _features(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
+        if ctx.predictor is None:
+            raise ValueError(f"strategy {self.name!r} needs a trained model")
+        f = ctx.features(image_id)
+        ctx.forget(image_id)
+        return f
+
+
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (RandomStrategy, SequentialStrategy, EntropyStrategy, SoftDiceStrategy, McDropoutStrategy,
-                              TtaStrategy)
+                              TtaStrategy, TypiclustStrategy)
 }
 
 

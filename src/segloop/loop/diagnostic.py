@@ -46,9 +46,12 @@ def scorer(name: str) -> Strategy:
         strategy, params = SCORERS[name]
         return get_strategy(strategy, **params)
     try:
-        return get_strategy(name)
+        found = get_strategy(name)
     except ValueError:
         raise ValueError(f"unknown diagnostic scorer {name!r} (known: {', '.join(SCORERS)}, or a strategy name)") from None
+    if found.batch_mode:
+        raise ValueError(f"strategy {name!r} orders the pool as a whole and gives no per-image score to correlate with error")
+    return found
 
 
 def arm_strategy(name: str, seed: int | None = None) -> Strategy:
