@@ -55,6 +55,12 @@ def test_upload_next_sample_and_datastore(trained: dict[str, Any], ml: Any, comp
     ranked = ml.next_sample("entropy", {})  # one image without a score: scored inline, model-based
     assert ranked["id"] == NEW_ID and ranked["score"] is not None and "fallback" not in ranked["segloop"]
     assert ranked["segloop"]["model"] == MODEL
+    # a batch-mode strategy: the pool image and the 5 labelled ones described at once, then ordered
+    typical = ml.next_sample("typiclust", {})
+    assert typical["id"] == NEW_ID and typical["score"] is not None and "fallback" not in typical["segloop"]
+    assert typical["segloop"]["unscored"] == 6 and typical["segloop"]["scored_now"] == 6
+    cached = httpx.get(f"{compat_server.url}/scoring/typiclust").json()
+    assert [s["id"] for s in cached["scores"]] == [NEW_ID] and cached["missing"] == []
 
     ds = ml.datastore()
     assert set(ds["objects"]) == {"hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006",

@@ -80,7 +80,8 @@ class Events:
 def test_strategies_lists_all(api: httpx.Client) -> None:
     body = api.get("/activelearning/strategies").json()
     by_name = {s["name"]: s for s in body["available"]}
-    assert set(by_name) == {"random", "sequential", "entropy", "soft-dice", "mc-dropout", "tta"}
+    assert set(by_name) == {"random", "sequential", "entropy", "soft-dice", "mc-dropout", "tta", "typiclust"}
+    assert by_name["typiclust"]["needs_model"] and "typical" in by_name["typiclust"]["description"]
     assert not by_name["random"]["needs_model"] and by_name["entropy"]["needs_model"]
     assert by_name["soft-dice"]["needs_model"] and by_name["entropy"]["params"]["region"] == "class"
     assert by_name["mc-dropout"]["params"]["passes"] >= 2
@@ -125,6 +126,21 @@ def test_entropy_small_pool_scored_at_once_then_cached(api: httpx.Client) -> Non
     assert all(i["cached"] for i in again["items"])
     scores = [i["score"] for i in again["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_typiclust_describes_pool_and_labels_once_then_orders_from_the_cache(api: httpx.Client) -> None:
+    # a batch-mode strategy: the 3 pool images and the 4 labelled ones are described by the model
+    # (7 passes, few enough to do at once), then the pool is ordered as a whole
+    r = api.get("/next", params={"strategy": "typiclust", "model": "al", "count": 2})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["source"] == "scored" and first["scored_now"] == 7 and first["pool"] == 3
+    assert len(first["items"]) == 2 and {i["image"]["id"] for i in first["items"]} <= POOL_IDS
+    assert all(isinstance(i["score"], float) and i["score"] >= 0 for i in first["items"])
+    again = api.get("/next", params={"strategy": "typiclust", "model": "al", "count": 2}).json()
+    assert again["source"] == "cache" and again["scored_now"] == 0 and again["cached"] == 7
+    assert [i["image"]["id"] for i in again["items"]] == [i["image"]["id"] for i in first["items"]]
+    assert all(i["cached"] for i in again["items"])
 
 
 def _label_bytes(api: httpx.Client, image_id: str) -> bytes:

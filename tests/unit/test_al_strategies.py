@@ -33,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_registry() -> None:
-    assert strategy_names() == ["random", "sequential", "entropy", "soft-dice", "mc-dropout", "tta"]
+    assert strategy_names() == ["random", "sequential", "entropy", "soft-dice", "mc-dropout", "tta", "typiclust"]
     with pytest.raises(ValueError, match=r"unknown active-learning strategy 'bald'.*random, sequential, entropy"):
         get_strategy("bald")
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -124,6 +124,37 @@ def test_diversity_avoids_duplicates(trained: dict[str, Any]) -> None:
         assert len(rank_pool(store, "entropy", predictor=pred, pool=pool, diversity=0.5).items) == len(pool)
     finally:
         store.delete_image(dup)
+
+
+def test_typiclust_orders_the_pool_as_a_whole_over_the_networks_features(trained: dict[str, Any]) -> None:
+    from segloop.activelearning.strategies import ScoringContext
+    from segloop.loop.diagnostic import scorer
+
+    store, pred = trained["store"], trained["predictor"]
+    ctx = ScoringContext(load=store.load_image, predictor=pred)
+    feats = ctx.features(trained["clean"])
+    # the bottleneck's per-channel mean and standard deviation: twice the channels of the coarsest level's maps
+    assert feats.ndim == 1 and feats.size % 2 == 0 and np.isfinite(feats).all()
+    assert (feats[feats.size // 2 :] >= 0).all() and feats[feats.size // 2 :].max() > 0
+    plain = ScoringContext(load=store.load_image, predictor=pred).automatic(trained["clean"])
+    np.testing.assert_allclose(ctx.automatic(trained["clean"]), plain, atol=1e-6)  # the pass `automatic` makes
+
+    pool = [trained["clean"], trained["noisy"], *trained["pool"]]
+    progress: list[tuple[int, int]] = []
+    a = rank_pool(store, get_strategy("typiclust"), predictor=pred, pool=pool, limit=2,
+                  progress=lambda done, total: progress.append((done, total)))
+    b = rank_pool(store, get_strategy("typiclust"), predictor=pred, pool=pool, limit=2)
+    assert a.ids() == b.ids() and len(a.ids()) == 2 and set(a.ids()) <= set(pool)
+    labelled = [r.id for r in store.list_images() if r.label_state == "final"]
+    assert progress[-1] == (len(pool) + len(labelled),) * 2  # the labelled images are described too
+    whole = rank_pool(store, get_strategy("typiclust", batch=2), predictor=pred, pool=pool)
+    assert sorted(whole.ids()) == sorted(pool) and whole.ids()[:2] == a.ids()
+    with pytest.raises(ValueError, match="needs a trained model"):
+        rank_pool(store, "typiclust", pool=pool)
+    with pytest.raises(ValueError, match="ranks the pool as a whole"):
+        get_strategy("typiclust").score(trained["clean"], ctx)
+    with pytest.raises(ValueError, match="no per-image score"):
+        scorer("typiclust")
 
 
 def test_scoring_does_not_block_saving_and_can_be_cancelled(trained: dict[str, Any]) -> None:

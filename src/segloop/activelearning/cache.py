@@ -4,7 +4,8 @@ Rows are keyed by (image id, model name, model version, strategy, params as cano
 a new model version therefore misses the cache and its scores are recomputed, while old rows
 stay valid for their version (and can be pruned with `ScoreCache.prune`). Descriptors for
 diversity (independent of the model) are kept in a second table keyed by image id and its
-file's modification stamp.
+file's modification stamp, and the model's feature vectors that batch-mode strategies
+(``typiclust``) order the pool by in a third, keyed like the scores by model version.
 
 The cache is a separate database file on purpose: scoring writes only here, in one short
 transaction per batch, and never takes the store's write lock, so saving labels is never blocked.
@@ -58,6 +59,17 @@ _descriptors = Table(
     Column("image_id", String, primary_key=True),
     Column("stamp", String, nullable=False),
     Column("vector", LargeBinary, nullable=False),
+)
+
+_features = Table(
+    "al_features",
+    _meta,
+    Column("image_id", String, primary_key=True),
+    Column("model", String, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("kind", String, primary_key=True),
+    Column("vector", LargeBinary, nullable=False),
+    Column("computed_at", String, nullable=False),
 )
 
 metadata = _meta  # the cache's tables (for `segloop db upgrade`)
@@ -151,10 +163,48 @@ class ScoreCache:
             conn.execute(stmt, rows)
 
     def prune(self, model: str, keep_version: int) -> int:
-        """Delete the rows of ``model``'s other versions; returns how many were deleted."""
+        """Delete the scores and features of ``model``'s other versions; returns how many rows were deleted."""
         with self._lock, self._engine.begin() as conn:
             res = conn.execute(delete(_scores).where(_scores.c.model == model, _scores.c.version != int(keep_version)))
-            return int(res.rowcount or 0)
+            feats = conn.execute(
+                delete(_features).where(_features.c.model == model, _features.c.version != int(keep_version))
+            )
+            return int(res.rowcount or 0) + int(feats.rowcount or 0)
+
+    def get_features(self, model: str, version: int, kind: str, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Cached feature vectors (a batch-mode strategy's description of each image by the model)."""
+        ids = list(image_ids)
+        out: dict[str, np.ndarray] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(_features.c.image_id, _features.c.vector).where(
+                        _features.c.model == model,
+                        _features.c.version == int(version),
+                        _features.c.kind == kind,
+                        _features.c.image_id.in_(ids[start : start + 500]),
+                    )
+                )
+                out.update({str(i): np.frombuffer(v, dtype=np.float32).copy() for i, v in rows})
+        return out
+
+    def put_features(self, model: str, version: int, kind: str, vectors: Mapping[str, np.ndarray]) -> None:
+        """Store feature vectors (one short transaction; existing rows are replaced)."""
+        if not vectors:
+            return
+        now = datetime.now(UTC).isoformat()
+        rows = [
+            {"image_id": i, "model": model, "version": int(version), "kind": kind,
+             "vector": np.asarray(v, dtype=np.float32).tobytes(), "computed_at": now}
+            for i, v in vectors.items()
+        ]
+        stmt = self._insert()(_features)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["image_id", "model", "version", "kind"],
+            set_={"vector": stmt.excluded.vector, "computed_at": stmt.excluded.computed_at},
+        )
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(stmt, rows)
 
     def get_descriptor(self, image_id: str, stamp: str) -> np.ndarray | None:
         with self._engine.connect() as conn:

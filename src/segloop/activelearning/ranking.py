@@ -130,9 +130,6 @@ def rank_pool(
                 store.get_image(image_id)  # NotFoundError
     model = getattr(predictor, "model", None) if strat.needs_model else None
     version = getattr(predictor, "version", None) if strat.needs_model else None
-    if strat.batch_mode:
-        ctx = ScoringContext(load=store.load_image, predictor=predictor if strat.needs_model else None, order=order)
-        return _rank_batch_mode(strat, ctx, ids, records, names, limit, progress, cancel, batch_size, model, version, t0)
     score_cache: ScoreCache | None
     if isinstance(cache, ScoreCache):
         score_cache = cache
@@ -143,6 +140,13 @@ def rank_pool(
     use_cache = score_cache is not None and strat.needs_model and model is not None and version is not None
 
     ctx = ScoringContext(load=store.load_image, predictor=predictor if strat.needs_model else None, order=order)
+    if strat.batch_mode:
+        try:
+            return _rank_batch_mode(strat, ctx, ids, records, names, limit, progress, cancel, batch_size,
+                                    score_cache if use_cache else None, model, version, t0)
+        finally:
+            if score_cache is not None and not isinstance(cache, ScoreCache):
+                score_cache.close()
     values: dict[str, float] = {}
     from_cache: set[str] = set()
     descriptors: dict[str, np.ndarray] = {}
@@ -195,27 +199,43 @@ def rank_pool(
 def _rank_batch_mode(
     strat: Strategy, ctx: ScoringContext, ids: list[str], records: Sequence[Any], names: dict[str, str],
     limit: int | None, progress: Callable[[int, int], None] | None, cancel: threading.Event | None,
-    batch_size: int, model: str | None, version: int | None, t0: float,
+    batch_size: int, cache: ScoreCache | None, model: str | None, version: int | None, t0: float,
 ) -> Ranking:
-    """A batch-mode strategy: every candidate's and labelled image's features first (in batches,
-    with progress and cancel), then the strategy orders the candidates as a whole. Nothing is
-    cached: the order depends on the whole pool, and the diversity penalty does not apply."""
+    """A batch-mode strategy: every candidate's and labelled image's features first (from the
+    cache, else one network pass each, in batches with progress, cancel and a cache write), then
+    the strategy orders the candidates as a whole. The diversity penalty does not apply."""
     candidates = set(ids)
     labelled = [r.id for r in records if r.label_state == "final" and r.id not in candidates]
     everything = ids + labelled
+    kind = str(getattr(strat, "feature_kind", strat.name))
+    from_cache: set[str] = set()
+    scored = 0
     for start in range(0, len(everything), batch_size):
         if cancel is not None and cancel.is_set():
             raise RankingCancelled(f"ranking cancelled after {start} of {len(everything)} images")
-        for image_id in everything[start : start + batch_size]:
-            if strat.needs_model:
-                ctx.features(image_id)
+        batch = everything[start : start + batch_size]
+        hits: dict[str, np.ndarray] = {}
+        if cache is not None and strat.needs_model:
+            assert model is not None and version is not None
+            hits = cache.get_features(model, version, kind, batch)
+        new: dict[str, np.ndarray] = {}
+        for image_id in batch:
+            if image_id in hits:
+                ctx.remember_features(image_id, hits[image_id])
+                from_cache.add(image_id)
+            elif strat.needs_model:
+                new[image_id] = ctx.features(image_id)
             ctx.forget(image_id)
+        scored += len(new)
+        if cache is not None and new:
+            assert model is not None and version is not None
+            cache.put_features(model, version, kind, new)
         if progress is not None:
             progress(min(start + batch_size, len(everything)), len(everything))
     n = None if limit is None else max(0, int(limit))
     ordered, values = strat.order(ids, labelled, ctx, n)
-    items = [RankedImage(i, names.get(i, i), values.get(i, 0.0), k) for k, i in enumerate(ordered, 1)]
-    return Ranking(strat.name, dict(strat.params), model, version, items, 0.0, time.perf_counter() - t0, len(everything))
+    items = [RankedImage(i, names.get(i, i), values.get(i, 0.0), k, i in from_cache) for k, i in enumerate(ordered, 1)]
+    return Ranking(strat.name, dict(strat.params), model, version, items, 0.0, time.perf_counter() - t0, scored)
 
 
 def _descriptor(store: Datastore, image_id: str, ctx: ScoringContext, cache: ScoreCache | None) -> np.ndarray:

@@ -142,6 +142,10 @@ class ScoringContext:
             self._automatic[image_id], self._features[image_id] = automatic_with_features(self.predictor, data)
         return self._features[image_id]
 
+    def remember_features(self, image_id: str, vector: np.ndarray) -> None:
+        """Use ``vector`` (e.g. from the score cache) as the image's features: no network pass."""
+        self._features[image_id] = np.asarray(vector, dtype=np.float32)
+
     def forget(self, image_id: str) -> None:
         """Drop what was kept for ``image_id`` (a whole-volume pass of a large image is 100s of MB);
         its feature vector (a few hundred floats) is kept."""
@@ -276,6 +280,7 @@ class TypiclustStrategy(_ModelStrategy):
 
     name = "typiclust"
     batch_mode = True
+    feature_kind: ClassVar[str] = "bottleneck"  # what the score cache keeps per image and model version
     defaults: ClassVar[dict[str, Any]] = {"batch": 0, "seed": 0, "neighbours": 20, "dims": 16}
 
     def _check(self) -> None:

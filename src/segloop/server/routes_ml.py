@@ -517,16 +517,17 @@ async def next_images(
             raise ApiError(422, "invalid", f"strategy {strat.name!r} needs a model: add model=NAME")
         version = await run_in_threadpool(scoring.check_model, state.store, model, strat)
 
-    def pool_and_hits() -> tuple[list[Any], set[str]]:
-        pool = [r for r in state.store.list_images() if r.label_state != "final"]
+    def pool_and_hits() -> tuple[list[Any], list[Any], set[str]]:
+        everything = state.store.list_images()
+        pool = [r for r in everything if r.label_state != "final"]
         if not strat.needs_model or not pool:
-            return pool, set()
+            return pool, pool, set()
         assert model is not None and version is not None
-        hits = state.score_cache().get(model, version, strat.name, strat.params, [r.id for r in pool])
-        return pool, set(hits)
+        needed = scoring.images_to_describe(strat, pool, everything)
+        return pool, needed, scoring.cached_ids(state.score_cache(), model, version, strat, [r.id for r in needed])
 
-    pool, hits = await run_in_threadpool(pool_and_hits)
-    plan = scoring.plan(strat, pool, hits, state.settings.score_sync_passes)
+    pool, needed, hits = await run_in_threadpool(pool_and_hits)
+    plan = scoring.plan(strat, needed, hits, state.settings.score_sync_passes)
     records = {r.id: r for r in pool}
     ids = [r.id for r in pool]
     base: dict[str, Any] = {

@@ -53,6 +53,9 @@ DESCRIPTIONS = {
     "mc-dropout": "mutual information over stochastic passes with dropout active (model uncertainty; "
     "needs a network with dropout)",
     "tta": "label disagreement over flipped / intensity-perturbed passes (test-time augmentation)",
+    "soft-dice": "the model's expected Dice loss of its own prediction (higher first)",
+    "typiclust": "the most typical image of each cluster of the model's features that no label covers yet "
+    "(the pool is ordered as a whole: few labels; score: typicality)",
 }
 
 
@@ -91,6 +94,23 @@ class CachedScoresOnly:
 
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"a score was not in the cache although it was a moment ago (needed {name!r})")
+
+
+def images_to_describe(strategy: Strategy, pool: list[Any], everything: list[Any]) -> list[Any]:
+    """The records a ranking must have a score (or features) for: the pool, and for a batch-mode
+    strategy (``typiclust``) the labelled images too, whose features place the pool's clusters."""
+    if not strategy.batch_mode:
+        return pool
+    ids = {r.id for r in pool}
+    return pool + [r for r in everything if r.label_state == "final" and r.id not in ids]
+
+
+def cached_ids(cache: Any, model: str, version: int, strategy: Strategy, image_ids: list[str]) -> set[str]:
+    """The images whose score (per-image strategies) or features (batch-mode ones) are in the cache."""
+    if strategy.batch_mode:
+        kind = str(getattr(strategy, "feature_kind", strategy.name))
+        return set(cache.get_features(model, version, kind, image_ids))
+    return set(cache.get(model, version, strategy.name, strategy.params, image_ids))
 
 
 @dataclass

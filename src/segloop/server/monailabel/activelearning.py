@@ -81,8 +81,9 @@ def _model_ranking(state: ServerState, strat: Any, model: str, pool: list[Any], 
         meta.update(fallback="random", reason=exc.message)
         return None
     ids = [r.id for r in pool]
-    hits = set(state.score_cache().get(model, version, strat.name, strat.params, ids))
-    plan = scoring.plan(strat, pool, hits, state.settings.score_sync_passes)
+    needed = scoring.images_to_describe(strat, pool, state.store.list_images())
+    hits = scoring.cached_ids(state.score_cache(), model, version, strat, [r.id for r in needed])
+    plan = scoring.plan(strat, needed, hits, state.settings.score_sync_passes)
     meta.update(model=model, version=version, cached=plan.cached, unscored=plan.unscored)
     if plan.action == "job":
         latest = scoring.latest_job(state.jobs, score_resource(model, version, strat.name, strat.params))

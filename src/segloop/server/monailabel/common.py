@@ -37,6 +37,8 @@ STRATEGY_TEXT = {
     "entropy": "highest mean predictive entropy of the model's automatic prediction",
     "mc-dropout": "highest mutual information over MC-dropout passes (needs dropout in the network)",
     "tta": "highest disagreement over test-time-augmented passes",
+    "soft-dice": "highest expected Dice loss of the model's own prediction",
+    "typiclust": "the most typical image of the largest cluster of the model's features no label covers yet",
 }
 
 

@@ -96,14 +96,29 @@ async def scoring_scores(method: str, state: State, _: Viewer, model: str | None
     record = state.store.get_model(name)
     if record.current_version is None:
         raise ApiError(404, "not_found", f"model {name!r} has no trained version")
-    pool = [r.id for r in state.store.list_images() if r.label_state != "final"]
+    everything = state.store.list_images()
+    pool = [r.id for r in everything if r.label_state != "final"]
+    version = int(record.current_version)
 
-    def read() -> dict[str, float]:
-        scores: dict[str, float] = state.score_cache().get(name, record.current_version, strat.name, strat.params, pool)
-        return scores
+    def read() -> tuple[list[tuple[str, float]], list[str]]:
+        if not strat.batch_mode:
+            scores: dict[str, float] = state.score_cache().get(name, version, strat.name, strat.params, pool)
+            return sorted(scores.items(), key=lambda kv: -kv[1]), [i for i in pool if i not in scores]
+        # a batch-mode strategy (typiclust) orders the pool as a whole from every image's cached
+        # features: no order until the pool and the labelled images are all described
+        from segloop.activelearning.ranking import rank_pool
+        from segloop.server import scoring
 
-    scores = await run_in_threadpool(read)
-    ordered = sorted(scores.items(), key=lambda kv: -kv[1])
-    return {"strategy": strat.name, "params": strat.params, "model": name, "version": record.current_version,
-            "scores": [{"id": i, "score": s} for i, s in ordered],
-            "missing": [i for i in pool if i not in scores]}
+        pool_records = [r for r in everything if r.label_state != "final"]
+        needed = [r.id for r in scoring.images_to_describe(strat, pool_records, everything)]
+        described = scoring.cached_ids(state.score_cache(), name, version, strat, needed)
+        missing = [i for i in needed if i not in described]
+        if missing or not pool:
+            return [], missing
+        ranking = rank_pool(state.store, strat, predictor=scoring.CachedScoresOnly(name, version), pool=pool,
+                            cache=state.score_cache())
+        return [(i.image_id, i.score) for i in ranking.items], []
+
+    ordered, missing = await run_in_threadpool(read)
+    return {"strategy": strat.name, "params": strat.params, "model": name, "version": version,
+            "scores": [{"id": i, "score": s} for i, s in ordered], "missing": missing}

@@ -31,7 +31,7 @@ SCHEMAS: tuple[str, ...] = ("store", "jobs", "scores")
 CHAINS: dict[str, tuple[str, ...]] = {
     "store": ("store_0001",),
     "jobs": ("jobs_0001", "jobs_0002"),
-    "scores": ("scores_0001",),
+    "scores": ("scores_0001", "scores_0002"),
 }
 HEADS: dict[str, str] = {name: chain[-1] for name, chain in CHAINS.items()}
 
