@@ -102,7 +102,8 @@ def load_reports(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 # Settings that change the strategies' arms but not the ``full`` arm, which trains once on every
 # pool image's reference label with the splits, budgets and training settings of the run.
-FULL_UNAFFECTED = {"compare", "strategy", "finish", "clicks", "satisfied_dice", "diagnose", "diagnose_images", "diversity",
+FULL_UNAFFECTED = {"compare", "strategy", "finish", "clicks", "satisfied_dice", "stroke_tolerance", "diagnose", "diagnose_images",
+                   "diversity",
                    "out", "device"}
 
 
