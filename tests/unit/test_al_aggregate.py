@@ -88,6 +88,14 @@ def test_refusals(tmp_path: Path, runs: list[Path]) -> None:
     # the number of torch threads changes the speed, not the experiment
     threads = write_run(tmp_path / "threads", 5, [0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.8, train={"num_threads": 1})
     assert aggregate([runs[0], threads])["seeds"] == [0, 5]
+    # another list of arms: each arm over the runs that have it
+    fewer = write_run(tmp_path / "fewer", 6, [0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.8, compare=["random", "full"])
+    del_entropy = json.loads((fewer / "report.json").read_text())
+    del del_entropy["arms"]["entropy"]
+    (fewer / "report.json").write_text(json.dumps(del_entropy))
+    mixed = aggregate([runs[0], fewer])
+    assert mixed["summary"]["random"]["runs"] == 2 and mixed["summary"]["entropy"]["runs"] == 1
+    assert "missing in some runs" in mixed["summary"]["entropy"]["note"]
     with pytest.raises(EmulationError, match="no report.json"):
         aggregate([runs[0], tmp_path / "missing"])
     with pytest.raises(EmulationError, match="nothing to aggregate"):

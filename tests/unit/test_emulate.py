@@ -364,3 +364,15 @@ def test_arms_take_strategy_defaults_or_named_variants() -> None:
     assert arm_strategy("random", seed=5).params["seed"] == 5 and arm_strategy("entropy", seed=5).params.get("seed") is None
     with pytest.raises(ValueError, match="unknown active-learning strategy 'bald'.*variants: .*tta-dice"):
         arm_strategy("bald")
+
+
+def test_a_typiclust_arm_selects_unlabelled_pool_images(finished: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+    ds, _, _ = finished
+    report = run_emulation(config(ds, tmp_path / "typ", strategy="typiclust", compare=["typiclust"], rounds=1,
+                                  diagnose=["entropy"], noc_images=1, noc_clicks=1))
+    rounds = report["arms"]["typiclust"]
+    splits = json.loads((tmp_path / "typ" / "splits.json").read_text())
+    picked = rounds[1]["selected"]
+    assert len(picked) == 2 and len(set(picked)) == 2
+    assert set(picked) <= set(splits["pool"]) and not set(picked) & set(splits["initial"])
+    assert rounds[1]["labelled"] == 7 and 0.0 <= rounds[1]["test_mean_dice"] <= 1.0

@@ -182,8 +182,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--full-from", nargs="+", default=None, metavar="RUN",
                    help="with --aggregate: earlier runs (same seeds, splits, budgets and training settings; other "
                         "strategies or annotator allowed) whose 'full' arm stands in for a run without one")
-    p.add_argument("--strategy", default="entropy",
-                   help="strategy (random, sequential, entropy, soft-dice, mc-dropout, tta, typiclust)")
+    p.add_argument("--strategy", default="typiclust",
+                   help="strategy (random, sequential, entropy, soft-dice, mc-dropout, tta, typiclust; default typiclust)")
     p.add_argument("--compare", default=None, metavar="A,B,...",
                    help="several arms on one plot, e.g. random,entropy,full (full: all reference labels)")
     p.add_argument("--initial", default="2", help="initially labelled part of the pool: 10%%, 0.1 or a count (default 2)")

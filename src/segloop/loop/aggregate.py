@@ -34,7 +34,9 @@ from segloop.loop.emulation_setup import FULL, EmulationError
 from segloop.loop.statistics import bootstrap_mean_ci, labels_to_target, paired_differences
 
 # Settings that may differ between the runs being aggregated.
-MAY_DIFFER = {"seed", "out", "device"}
+# ``compare``: a run may have more or fewer arms; each arm is aggregated over the runs that have it
+# (an arm missing from some runs is reported as such, not aggregated).
+MAY_DIFFER = {"seed", "out", "device", "compare"}
 # Training settings that change how fast a run computes, not what it computes (beyond
 # floating-point summation order, as with ``device``): runs may differ in them.
 TRAIN_MAY_DIFFER = {"num_threads"}
@@ -92,7 +94,7 @@ def load_reports(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
         if diff:
             raise EmulationError(
                 f"{folder}: its emulation has other settings than {folders[0]} ({', '.join(diff)} differ); "
-                "only the seed may differ between aggregated runs"
+                "only the seed and the arms compared may differ between aggregated runs"
             )
     seeds = [r["config"].get("seed") for r in reports]
     if len(set(seeds)) != len(seeds):
@@ -151,8 +153,10 @@ def aggregate(folders: Sequence[str | Path], full_from: Sequence[str | Path] = (
     earlier runs whose ``full`` arm stands in for a missing one (`borrow_full`)."""
     reports = load_reports(folders)
     borrowed = borrow_full(reports, full_from) if full_from else []
-    arms = [a for a in reports[0]["config"].get("compare") or [reports[0]["config"].get("strategy")] if a]
+    arms = [a for r in reports for a in r["config"].get("compare") or [r["config"].get("strategy")] if a]
     arms = list(dict.fromkeys(str(a).strip().lower() for a in arms))
+    if borrowed and FULL not in arms:
+        arms.append(FULL)
     out_arms: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     for arm in arms:

@@ -64,7 +64,7 @@ class EmulationConfig:
 
     dataset: str
     out: str
-    strategy: str = "entropy"
+    strategy: str = "typiclust"
     compare: list[str] = field(default_factory=list)
     initial: str = PRESET_INITIAL
     per_round: int | None = None  # None: derived from the pool (`derive_per_round`)

@@ -493,7 +493,7 @@ async def next_images(
     state: State,
     principal: Viewer,
     strategy: Annotated[str, Query(min_length=1, max_length=64)] = "sequential",
-    model: Annotated[str | None, Query(min_length=1, max_length=128, description="needed by entropy, mc-dropout, tta")] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=128, description="needed by the model-based strategies (typiclust, entropy, soft-dice, mc-dropout, tta)")] = None,
     count: Annotated[int, Query(ge=1, le=100)] = 1,
     diversity: Annotated[float, Query(ge=0.0, le=10.0, description="near-duplicate penalty (0: plain score order)")] = 0.0,
     seed: Annotated[int | None, Query(ge=0, le=2**31, description="seed of random (and of mc-dropout/tta passes)")] = None,
