@@ -65,7 +65,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from segloop import __version__
 from segloop.jobs import EventBus, JobRunner
-from segloop.server import routes, routes_ml, routes_pacs, routes_prompts, routes_sessions
+from segloop.server import routes, routes_ml, routes_next, routes_pacs, routes_prompts, routes_sessions
 from segloop.server.auth import Authenticator, AuthError, Principal
 from segloop.server.errors import error_body, install_error_handlers
 from segloop.server.settings import ServerSettings
@@ -184,6 +184,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(routes_ml.router)
+    app.include_router(routes_next.router)
     app.include_router(routes_sessions.router)
     app.include_router(routes_prompts.router)
     _event_routes(app)
