@@ -69,3 +69,25 @@ def test_typiclust_refuses_bad_arguments() -> None:
         typiclust_order(np.zeros((4, 2)), [False] * 3, batch=1)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         typiclust_order(np.zeros((4, 2)), [False] * 4, batch=0)
+
+
+def test_the_bottleneck_is_the_coarsest_map_and_torchscript_is_refused() -> None:
+    import torch
+
+    from segloop.activelearning.passes import _BottleneckRecorder
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.MaxPool3d(2), torch.nn.Conv3d(4, 8, 3, padding=1),
+                              torch.nn.Upsample(scale_factor=2), torch.nn.Conv3d(8, 2, 1))
+    recorder = _BottleneckRecorder(net)
+    net(torch.ones(1, 1, 8, 8, 8))
+    net(torch.zeros(1, 1, 8, 8, 8))  # a second window: its statistics add up
+    recorder.close()
+    feats = recorder.features()
+    assert feats.shape == (16,)  # the 8-channel map at half resolution: 8 means, 8 standard deviations
+    with torch.no_grad():
+        coarse = net[2](net[1](net[0](torch.cat([torch.ones(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8)]))))
+    np.testing.assert_allclose(feats[:8], coarse.mean(dim=(0, 2, 3, 4)).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="TorchScript"):
+        _BottleneckRecorder(torch.jit.script(net))
+    with pytest.raises(ValueError, match="TorchScript"):  # wrapped, as an imported model's network is
+        _BottleneckRecorder(torch.nn.Sequential(torch.jit.script(net)))

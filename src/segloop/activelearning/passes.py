@@ -100,6 +100,11 @@ class _BottleneckRecorder:
 
     def __init__(self, net: torch.nn.Module) -> None:
         self._stats: dict[int, list[Any]] = {}  # id -> [first run order, voxels, sum, sumsq, count]
+        if any(isinstance(m, torch.jit.ScriptModule) for m in net.modules()):
+            raise ValueError(
+                "this model is a TorchScript file, whose feature maps cannot be read: strategies that describe "
+                "images by the network's features (typiclust) need a model segloop can rebuild; use entropy or tta"
+            )
         self._handles = [m.register_forward_hook(self._hook) for m in net.modules()]
 
     def _hook(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
