@@ -75,6 +75,12 @@ _features = Table(
 metadata = _meta  # the cache's tables (for `segloop db upgrade`)
 
 
+def _chunks(image_ids: Iterable[str], size: int = 500) -> list[list[str]]:
+    """``image_ids`` in lists of at most ``size`` (one ``IN (...)`` query each)."""
+    ids = list(image_ids)
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
+
+
 def params_key(params: Mapping[str, Any]) -> str:
     """Canonical JSON of strategy parameters (sorted keys, no spaces)."""
     return json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str)
@@ -123,14 +129,10 @@ class ScoreCache:
 
     def get(self, model: str, version: int, strategy: str, params: Mapping[str, Any], image_ids: Iterable[str]) -> dict[str, float]:
         """Cached scores of ``image_ids`` (those present) as ``{image_id: score}``."""
-        ids = list(image_ids)
-        if not ids:
-            return {}
         key = params_key(params)
         out: dict[str, float] = {}
         with self._engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for chunk in _chunks(image_ids):
                 rows = conn.execute(
                     select(_scores.c.image_id, _scores.c.score).where(
                         _scores.c.model == model,
@@ -173,16 +175,15 @@ class ScoreCache:
 
     def get_features(self, model: str, version: int, kind: str, image_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Cached feature vectors (a batch-mode strategy's description of each image by the model)."""
-        ids = list(image_ids)
         out: dict[str, np.ndarray] = {}
         with self._engine.connect() as conn:
-            for start in range(0, len(ids), 500):
+            for chunk in _chunks(image_ids):
                 rows = conn.execute(
                     select(_features.c.image_id, _features.c.vector).where(
                         _features.c.model == model,
                         _features.c.version == int(version),
                         _features.c.kind == kind,
-                        _features.c.image_id.in_(ids[start : start + 500]),
+                        _features.c.image_id.in_(chunk),
                     )
                 )
                 out.update({str(i): np.frombuffer(v, dtype=np.float32).copy() for i, v in rows})

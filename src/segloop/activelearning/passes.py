@@ -130,7 +130,7 @@ class _BottleneckRecorder:
         """``(2 * C,)`` float32: the bottleneck's per-channel mean and standard deviation."""
         if not self._stats:
             raise ValueError("the network produced no 3-D feature maps to describe the image with")
-        run, _voxels, s, sq, count = min(
+        _order, _voxels, s, sq, count = min(
             self._stats.values(), key=lambda e: (e[1], -int(e[2].numel()), -e[0])
         )
         mean = s / count

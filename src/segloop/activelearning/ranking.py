@@ -196,6 +196,13 @@ def rank_pool(
     return Ranking(strat.name, dict(strat.params), model, version, items, diversity, time.perf_counter() - t0, scored)
 
 
+def batch_mode_labelled(records: Sequence[Any], candidates: Sequence[str]) -> list[Any]:
+    """The image records a batch-mode strategy describes besides the candidates: every image with a
+    final label (they place the clusters the candidates are picked from)."""
+    wanted = set(candidates)
+    return [r for r in records if r.label_state == "final" and r.id not in wanted]
+
+
 def _rank_batch_mode(
     strat: Strategy, ctx: ScoringContext, ids: list[str], records: Sequence[Any], names: dict[str, str],
     limit: int | None, progress: Callable[[int, int], None] | None, cancel: threading.Event | None,
@@ -204,10 +211,9 @@ def _rank_batch_mode(
     """A batch-mode strategy: every candidate's and labelled image's features first (from the
     cache, else one network pass each, in batches with progress, cancel and a cache write), then
     the strategy orders the candidates as a whole. The diversity penalty does not apply."""
-    candidates = set(ids)
-    labelled = [r.id for r in records if r.label_state == "final" and r.id not in candidates]
+    labelled = [r.id for r in batch_mode_labelled(records, ids)]
     everything = ids + labelled
-    kind = str(getattr(strat, "feature_kind", strat.name))
+    kind = strat.feature_kind
     from_cache: set[str] = set()
     scored = 0
     for start in range(0, len(everything), batch_size):

@@ -51,6 +51,7 @@ class Strategy:
     name: ClassVar[str] = ""
     needs_model: ClassVar[bool] = False
     batch_mode: ClassVar[bool] = False
+    feature_kind: ClassVar[str] = ""  # batch mode: what the score cache keeps per image and model version
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
@@ -280,7 +281,7 @@ class TypiclustStrategy(_ModelStrategy):
 
     name = "typiclust"
     batch_mode = True
-    feature_kind: ClassVar[str] = "bottleneck"  # what the score cache keeps per image and model version
+    feature_kind = "bottleneck"
     defaults: ClassVar[dict[str, Any]] = {"batch": 0, "seed": 0, "neighbours": 20, "dims": 16}
 
     def _check(self) -> None:
@@ -297,12 +298,13 @@ class TypiclustStrategy(_ModelStrategy):
     ) -> tuple[list[str], dict[str, float]]:
         from segloop.activelearning.typicality import typiclust_order
 
-        ids = list(candidates) + [i for i in labelled if i not in set(candidates)]
+        wanted = set(candidates)
+        ids = list(candidates) + [i for i in labelled if i not in wanted]
         if not candidates:
             return [], {}
         feats = np.stack([self._features(i, ctx) for i in ids])
         flags = [False] * len(candidates) + [True] * (len(ids) - len(candidates))
-        batch = self.params["batch"] or (n if n else 4)
+        batch = self.params["batch"] or n or 4  # a whole ordering asked for (n None): rounds of 4
         picks, typ = typiclust_order(
             feats, flags, batch, n, seed=self.params["seed"], neighbours=self.params["neighbours"], dims=self.params["dims"]
         )

@@ -101,15 +101,15 @@ def images_to_describe(strategy: Strategy, pool: list[Any], everything: list[Any
     strategy (``typiclust``) the labelled images too, whose features place the pool's clusters."""
     if not strategy.batch_mode:
         return pool
-    ids = {r.id for r in pool}
-    return pool + [r for r in everything if r.label_state == "final" and r.id not in ids]
+    from segloop.activelearning.ranking import batch_mode_labelled
+
+    return pool + batch_mode_labelled(everything, [r.id for r in pool])
 
 
 def cached_ids(cache: Any, model: str, version: int, strategy: Strategy, image_ids: list[str]) -> set[str]:
     """The images whose score (per-image strategies) or features (batch-mode ones) are in the cache."""
     if strategy.batch_mode:
-        kind = str(getattr(strategy, "feature_kind", strategy.name))
-        return set(cache.get_features(model, version, kind, image_ids))
+        return set(cache.get_features(model, version, strategy.feature_kind, image_ids))
     return set(cache.get(model, version, strategy.name, strategy.params, image_ids))
 
 
