@@ -156,6 +156,19 @@ def test_typiclust_orders_the_pool_as_a_whole_over_the_networks_features(trained
     with pytest.raises(ValueError, match="no per-image score"):
         scorer("typiclust")
 
+    # then=entropy: the description is the features followed by the entropy score of the same pass
+    hybrid = get_strategy("typiclust", min_cluster=5, then="entropy")
+    assert hybrid.feature_kind == "bottleneck+entropy" and get_strategy("typiclust").feature_kind == "bottleneck"
+    fresh = ScoringContext(load=store.load_image, predictor=pred)
+    vec = hybrid.describe(trained["clean"], fresh)
+    np.testing.assert_allclose(vec[:-1], feats, rtol=1e-5, atol=1e-6)
+    assert vec[-1] == pytest.approx(get_strategy("entropy").score(trained["clean"], ctx), rel=1e-5)
+    mixed = rank_pool(store, hybrid, predictor=pred, pool=pool, limit=3)
+    assert len(mixed.ids()) == 3 and set(mixed.ids()) <= set(pool)
+    assert set(hybrid.reasons) == set(mixed.ids()) and set(hybrid.reasons.values()) <= {"typical", "uncertain"}
+    with pytest.raises(ValueError, match="then must be one of"):
+        get_strategy("typiclust", then="margin")
+
 
 def test_scoring_does_not_block_saving_and_can_be_cancelled(trained: dict[str, Any]) -> None:
     store, pred = trained["store"], trained["predictor"]

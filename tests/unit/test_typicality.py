@@ -51,7 +51,8 @@ def test_typiclust_takes_typical_images_of_uncovered_clusters_largest_first() ->
     x = blobs([30, 20, 10], [0.0, 5.0, -5.0])
     labelled = np.zeros(60, dtype=bool)
     labelled[0] = True  # the largest blob already has a label
-    order, typ = typiclust_order(x, labelled, batch=2, n=2)
+    order, typ, rules = typiclust_order(x, labelled, batch=2, n=2)
+    assert rules == ["typical", "typical"]
     blob = lambda i: 0 if i < 30 else 1 if i < 50 else 2  # noqa: E731
     assert [blob(i) for i in order] == [1, 2]  # the uncovered blobs, the larger first
     for i in order:  # the most typical member of its blob
@@ -59,7 +60,7 @@ def test_typiclust_takes_typical_images_of_uncovered_clusters_largest_first() ->
         assert typ[i] == max(typ[j] for j in members)
     assert typiclust_order(x, labelled, batch=2, n=2)[0] == order  # reproducible
     # asked for more than one batch: every candidate once, never a labelled image
-    everything, _ = typiclust_order(x, labelled, batch=2)
+    everything = typiclust_order(x, labelled, batch=2).order
     assert sorted(everything) == list(range(1, 60))
     assert typiclust_order(x, np.ones(60, dtype=bool), batch=2)[0] == []
 
@@ -69,6 +70,30 @@ def test_typiclust_refuses_bad_arguments() -> None:
         typiclust_order(np.zeros((4, 2)), [False] * 3, batch=1)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         typiclust_order(np.zeros((4, 2)), [False] * 4, batch=0)
+    with pytest.raises(ValueError, match="min_cluster must be >= 0"):
+        typiclust_order(np.zeros((4, 2)), [False] * 4, batch=1, min_cluster=-1)
+    with pytest.raises(ValueError, match="uncertainty"):
+        typiclust_order(np.zeros((4, 2)), [False] * 4, batch=1, uncertainty=[0.0, 1.0])
+
+
+def test_small_clusters_are_skipped_and_uncertainty_takes_over_once_every_large_cluster_is_covered() -> None:
+    x = blobs([30, 20, 4], [0.0, 5.0, -5.0])  # the third blob is too small for a density
+    labelled = np.zeros(54, dtype=bool)
+    labelled[0] = True  # the largest blob has a label
+    blob = lambda i: 0 if i < 30 else 1 if i < 50 else 2  # noqa: E731
+    # without uncertainty the small blob is skipped while another cluster has candidates
+    plain = typiclust_order(x, labelled, batch=2, n=2, min_cluster=5)
+    assert plain.rules == ["typical", "typical"] and [blob(i) for i in plain.order] == [1, 0]
+    unc = np.zeros(54)
+    unc[10] = 3.0  # the most uncertain image sits in the covered blob
+    unc[51] = 2.0  # the next in the small blob
+    picks = typiclust_order(x, labelled, batch=2, n=3, min_cluster=5, uncertainty=unc)
+    assert picks.rules[0] == "typical" and blob(picks.order[0]) == 1  # the uncovered large blob first
+    assert picks.rules[1:] == ["uncertain", "uncertain"]  # then no large cluster is uncovered
+    assert picks.order[1:] == [10, 51]
+    # min_cluster 0 keeps the small blob a cluster to cover: typicality picks there before uncertainty
+    no_floor = typiclust_order(x, labelled, batch=2, n=2, min_cluster=0, uncertainty=unc)
+    assert no_floor.rules == ["typical", "typical"] and sorted(blob(i) for i in no_floor.order) == [1, 2]
 
 
 def test_the_bottleneck_is_the_coarsest_map_and_torchscript_is_refused() -> None:

@@ -227,10 +227,10 @@ def _rank_batch_mode(
         new: dict[str, np.ndarray] = {}
         for image_id in batch:
             if image_id in hits:
-                ctx.remember_features(image_id, hits[image_id])
+                ctx.remember_description(image_id, hits[image_id])
                 from_cache.add(image_id)
             elif strat.needs_model:
-                new[image_id] = ctx.features(image_id)
+                new[image_id] = strat.describe(image_id, ctx)
             ctx.forget(image_id)
         scored += len(new)
         if cache is not None and new:

@@ -22,10 +22,13 @@ Strategies (`get_strategy(name, **params)`):
   ``seed``, ``intensity``, ``region``, ``foreground_only``, ``dilation``): aleatoric
   uncertainty over flipped / intensity-perturbed passes (flips along the axes the model was
   trained to flip).
-- ``typiclust`` (``batch``, ``seed``, ``neighbours``, ``dims``), batch mode: clusters the labelled
-  and unlabelled images' bottleneck features into ``labelled + batch`` clusters and takes the
-  most typical image of each cluster no label covers yet (`segloop.activelearning.typicality`);
-  ``batch`` 0 = the number of images asked for.
+- ``typiclust`` (``batch``, ``seed``, ``neighbours``, ``dims``, ``min_cluster``, ``then``), batch
+  mode: clusters the labelled and unlabelled images' bottleneck features into ``labelled + batch``
+  clusters and takes the most typical image of each cluster no label covers yet
+  (`segloop.activelearning.typicality`); ``batch`` 0 = the number of images asked for; clusters of
+  at most ``min_cluster`` images are not picked from; ``then=entropy``: once no cluster larger
+  than that is left without a label, the rest of the batch are the candidates with the highest
+  ``entropy`` score (its defaults), from the same pass.
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ class Strategy:
     name: ClassVar[str] = ""
     needs_model: ClassVar[bool] = False
     batch_mode: ClassVar[bool] = False
-    feature_kind: ClassVar[str] = ""  # batch mode: what the score cache keeps per image and model version
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
@@ -60,6 +62,8 @@ class Strategy:
             known = ", ".join(sorted(self.defaults)) or "none"
             raise ValueError(f"unknown parameter(s) for strategy {self.name!r}: {', '.join(unknown)} (known: {known})")
         self.params: dict[str, Any] = {**self.defaults, **params}
+        # batch mode: the rule that chose each image of the last `order` (e.g. typical / uncertain)
+        self.reasons: dict[str, str] = {}
         self._check()
 
     def _check(self) -> None:
@@ -76,8 +80,18 @@ class Strategy:
         if self.params[key] not in choices:
             raise ValueError(f"strategy {self.name!r}: {key} must be one of {', '.join(choices)}, got {self.params[key]!r}")
 
+    @property
+    def feature_kind(self) -> str:
+        """Batch mode: the name under which the score cache keeps `describe`'s vector per image and
+        model version (another vector, another name)."""
+        return ""
+
     def score(self, image_id: str, ctx: ScoringContext) -> float:
         raise NotImplementedError
+
+    def describe(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
+        """Batch mode: the vector `order` needs of one image (kept in ``ctx`` and in the score cache)."""
+        raise NotImplementedError(f"strategy {self.name!r} scores images one by one")
 
     def order(
         self, candidates: Sequence[str], labelled: Sequence[str], ctx: ScoringContext, n: int | None
@@ -107,6 +121,7 @@ class ScoringContext:
     _prepared: dict[str, Any] = field(default_factory=dict)
     _automatic: dict[str, np.ndarray] = field(default_factory=dict)
     _features: dict[str, np.ndarray] = field(default_factory=dict)
+    _descriptions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def volume(self, image_id: str) -> Volume:
         """The image, loaded once per context (kept for the descriptor of the same batch)."""
@@ -143,13 +158,18 @@ class ScoringContext:
             self._automatic[image_id], self._features[image_id] = automatic_with_features(self.predictor, data)
         return self._features[image_id]
 
-    def remember_features(self, image_id: str, vector: np.ndarray) -> None:
-        """Use ``vector`` (e.g. from the score cache) as the image's features: no network pass."""
-        self._features[image_id] = np.asarray(vector, dtype=np.float32)
+    def description(self, image_id: str) -> np.ndarray | None:
+        """A batch-mode strategy's vector of the image (`Strategy.describe`), if remembered."""
+        return self._descriptions.get(image_id)
+
+    def remember_description(self, image_id: str, vector: np.ndarray) -> None:
+        """Keep ``vector`` (computed, or from the score cache) as the image's description for a
+        batch-mode strategy: no network pass when it is asked for again."""
+        self._descriptions[image_id] = np.asarray(vector, dtype=np.float32)
 
     def forget(self, image_id: str) -> None:
         """Drop what was kept for ``image_id`` (a whole-volume pass of a large image is 100s of MB);
-        its feature vector (a few hundred floats) is kept."""
+        its feature vector and description (a few hundred floats) are kept."""
         self._volumes.pop(image_id, None)
         self._prepared.pop(image_id, None)
         self._automatic.pop(image_id, None)
@@ -277,21 +297,43 @@ class TtaStrategy(_ModelStrategy):
 
 class TypiclustStrategy(_ModelStrategy):
     """Typical images of the clusters no label covers yet, over the network's own bottleneck
-    features (`segloop.activelearning.typicality`)."""
+    features (`segloop.activelearning.typicality`); with ``then=entropy``, the most uncertain images
+    once every sizeable cluster holds a label."""
 
     name = "typiclust"
     batch_mode = True
-    feature_kind = "bottleneck"
-    defaults: ClassVar[dict[str, Any]] = {"batch": 0, "seed": 0, "neighbours": 20, "dims": 16}
+    defaults: ClassVar[dict[str, Any]] = {"batch": 0, "seed": 0, "neighbours": 20, "dims": 16, "min_cluster": 0,
+                                          "then": "none"}
 
     def _check(self) -> None:
         self._int("batch", 0)
         self._int("seed", 0)
         self._int("neighbours", 1)
         self._int("dims", 1)
+        self._int("min_cluster", 0)
+        self._choice("then", ("none", "entropy"))
+
+    @property
+    def feature_kind(self) -> str:
+        return "bottleneck+entropy" if self.params["then"] == "entropy" else "bottleneck"
 
     def score(self, image_id: str, ctx: ScoringContext) -> float:
         raise ValueError("strategy 'typiclust' ranks the pool as a whole (rank_pool), not one image at a time")
+
+    def describe(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
+        """The bottleneck features (`ScoringContext.features`), with ``then=entropy`` followed by the
+        image's entropy score from the same pass; the image's arrays are dropped afterwards."""
+        known = ctx.description(image_id)
+        if known is not None:
+            return known
+        if ctx.predictor is None:
+            raise ValueError(f"strategy {self.name!r} needs a trained model")
+        vector = ctx.features(image_id)
+        if self.params["then"] == "entropy":
+            vector = np.append(vector, np.float32(EntropyStrategy().score(image_id, ctx)))
+        ctx.remember_description(image_id, vector)
+        ctx.forget(image_id)
+        return vector
 
     def order(
         self, candidates: Sequence[str], labelled: Sequence[str], ctx: ScoringContext, n: int | None
@@ -302,20 +344,18 @@ class TypiclustStrategy(_ModelStrategy):
         ids = list(candidates) + [i for i in labelled if i not in wanted]
         if not candidates:
             return [], {}
-        feats = np.stack([self._features(i, ctx) for i in ids])
+        vectors = np.stack([self.describe(i, ctx) for i in ids])
+        uncertainty = None
+        if self.params["then"] == "entropy":
+            vectors, uncertainty = vectors[:, :-1], vectors[:, -1]
         flags = [False] * len(candidates) + [True] * (len(ids) - len(candidates))
         batch = self.params["batch"] or n or 4  # a whole ordering asked for (n None): rounds of 4
-        picks, typ = typiclust_order(
-            feats, flags, batch, n, seed=self.params["seed"], neighbours=self.params["neighbours"], dims=self.params["dims"]
+        picks = typiclust_order(
+            vectors, flags, batch, n, seed=self.params["seed"], neighbours=self.params["neighbours"],
+            dims=self.params["dims"], min_cluster=self.params["min_cluster"], uncertainty=uncertainty,
         )
-        return [ids[p] for p in picks], {ids[i]: float(typ[i]) for i in range(len(candidates))}
-
-    def _features(self, image_id: str, ctx: ScoringContext) -> np.ndarray:
-        if ctx.predictor is None:
-            raise ValueError(f"strategy {self.name!r} needs a trained model")
-        f = ctx.features(image_id)
-        ctx.forget(image_id)
-        return f
+        self.reasons = {ids[p]: rule for p, rule in zip(picks.order, picks.rules, strict=True)}
+        return [ids[p] for p in picks.order], {ids[i]: float(picks.typicality[i]) for i in range(len(candidates))}
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

@@ -13,16 +13,37 @@ opposite strategies suit high and low budgets*, ICML 2022). `typiclust_order`:
 
 Features are standardised per dimension and reduced to their leading principal components
 (`prepare_features`) first, so no single large-valued dimension decides the distances.
+
+As in the authors' implementation, clusters of at most ``min_cluster`` images (5 there) hold too
+few images for a density and are not picked from. Given an ``uncertainty`` per image, the batch
+switches to it once no cluster that is large enough is left without a label: typical images
+while the labels leave whole regions of the data uncovered, then the most uncertain ones (the
+"TypiClust, then uncertainty" schedule of Doucet et al., *Bridging diversity and uncertainty in
+active learning with self-supervised pre-training*, 2024). The switch comes from the data — its
+cluster sizes at ``labelled + batch`` clusters — not from a fixed round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 NEIGHBOURS = 20
 PCA_DIMS = 16
+MIN_CLUSTER = 5  # the authors' MIN_CLUSTER_SIZE: a cluster needs more images than this to be picked from
+TYPICAL = "typical"
+UNCERTAIN = "uncertain"
+
+
+class Picks(NamedTuple):
+    """`typiclust_order`'s answer: candidate indices in pick order, every point's typicality in its
+    cluster ``(N,)``, and which rule chose each pick (`TYPICAL` or `UNCERTAIN`)."""
+
+    order: list[int]
+    typicality: np.ndarray
+    rules: list[str]
 
 
 def prepare_features(features: np.ndarray, dims: int = PCA_DIMS) -> np.ndarray:
@@ -105,8 +126,11 @@ def typiclust_order(
     seed: int = 0,
     neighbours: int = NEIGHBOURS,
     dims: int = PCA_DIMS,
-) -> tuple[list[int], np.ndarray]:
-    """The candidates to label, in pick order, and each point's typicality in its cluster.
+    min_cluster: int = 0,
+    uncertainty: Sequence[float] | np.ndarray | None = None,
+) -> Picks:
+    """The candidates to label, in pick order, each point's typicality in its cluster, and the rule
+    of each pick.
 
     Args:
         features: ``(N, D)`` one vector per image, labelled and candidates together.
@@ -115,9 +139,15 @@ def typiclust_order(
         n: how many to pick (default every candidate; after ``batch`` picks the clusters
             with the fewest picks so far come first again).
         seed: k-means seed.
+        min_cluster: clusters of at most this many images (labelled ones included) are not
+            picked from for typicality; if no other cluster has a candidate left, they are
+            (without ``uncertainty``).
+        uncertainty: ``(N,)`` a score per image, higher = more uncertain. Given, typicality picks
+            only from clusters without a label or earlier pick, and once no such cluster larger
+            than ``min_cluster`` is left, the remaining picks are the most uncertain candidates.
 
     Returns:
-        ``(order, typicality)``: candidate indices into ``features`` and ``(N,)`` typicality.
+        `Picks` ``(order, typicality, rules)``.
     """
     lab = np.asarray(labelled, dtype=bool)
     f = np.asarray(features, dtype=np.float64)
@@ -125,10 +155,18 @@ def typiclust_order(
         raise ValueError(f"features {f.shape} do not match {lab.shape[0]} labelled flags")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if min_cluster < 0:
+        raise ValueError(f"min_cluster must be >= 0, got {min_cluster}")
+    unc: np.ndarray | None = None
+    if uncertainty is not None:
+        unc = np.asarray(uncertainty, dtype=np.float64)
+        if unc.shape != lab.shape:
+            raise ValueError(f"uncertainty {unc.shape} does not match {lab.shape[0]} labelled flags")
+        unc = np.where(np.isfinite(unc), unc, -np.inf)
     candidates = np.flatnonzero(~lab)
     n = len(candidates) if n is None else max(0, min(int(n), len(candidates)))
     if n == 0:
-        return [], np.zeros(f.shape[0])
+        return Picks([], np.zeros(f.shape[0]), [])
     x = prepare_features(f, dims)
     clusters = kmeans(x, int(lab.sum()) + int(batch), seed=seed)
     typ = np.zeros(f.shape[0])
@@ -139,13 +177,28 @@ def typiclust_order(
     sizes = np.bincount(clusters, minlength=covered.size)
     free = ~lab
     order: list[int] = []
+    rules: list[str] = []
     for _ in range(n):
         open_clusters = [c for c in range(covered.size) if free[clusters == c].any()]
+        typical = [c for c in open_clusters if sizes[c] > min_cluster]
+        if unc is not None:
+            typical = [c for c in typical if covered[c] == 0]
+            if not typical:  # every sizeable region holds a label: the most uncertain candidate
+                left = np.flatnonzero(free)
+                pick = int(left[np.argmax(unc[left])])  # first index wins ties
+                order.append(pick)
+                rules.append(UNCERTAIN)
+                free[pick] = False
+                covered[clusters[pick]] += 1
+                continue
+        elif not typical:
+            typical = open_clusters
         # fewest labels first, then the largest cluster, then the lowest cluster number (stable)
-        c = min(open_clusters, key=lambda j: (covered[j], -sizes[j], j))
+        c = min(typical, key=lambda j: (covered[j], -sizes[j], j))
         members = np.flatnonzero((clusters == c) & free)
         pick = int(members[np.argmax(typ[members])])  # first index wins ties
         order.append(pick)
+        rules.append(TYPICAL)
         free[pick] = False
         covered[c] += 1
-    return order, typ
+    return Picks(order, typ, rules)

@@ -34,6 +34,12 @@ SCORERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tta-dice": ("tta", {"passes": 4, "metric": "dice"}),
 }
 DEFAULT_DIAGNOSTIC = ("entropy", "entropy-volume", "soft-dice", "mc-dropout-class", "tta-dice")
+# Emulation arms that are a strategy with other parameters but no per-image score (batch mode):
+# name -> (strategy, parameters).
+ARM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # typical images while a cluster larger than the authors' MIN_CLUSTER_SIZE is uncovered, then entropy
+    "typiclust-entropy": ("typiclust", {"min_cluster": 5, "then": "entropy"}),
+}
 
 
 def scorer(name: str) -> Strategy:
@@ -57,7 +63,7 @@ def scorer(name: str) -> Strategy:
 def arm_strategy(name: str, seed: int | None = None) -> Strategy:
     """The strategy of an emulation arm: a strategy name with that strategy's own defaults, or a
     named variant of `SCORERS` that is not a strategy name (``tta-dice``, ``mc-dropout-class``,
-    ...); ``seed`` sets the strategy's seed where it has one.
+    ...) or of `ARM_VARIANTS` (``typiclust-entropy``); ``seed`` sets the strategy's seed where it has one.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
@@ -65,10 +71,10 @@ def arm_strategy(name: str, seed: int | None = None) -> Strategy:
     params: dict[str, Any] = {}
     if name in STRATEGIES:
         strategy = name
-    elif name in SCORERS:
-        strategy, params = SCORERS[name]
+    elif name in SCORERS or name in ARM_VARIANTS:
+        strategy, params = SCORERS.get(name) or ARM_VARIANTS[name]
     else:
-        variants = ", ".join(n for n in SCORERS if n not in STRATEGIES)
+        variants = ", ".join([*(n for n in SCORERS if n not in STRATEGIES), *ARM_VARIANTS])
         raise ValueError(f"unknown active-learning strategy {name!r} (known: {', '.join(STRATEGIES)}; variants: {variants})")
     s = get_strategy(strategy, **params)
     if seed is not None and "seed" in s.params:

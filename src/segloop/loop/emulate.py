@@ -290,8 +290,12 @@ class Emulation:
             if sel is None:
                 ranking = loop.select(self.plan.per_round)
                 sel = {"selected": ranking.ids(), "scores": ranking.scores(), "select_seconds": ranking.seconds, "annotations": {}}
+                why = {i: strategy.reasons[i] for i in sel["selected"] if i in strategy.reasons}
+                if why:  # a batch-mode strategy: which rule chose each image
+                    sel["reasons"] = why
                 write_json(sel_file, sel)
-                self.log(f"[{arm}] round {rnd}: selected {', '.join(sel['selected'])} ({ranking.seconds:.1f} s)")
+                because = f" [{', '.join(why[i] for i in sel['selected'] if i in why)}]" if why else ""
+                self.log(f"[{arm}] round {rnd}: selected {', '.join(sel['selected'])}{because} ({ranking.seconds:.1f} s)")
             for image_id in sel["selected"]:
                 if image_id in sel["annotations"]:
                     continue
