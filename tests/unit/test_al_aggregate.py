@@ -182,6 +182,33 @@ def test_full_arm_borrowed_from_a_run_with_the_same_training(tmp_path: Path) -> 
         aggregate(new, full_from=[bare])
 
 
+def test_arms_borrowed_from_earlier_runs_of_the_same_seeds(tmp_path: Path) -> None:
+    donors = [write_run(tmp_path / f"d{s}", s, rnd, [0.5, 0.5, 0.5], 0.9, diagnose=["entropy"])
+              for s, rnd in ((0, [0.70, 0.72, 0.74]), (1, [0.60, 0.66, 0.70]))]
+    new = []
+    for s in (0, 1):  # a run of a new arm alone: random and full come from the donors
+        run = write_run(tmp_path / f"n{s}", s, [0.0] * 3, [0.70, 0.78, 0.80], 0.0, compare=["entropy"],
+                        diagnose=["soft-dice"])
+        rep = json.loads((run / "report.json").read_text())
+        del rep["arms"]["random"], rep["arms"]["full"]
+        (run / "report.json").write_text(json.dumps(rep))
+        new.append(run)
+    agg = aggregate(new, arms_from=donors)
+    assert list(agg["arms"]) == ["random", "entropy", "full"]
+    assert len(agg["notes"]) == 4 and all("comes from" in n for n in agg["notes"])
+    assert agg["arms"]["random"][2]["test_mean_dice"]["values"] == [0.74, 0.70]  # each seed's own donor
+    s = agg["summary"]["entropy"]
+    # the paired difference uses the borrowed random arm of the same seed
+    assert s["auc_minus_random"]["values"][0] == pytest.approx(((0.70 + 0.78) / 2 + (0.78 + 0.80) / 2) / 2
+                                                               - ((0.70 + 0.72) / 2 + (0.72 + 0.74) / 2) / 2)
+    # an arm the run has is not replaced
+    assert agg["arms"]["entropy"][1]["test_mean_dice"]["values"] == [0.78, 0.78]
+    # a donor with another annotator is refused for a strategy arm, naming the setting
+    other = write_run(tmp_path / "o0", 0, [0.5] * 3, [0.5] * 3, 0.9, clicks=5)
+    with pytest.raises(EmulationError, match="'random' arm was run with other settings \\(clicks differ\\)"):
+        aggregate(new, arms_from=[other])
+
+
 def test_an_arm_that_got_less_far_is_compared_over_the_same_rounds(tmp_path: Path) -> None:
     runs = []
     for s in (0, 1):

@@ -36,7 +36,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from segloop.loop.emulate import EmulationError
 
     try:
-        agg = aggregate(args.aggregate, full_from=args.full_from or ())
+        agg = aggregate(args.aggregate, full_from=args.full_from or (), arms_from=args.arms_from or ())
     except EmulationError as exc:
         raise CommandError(str(exc)) from exc
     write_aggregate(agg, args.out)
@@ -182,6 +182,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--full-from", nargs="+", default=None, metavar="RUN",
                    help="with --aggregate: earlier runs (same seeds, splits, budgets and training settings; other "
                         "strategies or annotator allowed) whose 'full' arm stands in for a run without one")
+    p.add_argument("--arms-from", nargs="+", default=None, metavar="RUN",
+                   help="with --aggregate: earlier runs (one per seed; same splits, budgets, training and annotator) "
+                        "whose arms stand in for the arms a run lacks, e.g. a stored random arm beside a new strategy")
     p.add_argument("--strategy", default="typiclust",
                    help="strategy (random, sequential, entropy, soft-dice, mc-dropout, tta, typiclust; default typiclust)")
     p.add_argument("--compare", default=None, metavar="A,B,...",

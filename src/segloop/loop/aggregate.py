@@ -107,56 +107,83 @@ def load_reports(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
 FULL_UNAFFECTED = {"compare", "strategy", "finish", "clicks", "satisfied_dice", "stroke_tolerance", "diagnose", "diagnose_images",
                    "diversity",
                    "out", "device"}
+# Settings that do not change a strategy's arm: which other arms ran beside it (``strategy`` is
+# unused when ``compare`` is given), the folder, the device, and the diagnostic, which scores the
+# pool with the same model before selection and changes nothing an arm selects or trains (checked:
+# the same seed's random arm gave the same Dice in every round with another --diagnose).
+ARM_UNAFFECTED = {"compare", "strategy", "diagnose", "diagnose_images", "out", "device"}
 
 
-def borrow_full(reports: list[dict[str, Any]], donors: Sequence[str | Path]) -> list[str]:
-    """Give each report without a finished ``full`` arm the ``full`` arm of the donor run with its
-    seed (in place). A donor must agree on every setting that decides the ``full`` arm (all but
-    `FULL_UNAFFECTED`, e.g. another annotator or other strategies): its ``full`` is then the
-    same training on the same data. Returns one line per borrowed arm (for the aggregate's notes).
+def borrow_arms(reports: list[dict[str, Any]], donors: Sequence[str | Path], only: str | None = None,
+                flag: str = "--arms-from") -> list[str]:
+    """Give each report the finished arms it lacks from the donor run with its seed (in place):
+    the emulation is deterministic, so an arm run again with the same seed, splits, budgets,
+    pre-training and annotator is the same arm. A donor must agree on every setting that decides
+    the arm (all but `ARM_UNAFFECTED`; for ``full`` all but `FULL_UNAFFECTED`) and have the same
+    splits. ``only``: borrow that arm alone (``--full-from``). Returns one line per borrowed arm.
 
     Raises:
-        EmulationError: a donor without a report or a finished ``full``, or with other settings.
+        EmulationError: a donor without a report or without a finished arm to give, or one that
+            differs in a setting deciding an arm it would give.
     """
     by_seed: dict[Any, tuple[str, dict[str, Any]]] = {}
     for folder in donors:
         path = Path(folder) / "report.json"
         if not path.is_file():
-            raise EmulationError(f"--full-from {folder}: no report.json")
+            raise EmulationError(f"{flag} {folder}: no report.json")
         rep = json.loads(path.read_text())
-        if not rep.get("arms", {}).get(FULL):
-            raise EmulationError(f"--full-from {folder}: its run has no finished 'full' arm")
+        if only is not None and not rep.get("arms", {}).get(only):
+            raise EmulationError(f"{flag} {folder}: its run has no finished {only!r} arm")
+        if not any(rep.get("arms", {}).values()):
+            raise EmulationError(f"{flag} {folder}: its run has no finished arm")
         by_seed[rep["config"].get("seed")] = (str(folder), rep)
     notes = []
     for rep in reports:
-        if rep["arms"].get(FULL):
-            continue
         seed = rep["config"].get("seed")
         if seed not in by_seed:
             continue
         folder, donor = by_seed[seed]
-        a = {k: v for k, v in _comparable(rep["config"]).items() if k not in FULL_UNAFFECTED}
-        b = {k: v for k, v in _comparable(donor["config"]).items() if k not in FULL_UNAFFECTED}
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        if diff:
-            raise EmulationError(f"--full-from {folder}: seed {seed}'s 'full' arm was trained with other settings "
-                                 f"({', '.join(diff)} differ)")
-        if rep.get("splits") and donor.get("splits") and rep["splits"] != donor["splits"]:
-            raise EmulationError(f"--full-from {folder}: seed {seed} has other splits there")
-        rep["arms"][FULL] = donor["arms"][FULL]
-        notes.append(f"seed {seed}: the 'full' arm comes from {folder} (same splits, budgets and training settings)")
+        wanted = [only] if only is not None else list(donor.get("arms") or {})
+        for arm in wanted:
+            if rep["arms"].get(arm) or not donor["arms"].get(arm):
+                continue
+            unaffected = FULL_UNAFFECTED if arm == FULL else ARM_UNAFFECTED
+            a = {k: v for k, v in _comparable(rep["config"]).items() if k not in unaffected}
+            b = {k: v for k, v in _comparable(donor["config"]).items() if k not in unaffected}
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if diff:
+                raise EmulationError(f"{flag} {folder}: seed {seed}'s {arm!r} arm was run with other settings "
+                                     f"({', '.join(diff)} differ)")
+            if rep.get("splits") and donor.get("splits") and rep["splits"] != donor["splits"]:
+                raise EmulationError(f"{flag} {folder}: seed {seed} has other splits there")
+            rep["arms"][arm] = donor["arms"][arm]
+            summary = (donor.get("summary") or {}).get(arm)
+            if summary is not None:
+                rep.setdefault("summary", {})[arm] = summary
+            notes.append(f"seed {seed}: the {arm!r} arm comes from {folder} (same splits, budgets and settings)")
     return notes
 
 
-def aggregate(folders: Sequence[str | Path], full_from: Sequence[str | Path] = ()) -> dict[str, Any]:
-    """Mean and spread over several emulation runs (see the module docstring); ``full_from``:
-    earlier runs whose ``full`` arm stands in for a missing one (`borrow_full`)."""
+def borrow_full(reports: list[dict[str, Any]], donors: Sequence[str | Path]) -> list[str]:
+    """`borrow_arms` for the ``full`` arm alone (``--full-from``)."""
+    return borrow_arms(reports, donors, only=FULL, flag="--full-from")
+
+
+def aggregate(folders: Sequence[str | Path], full_from: Sequence[str | Path] = (),
+              arms_from: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Mean and spread over several emulation runs (see the module docstring); ``arms_from``:
+    earlier runs (one per seed) whose arms stand in for arms a run lacks (`borrow_arms`);
+    ``full_from``: the same for the ``full`` arm alone (`borrow_full`)."""
     reports = load_reports(folders)
-    borrowed = borrow_full(reports, full_from) if full_from else []
+    borrowed = borrow_arms(reports, arms_from) if arms_from else []
+    borrowed += borrow_full(reports, full_from) if full_from else []
     arms = [a for r in reports for a in r["config"].get("compare") or [r["config"].get("strategy")] if a]
+    arms += [a for r in reports for a, rounds in (r.get("arms") or {}).items() if rounds]
     arms = list(dict.fromkeys(str(a).strip().lower() for a in arms))
-    if borrowed and FULL not in arms:
-        arms.append(FULL)
+    if "random" in arms:  # random first, full last: the order of the tables and the plot
+        arms.insert(0, arms.pop(arms.index("random")))
+    if FULL in arms:
+        arms.append(arms.pop(arms.index(FULL)))
     out_arms: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     for arm in arms:
