@@ -284,7 +284,7 @@ def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
     from segloop.ml.prompt_eval import PROTOCOLS
 
     ds = make_msd(tmp_path / "ds")
-    p = plan(config(ds, tmp_path / "out", compare=["random", "mc-dropout", "full"], pretrain_steps=10, steps_per_round=5,
+    p = plan(config(ds, tmp_path / "out", compare=["random", "mc-dropout", "typiclust", "full"], pretrain_steps=10, steps_per_round=5,
                     full_steps=20, diagnose=["entropy", "mc-dropout-dice"], diagnose_images=4, noc_images=2, noc_clicks=3))
     costs = UnitCosts(step_seconds=1.0, inference_seconds=2.0, click_seconds=0.5, patch_size=(16, 24, 16),
                       volume_shape=(20, 20, 20), spacing=(1.0, 1.0, 1.0))
@@ -299,6 +299,8 @@ def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
     assert ph["random"]["training"] == 2 * 5.0 and ph["random"]["selection"] == 0.0
     # mc-dropout ranks the unlabelled pool (11 - 5 = 6, then 4) with 8 passes each
     assert strategy_passes("mc-dropout") == 8 and ph["mc-dropout"]["selection"] == (6 + 4) * 8 * 2.0
+    # typiclust describes the labelled images too, with each round's model: the whole pool of 11 a round
+    assert ph["typiclust"]["selection"] == 2 * 11 * 2.0
     # the diagnostic: one shared automatic pass + mc-dropout-dice's 4, on 4 images, each round
     assert ph["random"]["diagnostic"] == 2 * 4 * (1 + 4) * 2.0
     # annotation: 2 images a round, one automatic pass + up to 2 clicks for each of 2 classes

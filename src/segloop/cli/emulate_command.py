@@ -43,13 +43,14 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     for note in agg.get("notes") or []:
         print(f"note: {note}")
     print(f"{len(agg['runs'])} run(s), seeds {agg['seeds']}: mean ± sd [min, max] over the runs")
-    print(f"{'arm':<12} {'rounds':>6} {'final test Dice':>28} {'AUC':>28} {'AUC - random (paired, 95% CI)':>32} "
+    w = _arm_width(agg["summary"])
+    print(f"{'arm':<{w}} {'rounds':>6} {'final test Dice':>28} {'AUC':>28} {'AUC - random (paired, 95% CI)':>32} "
           f"{'labels to 95% of full':>24} {'min/volume':>10}")
     for arm, s in agg["summary"].items():
         if "final_test_mean_dice" not in s:
-            print(f"{arm:<12} {s.get('note', '')}")
+            print(f"{arm:<{w}} {s.get('note', '')}")
             continue
-        print(f"{arm:<12} {_fmt(s.get('rounds_used'), 'd'):>6} {_spread(s['final_test_mean_dice']):>28} "
+        print(f"{arm:<{w}} {_fmt(s.get('rounds_used'), 'd'):>6} {_spread(s['final_test_mean_dice']):>28} "
               f"{_spread(s.get('auc')):>28} {_ci(s.get('auc_minus_random_ci')):>32} {_reach(s):>24} "
               f"{_fmt((s.get('minutes_per_volume') or {}).get('mean'), '.1f'):>10}")
     table = agg.get("score_error_spearman") or {}
@@ -62,12 +63,17 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         print("clicks on the test split (each run's final model; mean ± sd over the runs):")
         for arm, c in noc.items():
             d = c["dice_after"]
-            print(f"  {arm:<10} " + ", ".join(f"k={k} {d[k]['mean']:.3f} ± {d[k]['sd']:.3f}" for k in d)
+            print(f"  {arm:<{w}} " + ", ".join(f"k={k} {d[k]['mean']:.3f} ± {d[k]['sd']:.3f}" for k in d)
                   + f"; NoC@85 {c['noc85']['mean']:.2f}, NoC@90 {c['noc90']['mean']:.2f} ± {c['noc90']['sd']:.2f}")
     out = Path(args.out)
     print(f"wrote {out / 'aggregate.json'}, {out / 'aggregate.csv'}, {out / 'diagnostic.csv'}, {out / 'clicks.csv'}, "
           f"{out / 'curves.png'}")
     return 0
+
+
+def _arm_width(arms: Any) -> int:
+    """Width of the arm column: the longest arm name (typiclust-entropy), at least 10."""
+    return max([10, *(len(str(a)) for a in arms)])
 
 
 def _ci(d: dict[str, Any] | None) -> str:
@@ -130,12 +136,13 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     except EmulationError as exc:
         raise CommandError(str(exc)) from exc
     out = Path(args.out)
-    print(f"{'arm':<12} {'labelled':>9} {'test Dice':>10} {'AUC':>7} {'annot. Dice':>12} {'clicks':>7} "
+    w = _arm_width(report["summary"])
+    print(f"{'arm':<{w}} {'labelled':>9} {'test Dice':>10} {'AUC':>7} {'annot. Dice':>12} {'clicks':>7} "
           f"{'labels to 95% full':>19} {'min/volume':>10} {'manual min/vol':>14}")
     for arm, s in report["summary"].items():
         auc = s.get("auc")
         ann = s.get("last_annotation_dice")
-        print(f"{arm:<12} {s['final_labelled_fraction']:>9.1%} {s['final_test_mean_dice']:>10.3f} "
+        print(f"{arm:<{w}} {s['final_labelled_fraction']:>9.1%} {s['final_test_mean_dice']:>10.3f} "
               f"{'-' if auc is None else f'{auc:.3f}':>7} {'-' if ann is None else f'{ann:.3f}':>12} "
               f"{s.get('clicks_total', 0):>7} {_fmt(s.get('labels_to_95pct_of_full'), '.1f'):>19} "
               f"{_fmt(s.get('minutes_per_volume'), '.2f'):>10} {_fmt(s.get('manual_minutes_per_volume'), '.2f'):>14}")
@@ -144,15 +151,15 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         print("score-error rank correlation (Spearman over pool images, mean over rounds):")
         for arm, table in rho.items():
             if table:
-                print(f"  {arm:<10} " + ", ".join(f"{n} {_fmt(d['mean'], '+.2f')}" for n, d in table.items()))
+                print(f"  {arm:<{w}} " + ", ".join(f"{n} {_fmt(d['mean'], '+.2f')}" for n, d in table.items()))
     noc = {arm: s["clicks"] for arm, s in report["summary"].items() if s.get("clicks")}
     if noc:
         steps = [k for k in ("0", "1", "2", "3", "5", "10") if k in next(iter(noc.values()))["dice_after"]]
         print(f"clicks on the test split (final model; Dice after k clicks per class, NoC capped at "
               f"{next(iter(noc.values()))['max_clicks']}):")
-        print(f"  {'arm':<10} " + " ".join(f"{'k=' + k:>6}" for k in steps) + f" {'NoC@85':>7} {'NoC@90':>7}")
+        print(f"  {'arm':<{w}} " + " ".join(f"{'k=' + k:>6}" for k in steps) + f" {'NoC@85':>7} {'NoC@90':>7}")
         for arm, c in noc.items():
-            print(f"  {arm:<10} " + " ".join(f"{c['dice_after'][k]:>6.3f}" for k in steps)
+            print(f"  {arm:<{w}} " + " ".join(f"{c['dice_after'][k]:>6.3f}" for k in steps)
                   + f" {c['noc85']:>7.2f} {c['noc90']:>7.2f}")
     print(f"wrote {out / 'rounds.csv'}, {out / 'diagnostic.csv'}, {out / 'clicks.csv'}, {out / 'report.json'}, "
           f"{out / 'curves.png'}")

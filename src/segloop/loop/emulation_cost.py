@@ -100,6 +100,14 @@ def strategy_passes(name: str) -> int:
     return max(1, int(s.params.get("passes", 1)))
 
 
+def describes_labelled(name: str) -> bool:
+    """True when ``name`` orders the pool as a whole (typiclust): each round it describes the
+    labelled images as well as the unlabelled ones, with the round's new model."""
+    if name in ("random", "sequential"):
+        return False
+    return arm_strategy(name).batch_mode
+
+
 def measure_unit_costs(root: Any, names: list[str], num_classes: int, device: str | None,
                        threads: int | None = None) -> UnitCosts:
     """Plan the network as training will (`segloop.ml.plan` on the named cases' fingerprint), then
@@ -259,12 +267,13 @@ def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) 
             add(FULL, "click figures", noc)
             continue
         sel = strategy_passes(arm)
+        whole_pool = describes_labelled(arm)
         for rnd in range(1, plan.rounds + 1):
             unlabelled = len(plan.pool) - plan.labelled(rnd - 1)
             _, steps = plan.budget("round", rnd)
             add(arm, "training", float(steps or 0) * costs.step_seconds)
             add(arm, "evaluation", n_test * infer)
-            add(arm, "selection", unlabelled * sel * infer)
+            add(arm, "selection", (len(plan.pool) if whole_pool else unlabelled) * sel * infer)
             if measure.diagnose and measure.diagnose_images:
                 add(arm, "diagnostic", min(measure.diagnose_images, unlabelled) * (1 + diag_passes) * infer)
             add(arm, "annotation", plan.per_round * (infer + cfg.clicks * n_classes * click))
