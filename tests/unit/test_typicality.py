@@ -107,6 +107,9 @@ def test_the_bottleneck_is_the_coarsest_map_and_torchscript_is_refused() -> None
     net(torch.ones(1, 1, 8, 8, 8))
     net(torch.zeros(1, 1, 8, 8, 8))  # a second window: its statistics add up
     recorder.close()
+    counts = {e[1]: e[4] for e in recorder._stats.values()}  # voxels per map -> voxels summed
+    assert counts[4 * 4 * 4] == 2 * 64  # the coarsest maps are summed over both windows
+    assert counts[8 * 8 * 8] == 512  # the full-resolution ones after the first window no more
     feats = recorder.features()
     assert feats.shape == (16,)  # the 8-channel map at half resolution: 8 means, 8 standard deviations
     with torch.no_grad():

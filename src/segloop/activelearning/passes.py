@@ -93,13 +93,17 @@ def tta_samples(
 
 class _BottleneckRecorder:
     """Forward hooks on every module of a network that keep, per module with a 5-D output
-    ``(B, C, X, Y, Z)``, the per-channel sum and sum of squares over all windows and voxels.
+    ``(B, C, X, Y, Z)``, the per-channel sum and sum of squares over all windows and voxels (after
+    the first window, only for the modules whose maps are the coarsest).
     The bottleneck is the module with the coarsest output (fewest voxels), the most channels,
     and the last to run among those (the end of the deepest block), whatever the architecture.
     """
 
     def __init__(self, net: torch.nn.Module) -> None:
         self._stats: dict[int, list[Any]] = {}  # id -> [first run order, voxels, sum, sumsq, count]
+        # the fewest voxels of any map, known once the first window has run through every module:
+        # from then on only maps that coarse are summed (the full-resolution ones cost the most)
+        self._coarsest: int | None = None
         if any(isinstance(m, torch.jit.ScriptModule) for m in net.modules()):
             raise ValueError(
                 "this model is a TorchScript file, whose feature maps cannot be read: strategies that describe "
@@ -110,13 +114,18 @@ class _BottleneckRecorder:
     def _hook(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor) or output.ndim != 5:
             return
+        voxels = int(output.shape[2] * output.shape[3] * output.shape[4])
+        entry = self._stats.get(id(module))
+        if entry is not None and self._coarsest is None:  # a module runs again: the next window
+            self._coarsest = min(e[1] for e in self._stats.values())
+        if self._coarsest is not None and voxels > self._coarsest:
+            return  # not the bottleneck: it needs no statistics
         o = output.detach().float()
         s = o.sum(dim=(0, 2, 3, 4))
         sq = (o * o).sum(dim=(0, 2, 3, 4))
-        count = o.shape[0] * o.shape[2] * o.shape[3] * o.shape[4]
-        entry = self._stats.get(id(module))
+        count = o.shape[0] * voxels
         if entry is None:
-            self._stats[id(module)] = [len(self._stats), o.shape[2] * o.shape[3] * o.shape[4], s, sq, count]
+            self._stats[id(module)] = [len(self._stats), voxels, s, sq, count]
         else:
             entry[2] = entry[2] + s
             entry[3] = entry[3] + sq
