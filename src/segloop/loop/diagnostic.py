@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from segloop.activelearning.strategies import STRATEGIES, ScoringContext, Strategy, get_strategy
+from segloop.activelearning.typicality import MIN_CLUSTER
 from segloop.imaging.volume import Volume
 from segloop.loop.statistics import spearman
 
@@ -38,7 +39,7 @@ DEFAULT_DIAGNOSTIC = ("entropy", "entropy-volume", "soft-dice", "mc-dropout-clas
 # name -> (strategy, parameters).
 ARM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # typical images while a cluster larger than the authors' MIN_CLUSTER_SIZE is uncovered, then entropy
-    "typiclust-entropy": ("typiclust", {"min_cluster": 5, "then": "entropy"}),
+    "typiclust-entropy": ("typiclust", {"min_cluster": MIN_CLUSTER, "then": "entropy"}),
 }
 
 
