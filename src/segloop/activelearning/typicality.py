@@ -183,22 +183,19 @@ def typiclust_order(
         typical = [c for c in open_clusters if sizes[c] > min_cluster]
         if unc is not None:
             typical = [c for c in typical if covered[c] == 0]
-            if not typical:  # every sizeable region holds a label: the most uncertain candidate
-                left = np.flatnonzero(free)
-                pick = int(left[np.argmax(unc[left])])  # first index wins ties
-                order.append(pick)
-                rules.append(UNCERTAIN)
-                free[pick] = False
-                covered[clusters[pick]] += 1
-                continue
         elif not typical:
             typical = open_clusters
-        # fewest labels first, then the largest cluster, then the lowest cluster number (stable)
-        c = min(typical, key=lambda j: (covered[j], -sizes[j], j))
-        members = np.flatnonzero((clusters == c) & free)
-        pick = int(members[np.argmax(typ[members])])  # first index wins ties
+        if typical:
+            # fewest labels first, then the largest cluster, then the lowest cluster number (stable)
+            c = min(typical, key=lambda j: (covered[j], -sizes[j], j))
+            members = np.flatnonzero((clusters == c) & free)
+            pick, rule = int(members[np.argmax(typ[members])]), TYPICAL  # first index wins ties
+        else:  # every sizeable region holds a label: the most uncertain candidate
+            assert unc is not None
+            left = np.flatnonzero(free)
+            pick, rule = int(left[np.argmax(unc[left])]), UNCERTAIN
         order.append(pick)
-        rules.append(TYPICAL)
+        rules.append(rule)
         free[pick] = False
-        covered[c] += 1
+        covered[clusters[pick]] += 1
     return Picks(order, typ, rules)

@@ -102,16 +102,15 @@ def load_reports(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
     return reports
 
 
-# Settings that change the strategies' arms but not the ``full`` arm, which trains once on every
-# pool image's reference label with the splits, budgets and training settings of the run.
-FULL_UNAFFECTED = {"compare", "strategy", "finish", "clicks", "satisfied_dice", "stroke_tolerance", "diagnose", "diagnose_images",
-                   "diversity",
-                   "out", "device"}
 # Settings that do not change a strategy's arm: which other arms ran beside it (``strategy`` is
 # unused when ``compare`` is given), the folder, the device, and the diagnostic, which scores the
 # pool with the same model before selection and changes nothing an arm selects or trains (checked:
 # the same seed's random arm gave the same Dice in every round with another --diagnose).
 ARM_UNAFFECTED = {"compare", "strategy", "diagnose", "diagnose_images", "out", "device"}
+# Settings that change the strategies' arms but not the ``full`` arm, which trains once on every
+# pool image's reference label with the splits, budgets and training settings of the run: the
+# annotator's and the selection's settings as well.
+FULL_UNAFFECTED = ARM_UNAFFECTED | {"finish", "clicks", "satisfied_dice", "stroke_tolerance", "diversity"}
 
 
 def borrow_arms(reports: list[dict[str, Any]], donors: Sequence[str | Path], only: str | None = None,

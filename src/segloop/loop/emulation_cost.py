@@ -103,8 +103,6 @@ def strategy_passes(name: str) -> int:
 def describes_labelled(name: str) -> bool:
     """True when ``name`` orders the pool as a whole (typiclust): each round it describes the
     labelled images as well as the unlabelled ones, with the round's new model."""
-    if name in ("random", "sequential"):
-        return False
     return arm_strategy(name).batch_mode
 
 
