@@ -24,6 +24,7 @@ Usage::
     .venv/bin/python benchmarks/bench_model.py --quick         # smoke run (~3 min)
     .venv/bin/python benchmarks/bench_model.py --minutes 10 --out benchmarks/results/model.json
     .venv/bin/python benchmarks/bench_model.py --steps 2700 --threads 1   # load-independent budget
+    .venv/bin/python benchmarks/bench_model.py --steps 2700 --threads 1 --box-input   # a model that reads boxes
     # re-measure evaluation and latency of a model trained by an earlier run kept in --workdir:
     .venv/bin/python benchmarks/bench_model.py --workdir /tmp/bw --skip-train
 
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="datastore folder (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--box-input", action="store_true",
+                    help="train with box prompts (TrainConfig.box_input: box channels, boxes simulated in training)")
     ap.add_argument("--skip-train", action="store_true",
                     help="reuse the current version of model 'hippo' in --workdir (from an earlier run)")
     args = ap.parse_args(argv)
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         max_minutes=minutes if args.steps is None else None,
         num_threads=args.threads,
         seed=0,
+        box_input=args.box_input,
     )
     last = [0.0]
 

@@ -8,8 +8,9 @@ It is the ``config`` dict stored with each model version (and inside the checkpo
 
 The network's input is ``image_channels`` normalised image channels, then one guidance channel
 per class (background first), then -- when ``mask_input`` is on -- the one-hot previous mask (one
-channel per class; all zero when there is none, as in automatic segmentation). Its output is one
-logit per class, in ``classes`` order.
+channel per class; all zero when there is none, as in automatic segmentation), then -- when
+``box_input`` is on -- one box channel per foreground class (`segloop.ml.guidance.encode_boxes`;
+all zero without a box). Its output is one logit per class, in ``classes`` order.
 
 Imported models (`segloop.ml.bundle`: MONAI bundles, TorchScript files) add two keys:
 ``"input_kind": "automatic"`` -- the network takes the image channels only (no guidance, so no
@@ -47,6 +48,7 @@ class ModelSpec:
     spacing: tuple[float, float, float] | None
     guidance_sigma: float = DEFAULT_SIGMA
     mask_input: bool = False
+    box_input: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     input_kind: str = "both"
     intensity: dict[str, Any] | None = None
@@ -66,10 +68,10 @@ class ModelSpec:
 
     @property
     def extra_channels(self) -> int:
-        """Input channels after the image: guidance (+ previous mask); 0 for automatic-only models."""
+        """Input channels after the image: guidance (+ previous mask) (+ boxes); 0 for automatic-only models."""
         if not self.interactive:
             return 0
-        return self.num_classes * (2 if self.mask_input else 1)
+        return self.num_classes * (2 if self.mask_input else 1) + (len(self.foreground) if self.box_input else 0)
 
     @property
     def foreground(self) -> list[int]:
@@ -95,6 +97,7 @@ class ModelSpec:
             "spacing": list(self.spacing) if self.spacing is not None else None,
             "guidance_sigma": self.guidance_sigma,
             "mask_input": self.mask_input,
+            **({"box_input": True} if self.box_input else {}),
             "input_kind": self.input_kind,
             **({"intensity": dict(self.intensity)} if self.intensity is not None else {}),
         }
@@ -117,6 +120,7 @@ class ModelSpec:
                 spacing=(float(sp[0]), float(sp[1]), float(sp[2])) if sp is not None else None,
                 guidance_sigma=float(config.get("guidance_sigma", DEFAULT_SIGMA)),
                 mask_input=bool(config.get("mask_input", False)),
+                box_input=bool(config.get("box_input", False)),
                 extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
                 input_kind=str(config.get("input_kind", "both")),
                 intensity=check_intensity(config.get("intensity")),
@@ -135,8 +139,8 @@ class ModelSpec:
 
 
 _OWN_KEYS = {
-    "network", "classes", "image_channels", "patch_size", "spacing", "guidance_sigma", "mask_input", "input_kind",
-    "intensity",
+    "network", "classes", "image_channels", "patch_size", "spacing", "guidance_sigma", "mask_input", "box_input",
+    "input_kind", "intensity",
 }
 
 

@@ -4,6 +4,10 @@ them (steps 3-5 of the recipe in `segloop.ml.training`). Plain functions over ar
 Shapes: a `Case` holds the image ``(C, X, Y, Z)`` float32 on the model grid and its label
 ``(X, Y, Z)`` of class indices; a batch is images ``(B, C, *patch)`` and labels ``(B, *patch)``;
 simulated guidance is ``(B, E, *patch)``.
+
+Box prompts (``box_input`` models): a user draws a box around a structure with some slack, so a
+simulated box is the bounding box of the class's voxels in the patch grown by 0..`BOX_SLACK`
+voxels on each side (drawn per side), clipped to the patch.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import torch
 from scipy import ndimage
 
 from segloop.ml.clicks import Click
-from segloop.ml.guidance import encode_guidance
+from segloop.ml.guidance import encode_boxes, encode_guidance
 from segloop.ml.inference import set_mc_dropout
 from segloop.ml.modelspec import ModelSpec
 from segloop.ml.train_config import TrainConfig
 from segloop.ml.virtual_user import next_click
+
+BOX_SLACK = 2
 
 
 @dataclass
@@ -110,7 +116,8 @@ def simulate_clicks(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Extra input ``(B, E, X, Y, Z)``: guidance from clicks placed iteratively in the current
-    errors (+ the one-hot prediction they correct, for ``mask_input`` models)."""
+    errors (+ the one-hot prediction they correct, for ``mask_input`` models; + the boxes they
+    start from, for ``box_input`` models: `simulate_boxes`)."""
     k = spec.num_classes
     b = imgs.shape[0]
     shape = imgs.shape[2:]
@@ -118,13 +125,18 @@ def simulate_clicks(
     guidance = np.zeros((b, k, *shape), dtype=np.float32)
     prev = np.zeros((b, k, *shape), dtype=np.float32)  # no previous mask yet: automatic start
     values = list(range(k))  # class indices (the network's own numbering)
-    iters = int(rng.integers(1, cfg.max_click_iters + 1))
+    boxes = simulate_boxes(labs, k, cfg.box_prob, rng) if spec.box_input else None
+    # with a box, the network's answer to the box alone is a case to learn too (0 clicks)
+    first = 0 if boxes is not None and boxes.any() else 1
+    iters = int(rng.integers(first, cfg.max_click_iters + 1))
     was_training = net.training
     set_mc_dropout(net, False)
     try:
         for _ in range(iters):
             with torch.no_grad():
                 parts = [imgs, guidance, prev] if spec.mask_input else [imgs, guidance]
+                if boxes is not None:
+                    parts.append(boxes)
                 x = torch.from_numpy(np.concatenate(parts, axis=1)).to(device)
                 pred = net(x).argmax(dim=1).cpu().numpy()
             if spec.mask_input:
@@ -137,4 +149,31 @@ def simulate_clicks(
                 guidance[i] = encode_guidance(clicks[i], shape, values, cfg.guidance_sigma)
     finally:
         net.train(was_training)
-    return np.concatenate([guidance, prev], axis=1) if spec.mask_input else guidance
+    out = [guidance, prev] if spec.mask_input else [guidance]
+    if boxes is not None:
+        out.append(boxes)
+    return np.concatenate(out, axis=1) if len(out) > 1 else guidance
+
+
+def simulate_boxes(labs: np.ndarray, num_classes: int, prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Box channels ``(B, K-1, X, Y, Z)`` for a batch of label patches ``(B, X, Y, Z)`` (class
+    indices 0..K-1): each foreground class present in a patch gets, with probability ``prob``, its
+    bounding box grown by 0..`BOX_SLACK` voxels a side (`segloop.ml.guidance.encode_boxes`)."""
+    b, shape = labs.shape[0], labs.shape[1:]
+    values = list(range(num_classes))
+    out = np.zeros((b, num_classes - 1, *shape), dtype=np.float32)
+    for i in range(b):
+        boxes = []
+        for c in values[1:]:
+            if rng.random() >= prob:
+                continue
+            idx = np.nonzero(labs[i] == c)
+            if not len(idx[0]):
+                continue
+            grow = rng.integers(0, BOX_SLACK + 1, size=(2, 3))
+            boxes.append((c, tuple(
+                slice(max(0, int(a.min()) - int(grow[0, ax])), min(n, int(a.max()) + 1 + int(grow[1, ax])))
+                for ax, (a, n) in enumerate(zip(idx, shape, strict=True))
+            )))
+        out[i] = encode_boxes(boxes, shape, values)
+    return out

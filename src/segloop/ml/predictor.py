@@ -40,7 +40,7 @@ import torch
 
 from segloop.imaging.volume import Volume
 from segloop.ml.clicks import Click, validate_clicks
-from segloop.ml.guidance import encode_guidance
+from segloop.ml.guidance import encode_boxes, encode_guidance
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
@@ -393,12 +393,38 @@ class InteractiveSession:
         if not new:
             return self.prediction
         f = self.prepared.factors or (1.0, 1.0, 1.0)
-        lo_m, hi_m = self._roi([[c.point[a] * f[a] for a in range(3)] for c in new])
+        return self._network_step(t0, new, [[c.point[a] * f[a] for a in range(3)] for c in new])
+
+    def refine_region(self, region: Sequence[slice]) -> Prediction:
+        """Run the network again on ``region`` (image-grid slices, e.g. a new box prompt's box)
+        with everything the session holds -- clicks, and the boxes of `box_input` models -- and
+        merge it like a click's pass (no click is added); one undoable step."""
+        t0 = time.perf_counter()
+        self.predictor.require_interactive("prompts")
+        f = self.prepared.factors or (1.0, 1.0, 1.0)
+        r = _clip_box(region, self.image.shape)
+        corners = [[r[a].start * f[a] for a in range(3)], [(r[a].stop - 1) * f[a] for a in range(3)]]
+        return self._network_step(t0, [], corners)
+
+    def _boxes(self) -> list[tuple[int, tuple[slice, ...]]]:
+        """The 3D boxes of the session's prompts: the constraints that keep a class inside a region."""
+        return [(c.value, c.region) for c in self.constraints if c.outside]
+
+    def _network_step(self, t0: float, new: list[Click], points_m: Sequence[Sequence[float]]) -> Prediction:
+        """One network pass on the ROI around ``points_m`` (model grid) with the clicks so far plus
+        ``new``, merged into the mask (see the module docstring)."""
+        p = self.predictor
+        spec = p.spec
+        f = self.prepared.factors or (1.0, 1.0, 1.0)
+        lo_m, hi_m = self._roi(points_m)
         all_clicks = self.clicks + new
         roi_shape = [b - a for a, b in zip(lo_m, hi_m, strict=True)]
-        extra = encode_guidance(all_clicks, roi_shape, spec.class_values, spec.guidance_sigma, offset=lo_m, scale=f)
+        parts = [encode_guidance(all_clicks, roi_shape, spec.class_values, spec.guidance_sigma, offset=lo_m, scale=f)]
         if spec.mask_input:
-            extra = np.concatenate([extra, self._previous_mask(lo_m, hi_m)], axis=0)
+            parts.append(self._previous_mask(lo_m, hi_m))
+        if spec.box_input:
+            parts.append(encode_boxes(self._boxes(), roi_shape, spec.class_values, offset=lo_m, scale=f))
+        extra = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         data = self.prepared.data[:, lo_m[0] : hi_m[0], lo_m[1] : hi_m[1], lo_m[2] : hi_m[2]]
         probs_m = p._probabilities(np.ascontiguousarray(data), extra)
         # Box on the image grid.
@@ -415,7 +441,7 @@ class InteractiveSession:
             t = _taper(hi[ax] - lo[ax], lo[ax] == 0, hi[ax] == shape[ax])
             w = w[..., None] * t if ax else t
         radius = p.merge_radius_mm
-        if radius is not None:
+        if radius is not None and new:
             w = w * self._local_weight(new, lo, hi, radius)
         old_p = self._probs[(slice(None), *box)].copy()
         old_l = self._label[box].copy()

@@ -5,7 +5,10 @@ follow, `set_label` for the constraint the prompt states — and then squashed i
 of the session's history, so one `undo` takes the whole prompt back and `redo` re-applies it.
 
 - box: the box's click (only where the model has nothing of the class in it), then its class
-  is removed outside the box;
+  is removed outside the box; a model trained with box prompts (``box_input``) reads a 3D box
+  itself instead of the click: the network runs again on the box's region with the box in its
+  box channel, and every later pass of the session keeps it there (2D boxes, which it was not
+  trained on, take the click);
 - lasso: the lasso's clicks (the model grows the outline into 3D), then its slice is set to the
   contour's inside exactly;
 - box and lasso state *constraints* (`segloop.ml.prompts.Constraint`) that the session keeps:
@@ -94,7 +97,10 @@ def add_box(session: InteractiveSession, box: prompts.Box) -> Prediction:
     values = session.predictor.spec.class_values
 
     def build() -> None:
-        session.add_clicks(prompts.box_clicks(box, session._label))
+        if session.predictor.spec.box_input and box.flat_axis is None:
+            session.refine_region(box.slices)  # the network reads the box (now among the constraints)
+        else:
+            session.add_clicks(prompts.box_clicks(box, session._label))
         outside = prompts.box_outside(box, session.image.shape)
         _keep_clicks(session, prompts.reassign(session._label, session._probs, values, box.value, outside))
 

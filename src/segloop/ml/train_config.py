@@ -37,6 +37,8 @@ class TrainConfig:
     max_click_iters: int = 3
     guidance_sigma: float = 3.0
     mask_input: bool = False  # also feed the previous mask (interactive refinement); not benchmarked yet
+    box_input: bool = False  # also take box prompts (one channel per foreground class), simulated in training
+    box_prob: float = 0.5  # box_input: each class present in an interactive batch's patch gets its box this often
     intensity: dict[str, Any] | str | None = "auto"  # "auto": from the data's plan; None: robust z-score; or a ModelSpec intensity
     class_weights: list[float] | None = None  # focal-loss weight per class (background first)
     focal_weight: float = 1.0
@@ -80,7 +82,7 @@ class TrainConfig:
             not isinstance(self.val_max_images, int) or isinstance(self.val_max_images, bool) or self.val_max_images < 1
         ):
             bad("val_max_images", "must be a positive integer or null")
-        for name in ("fg_ratio", "click_prob"):
+        for name in ("fg_ratio", "click_prob", "box_prob"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 bad(name, "must be in [0, 1]")

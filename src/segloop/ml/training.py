@@ -16,7 +16,9 @@ Recipe (see `TrainConfig` for the knobs):
    mode, no gradient) predicts, the virtual user places one click per class in that class's
    largest error region, and this repeats 1..``max_click_iters`` times; the training step then
    sees the accumulated clicks and, with ``mask_input``, the prediction they correct (one-hot).
-   Other batches see zero guidance and no mask (automatic segmentation).
+   With ``box_input``, each class present in such a batch's patch first gets its bounding box
+   (grown by 0-2 voxels a side) with probability ``box_prob``, and the clicks (0..``max_click_iters``
+   of them once a box is given) correct what the network makes of the boxes. Other batches see zero guidance and no mask (automatic segmentation).
 6. Loss: soft Dice over the foreground classes + focal loss (gamma 2) with ``class_weights``;
    AdamW; learning rate decays polynomially (power 0.9) over the run, where the run's progress
    is the larger of step/total and elapsed/``max_minutes``.
@@ -387,7 +389,7 @@ def _train(
             intensity = config.intensity if isinstance(config.intensity, dict) else None
         spec = ModelSpec(
             net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), config.guidance_sigma, config.mask_input,
-            intensity=intensity,
+            intensity=intensity, box_input=config.box_input,
         )
     spec.check_patch()
     if config.class_weights is not None and len(config.class_weights) != spec.num_classes:
