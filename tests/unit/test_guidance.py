@@ -1,4 +1,4 @@
-"""Click parsing and guidance encoding."""
+"""Click parsing, guidance encoding, box channels and the boxes simulated in training."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segloop.ml.clicks import Click, parse_clicks
-from segloop.ml.guidance import encode_guidance
+from segloop.ml.guidance import encode_boxes, encode_guidance
 from segloop.store.records import LabelClass, LabelSchema
 
 SCHEMA = LabelSchema((LabelClass(0, "background"), LabelClass(1, "Anterior"), LabelClass(2, "Posterior")))
@@ -70,3 +70,37 @@ def test_overlapping_clicks_take_max_and_crop_offset() -> None:
 def test_unknown_values_ignored_and_outside_clipped() -> None:
     g = encode_guidance([Click(7, (1, 1, 1)), Click(1, (50, 50, 50))], (5, 5, 5), [0, 1])
     assert not g.any()
+
+
+def test_box_channels_fill_each_foreground_class_box() -> None:
+    box = (slice(2, 5), slice(1, 3), slice(0, 4))
+    g = encode_boxes([(2, box), (0, box), (9, box)], (6, 6, 6), [0, 1, 2])
+    assert g.shape == (2, 6, 6, 6) and not g[0].any()  # one channel per foreground class; bg / unknown ignored
+    expected = np.zeros((6, 6, 6), dtype=bool)
+    expected[box] = True
+    assert (g[1] == expected).all()
+    # a crop sees its part of the box, a coarser grid every voxel the box touches
+    crop = encode_boxes([(2, box)], (3, 3, 3), [0, 1, 2], offset=(3, 0, 0))
+    assert (crop[1] == expected[3:6, 0:3, 0:3]).all()
+    half = encode_boxes([(1, (slice(1, 4), slice(0, 2), slice(0, 1)))], (4, 4, 4), [0, 1], scale=(0.5, 0.5, 0.5))
+    assert half[0, :, :, :].nonzero()[0].min() == 0 and half[0].nonzero()[0].max() == 1  # [0.5, 2) -> voxels 0, 1
+    assert not encode_boxes([(1, (slice(8, 9), slice(0, 1), slice(0, 1)))], (4, 4, 4), [0, 1]).any()  # outside
+
+
+def test_simulated_boxes_enclose_the_class_with_bounded_slack() -> None:
+    from segloop.ml.patches import BOX_SLACK, simulate_boxes
+
+    labs = np.zeros((3, 16, 16, 16), dtype=np.uint8)
+    labs[:, 5:9, 6:10, 4:7] = 1
+    labs[1, 10:12, 10:12, 10:12] = 2  # class 2 only in the second patch
+    rng = np.random.default_rng(0)
+    boxes = simulate_boxes(labs, 3, 1.0, rng)
+    assert boxes.shape == (3, 2, 16, 16, 16)
+    for i in range(3):
+        inside = boxes[i, 0] > 0
+        assert inside[labs[i] == 1].all()  # every voxel of the class is in its box
+        nz = np.nonzero(inside)
+        for ax, (lo, hi) in enumerate(((5, 8), (6, 9), (4, 6))):
+            assert lo - BOX_SLACK <= nz[ax].min() <= lo and hi <= nz[ax].max() <= hi + BOX_SLACK
+    assert boxes[1, 1].any() and not boxes[0, 1].any() and not boxes[2, 1].any()  # no class, no box
+    assert not simulate_boxes(labs, 3, 0.0, rng).any()

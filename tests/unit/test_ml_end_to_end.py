@@ -231,3 +231,22 @@ def test_training_is_deterministic_for_a_seed(store_with_model) -> None:  # type
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.trained_on == b.trained_on and a.metrics["val_images"] == b.metrics["val_images"]
     assert a.config["mask_input"] is False
+
+
+def test_box_input_training_makes_a_model_that_reads_boxes(store_with_model) -> None:  # type: ignore[no-untyped-def]
+    from segloop.ml import prompts
+
+    store, ids, _, _ = store_with_model
+    with pytest.raises(ValueError, match="box_prob"):
+        tiny_config(box_input=True, box_prob=1.5)
+    version = train(store, "boxes", tiny_config(epochs=1, steps_per_epoch=2, box_input=True, click_prob=1.0), device="cpu")
+    assert version.config["box_input"] is True
+    pred = Predictor.load(store, "boxes", device="cpu")
+    assert pred.spec.box_input and pred.spec.in_channels == 1 + 3 + 2
+    first = next(p for p in pred.net.parameters() if p.dim() == 5)
+    assert first.shape[1] == 1 + 3 + 2  # the checkpoint's first convolution takes the box channels
+    session = pred.session(store.load_image(ids[0]))
+    box = prompts.Box(1, (4, 6, 4), (15, 20, 15))
+    session.add_box(box)
+    assert session.clicks == [] and not (np.asarray(session.prediction.label.array)[prompts.box_outside(box, SHAPE)] == 1).any()
+    assert "box_input" not in store.get_model("seg").version().config  # the default stays click-only

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from segloop.imaging.volume import Volume
 from segloop.ml import prompts
 from segloop.ml.clicks import Click
-from segloop.ml.predictor import InteractiveSession, Predictor
+from segloop.ml.predictor import Predictor
+from segloop.ml.session import InteractiveSession
 from segloop.store.records import LabelClass, LabelSchema
 from tests.unit.tiny_model import tiny_predictor
 
@@ -159,6 +161,45 @@ def test_a_click_after_a_box_does_not_bring_the_class_back_outside(session: Inte
     edited[15:18, 35:38, 15:18] = 1
     session.set_label(edited)  # the user's own edit replaces the mask and ends the prompt's constraint
     assert session.constraints == ()
+
+
+class _Recorder(torch.nn.Module):
+    """The network, keeping every input it is given."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.net(x)
+
+
+def test_a_box_model_reads_the_box_and_keeps_it_for_later_clicks() -> None:
+    pred = tiny_predictor(box_input=True)
+    recorder = _Recorder(pred.net)
+    pred.net = recorder
+    assert pred.spec.extra_channels == 3 + 2  # guidance of 3 classes, boxes of the 2 foreground classes
+    session = pred.session(Volume(np.random.default_rng(0).normal(size=SHAPE).astype(np.float32), np.eye(4)))
+    start = mask(session)
+    assert all(not x[:, 4:].any() for x in recorder.inputs)  # automatic: no box
+    recorder.inputs.clear()
+    box = prompts.Box(1, (3, 8, 3), (9, 20, 9))
+    session.add_box(box)
+    assert session.clicks == [] and session.undo_depth == 1  # the network reads the box: no click
+    seen = torch.cat([x[0, 4] for x in recorder.inputs], dim=0)
+    assert recorder.inputs and seen.max() == 1.0 and not any(x[:, 5].any() for x in recorder.inputs)
+    assert not (mask(session)[prompts.box_outside(box, SHAPE)] == 1).any()  # and keeps to it
+    recorder.inputs.clear()
+    session.add_clicks([Click(2, (8, 22, 8))])  # a later click's window overlaps the box: the box is in its input
+    assert any(x[:, 4].any() for x in recorder.inputs)
+    session.undo()
+    session.undo()
+    assert (mask(session) == start).all() and session.constraints == ()
+    recorder.inputs.clear()
+    session.add_box(prompts.Box(2, (3, 8, 5), (9, 20, 5)))  # a 2D box: not what it was trained on, a click instead
+    assert not any(x[:, 4:].any() for x in recorder.inputs)
 
 
 def test_lasso_sets_its_slice_exactly(session: InteractiveSession) -> None:

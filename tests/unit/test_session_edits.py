@@ -8,7 +8,8 @@ import pytest
 
 from segloop.imaging.volume import Volume
 from segloop.ml.clicks import Click
-from segloop.ml.predictor import InteractiveSession, Predictor
+from segloop.ml.predictor import Predictor
+from segloop.ml.session import InteractiveSession
 from tests.unit.tiny_model import tiny_predictor
 
 SHAPE = (20, 40, 20)

@@ -9,8 +9,9 @@ from segloop.ml.modelspec import ModelSpec
 from segloop.ml.predictor import Predictor
 
 
-def tiny_predictor(seed: int = 0) -> Predictor:
-    """UNet (4, 8 channels), classes 0 background / 1 a / 2 b, 16^3 patches, on the CPU."""
+def tiny_predictor(seed: int = 0, box_input: bool = False) -> Predictor:
+    """UNet (4, 8 channels), classes 0 background / 1 a / 2 b, 16^3 patches, on the CPU
+    (``box_input``: with the two box channels of a model trained with box prompts)."""
     torch.manual_seed(seed)
     spec = ModelSpec.from_config(
         {
@@ -19,6 +20,7 @@ def tiny_predictor(seed: int = 0) -> Predictor:
             "image_channels": 1,
             "patch_size": [16, 16, 16],
             "spacing": None,
+            "box_input": box_input,
         }
     )
     net = spec.build()

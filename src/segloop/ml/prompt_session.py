@@ -35,7 +35,8 @@ from segloop.ml.clicks import check_point
 from segloop.ml.graphcut import GraphCutParams, refine_label
 
 if TYPE_CHECKING:
-    from segloop.ml.predictor import InteractiveSession, Prediction
+    from segloop.ml.predictor import Prediction
+    from segloop.ml.session import InteractiveSession
 
 ScribbleMode = Literal["guidance", "graphcut"]
 SCRIBBLE_MODES = ("guidance", "graphcut")
