@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--box-input", action="store_true",
                     help="train with box prompts (TrainConfig.box_input: box channels, boxes simulated in training)")
+    ap.add_argument("--mask-input", action="store_true",
+                    help="train with the previous mask as input (TrainConfig.mask_input: clicks correct a shown mask)")
     ap.add_argument("--skip-train", action="store_true",
                     help="reuse the current version of model 'hippo' in --workdir (from an earlier run)")
     args = ap.parse_args(argv)
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         num_threads=args.threads,
         seed=0,
         box_input=args.box_input,
+        mask_input=args.mask_input,
     )
     last = [0.0]
 
