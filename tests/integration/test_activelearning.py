@@ -95,6 +95,21 @@ def test_next_checks_its_arguments(api: httpx.Client) -> None:
     assert r.status_code == 404
     r = api.get("/next", params={"strategy": "bogus"})
     assert r.status_code == 422 and "entropy" in r.json()["error"]["message"]
+    r = api.get("/next", params={"strategy": "entropy", "model": "al", "param": "region"})
+    assert r.status_code == 422 and "KEY=VALUE" in r.json()["error"]["message"]
+    r = api.get("/next", params={"strategy": "entropy", "model": "al", "param": "passes=3"})
+    assert r.status_code == 422 and "passes" in r.json()["error"]["message"]
+
+
+def test_next_takes_strategy_parameters_and_scores_them_apart(api: httpx.Client) -> None:
+    query = [("strategy", "entropy"), ("model", "al"), ("count", "3"), ("param", "region=volume"), ("param", "dilation=1")]
+    first = api.get("/next", params=query)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["params"] == {"region": "volume", "foreground_only": False, "dilation": 1}
+    assert body["source"] == "scored" and body["scored_now"] == 3  # not the default parameters' scores
+    again = api.get("/next", params=query).json()
+    assert again["source"] == "cache" and [i["image"]["id"] for i in again["items"]] == [i["image"]["id"] for i in body["items"]]
 
 
 def test_random_and_sequential_need_no_model(api: httpx.Client) -> None:

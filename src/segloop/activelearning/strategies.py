@@ -33,8 +33,9 @@ Strategies (`get_strategy(name, **params)`):
 
 from __future__ import annotations
 
+import json
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -367,6 +368,21 @@ STRATEGIES: dict[str, type[Strategy]] = {
 def strategy_names() -> list[str]:
     """The registered strategy names."""
     return list(STRATEGIES)
+
+
+def parse_params(items: Iterable[str]) -> dict[str, Any]:
+    """``["passes=8", "then=entropy"]`` -> ``{"passes": 8, "then": "entropy"}``: each value as JSON
+    where it parses, else as text. ValueError for an item that is not ``KEY=VALUE``."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"parameter {item!r} must be KEY=VALUE (e.g. passes=8)")
+        try:
+            params[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key.strip()] = text
+    return params
 
 
 def get_strategy(name: str, **params: Any) -> Strategy:

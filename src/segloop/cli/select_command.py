@@ -9,7 +9,6 @@ current (or a chosen) version, and the scores are cached per model version in th
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from segloop.cli.common import CommandError, add_data_arg, counting_bar, open_store, print_json
@@ -17,16 +16,12 @@ from segloop.cli.common import CommandError, add_data_arg, counting_bar, open_st
 
 def parse_params(items: list[str]) -> dict[str, Any]:
     """``["passes=8", "foreground_only=true", "metric=mi"]`` -> ``{"passes": 8, ...}`` (JSON values, else text)."""
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise CommandError(f"--param {item!r} must be KEY=VALUE (e.g. passes=8)")
-        try:
-            params[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            params[key.strip()] = text
-    return params
+    from segloop.activelearning.strategies import parse_params as parse
+
+    try:
+        return parse(items)
+    except ValueError as exc:
+        raise CommandError(f"--param: {exc}") from exc
 
 
 def cmd_select(args: argparse.Namespace) -> int:

@@ -48,6 +48,8 @@ async def next_images(
     count: Annotated[int, Query(ge=1, le=100)] = 1,
     diversity: Annotated[float, Query(ge=0.0, le=10.0, description="near-duplicate penalty (0: plain score order)")] = 0.0,
     seed: Annotated[int | None, Query(ge=0, le=2**31, description="seed of random (and of mc-dropout/tta passes)")] = None,
+    param: Annotated[list[str] | None, Query(max_length=200, description="strategy parameter KEY=VALUE, repeatable "
+                                             "(e.g. param=min_cluster=5&param=then=entropy; defaults: GET /activelearning/strategies)")] = None,
 ) -> Any:
     """The next image(s) to annotate among the images without a final label, best first, with
     ``score`` (null for random/sequential, which use no model) and ``rank``.
@@ -56,12 +58,17 @@ async def next_images(
     model's current version: 200 from the score cache; 200 after scoring the few images
     without a cached score in the inference pool (at most ``score_sync_passes`` forward passes);
     otherwise 202 with ``job_id`` of the score job (started or already running; follow its
-    ``job.progress``/``job.state`` events and ask again). See `segloop.server.scoring`."""
+    ``job.progress``/``job.state`` events and ask again). See `segloop.server.scoring`.
+
+    ``param=KEY=VALUE`` (repeatable) sets the strategy's parameters (values as JSON where they
+    parse); scores, cached features and score jobs are kept per parameter set."""
     from segloop.activelearning.ranking import rank_pool
     from segloop.jobs.tasks import score_resource
     from segloop.server import scoring
 
-    strat = scoring.strategy_from(strategy, seed)
+    if param is not None and len(param) > 16:
+        raise ApiError(422, "invalid", f"at most 16 param= items, got {len(param)}")
+    strat = scoring.strategy_from(strategy, seed, param or ())
     version: int | None = None
     if strat.needs_model:
         if model is None:

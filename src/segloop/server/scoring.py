@@ -33,6 +33,7 @@ store, and label saves do not use the inference worker pool.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -231,11 +232,17 @@ def check_model(store: Any, model: str, strategy: Strategy) -> int:
     return version
 
 
-def strategy_from(name: str, seed: int | None) -> Strategy:
+def strategy_from(name: str, seed: int | None, items: Sequence[str] = ()) -> Strategy:
+    """The strategy ``name`` with ``items`` (``KEY=VALUE`` parameters, `parse_params`) and
+    ``seed`` where it takes one; ApiError 422 naming an unknown strategy or a bad parameter."""
     from segloop.activelearning import get_strategy
+    from segloop.activelearning.strategies import parse_params
 
-    params: dict[str, Any] = {}
     cls = STRATEGIES.get(name.strip().lower())
+    try:
+        params = parse_params(items)
+    except ValueError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
     if cls is not None and seed is not None and "seed" in cls.defaults:
         params["seed"] = seed
     try:
