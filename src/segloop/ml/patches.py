@@ -129,15 +129,16 @@ def simulate_clicks(
     # with a box, the network's answer to the box alone is a case to learn too (0 clicks)
     first = 0 if boxes is not None and boxes.any() else 1
     iters = int(rng.integers(first, cfg.max_click_iters + 1))
+
+    def extra() -> list[np.ndarray]:  # the input after the image channels, in ModelSpec's order
+        return [guidance, *([prev] if spec.mask_input else []), *([boxes] if boxes is not None else [])]
+
     was_training = net.training
     set_mc_dropout(net, False)
     try:
         for _ in range(iters):
             with torch.no_grad():
-                parts = [imgs, guidance, prev] if spec.mask_input else [imgs, guidance]
-                if boxes is not None:
-                    parts.append(boxes)
-                x = torch.from_numpy(np.concatenate(parts, axis=1)).to(device)
+                x = torch.from_numpy(np.concatenate([imgs, *extra()], axis=1)).to(device)
                 pred = net(x).argmax(dim=1).cpu().numpy()
             if spec.mask_input:
                 prev = np.stack([(pred == c) for c in values], axis=1).astype(np.float32)
@@ -149,10 +150,8 @@ def simulate_clicks(
                 guidance[i] = encode_guidance(clicks[i], shape, values, cfg.guidance_sigma)
     finally:
         net.train(was_training)
-    out = [guidance, prev] if spec.mask_input else [guidance]
-    if boxes is not None:
-        out.append(boxes)
-    return np.concatenate(out, axis=1) if len(out) > 1 else guidance
+    parts = extra()
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else guidance
 
 
 def simulate_boxes(labs: np.ndarray, num_classes: int, prob: float, rng: np.random.Generator) -> np.ndarray:

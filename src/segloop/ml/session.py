@@ -339,22 +339,20 @@ class InteractiveSession:
         return current
 
     def undo(self) -> Prediction:
-        """Take back the last step (an `add_clicks` call or a `set_label`); no-op without one."""
-        t0 = time.perf_counter()
-        if not self._history:
-            return self.prediction
-        step = self._swap(self._history.pop())
-        self._redo.append(step)
-        self.prediction = self._snapshot(t0, step[1])
-        return self.prediction
+        """Take back the last step (clicks, a prompt or a `set_label`); no-op without one."""
+        return self._move_step(self._history, self._redo)
 
     def redo(self) -> Prediction:
         """Re-apply the step the last `undo` took back; no-op when there is none (`redo_depth` 0)."""
+        return self._move_step(self._redo, self._history)
+
+    def _move_step(self, source: list[_Step], target: list[_Step]) -> Prediction:
+        """Swap the last step of ``source`` into the session and keep what it replaced on ``target``."""
         t0 = time.perf_counter()
-        if not self._redo:
+        if not source:
             return self.prediction
-        step = self._swap(self._redo.pop())
-        self._history.append(step)
+        step = self._swap(source.pop())
+        target.append(step)
         self.prediction = self._snapshot(t0, step[1])
         return self.prediction
 

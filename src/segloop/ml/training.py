@@ -18,7 +18,8 @@ Recipe (see `TrainConfig` for the knobs):
    sees the accumulated clicks and, with ``mask_input``, the prediction they correct (one-hot).
    With ``box_input``, each class present in such a batch's patch first gets its bounding box
    (grown by 0-2 voxels a side) with probability ``box_prob``, and the clicks (0..``max_click_iters``
-   of them once a box is given) correct what the network makes of the boxes. Other batches see zero guidance and no mask (automatic segmentation).
+   of them once a box is given) correct what the network makes of the boxes. Other batches see
+   zero guidance and no mask (automatic segmentation).
 6. Loss: soft Dice over the foreground classes + focal loss (gamma 2) with ``class_weights``;
    AdamW; learning rate decays polynomially (power 0.9) over the run, where the run's progress
    is the larger of step/total and elapsed/``max_minutes``.
