@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from segloop.activelearning import scores as S
+from segloop.heap import release_free_heap
 from segloop.imaging.volume import Volume
 
 
@@ -174,6 +175,7 @@ class ScoringContext:
         self._volumes.pop(image_id, None)
         self._prepared.pop(image_id, None)
         self._automatic.pop(image_id, None)
+        release_free_heap()  # the freed arrays' pages, or the next image grows the heap again
 
 
 def _stable_uniform(seed: int, image_id: str) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from segloop.heap import release_free_heap
 from segloop.imaging.volume import Volume
 from segloop.metrics import dice, iou
 
@@ -48,4 +49,6 @@ def evaluate_pairs(predictor: Any, pairs: Iterable[tuple[Volume, np.ndarray]]) -
     for image, ref in pairs:
         result = predictor.predict(image)
         rows.append(overlap_per_class(result.label.array, np.asarray(getattr(ref, "array", ref)), classes))
+        del result
+        release_free_heap()  # the whole-volume pass's arrays (segloop.heap)
     return summarize(rows, classes.values())

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from segloop.heap import release_free_heap
 from segloop.metrics import dice
 from segloop.ml.virtual_user import next_click
 
@@ -109,7 +110,10 @@ def evaluate_clicks(
     classes = [int(v) for v in predictor.spec.foreground]
     names = [predictor.spec.name_of(v) for v in classes]
     rng = np.random.default_rng(seed)
-    curves = [click_curve(predictor, image, ref, classes, max_clicks, rng) for image, ref in pairs]
+    curves = []
+    for image, ref in pairs:
+        curves.append(click_curve(predictor, image, ref, classes, max_clicks, rng))
+        release_free_heap()  # the image's session (segloop.heap)
     if not curves:
         raise ValueError("no image to evaluate clicks on")
     return summarize_curves(curves, names)

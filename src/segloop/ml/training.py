@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segloop.heap import release_free_heap
 from segloop.ml import case_cache
 from segloop.ml.distributed import Ranks
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
@@ -296,6 +297,7 @@ def train(
                       make_current, ranks)
     finally:
         torch.set_num_threads(old_threads)
+        release_free_heap()  # the training's batches and activations (segloop.heap)
 
 
 def _train(

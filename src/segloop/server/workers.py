@@ -3,7 +3,8 @@ interactive sessions.
 
 - `WorkerPool`: ``workers`` threads plus at most ``queue`` waiting requests. One more request is
   refused at once with `Busy` (HTTP 429 + ``Retry-After`` estimated from recent durations)
-  instead of piling up in memory.
+  instead of piling up in memory. When the pool falls idle after a long task (a whole-volume
+  pass), a worker gives the heap's free pages back to the system (`segloop.heap`).
 - `PredictorCache`: loaded model versions (LRU), so a click does not reload a checkpoint.
 - `SessionManager`: open interactive sessions (the pre-processed image stays in the session);
   a session unused for ``idle_seconds`` is closed by `expire`, which the app calls periodically.
@@ -28,6 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from segloop.heap import release_free_heap
+
 T = TypeVar("T")
 STEP_LINKS = 64  # steps of a session whose changed box is remembered (compact click responses)
 BOX_MAX_FRACTION = 0.9  # a change box larger than this share of the volume is sent as the whole mask
@@ -38,6 +41,11 @@ class Busy(Exception):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+HEAVY_SECONDS = 1.0
+"""Work at least this long (a whole-volume pass, not a click) is followed by `release_free_heap`
+when the pool is idle."""
 
 
 class WorkerPool:
@@ -93,6 +101,12 @@ class WorkerPool:
             with self._lock:
                 self._in_flight -= 1
                 self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * dt
+                idle = self._in_flight == 0
+            if idle and dt >= HEAVY_SECONDS:
+                # a whole-volume pass has freed its arrays and nothing else runs: give the heap's free
+                # pages back (segloop.heap), on a worker so the event loop does not wait for it
+                with contextlib.suppress(RuntimeError):  # the pool is shutting down
+                    self._executor.submit(release_free_heap)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``fn`` on a worker thread without back-pressure accounting (benchmarks compare a
