@@ -53,9 +53,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import BIG_SHAPE, ROOT, build_data, others_busy, our_pids, train_first  # noqa: E402
-from bench_server import cpu_times as all_cpu_times  # noqa: E402
+from bench_server import BIG_SHAPE, ROOT, build_data, train_first  # noqa: E402
 from benchlib import base_result, free_port, pct, write_json  # noqa: E402
+from procstat import cpu_times as all_cpu_times  # noqa: E402
+from procstat import others_busy, our_pids, proc_cpu, thread_nices  # noqa: E402
 
 # key -> (description, extra serve flags, extra environment). GOMP_SPINCOUNT=300000 is libgomp's
 # own default (spin ~3 ms before sleeping): set, it keeps `segloop serve` from choosing the passive
@@ -124,15 +125,7 @@ class Server:
 
     def threads(self) -> dict[str, Any]:
         """nice values of the server's threads (from /proc), e.g. {"0": 5, "10": 2}."""
-        nices: dict[str, int] = {}
-        for t in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                stat = t.joinpath("stat").read_text()
-            except OSError:
-                continue
-            nice = stat[stat.rindex(")") + 2 :].split()[16]
-            nices[nice] = nices.get(nice, 0) + 1
-        return nices
+        return dict(thread_nices(self.proc.pid))
 
     def stop(self) -> None:
         if self.client is not None:
@@ -143,13 +136,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds used so far by a process (all threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    rest = stat[stat.rindex(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from benchlib import base_result, free_port, pct, write_json  # noqa: E402
+from procstat import children_sched, cpu_times, others_busy, our_pids, proc_sched  # noqa: E402
 
 HIPPO = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 BIG_SHAPE = (256, 256, 128)
@@ -191,101 +192,6 @@ def measure(c: httpx.Client, big_id: str, rounds: int, interval: float = 0.0) ->
 
 def summarize(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {k: {"p50_ms": pct(v, 50) * 1e3, "p95_ms": pct(v, 95) * 1e3, "n": len(v)} for k, v in samples.items()}
-
-
-def proc_sched(pid: int) -> dict[str, Any] | None:
-    """nice, scheduling policy and thread count of a process (from /proc; Linux)."""
-    policies = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle"}
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return None
-    rest = stat[stat.rindex(")") + 2 :].split()
-    threads = []
-    for t in tasks:
-        try:
-            ts = t.joinpath("stat").read_text()
-        except OSError:
-            continue
-        tr = ts[ts.rindex(")") + 2 :].split()
-        threads.append((int(tr[16]), policies.get(int(tr[38]), tr[38])))
-    return {
-        "pid": pid,
-        "cmd": cmd[-120:],
-        "nice": int(rest[16]),
-        "policy": policies.get(int(rest[38]), rest[38]),
-        "threads": int(rest[17]),
-        "thread_sched": sorted({f"nice {n}, {p}" for n, p in threads}),
-    }
-
-
-def children_sched(parent: int) -> list[dict[str, Any]]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = d.joinpath("stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-            info = proc_sched(int(d.name))
-            if info is not None and "resource_tracker" not in info["cmd"]:
-                out.append(info)
-    return out
-
-
-def cpu_times() -> dict[int, tuple[str, float]]:
-    """CPU seconds used so far by every process (from /proc), with its command line."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, tuple[str, float]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = d.joinpath("stat").read_text()
-            cmd = d.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2 :].split()
-        out[int(d.name)] = (cmd[:100], (int(rest[11]) + int(rest[12])) / tick)
-    return out
-
-
-def others_busy(before: dict[int, tuple[str, float]], seconds: float, ours: set[int]) -> list[dict[str, Any]]:
-    """Processes outside this benchmark that used more than 5% of a core since ``before``."""
-    after = cpu_times()
-    busy = []
-    for pid, (cmd, t) in after.items():
-        if pid in ours:
-            continue
-        used = t - before.get(pid, (cmd, 0.0))[1]
-        if seconds > 0 and used / seconds > 0.05:
-            busy.append({"pid": pid, "cmd": cmd, "cpu_share": round(used / seconds, 2)})
-    return sorted(busy, key=lambda b: -b["cpu_share"])
-
-
-def our_pids(root: int) -> set[int]:
-    """``root`` and all its descendants."""
-    parents: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = d.joinpath("stat").read_text()
-            except OSError:
-                continue
-            parents[int(d.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    ours = {root}
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in ours and pid not in ours:
-                ours.add(pid)
-                changed = True
-    return ours
 
 
 def latency_phases(c: httpx.Client, server: ServerProc, big_id: str, rounds: int, interval: float) -> dict[str, Any]:
