@@ -3,6 +3,9 @@ history as clicks. An untrained tiny network is enough: this is about the sessio
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -210,3 +213,25 @@ def test_a_stroke_box_is_all_that_is_checked_and_compared(session: InteractiveSe
     outside[15, 30, 15] = 9  # outside the promised box: not looked at, and not applied
     session.set_label(Volume(outside, np.eye(4)), box=box)
     assert (mask(session) == start).all() and session.undo_depth == 0
+
+
+def test_a_session_goes_with_its_last_reference_and_its_predictions_keep_their_values(predictor: Predictor) -> None:
+    """No reference cycle: a large session's arrays are freed when it is dropped, not whenever
+    Python's cyclic collector next runs; an earlier step's prediction still has its values."""
+    image = Volume(np.random.default_rng(1).normal(size=SHAPE).astype(np.float32), np.eye(4))
+    gc.disable()
+    try:
+        s = predictor.session(image)
+        first = s.prediction
+        expected = s.prediction.probabilities.copy()
+        s.add_clicks([Click(1, (10, 4, 10))])
+        s.add_clicks([Click(2, (12, 30, 12))])
+        last = s.prediction
+        last_expected = s.prediction.probabilities.copy()
+        alive = weakref.ref(s)
+        del s
+        assert alive() is None
+        assert np.array_equal(first.probabilities, expected)
+        assert np.array_equal(last.probabilities, last_expected)
+    finally:
+        gc.enable()

@@ -54,12 +54,18 @@ class _ProbsState:
     When a step changes ``box``, the state is retired: ``old`` keeps its values in the box (the
     copy the step takes for undo anyway) and ``newer`` links the state that follows, so its
     probabilities are the newer state's with ``old`` put back in ``box``.
+
+    It holds the session's probability array and lock, not the session: a session and its
+    predictions would otherwise form a reference cycle, and a closed session (its prepared image,
+    probabilities and undo history: hundreds of MB on a large volume) would wait for Python's
+    cyclic garbage collector instead of going when its last reference does.
     """
 
-    __slots__ = ("session", "newer", "box", "old", "array")
+    __slots__ = ("probs", "lock", "newer", "box", "old", "array")
 
-    def __init__(self, session: InteractiveSession) -> None:
-        self.session = session
+    def __init__(self, probs: np.ndarray, lock: threading.Lock) -> None:
+        self.probs = probs  # the session's array, changed in place (never replaced)
+        self.lock = lock
         self.newer: _ProbsState | None = None
         self.box: tuple[slice, ...] = ()
         self.old: np.ndarray | None = None
@@ -68,13 +74,13 @@ class _ProbsState:
     def materialize(self) -> np.ndarray:
         if self.array is not None:
             return self.array
-        with self.session._probs_lock:
+        with self.lock:
             chain: list[_ProbsState] = []
             node: _ProbsState = self
             while node.newer is not None and node.array is None:
                 chain.append(node)
                 node = node.newer
-            out = (node.array if node.array is not None else self.session._probs).copy()
+            out = (node.array if node.array is not None else node.probs).copy()
         for older in reversed(chain):  # newest change first
             assert older.old is not None
             out[(slice(None), *older.box)] = older.old
@@ -164,7 +170,7 @@ class InteractiveSession:
                 self._probs[n][lab == v] = 1.0
         self._label = predictor.labels_from(self._probs)
         self._probs_lock = threading.Lock()
-        self._state = _ProbsState(self)
+        self._state = _ProbsState(self._probs, self._probs_lock)
         self._mask_step = 0
         self.clicks: list[Click] = []
         # where a prompt (box, lasso) said a class is not: every later click keeps to it
@@ -198,7 +204,7 @@ class InteractiveSession:
         Earlier steps' predictions keep theirs through ``old`` (see `_ProbsState`)."""
         with self._probs_lock:
             retired = self._state
-            self._state = _ProbsState(self)
+            self._state = _ProbsState(self._probs, self._probs_lock)
             retired.newer, retired.box, retired.old = self._state, box, old
             self._probs[(slice(None), *box)] = values
 
