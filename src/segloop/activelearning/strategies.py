@@ -175,7 +175,7 @@ class ScoringContext:
         self._volumes.pop(image_id, None)
         self._prepared.pop(image_id, None)
         self._automatic.pop(image_id, None)
-        release_free_heap()  # the freed arrays' pages, or the next image grows the heap again
+        release_free_heap(min_interval=1.0)  # the freed arrays' pages, or the next image grows the heap again
 
 
 def _stable_uniform(seed: int, image_id: str) -> float:

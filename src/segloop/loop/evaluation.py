@@ -50,5 +50,5 @@ def evaluate_pairs(predictor: Any, pairs: Iterable[tuple[Volume, np.ndarray]]) -
         result = predictor.predict(image)
         rows.append(overlap_per_class(result.label.array, np.asarray(getattr(ref, "array", ref)), classes))
         del result
-        release_free_heap()  # the whole-volume pass's arrays (segloop.heap)
+        release_free_heap(min_interval=1.0)  # the whole-volume pass's arrays (segloop.heap)
     return summarize(rows, classes.values())

@@ -113,7 +113,7 @@ def evaluate_clicks(
     curves = []
     for image, ref in pairs:
         curves.append(click_curve(predictor, image, ref, classes, max_clicks, rng))
-        release_free_heap()  # the image's session (segloop.heap)
+        release_free_heap(min_interval=1.0)  # the image's session (segloop.heap)
     if not curves:
         raise ValueError("no image to evaluate clicks on")
     return summarize_curves(curves, names)

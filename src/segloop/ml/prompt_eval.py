@@ -109,7 +109,7 @@ def evaluate_prompts(predictor: Any, pairs: Iterable[tuple[Any, np.ndarray]],
         t0 = time.perf_counter()
         for image, ref in pairs:
             rows.append(run_protocol(predictor, image, ref, classes, protocol, rng))
-            release_free_heap()  # the image's session (segloop.heap)
+            release_free_heap(min_interval=1.0)  # the image's session (segloop.heap)
         mean = np.mean(rows, axis=0)
         out[protocol] = {**{n: float(mean[j]) for j, n in enumerate(names)}, "mean": float(mean.mean()),
                          "seconds": round((time.perf_counter() - t0) / len(pairs), 3)}
