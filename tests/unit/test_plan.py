@@ -29,7 +29,7 @@ def test_small_images_get_their_median_shape_rounded_to_the_divisor() -> None:
 def test_large_images_get_a_patch_within_the_cpu_budget() -> None:
     p = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)))
     assert np.prod(p.patch_size) <= CPU_PATCH_VOXELS and all(v % 8 == 0 for v in p.patch_size)
-    assert p.patch_size[0] == p.patch_size[1] > p.patch_size[2]  # the physical aspect is kept
+    assert p.patch_size == (64, 64, 64)  # as long in mm on every axis (isotropic grid: a cube)
     assert any("capped" in n for n in p.notes)
     gpu = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)), device="cuda")
     assert np.prod(gpu.patch_size) > np.prod(p.patch_size)
@@ -68,6 +68,18 @@ def test_fingerprint_of_arrays() -> None:
         fingerprint_arrays([])
     with pytest.raises(ValueError, match="channel"):
         fingerprint_arrays([(np.zeros((4, 4, 4)), (1, 1, 1), None), (np.zeros((4, 4, 4, 2)), (1, 1, 1), None)])
+
+
+def test_an_anisotropic_patch_is_as_long_in_mm_on_every_axis() -> None:
+    """5 mm slices, 0.8 mm in plane: the slice axis gets few voxels but as many millimetres as the
+    others (a patch shaped like the image gave it the divisor, 8 slices, 40 mm against 134)."""
+    patch, capped = patch_for((512, 512, 48), (0.8, 0.8, 5.0), 8, CPU_PATCH_VOXELS)
+    assert capped and patch == (128, 128, 16)
+    mm = [p * s for p, s in zip(patch, (0.8, 0.8, 5.0), strict=True)]
+    assert max(mm) / min(mm) < 1.5
+    # an axis the image is too short for gives its share of the budget to the others
+    patch, _ = patch_for((16, 400, 400), (1.0, 1.0, 1.0), 16, CPU_PATCH_VOXELS)
+    assert patch == (16, 128, 128)
 
 
 def test_patch_for_never_exceeds_the_budget() -> None:

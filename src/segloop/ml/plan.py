@@ -9,7 +9,8 @@ settings a training needs on *this* machine:
   median, so thin slices are not invented by upsampling.
 - **patch size**: the median image shape on that grid, rounded up to the network's divisor —
   unless it exceeds the device's voxel budget (`CPU_PATCH_VOXELS` on a CPU, `GPU_PATCH_VOXELS`
-  on a GPU); then it is scaled down, keeping its physical aspect, to fit. *Trade-off*: a smaller
+  on a GPU); then, as nnU-Net does, a patch of about the same length in millimetres on every
+  axis (fewer voxels along coarse slices), clipped to the image, that fits the budget. *Trade-off*: a smaller
   field of view per step (the model sees less context, sliding-window inference stitches more
   windows) for steps that a 2-core CPU can afford. Foreground-centred sampling keeps small
   structures in view.
@@ -227,25 +228,42 @@ def target_spacing(fp: Fingerprint) -> tuple[tuple[float, float, float], str | N
 
 
 def patch_for(shape: Sequence[int], spacing: Sequence[float], divisor: int, budget: int) -> tuple[tuple[int, int, int], bool]:
-    """The median shape rounded up to ``divisor``; scaled down (physical aspect kept) to fit ``budget`` voxels."""
-    want = np.array([max(divisor, math.ceil(s / divisor) * divisor) for s in shape], dtype=float)
-    want = np.minimum(want, MAX_PATCH_AXIS)
-    capped = False
-    if float(np.prod(want)) > budget:
-        capped = True
-        mm = np.array(shape, dtype=float) * np.array(spacing, dtype=float)  # field of view in mm
-        # largest s with prod(max(divisor, floor(mm * s / spacing / divisor) * divisor)) <= budget
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            p = np.maximum(divisor, np.floor(mm * mid / np.array(spacing) / divisor) * divisor)
-            p = np.minimum(p, want)
-            if float(np.prod(p)) <= budget:
-                lo = mid
-            else:
-                hi = mid
-        want = np.minimum(np.maximum(divisor, np.floor(mm * lo / np.array(spacing) / divisor) * divisor), want)
-    return (int(want[0]), int(want[1]), int(want[2])), capped
+    """The median ``shape`` rounded up to ``divisor`` (each axis at most `MAX_PATCH_AXIS`) if it fits
+    ``budget`` voxels; else nnU-Net's rule, within the budget: a patch as long in millimetres on
+    every axis (voxels in proportion to 1 / ``spacing``), clipped to that shape, the budget an
+    axis cannot use (the image is shorter) going to the others, rounded down to ``divisor``, then
+    grown a ``divisor`` at a time on its physically shortest axis while it fits. On an anisotropic
+    grid (5 mm slices, 0.8 mm in plane) the slice axis then gets few voxels but as many
+    millimetres as the others -- a patch shaped like the image would give it ``divisor`` slices.
+    Returns ``(patch, capped)``."""
+    sp = np.asarray(spacing, dtype=float)
+    full = np.array([min(MAX_PATCH_AXIS, max(divisor, math.ceil(s / divisor) * divisor)) for s in shape], dtype=float)
+    if float(np.prod(full)) <= budget:
+        return (int(full[0]), int(full[1]), int(full[2])), False
+    want = np.zeros(3)
+    free = np.ones(3, dtype=bool)  # axes not yet clipped to the image
+    for _ in range(3):
+        room = budget / float(np.prod(full[~free]))
+        scale = (room / float(np.prod(1.0 / sp[free]))) ** (1.0 / int(free.sum()))
+        want[free] = scale / sp[free]
+        over = free & (want >= full)
+        if not over.any():
+            break
+        want[over] = full[over]
+        free &= ~over
+        if not free.any():
+            break
+    patch = np.maximum(divisor, np.floor(np.minimum(want, full) / divisor) * divisor)
+    while True:  # grow the physically shortest axis that still fits (ties: the first)
+        grown = False
+        for ax in np.argsort(patch * sp, kind="stable"):
+            if patch[ax] + divisor <= full[ax] and float(np.prod(patch)) / patch[ax] * (patch[ax] + divisor) <= budget:
+                patch[ax] += divisor
+                grown = True
+                break
+        if not grown:
+            break
+    return (int(patch[0]), int(patch[1]), int(patch[2])), True
 
 
 def ct_intensity(fp: Fingerprint) -> dict[str, Any] | None:
