@@ -10,6 +10,11 @@ pair of curved tubes (radius 2-3 voxels, hippocampus-like arcs), class 2 a thin 
 (2 voxels) — placed, sized and contrasted differently per case. It is not anatomy; it has the
 size, the class thinness and the per-case variation that decide the cost and the planning.
 
+``--kind ct`` makes the other kind the held-back check names, an anisotropic CT
+(`standin_ct.make_ct_dataset`: abdominal CT in HU, 0.7-0.9 mm in plane, 4 or 5 mm slices, an
+organ and lesions in it; ``--shape`` is then ``IN_PLANE,IN_PLANE,LENGTH_MM``, default
+512,512,240).
+
 Then it runs the CLI exactly as a user would (``segloop emulate --dataset D --compare
 random,entropy,full --out OUT``, nothing else unless ``--extra`` is given) as a child process and
 reports: the plan and the estimate the run printed, the wall time against the 90-minute budget,
@@ -20,6 +25,8 @@ Usage::
     .venv/bin/python benchmarks/bench_emulate_large.py --work /tmp/large \
         --out benchmarks/results/emulate-large.json
     .venv/bin/python benchmarks/bench_emulate_large.py --work /tmp/large --make-only
+    .venv/bin/python benchmarks/bench_emulate_large.py --kind ct --work /tmp/ct \
+        --out benchmarks/results/emulate-large-ct.json
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import write_json  # noqa: E402
+from standin_ct import make_ct_dataset  # noqa: E402
 
 BUDGET_MINUTES = 90.0
 
@@ -148,16 +156,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True, help="folder for the dataset and the run")
     p.add_argument("--cases", type=int, default=20)
-    p.add_argument("--shape", default="256,256,160")
+    p.add_argument("--kind", choices=("mr", "ct"), default="mr", help="head MR (default) or anisotropic abdominal CT")
+    p.add_argument("--shape", default=None, help="X,Y,Z voxels (mr, default 256,256,160); for ct IN_PLANE,IN_PLANE,"
+                   "LENGTH_MM (default 512,512,240)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--make-only", action="store_true", help="only write the dataset")
     p.add_argument("--extra", default="", help="more emulate arguments (default: none, the defaults)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/emulate-large.json"))
     a = p.parse_args()
-    shape = tuple(int(s) for s in a.shape.split(","))
-    assert len(shape) == 3
+    shape = tuple(int(s) for s in (a.shape or ("256,256,160" if a.kind == "mr" else "512,512,240")).split(","))
+    if len(shape) != 3:
+        p.error("--shape takes three numbers")
     t0 = time.perf_counter()
-    data = make_dataset(a.work / "data", a.cases, shape, a.seed)
+    if a.kind == "ct":
+        data = make_ct_dataset(a.work / "data", a.cases, shape[0], float(shape[2]), a.seed)
+    else:
+        data = make_dataset(a.work / "data", a.cases, shape, a.seed)
     print(f"dataset ready in {time.perf_counter() - t0:.0f} s: {data}", flush=True)
     if a.make_only:
         return
@@ -177,6 +191,7 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_at_end": os.getloadavg()},
         "command": " ".join(cmd),
+        "kind": a.kind,
         "cases": a.cases,
         "shape": shape,
         "returncode": rc,
