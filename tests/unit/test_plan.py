@@ -7,6 +7,8 @@ import pytest
 
 from segloop.ml.plan import (
     CPU_PATCH_VOXELS,
+    FG_RATIO_LARGE,
+    FG_RATIO_SMALL,
     Fingerprint,
     calibrate,
     fingerprint_arrays,
@@ -121,3 +123,46 @@ def test_a_ct_model_trained_from_scratch_carries_its_window(tmp_path) -> None:  
 
     pred = Predictor.load(store, "ct", device="cpu")
     assert pred.spec.intensity == v.config["intensity"]
+
+
+def test_a_structure_that_fills_the_patch_gets_nnunets_foreground_rate() -> None:
+    """Capped patch and a class of 91 % of it: 1 in 3 patches on foreground; small ones keep 2 in 3."""
+    big = Fingerprint(10, "CT", 1, ((512, 512, 48),) * 10, ((0.83, 0.83, 5.0),) * 10, (0.0, 100.0), 50.0, 20.0,
+                      {1: 237_000.0, 2: 2_400.0})
+    p = make_plan(big)
+    assert p.fg_ratio == FG_RATIO_LARGE and p.train_overrides()["fg_ratio"] == FG_RATIO_LARGE
+    assert any("large structure (class 1" in n for n in p.notes) and "33% of patches" in p.describe()
+    thin = Fingerprint(10, "MR", 1, ((256, 256, 160),) * 10, ((1.0, 1.0, 1.0),) * 10, None, None, None,
+                       {1: 4_000.0, 2: 20_000.0})
+    assert make_plan(thin).fg_ratio == FG_RATIO_SMALL
+    # the patch covers the image: where patches are centred hardly matters, the rate stays
+    whole = Fingerprint(10, "MR", 1, ((35, 50, 36),) * 10, ((1.0, 1.0, 1.0),) * 10, None, None, None, {1: 30_000.0})
+    assert make_plan(whole).fg_ratio == FG_RATIO_SMALL
+
+
+def test_training_records_the_foreground_rate_it_used(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``fg_ratio`` None takes the plan's and the version records it; a fine-tune keeps its
+    version's; a given one is used as given."""
+    from segloop.imaging.volume import Volume
+    from segloop.ml.training import train
+    from segloop.store.local import open_datastore
+    from segloop.store.records import LabelClass, LabelSchema
+    from tests.unit.test_ml_end_to_end import tiny_config
+
+    store = open_datastore(tmp_path / "d")
+    store.set_schema(LabelSchema((LabelClass(0, "background", (0, 0, 0)), LabelClass(1, "blob"))))
+    rng = np.random.default_rng(0)
+    for n in range(2):
+        img = rng.normal(0, 1, (16, 16, 16)).astype(np.float32)
+        lab = np.zeros(img.shape, np.uint8)
+        lab[4:10, 4:10, 4:10] = 1
+        store.add_image(Volume(img, np.eye(4)), f"i{n}", "test")
+        store.save_label(f"i{n}", lab, author="t", status="final")
+    v1 = train(store, "m", tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, fg_ratio=None), device="cpu")
+    assert v1.config["train"]["fg_ratio"] == v1.metrics["plan"]["fg_ratio"] == FG_RATIO_SMALL
+    v2 = train(store, "m", tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, fg_ratio=0.2), device="cpu",
+               fine_tune=v1.version)
+    assert v2.config["train"]["fg_ratio"] == 0.2
+    v3 = train(store, "m", tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, fg_ratio=None), device="cpu",
+               fine_tune=v2.version)
+    assert v3.config["train"]["fg_ratio"] == 0.2

@@ -23,6 +23,7 @@ from segloop.ml.clicks import Click
 from segloop.ml.guidance import encode_boxes, encode_guidance
 from segloop.ml.inference import set_mc_dropout
 from segloop.ml.modelspec import ModelSpec
+from segloop.ml.plan import FG_RATIO_SMALL
 from segloop.ml.train_config import TrainConfig
 from segloop.ml.virtual_user import next_click
 
@@ -90,11 +91,12 @@ def sample_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` patches (default ``cfg.batch_size``)."""
     imgs, labs = [], []
+    fg_ratio = FG_RATIO_SMALL if cfg.fg_ratio is None else cfg.fg_ratio  # `train` resolves None from the plan
     for _ in range(cfg.batch_size if n is None else n):
         case = cases[int(rng.integers(len(cases)))]
         shape = case.label.shape
         nonempty = [p for p in case.fg if len(p)]
-        if nonempty and rng.random() < cfg.fg_ratio:
+        if nonempty and rng.random() < fg_ratio:
             pts = nonempty[int(rng.integers(len(nonempty)))]
             center = pts[int(rng.integers(len(pts)))]
         else:

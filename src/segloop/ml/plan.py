@@ -18,6 +18,12 @@ settings a training needs on *this* machine:
   the foreground voxels, then a z-score with the foreground mean and sd (nnU-Net's CT scheme,
   written as a ``range`` map so inference applies the same numbers); MR and anything else — a
   robust z-score per image (segloop's default).
+- **foreground sampling** (``fg_ratio``, the share of patches centred on a foreground voxel):
+  2 in 3 while the structures are small against the patch, so they stay in view; 1 in 3, as
+  nnU-Net does, once the patch is smaller than the image and a class fills a quarter of it or
+  more: patches centred on such a structure show little else, and a model trained on them took
+  look-alike tissue for it (a made-up abdominal CT: organ Dice 0.46 against 0.53 after 1200 steps,
+  with 1 in 3).
 - **throughput**: a short calibration (a few optimiser steps of the planned network and patch on
   this device) gives seconds per step, so step budgets can be chosen from minutes without
   guessing and the plan can say, before an hour is spent, that a dataset does not fit.
@@ -44,6 +50,9 @@ GPU_PATCH_VOXELS = 128 * 128 * 128
 MAX_PATCH_AXIS = 192
 ANISOTROPY = 3.0
 SAMPLE_VOXELS = 20_000  # foreground voxels sampled per image for the intensity statistics
+FG_RATIO_SMALL = 0.67  # structures small against the patch: keep them in view
+FG_RATIO_LARGE = 0.33  # a structure fills much of the patch: nnU-Net's oversampling
+LARGE_STRUCTURE = 0.25  # ... "much" = this share of the patch's voxels
 
 
 @dataclass(frozen=True)
@@ -169,11 +178,12 @@ class Plan:
     seconds_per_step: float | None = None  # measured by `calibrate`
     resampled_median_shape: tuple[int, int, int] | None = None
     notes: tuple[str, ...] = ()
+    fg_ratio: float = FG_RATIO_SMALL  # share of training patches centred on foreground
 
     def train_overrides(self) -> dict[str, Any]:
         """`segloop.ml.training.TrainConfig` fields this plan sets."""
         out: dict[str, Any] = {"patch_size": list(self.patch_size), "spacing": list(self.spacing),
-                               "batch_size": self.batch_size}
+                               "batch_size": self.batch_size, "fg_ratio": self.fg_ratio}
         if self.intensity is not None:
             out["intensity"] = dict(self.intensity)
         return out
@@ -203,7 +213,7 @@ class Plan:
             f"plan: spacing {_fmt3(self.spacing)} mm, patch {'x'.join(map(str, self.patch_size))}, batch {self.batch_size}, "
             f"{self.network.get('arch')} {self.network.get('channels')}, on {self.device}",
             f"plan: intensity {norm}; median image on that grid {'x'.join(map(str, self.resampled_median_shape or ()))}; "
-            f"throughput {sps}",
+            f"throughput {sps}; {self.fg_ratio:.0%} of patches centred on foreground",
         ]
         lines += [f"plan: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -312,10 +322,20 @@ def make_plan(
         if intensity is not None:
             notes.append("CT: one dataset-wide window from the foreground intensities (nnU-Net's CT scheme)")
     small = [v for v, n in fp.class_voxels.items() if n < 0.001 * float(np.prod(med_shape))]
+    fg_ratio = FG_RATIO_SMALL
+    if capped and fp.class_voxels:
+        # median voxels of the largest class on the planned grid, against the patch's voxels
+        per_voxel = float(np.prod(fp.median_spacing)) / float(np.prod(spacing))
+        value, voxels = max(fp.class_voxels.items(), key=lambda kv: kv[1])
+        share = voxels * per_voxel / float(np.prod(patch))
+        if share >= LARGE_STRUCTURE:
+            fg_ratio = FG_RATIO_LARGE
+            notes.append(f"large structure (class {value}: {share:.0%} of a patch): patches are centred on foreground "
+                         "1 time in 3 (nnU-Net's rate), so they show what lies around it too")
     if small:
-        notes.append(f"small structures (classes {small}: < 0.1 % of the image): patches are centred on foreground "
-                     "2 times in 3")
-    return Plan(spacing, patch, batch_size, intensity, device, net, None, med_shape, tuple(notes))
+        notes.append(f"small structures (classes {small}: < 0.1 % of the image)"
+                     + (": patches are centred on foreground 2 times in 3" if fg_ratio == FG_RATIO_SMALL else ""))
+    return Plan(spacing, patch, batch_size, intensity, device, net, None, med_shape, tuple(notes), fg_ratio=fg_ratio)
 
 
 def calibrate(plan: Plan, image_channels: int, num_classes: int, steps: int = 3, threads: int | None = None) -> Plan:

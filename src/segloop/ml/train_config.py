@@ -32,7 +32,7 @@ class TrainConfig:
     val_max_images: int | None = 8  # validate on at most this many of the validation images (a fixed subset)
     patch_size: list[int] | None = None  # None: from the training images' median shape
     spacing: list[float] | None = None  # None: median spacing of the training images
-    fg_ratio: float = 0.67
+    fg_ratio: float | None = None  # share of patches centred on foreground; None: from the data's plan (2/3 or 1/3)
     click_prob: float = 0.5
     max_click_iters: int = 3
     guidance_sigma: float = 3.0
@@ -84,6 +84,8 @@ class TrainConfig:
             bad("val_max_images", "must be a positive integer or null")
         for name in ("fg_ratio", "click_prob", "box_prob"):
             v = getattr(self, name)
+            if name == "fg_ratio" and v is None:
+                continue
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 bad(name, "must be in [0, 1]")
         if not self.guidance_sigma > 0:

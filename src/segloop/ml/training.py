@@ -9,7 +9,8 @@ Recipe (see `TrainConfig` for the knobs):
    model spacing (median spacing of the training images unless given) when an image differs.
 3. Patches of ``patch_size`` (default: the median training image shape rounded up to the
    network's divisor, at most 96 per axis), centred on a foreground voxel of a random class with
-   probability ``fg_ratio``, anywhere otherwise; zero-padded where the image is smaller.
+   probability ``fg_ratio`` (default from the plan: 2/3, or 1/3 where a structure fills much of
+   the patch), anywhere otherwise; zero-padded where the image is smaller.
 4. Augmentation per patch: flips along ``flip_axes``, intensity scale/shift, gamma, Gaussian
    blur or unsharp-mask sharpening.
 5. Guidance: with probability ``click_prob`` a batch gets simulated clicks: the network (eval
@@ -52,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,15 @@ from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.networks import network_config, size_divisor
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
-from segloop.ml.plan import CPU_PATCH_VOXELS, GPU_PATCH_VOXELS, Plan, fingerprint_arrays, make_plan, patch_for
+from segloop.ml.plan import (
+    CPU_PATCH_VOXELS,
+    FG_RATIO_SMALL,
+    GPU_PATCH_VOXELS,
+    Plan,
+    fingerprint_arrays,
+    make_plan,
+    patch_for,
+)
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
 from segloop.store.base import Datastore
@@ -395,6 +404,13 @@ def _train(
             intensity=intensity, box_input=config.box_input,
         )
     spec.check_patch()
+    if config.fg_ratio is None:  # from the plan; a fine-tune keeps its version's
+        if training_plan is not None:
+            fg_ratio = float(training_plan["fg_ratio"])
+        else:
+            before = (spec.extra.get("train") or {}).get("fg_ratio")
+            fg_ratio = float(before) if isinstance(before, (int, float)) else FG_RATIO_SMALL
+        config = replace(config, fg_ratio=fg_ratio)
     if config.class_weights is not None and len(config.class_weights) != spec.num_classes:
         raise ValueError(f"class_weights has {len(config.class_weights)} entries, the model has {spec.num_classes} classes")
 
