@@ -39,28 +39,18 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import write_json  # noqa: E402
-from standin_ct import make_ct_dataset  # noqa: E402
+from standin_ct import make_ct_dataset, smooth_noise, write_msd  # noqa: E402
 
 BUDGET_MINUTES = 90.0
-
-
-def _smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean, unit-sd noise smoothed with a Gaussian of ``sigma`` voxels (made on a 4x coarser
-    grid and zoomed up, so 10 M voxels take about a second)."""
-    coarse = [max(4, s // 4) for s in shape]
-    n = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma / 4)
-    n = ndimage.zoom(n, [s / c for s, c in zip(shape, coarse, strict=True)], order=1)
-    n -= n.mean()
-    return n / max(float(n.std()), 1e-6)
 
 
 def make_case(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +63,7 @@ def make_case(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np
     r = np.sqrt(sum(((gi - ci) / ri) ** 2 for gi, ci, ri in zip(g, c, radii, strict=True)))
     brain = r < 1.0
     skull = (r >= 1.04) & (r < 1.12)
-    texture = _smooth_noise(shape, 3.0, rng)
+    texture = smooth_noise(shape, 3.0, rng)
     white = brain & (texture > 0.2)
     img = np.zeros(shape, np.float32)
     img[brain] = 600.0
@@ -105,7 +95,7 @@ def make_case(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np
     contrast = rng.uniform(0.8, 1.2)
     img[label == 1] = 700.0 + 250.0 * contrast
     img[label == 2] = 450.0 - 120.0 * contrast
-    bias = 1.0 + 0.15 * _smooth_noise(shape, 40.0, rng)
+    bias = 1.0 + 0.15 * smooth_noise(shape, 40.0, rng)
     img *= bias
     sd = rng.uniform(20, 40)
     img = np.sqrt((img + sd * rng.standard_normal(shape).astype(np.float32)) ** 2 + (sd * rng.standard_normal(shape).astype(np.float32)) ** 2)
@@ -115,32 +105,19 @@ def make_case(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np
 def make_dataset(root: Path, cases: int, shape: tuple[int, int, int], seed: int) -> Path:
     """Write an MSD-layout dataset (imagesTr/labelsTr/dataset.json) of ``cases`` made-up volumes;
     an existing complete one is kept."""
-    if (root / "dataset.json").exists():
-        return root
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    training = []
-    for i in range(cases):
-        img, lab = make_case(shape, rng)
-        name = f"head_{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(img, affine), root / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(lab, affine), root / "labelsTr" / name)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-        print(f"made {name}", flush=True)
-    meta = {
+
+    def made() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        for i in range(cases):
+            img, lab = make_case(shape, rng)
+            yield f"head_{i:03d}", img, lab, np.eye(4)
+
+    return write_msd(root, made(), {
         "name": "LargeHeadStandIn",
         "description": "made-up 256x256x160 head MR stand-in (benchmarks/bench_emulate_large.py)",
         "modality": {"0": "MRI"},
         "labels": {"0": "background", "1": "tubes", "2": "sheet"},
-        "numTraining": cases,
-        "numTest": 0,
-        "training": training,
-        "test": [],
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=1))
-    return root
+    })
 
 
 def _rounds(out: Path) -> list[dict[str, str]]:

@@ -15,6 +15,7 @@ air at -1000) and the per-case variation of spacing that decide the planning and
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 
-def _smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
+def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-sd noise smoothed with a Gaussian of ``sigma`` voxels (made on a coarser grid)."""
     coarse = [max(4, s // 4) for s in shape]
     n = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma / 4)
@@ -46,7 +47,7 @@ def make_ct_case(inplane: int, slices_mm: float, rng: np.random.Generator
     ax, ay = fov * rng.uniform(0.36, 0.42), fov * rng.uniform(0.26, 0.31)
     cy = float(rng.uniform(-10, 10))
     r_body = np.sqrt((x / ax) ** 2 + ((y - cy) / ay) ** 2) + 0.0 * z  # (X, Y, Z)
-    tex = _smooth_noise(shape, 2.0, rng)
+    tex = smooth_noise(shape, 2.0, rng)
     img = np.full(shape, -1000.0, np.float32)
     img[r_body < 1.0] = -100.0  # fat
     img[r_body < 0.93] = 50.0  # muscle wall
@@ -59,7 +60,7 @@ def make_ct_case(inplane: int, slices_mm: float, rng: np.random.Generator
     c = np.array([side * ax * rng.uniform(0.35, 0.5), cy + ay * rng.uniform(-0.2, 0.25), rng.uniform(-20, 20)])
     semi = rng.uniform(45, 75, 3)
     semi[2] = rng.uniform(40, 70)
-    warp = 0.12 * _smooth_noise(shape, 6.0, rng)
+    warp = 0.12 * smooth_noise(shape, 6.0, rng)
     r_org = np.sqrt(((x - c[0]) / semi[0]) ** 2 + ((y - c[1]) / semi[1]) ** 2 + ((z - c[2]) / semi[2]) ** 2) + warp
     organ = (r_org < 1.0) & inner
     label = np.zeros(shape, np.uint8)
@@ -81,32 +82,38 @@ def make_ct_case(inplane: int, slices_mm: float, rng: np.random.Generator
     return np.clip(img, -1024, 3071).astype(np.int16), label, (sxy, sxy, sz)
 
 
-def make_ct_dataset(root: Path, cases: int, inplane: int, slices_mm: float, seed: int) -> Path:
-    """Write an MSD-layout dataset (imagesTr/labelsTr/dataset.json, modality CT) of ``cases``
-    made-up volumes; an existing complete one is kept."""
+def write_msd(root: Path, cases: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]], meta: dict[str, object]) -> Path:
+    """Write ``(name, image, label, affine)`` cases in the MSD layout (imagesTr/labelsTr/dataset.json
+    with ``meta`` and the training list); an existing complete dataset is kept (``cases`` unused)."""
     if (root / "dataset.json").exists():
         return root
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     training = []
-    for i in range(cases):
-        img, lab, sp = make_ct_case(inplane, slices_mm, rng)
-        affine = np.diag([sp[0], sp[1], sp[2], 1.0])
-        name = f"abdomen_{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(img, affine), root / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(lab, affine), root / "labelsTr" / name)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-        print(f"made {name} {img.shape} spacing {sp[0]:.2f}x{sp[1]:.2f}x{sp[2]:g}", flush=True)
-    meta = {
+    for name, img, lab, affine in cases:
+        file = f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(img, affine), root / "imagesTr" / file)
+        nib.save(nib.Nifti1Image(lab, affine), root / "labelsTr" / file)
+        training.append({"image": f"./imagesTr/{file}", "label": f"./labelsTr/{file}"})
+        print(f"made {file} {img.shape} spacing {'x'.join(f'{abs(affine[a, a]):g}' for a in range(3))}", flush=True)
+    meta = {**meta, "numTraining": len(training), "numTest": 0, "training": training, "test": []}
+    (root / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return root
+
+
+def make_ct_dataset(root: Path, cases: int, inplane: int, slices_mm: float, seed: int) -> Path:
+    """Write an MSD-layout dataset (modality CT) of ``cases`` made-up volumes; an existing complete
+    one is kept."""
+    rng = np.random.default_rng(seed)
+
+    def made() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        for i in range(cases):
+            img, lab, sp = make_ct_case(inplane, slices_mm, rng)
+            yield f"abdomen_{i:03d}", img, lab, np.diag([sp[0], sp[1], sp[2], 1.0])
+
+    return write_msd(root, made(), {
         "name": "AnisotropicCTStandIn",
         "description": "made-up anisotropic abdominal CT stand-in (benchmarks/standin_ct.py)",
         "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "organ", "2": "lesion"},
-        "numTraining": cases,
-        "numTest": 0,
-        "training": training,
-        "test": [],
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=1))
-    return root
+    })
