@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from segloop.ml.networks import size_divisor
 from segloop.ml.plan import (
     CPU_PATCH_VOXELS,
     FG_RATIO_LARGE,
@@ -14,6 +15,7 @@ from segloop.ml.plan import (
     fingerprint_arrays,
     make_plan,
     patch_for,
+    pooling_strides,
 )
 
 
@@ -82,6 +84,41 @@ def test_an_anisotropic_patch_is_as_long_in_mm_on_every_axis() -> None:
     # an axis the image is too short for gives its share of the budget to the others
     patch, _ = patch_for((16, 400, 400), (1.0, 1.0, 1.0), 16, CPU_PATCH_VOXELS)
     assert patch == (16, 128, 128)
+
+
+def test_a_coarse_slice_axis_is_pooled_only_once_the_others_reach_its_spacing() -> None:
+    """nnU-Net's rule: 4 mm under 0.8 mm in plane is halved at the third level only (the others are
+    3.2 mm by then); an isotropic grid pools every axis and its network config stays as it was."""
+    assert pooling_strides((0.8, 0.8, 4.0), 3) == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
+    assert pooling_strides((1.0, 1.0, 1.0), 3) == [[2, 2, 2]] * 3
+    assert pooling_strides((3.0, 0.7, 0.7), 2) == [[1, 2, 2], [1, 2, 2]]
+    ct = make_plan(_fp((512, 512, 60), (0.8, 0.8, 4.0), "CT", pct=(-100.0, 200.0)))
+    assert ct.network["strides"] == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
+    assert size_divisor(ct.network) == (8, 8, 2)
+    assert all(p % d == 0 for p, d in zip(ct.patch_size, (8, 8, 2), strict=True)) and ct.patch_size[2] % 8 != 0
+    assert any("not pooled" in n for n in ct.notes)
+    iso = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)))
+    assert "strides" not in iso.network and size_divisor(iso.network) == (8, 8, 8)
+    given = make_plan(_fp((512, 512, 60), (0.8, 0.8, 4.0)), network={"strides": [2, 2, 2]})
+    assert given.network["strides"] == [[2, 2, 2]] * 3  # the user's, not the rule's
+    # the network the plan describes takes the planned patch
+    import torch
+
+    from segloop.ml.networks import build_network
+
+    net = build_network({**ct.network, "channels": [4, 8, 8, 8], "num_res_units": 0}, 2, 2)
+    assert net(torch.zeros(1, 2, 16, 16, 6)).shape == (1, 2, 16, 16, 6)
+    with pytest.raises(ValueError, match="each stride must be 1 or 2"):
+        make_plan(_fp((64, 64, 64), (1.0, 1.0, 1.0)), network={"strides": [[2, 2, 3], 2, 2]})
+    with pytest.raises(ValueError, match="per downsampling level"):
+        make_plan(_fp((64, 64, 64), (1.0, 1.0, 1.0)), network={"strides": [2, 2]})
+
+
+def test_patch_for_with_a_divisor_per_axis() -> None:
+    patch, capped = patch_for((512, 512, 60), (0.83, 0.83, 4.0), (8, 8, 2), CPU_PATCH_VOXELS)
+    assert capped and patch[0] % 8 == 0 and patch[1] % 8 == 0 and patch[2] % 2 == 0
+    assert np.prod(patch) <= CPU_PATCH_VOXELS and np.prod(patch) > 0.9 * CPU_PATCH_VOXELS
+    assert patch_for((35, 50, 37), (1.0, 1.0, 2.0), (8, 8, 2), CPU_PATCH_VOXELS) == ((40, 56, 38), False)
 
 
 def test_patch_for_never_exceeds_the_budget() -> None:
@@ -166,3 +203,38 @@ def test_training_records_the_foreground_rate_it_used(tmp_path) -> None:  # type
     v3 = train(store, "m", tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, fg_ratio=None), device="cpu",
                fine_tune=v2.version)
     assert v3.config["train"]["fg_ratio"] == 0.2
+
+
+def test_a_model_of_thick_slices_keeps_its_pooling_and_blob_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Trained from scratch on 1 x 1 x 4 mm images: the version's config holds the plan's strides and
+    a per-axis click blob, a reload rebuilds the same network, and a click's pass runs on a patch
+    whose slice count is not a multiple of 8."""
+    from segloop.imaging.volume import Volume
+    from segloop.ml.clicks import Click
+    from segloop.ml.predictor import Predictor
+    from segloop.ml.training import train
+    from segloop.store.local import open_datastore
+    from segloop.store.records import LabelClass, LabelSchema
+    from tests.unit.test_ml_end_to_end import tiny_config
+
+    store = open_datastore(tmp_path / "d")
+    store.set_schema(LabelSchema((LabelClass(0, "background", (0, 0, 0)), LabelClass(1, "organ"))))
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    for n in range(2):
+        img = rng.normal(0, 1, (32, 32, 6)).astype(np.float32)
+        lab = np.zeros(img.shape, np.uint8)
+        lab[10:22, 8:20, 1:5] = 1
+        img[lab == 1] += 3.0
+        store.add_image(Volume(img, affine), f"i{n}", "test")
+        store.save_label(f"i{n}", lab, author="t", status="final")
+    cfg = tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, patch_size=None, network={"channels": [4, 8, 8], "num_res_units": 0})
+    v = train(store, "thick", cfg, device="cpu")
+    assert v.config["network"]["strides"] == [[2, 2, 1], [2, 2, 1]]
+    assert v.config["guidance_sigma"] == pytest.approx([3.0, 3.0, 0.75])
+    assert v.config["patch_size"] == [32, 32, 6]  # 6 slices: a multiple of 1, not of 4
+    pred = Predictor.load(store, "thick", device="cpu")
+    assert pred.spec.guidance_sigma == pytest.approx((3.0, 3.0, 0.75))
+    session = pred.session(store.load_image("i0"))
+    after = session.add_clicks([Click(1, (16, 14, 3))])
+    assert after.label.array.shape == (32, 32, 6) and after.label.array[16, 14, 3] == 1

@@ -4,6 +4,9 @@ One channel per class value, background included, in the order of ``class_values
 ``[0, 1, ..., n]``). Each click adds a Gaussian blob ``exp(-d² / (2 σ²))`` (``d`` in voxels of
 the grid the channels are built on) centred on its voxel, cut to zero beyond a radius of ceil(3σ) voxels; overlapping blobs of
 the same class take the maximum, so values stay in [0, 1] and a click's voxel is exactly 1.
+σ may differ per axis: on an anisotropic grid a model's σ is as long in millimetres on every
+axis (`sigma_per_axis`) -- 3 voxels of 0.8 mm in plane, 0.6 of a 4 mm slice -- where the same
+voxel count would reach 12 mm into the neighbouring slices.
 Without clicks every channel is zero, which is also what the network sees for automatic
 segmentation.
 
@@ -22,12 +25,30 @@ from segloop.ml.clicks import Click
 
 DEFAULT_SIGMA = 3.0
 
+Sigma = float | tuple[float, float, float]
+
+
+def sigma_per_axis(sigma: float, spacing: Sequence[float] | None) -> Sigma:
+    """``sigma`` voxels of the finest axis of a grid of ``spacing`` (mm), as voxels of each axis --
+    a blob as long in mm on every axis; the plain number where all axes are alike (or no spacing)."""
+    if spacing is None or len({float(s) for s in spacing}) == 1:
+        return float(sigma)
+    finest = min(float(s) for s in spacing)
+    a, b, c = (float(sigma) * finest / float(s) for s in spacing)
+    return (a, b, c)
+
+
+def finest_axis_sigma(sigma: Sigma | Sequence[float]) -> float:
+    """σ in voxels of the grid's finest axis (the largest of the per-axis values): the blob's width
+    in a view of that axis, e.g. for spacing the clicks along a scribble drawn in plane."""
+    return float(sigma) if isinstance(sigma, (int, float)) else max(float(s) for s in sigma)
+
 
 def encode_guidance(
     clicks: Iterable[Click],
     shape: Sequence[int],
     class_values: Sequence[int],
-    sigma: float = DEFAULT_SIGMA,
+    sigma: float | Sequence[float] = DEFAULT_SIGMA,
     offset: Sequence[int] = (0, 0, 0),
     scale: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
@@ -37,7 +58,7 @@ def encode_guidance(
         clicks: clicks in the voxel indices of the *source* grid.
         shape: spatial shape ``(X, Y, Z)`` of the output (may be a crop of the grid).
         class_values: class values, one channel each, background (0) included.
-        sigma: Gaussian width in output voxels.
+        sigma: Gaussian width in output voxels; one per axis ``(x, y, z)`` or one for all.
         offset: index in the (scaled) grid of the output's first voxel (for crops).
         scale: factors mapping source indices to output-grid indices (``out = in * scale - offset``),
             for a model grid resampled from the image grid.
@@ -49,20 +70,29 @@ def encode_guidance(
     shape3 = tuple(int(s) for s in shape)
     out = np.zeros((len(class_values), *shape3), dtype=np.float32)
     index = {int(v): n for n, v in enumerate(class_values)}
-    radius = max(1, int(np.ceil(3 * sigma)))
+    sig = [float(sigma)] * 3 if isinstance(sigma, (int, float)) else [float(x) for x in sigma]
+    if len(sig) != 3 or not all(x > 0 for x in sig):
+        raise ValueError(f"sigma must be positive, one number or one per axis, got {sigma!r}")
+    radii = [max(1, int(np.ceil(3 * x))) for x in sig]
     for click in clicks:
         ch = index.get(int(click.value))
         if ch is None:
             continue
         centre = [float(p) * float(s) - float(o) for p, s, o in zip(click.point, scale, offset, strict=True)]
         c = [int(round(v)) for v in centre]
-        lo = [max(0, v - radius) for v in c]
-        hi = [min(n, v + radius + 1) for v, n in zip(c, shape3, strict=True)]
+        lo = [max(0, v - r) for v, r in zip(c, radii, strict=True)]
+        hi = [min(n, v + r + 1) for v, r, n in zip(c, radii, shape3, strict=True)]
         if any(a >= b for a, b in zip(lo, hi, strict=True)):
             continue
         grids = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        d2 = sum((g - v) ** 2 for g, v in zip(grids, c, strict=True))
-        blob = np.where(d2 <= radius * radius, np.exp(-d2 / (2.0 * sigma * sigma)), 0.0).astype(np.float32)
+        d = [(g - v) ** 2 for g, v in zip(grids, c, strict=True)]
+        r2 = [r * r for r in radii]  # inside the ellipsoid of the radii, in exact integers
+        inside = d[0] * r2[1] * r2[2] + d[1] * r2[0] * r2[2] + d[2] * r2[0] * r2[1] <= r2[0] * r2[1] * r2[2]
+        if sig[0] == sig[1] == sig[2]:
+            expo = (d[0] + d[1] + d[2]) / (2.0 * sig[0] * sig[0])
+        else:
+            expo = sum(di / (2.0 * x * x) for di, x in zip(d, sig, strict=True))
+        blob = np.where(inside, np.exp(-expo), 0.0).astype(np.float32)
         region = out[ch, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         np.maximum(region, blob, out=region)
     return out

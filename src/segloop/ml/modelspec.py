@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from segloop.ml import bundle_network  # noqa: F401  (registers the "monai" and "torchscript" architectures)
-from segloop.ml.guidance import DEFAULT_SIGMA
+from segloop.ml.guidance import DEFAULT_SIGMA, Sigma
 from segloop.ml.networks import build_network, network_config, size_divisor
 from segloop.ml.preprocess import normalize_intensity
 
@@ -46,7 +46,7 @@ class ModelSpec:
     image_channels: int
     patch_size: tuple[int, int, int]
     spacing: tuple[float, float, float] | None
-    guidance_sigma: float = DEFAULT_SIGMA
+    guidance_sigma: Sigma = DEFAULT_SIGMA  # voxels of the model grid; per axis (x, y, z) on an anisotropic one
     mask_input: bool = False
     box_input: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -95,7 +95,7 @@ class ModelSpec:
             "image_channels": self.image_channels,
             "patch_size": list(self.patch_size),
             "spacing": list(self.spacing) if self.spacing is not None else None,
-            "guidance_sigma": self.guidance_sigma,
+            "guidance_sigma": self.guidance_sigma if isinstance(self.guidance_sigma, (int, float)) else list(self.guidance_sigma),
             "mask_input": self.mask_input,
             **({"box_input": True} if self.box_input else {}),
             "input_kind": self.input_kind,
@@ -118,7 +118,7 @@ class ModelSpec:
                 image_channels=int(config["image_channels"]),
                 patch_size=(ps[0], ps[1], ps[2]),
                 spacing=(float(sp[0]), float(sp[1]), float(sp[2])) if sp is not None else None,
-                guidance_sigma=float(config.get("guidance_sigma", DEFAULT_SIGMA)),
+                guidance_sigma=_sigma(config.get("guidance_sigma", DEFAULT_SIGMA)),
                 mask_input=bool(config.get("mask_input", False)),
                 box_input=bool(config.get("box_input", False)),
                 extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
@@ -133,9 +133,20 @@ class ModelSpec:
 
     def check_patch(self) -> None:
         div = size_divisor(self.network)
-        bad = [p for p in self.patch_size if p % div or p <= 0]
-        if bad:
-            raise ValueError(f"patch_size {list(self.patch_size)} must be positive multiples of {div} for this network")
+        if any(p % d or p <= 0 for p, d in zip(self.patch_size, div, strict=True)):
+            each = str(div[0]) if len(set(div)) == 1 else "x".join(map(str, div)) + " (x, y, z)"
+            raise ValueError(f"patch_size {list(self.patch_size)} must be positive multiples of {each} for this network")
+
+
+def _sigma(value: Any) -> Sigma:
+    """A config's ``guidance_sigma``: one positive number, or three (x, y, z)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 3 or not all(float(v) > 0 for v in value):
+            raise ValueError(f"guidance_sigma must be one positive number or three, got {value!r}")
+        return (float(value[0]), float(value[1]), float(value[2]))
+    if not float(value) > 0:
+        raise ValueError(f"guidance_sigma must be positive, got {value!r}")
+    return float(value)
 
 
 _OWN_KEYS = {

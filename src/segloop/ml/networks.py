@@ -10,8 +10,10 @@ channels + one guidance channel per class; one output per class) and are passed 
 of the architecture. ``dropout`` is kept in every architecture so that MC dropout works.
 
 Architectures: ``unet`` (MONAI `UNet`), ``dynunet`` (MONAI `DynUNet`, nnU-Net style),
-``segresnet`` (MONAI `SegResNet`). Every one downsamples by 2 per level, so spatial input sizes
-must be multiples of `size_divisor`.
+``segresnet`` (MONAI `SegResNet`). Every one downsamples by 2 per level unless ``strides`` (``unet``,
+``dynunet``) says otherwise per level and axis -- ``[[2, 2, 1], [2, 2, 1], [2, 2, 2]]`` keeps the
+coarse slice axis of a 4 mm CT unpooled until the in-plane spacing nears it (nnU-Net's rule, chosen
+by `segloop.ml.plan`); spatial input sizes must be multiples of `size_divisor` on each axis.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def takes_strides(arch: str) -> bool:
+    """Whether architecture ``arch`` accepts per-level, per-axis ``strides``."""
+    return arch in _REGISTRY and "strides" in _REGISTRY[arch][1]
+
+
 def network_config(config: dict[str, Any] | None = None, arch: str | None = None) -> dict[str, Any]:
     """A complete network config: the architecture's defaults overridden by ``config``.
 
@@ -65,17 +72,49 @@ def network_config(config: dict[str, Any] | None = None, arch: str | None = None
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     full["dropout"] = dropout
+    if "strides" in defaults:
+        strides = _check_strides(full.pop("strides", None), len(full["channels"]) - 1)
+        if strides is not None:  # absent means 2 everywhere: configs of such models stay as they were
+            full["strides"] = strides
     return full
 
 
-def size_divisor(config: dict[str, Any]) -> int:
-    """Spatial input sizes must be multiples of this (2 ** number of downsamplings)."""
+def _check_strides(strides: Any, levels: int) -> list[list[int]] | None:
+    """``strides`` as one ``[x, y, z]`` per downsampling level (an int is the same on every axis),
+    or None (2 everywhere); ValueError naming what is wrong."""
+    if strides is None:
+        return None
+    if not isinstance(strides, (list, tuple)) or len(strides) != levels:
+        raise ValueError(f"strides must list one stride per downsampling level ({levels}), got {strides!r}")
+    out = []
+    for s in strides:
+        t = [s, s, s] if isinstance(s, int) else s
+        if not isinstance(t, (list, tuple)) or len(t) != 3 or not all(isinstance(v, int) and v in (1, 2) for v in t):
+            raise ValueError(f"each stride must be 1 or 2, or three of them (x, y, z), got {s!r}")
+        out.append([int(v) for v in t])
+    return out
+
+
+def level_strides(config: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """The downsampling stride of each level, per axis ``(x, y, z)`` (2 everywhere unless ``strides`` is set)."""
+    cfg = network_config(config)
+    if cfg.get("strides") is not None:
+        return [(s[0], s[1], s[2]) for s in cfg["strides"]]
+    if cfg["arch"] == "segresnet":
+        return [(2, 2, 2)] * (len(cfg["blocks_down"]) - 1)
+    return [(2, 2, 2)] * (len(cfg["channels"]) - 1)
+
+
+def size_divisor(config: dict[str, Any]) -> tuple[int, int, int]:
+    """Spatial input sizes must be multiples of these, per axis (the product of the level strides)."""
     cfg = network_config(config)
     if "divisor" in cfg:  # imported architectures (segloop.ml.bundle_network) state it
-        return int(cfg["divisor"])
-    if cfg["arch"] == "segresnet":
-        return int(2 ** (len(cfg["blocks_down"]) - 1))
-    return int(2 ** (len(cfg["channels"]) - 1))
+        d = int(cfg["divisor"])
+        return (d, d, d)
+    div = [1, 1, 1]
+    for s in level_strides(cfg):
+        div = [a * b for a, b in zip(div, s, strict=True)]
+    return (div[0], div[1], div[2])
 
 
 def build_network(config: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
@@ -85,7 +124,7 @@ def build_network(config: dict[str, Any], in_channels: int, out_channels: int) -
     return builder(cfg, int(in_channels), int(out_channels))
 
 
-@register("unet", {"channels": [16, 32, 64, 128], "num_res_units": 2, "dropout": 0.1, "norm": "instance"})
+@register("unet", {"channels": [16, 32, 64, 128], "num_res_units": 2, "dropout": 0.1, "norm": "instance", "strides": None})
 def _unet(cfg: dict[str, Any], in_ch: int, out_ch: int) -> nn.Module:
     from monai.networks.nets import UNet
 
@@ -95,14 +134,19 @@ def _unet(cfg: dict[str, Any], in_ch: int, out_ch: int) -> nn.Module:
         in_channels=in_ch,
         out_channels=out_ch,
         channels=tuple(ch),
-        strides=tuple([2] * (len(ch) - 1)),
+        strides=_per_level(level_strides(cfg)),
         num_res_units=int(cfg["num_res_units"]),
         dropout=cfg["dropout"],
         norm=cfg["norm"],
     )
 
 
-@register("dynunet", {"channels": [16, 32, 64, 128], "dropout": 0.1, "res_block": True})
+def _per_level(strides: list[tuple[int, int, int]]) -> Any:
+    """MONAI's ``strides``: an int for a level that pools every axis alike, else its ``(x, y, z)``."""
+    return tuple(t[0] if t[0] == t[1] == t[2] else t for t in strides)
+
+
+@register("dynunet", {"channels": [16, 32, 64, 128], "dropout": 0.1, "res_block": True, "strides": None})
 def _dynunet(cfg: dict[str, Any], in_ch: int, out_ch: int) -> nn.Module:
     from monai.networks.nets import DynUNet
 
@@ -113,8 +157,8 @@ def _dynunet(cfg: dict[str, Any], in_ch: int, out_ch: int) -> nn.Module:
         in_channels=in_ch,
         out_channels=out_ch,
         kernel_size=[3] * n,
-        strides=[1] + [2] * (n - 1),
-        upsample_kernel_size=[2] * (n - 1),
+        strides=[1, *[list(t) for t in level_strides(cfg)]],
+        upsample_kernel_size=[list(t) for t in level_strides(cfg)],
         filters=list(ch),
         dropout=cfg["dropout"] or None,
         res_block=bool(cfg["res_block"]),

@@ -149,7 +149,7 @@ def simulate_clicks(
                     click = next_click(pred[i], labs[i], [c], rng)
                     if click is not None:
                         clicks[i].append(click)
-                guidance[i] = encode_guidance(clicks[i], shape, values, cfg.guidance_sigma)
+                guidance[i] = encode_guidance(clicks[i], shape, values, spec.guidance_sigma)
     finally:
         net.train(was_training)
     parts = extra()

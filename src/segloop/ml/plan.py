@@ -14,6 +14,11 @@ settings a training needs on *this* machine:
   field of view per step (the model sees less context, sliding-window inference stitches more
   windows) for steps that a 2-core CPU can afford. Foreground-centred sampling keeps small
   structures in view.
+- **pooling** (on an anisotropic grid): the network does not halve an axis whose spacing is 2x or
+  more the finest axis' at that level -- a 4 mm slice axis under 0.8 mm in plane is pooled only
+  once the in-plane spacing has reached 3.2 mm (nnU-Net's rule; ``strides`` of the network config,
+  so the patch needs multiples of 2 on that axis, not 8). Pooling it from the first level gives a
+  bottleneck whose voxels are 32 mm deep and 6 mm wide. Isotropic grids pool every axis, as before.
 - **intensity normalisation**: CT (HU) — one dataset-wide window, the 0.5–99.5 percentiles of
   the foreground voxels, then a z-score with the foreground mean and sd (nnU-Net's CT scheme,
   written as a ``range`` map so inference applies the same numbers); MR and anything else — a
@@ -42,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from segloop.ml.networks import network_config, size_divisor
+from segloop.ml.networks import network_config, size_divisor, takes_strides
 from segloop.ml.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE, resampled_shape, zoom_factors
 
 CPU_PATCH_VOXELS = 64 * 64 * 64  # ~0.3-0.5 s per step of batch 2 on 2 CPU cores
@@ -237,7 +242,40 @@ def target_spacing(fp: Fingerprint) -> tuple[tuple[float, float, float], str | N
     return (float(med[0]), float(med[1]), float(med[2])), note
 
 
-def patch_for(shape: Sequence[int], spacing: Sequence[float], divisor: int, budget: int) -> tuple[tuple[int, int, int], bool]:
+def pooling_strides(spacing: Sequence[float], levels: int) -> list[list[int]]:
+    """nnU-Net's pooling rule: at each of ``levels`` downsamplings, halve the axes whose current
+    spacing is less than twice the finest current spacing; the others keep stride 1 until the
+    finer axes have caught up. ``(0.8, 0.8, 4)`` -> ``[[2, 2, 1], [2, 2, 1], [2, 2, 2]]``."""
+    cur = [float(s) for s in spacing]
+    out = []
+    for _ in range(levels):
+        finest = min(cur)
+        stride = [2 if c / finest < 2.0 else 1 for c in cur]
+        out.append(stride)
+        cur = [c * t for c, t in zip(cur, stride, strict=True)]
+    return out
+
+
+def pooled_network(
+    net: dict[str, Any], spacing: Sequence[float], given: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """``net`` with the `pooling_strides` of ``spacing`` where the grid calls for them (and a note
+    saying so); unchanged on a grid that pools every axis, for an architecture without ``strides``,
+    or when the user's network config ``given`` sets them."""
+    if not takes_strides(net["arch"]) or "strides" in (given or {}):
+        return net, None
+    strides = pooling_strides(spacing, len(net["channels"]) - 1)
+    if all(t == 2 for level in strides for t in level):
+        return net, None
+    kept = [ax for ax in range(3) if strides[0][ax] == 1]
+    note = (f"anisotropic grid: axis {', '.join(map(str, kept))} is not pooled until the others' spacing nears it "
+            f"(strides {strides}, nnU-Net's rule)")
+    return network_config({**net, "strides": strides}), note
+
+
+def patch_for(
+    shape: Sequence[int], spacing: Sequence[float], divisor: int | Sequence[int], budget: int
+) -> tuple[tuple[int, int, int], bool]:
     """The median ``shape`` rounded up to ``divisor`` (each axis at most `MAX_PATCH_AXIS`) if it fits
     ``budget`` voxels; else nnU-Net's rule, within the budget: a patch as long in millimetres on
     every axis (voxels in proportion to 1 / ``spacing``), clipped to that shape, the budget an
@@ -245,9 +283,10 @@ def patch_for(shape: Sequence[int], spacing: Sequence[float], divisor: int, budg
     grown a ``divisor`` at a time on its physically shortest axis while it fits. On an anisotropic
     grid (5 mm slices, 0.8 mm in plane) the slice axis then gets few voxels but as many
     millimetres as the others -- a patch shaped like the image would give it ``divisor`` slices.
-    Returns ``(patch, capped)``."""
+    ``divisor`` may differ per axis (a network that does not pool every axis). Returns ``(patch, capped)``."""
     sp = np.asarray(spacing, dtype=float)
-    full = np.array([min(MAX_PATCH_AXIS, max(divisor, math.ceil(s / divisor) * divisor)) for s in shape], dtype=float)
+    div = np.array([divisor] * 3 if isinstance(divisor, int) else list(divisor), dtype=float)
+    full = np.array([min(MAX_PATCH_AXIS, max(d, math.ceil(s / d) * d)) for s, d in zip(shape, div, strict=True)], dtype=float)
     if float(np.prod(full)) <= budget:
         return (int(full[0]), int(full[1]), int(full[2])), False
     want = np.zeros(3)
@@ -263,12 +302,12 @@ def patch_for(shape: Sequence[int], spacing: Sequence[float], divisor: int, budg
         free &= ~over
         if not free.any():
             break
-    patch = np.maximum(divisor, np.floor(np.minimum(want, full) / divisor) * divisor)
+    patch = np.maximum(div, np.floor(np.minimum(want, full) / div) * div)
     while True:  # grow the physically shortest axis that still fits (ties: the first)
         grown = False
         for ax in np.argsort(patch * sp, kind="stable"):
-            if patch[ax] + divisor <= full[ax] and float(np.prod(patch)) / patch[ax] * (patch[ax] + divisor) <= budget:
-                patch[ax] += divisor
+            if patch[ax] + div[ax] <= full[ax] and float(np.prod(patch)) / patch[ax] * (patch[ax] + div[ax]) <= budget:
+                patch[ax] += div[ax]
                 grown = True
                 break
         if not grown:
@@ -297,9 +336,11 @@ def make_plan(
 ) -> Plan:
     """The plan for ``fp`` on ``device`` (not calibrated: see `calibrate`)."""
     net = network_config(network, arch)
-    div = size_divisor(net)
     spacing, note = target_spacing(fp)
     notes = [note] if note else []
+    net, pool_note = pooled_network(net, spacing, network)
+    notes += [pool_note] if pool_note else []
+    div = size_divisor(net)
     shapes = []
     for shp, sp in zip(fp.shapes, fp.spacings, strict=True):
         f = zoom_factors(sp, spacing)

@@ -33,6 +33,7 @@ import numpy as np
 from segloop.ml import prompts
 from segloop.ml.clicks import check_point
 from segloop.ml.graphcut import GraphCutParams, refine_label
+from segloop.ml.guidance import finest_axis_sigma
 
 if TYPE_CHECKING:
     from segloop.ml.predictor import Prediction
@@ -153,7 +154,7 @@ def add_scribbles(
         )
         return _one_step(session, lambda: session.set_label(lab))
     _require_interactive(session, "scribbles")
-    sigma = float(session.predictor.spec.guidance_sigma)
+    sigma = finest_axis_sigma(session.predictor.spec.guidance_sigma)
 
     def build() -> None:
         session.add_clicks(prompts.stroke_clicks(strokes, spacing=2.0 * sigma))

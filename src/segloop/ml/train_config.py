@@ -96,8 +96,8 @@ class TrainConfig:
             bad("patch_size", "must be three positive integers")
         if self.patch_size is not None:
             div = size_divisor(network_config(self.network, self.arch))
-            if any(p % div for p in self.patch_size):
-                bad("patch_size", f"must be multiples of {div} for this network")
+            if any(p % d for p, d in zip(self.patch_size, div, strict=True)):
+                bad("patch_size", f"must be multiples of {_fmt_div(div)} for this network")
         if self.spacing is not None and (len(self.spacing) != 3 or not all(float(s) > 0 for s in self.spacing)):
             bad("spacing", "must be three positive numbers (mm)")
         if self.class_weights is not None and not all(float(w) >= 0 for w in self.class_weights):
@@ -147,3 +147,7 @@ class TrainProgress:
 
 
 ProgressCallback = Callable[[TrainProgress], None]
+
+
+def _fmt_div(div: tuple[int, int, int]) -> str:
+    return str(div[0]) if len(set(div)) == 1 else "x".join(map(str, div)) + " (x, y, z)"

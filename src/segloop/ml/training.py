@@ -63,6 +63,7 @@ import torch
 from segloop.heap import release_free_heap
 from segloop.ml import case_cache
 from segloop.ml.distributed import Ranks
+from segloop.ml.guidance import sigma_per_axis
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.networks import network_config, size_divisor
@@ -75,6 +76,7 @@ from segloop.ml.plan import (
     fingerprint_arrays,
     make_plan,
     patch_for,
+    pooled_network,
 )
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
@@ -372,12 +374,14 @@ def _train(
         if spec.image_channels != image_channels:
             raise ValueError(f"the images have {image_channels} channel(s), version {fine_tune} expects {spec.image_channels}")
     else:
-        net_cfg = network_config(config.network, config.arch)
         values = [0] + sorted(c.value for c in schema.foreground)
         names = ["background"] + [schema.by_value(v).name for v in values[1:]]
         # settings the config leaves open come from the data: fingerprint -> plan (segloop.ml.plan)
         plan = _plan_from(store, raw[: len(train_pairs)], config, dev)
         training_plan = plan.to_dict()
+        # the grid's pooling (the plan's, or the same rule on the user's spacing)
+        net_cfg = dict(plan.network) if config.spacing is None else pooled_network(
+            network_config(config.network, config.arch), [float(x) for x in config.spacing], config.network)[0]
         planned_steps = config.epochs * (config.steps_per_epoch or max(1, math.ceil(len(train_pairs) / config.batch_size)))
         report(epoch=0, epochs=config.epochs, step=0, steps=planned_steps, loss=None, val_dice=None, eta_seconds=None,
                message=plan.describe().replace("\n", "; "), fraction=0.0)
@@ -400,7 +404,8 @@ def _train(
         else:
             intensity = config.intensity if isinstance(config.intensity, dict) else None
         spec = ModelSpec(
-            net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), config.guidance_sigma, config.mask_input,
+            net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), sigma_per_axis(config.guidance_sigma, sp),
+            config.mask_input,
             intensity=intensity, box_input=config.box_input,
         )
     spec.check_patch()
