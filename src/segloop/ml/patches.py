@@ -23,7 +23,6 @@ from segloop.ml.clicks import Click
 from segloop.ml.guidance import encode_boxes, encode_guidance
 from segloop.ml.inference import set_mc_dropout
 from segloop.ml.modelspec import ModelSpec
-from segloop.ml.plan import FG_RATIO_SMALL
 from segloop.ml.train_config import TrainConfig
 from segloop.ml.virtual_user import next_click
 
@@ -89,9 +88,16 @@ def augment(img: np.ndarray, lab: np.ndarray, cfg: TrainConfig, rng: np.random.G
 def sample_batch(
     cases: list[Case], cfg: TrainConfig, patch: Sequence[int], rng: np.random.Generator, n: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` patches (default ``cfg.batch_size``)."""
+    """``n`` patches (default ``cfg.batch_size``), centred on foreground with probability
+    ``cfg.fg_ratio``, which must be resolved (`segloop.ml.training.train` takes None from the plan).
+
+    Raises:
+        ValueError: ``cfg.fg_ratio`` is None.
+    """
+    if cfg.fg_ratio is None:
+        raise ValueError("sample_batch needs a foreground rate: resolve fg_ratio None from the plan first")
     imgs, labs = [], []
-    fg_ratio = FG_RATIO_SMALL if cfg.fg_ratio is None else cfg.fg_ratio  # `train` resolves None from the plan
+    fg_ratio = cfg.fg_ratio
     for _ in range(cfg.batch_size if n is None else n):
         case = cases[int(rng.integers(len(cases)))]
         shape = case.label.shape
