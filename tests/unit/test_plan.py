@@ -99,6 +99,10 @@ def test_a_coarse_slice_axis_is_pooled_only_once_the_others_reach_its_spacing() 
     assert any("not pooled" in n for n in ct.notes)
     iso = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)))
     assert "strides" not in iso.network and size_divisor(iso.network) == (8, 8, 8)
+    # a grid the user chose: the plan's pooling and patch follow it
+    chosen = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)), spacing=(1.0, 1.0, 3.0))
+    assert chosen.spacing == (1.0, 1.0, 3.0) and chosen.network["strides"] == [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
+    assert chosen.resampled_median_shape == (256, 256, 53) and any("as configured" in n for n in chosen.notes)
     given = make_plan(_fp((512, 512, 60), (0.8, 0.8, 4.0)), network={"strides": [2, 2, 2]})
     assert given.network["strides"] == [[2, 2, 2]] * 3  # the user's, not the rule's
     # the network the plan describes takes the planned patch

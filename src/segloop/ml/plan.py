@@ -333,10 +333,16 @@ def make_plan(
     network: dict[str, Any] | None = None,
     batch_size: int = 2,
     patch_voxels: int | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> Plan:
-    """The plan for ``fp`` on ``device`` (not calibrated: see `calibrate`)."""
+    """The plan for ``fp`` on ``device`` (not calibrated: see `calibrate`); ``spacing`` (mm) replaces
+    the data's target spacing where the user has chosen the grid -- pooling and patch follow it."""
     net = network_config(network, arch)
-    spacing, note = target_spacing(fp)
+    if spacing is None:
+        grid, note = target_spacing(fp)
+    else:
+        grid, note = (float(spacing[0]), float(spacing[1]), float(spacing[2])), f"spacing {_fmt3(spacing)} mm, as configured"
+    spacing = grid
     notes = [note] if note else []
     net, pool_note = pooled_network(net, spacing, network)
     notes += [pool_note] if pool_note else []

@@ -66,17 +66,12 @@ from segloop.ml.distributed import Ranks
 from segloop.ml.guidance import sigma_per_axis
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
-from segloop.ml.networks import network_config, size_divisor
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
 from segloop.ml.plan import (
-    CPU_PATCH_VOXELS,
     FG_RATIO_SMALL,
-    GPU_PATCH_VOXELS,
     Plan,
     fingerprint_arrays,
     make_plan,
-    patch_for,
-    pooled_network,
 )
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
@@ -216,7 +211,8 @@ def _plan_from(store: Datastore, raw: Sequence[tuple[str, int, Any, Any]], confi
             yield np.asarray(vol.array), vol.spacing, np.asarray(lab.array)
 
     fp = fingerprint_arrays(items(), modality=modality, seed=config.seed)
-    return make_plan(fp, device=dev.type, arch=config.arch, network=config.network, batch_size=config.batch_size)
+    return make_plan(fp, device=dev.type, arch=config.arch, network=config.network, batch_size=config.batch_size,
+                     spacing=config.spacing)
 
 
 def _tensorboard(log_dir: str | None, store: Datastore, model: str) -> Any:
@@ -379,26 +375,12 @@ def _train(
         # settings the config leaves open come from the data: fingerprint -> plan (segloop.ml.plan)
         plan = _plan_from(store, raw[: len(train_pairs)], config, dev)
         training_plan = plan.to_dict()
-        # the grid's pooling (the plan's, or the same rule on the user's spacing)
-        net_cfg = dict(plan.network) if config.spacing is None else pooled_network(
-            network_config(config.network, config.arch), [float(x) for x in config.spacing], config.network)[0]
         planned_steps = config.epochs * (config.steps_per_epoch or max(1, math.ceil(len(train_pairs) / config.batch_size)))
         report(epoch=0, epochs=config.epochs, step=0, steps=planned_steps, loss=None, val_dice=None, eta_seconds=None,
                message=plan.describe().replace("\n", "; "), fraction=0.0)
-        spacing = config.spacing if config.spacing is not None else list(plan.spacing)
-        sp = tuple(float(s) for s in spacing)
-        if config.patch_size is not None:
-            patch = (config.patch_size[0], config.patch_size[1], config.patch_size[2])
-        elif config.spacing is None:
-            patch = plan.patch_size
-        else:  # the user's spacing: the plan's patch rule on that grid
-            shapes = []
-            for _, _, v, _ in raw[: len(train_pairs)]:
-                f = zoom_factors(v.spacing, sp)
-                shapes.append(resampled_shape(v.shape, f) if f else v.shape)
-            med = np.median(np.array(shapes), axis=0)
-            voxels = GPU_PATCH_VOXELS if dev.type == "cuda" else CPU_PATCH_VOXELS
-            patch = patch_for([int(m) for m in med], sp, size_divisor(net_cfg), voxels)[0]
+        net_cfg = dict(plan.network)  # the pooling of the plan's grid (the data's, or the configured spacing)
+        sp = plan.spacing
+        patch = plan.patch_size if config.patch_size is None else (config.patch_size[0], config.patch_size[1], config.patch_size[2])
         if config.intensity == "auto":
             intensity = plan.intensity
         else:
