@@ -10,11 +10,13 @@ from segloop.ml.plan import (
     CPU_PATCH_VOXELS,
     FG_RATIO_LARGE,
     FG_RATIO_SMALL,
+    GPU_PATCH_VOXELS,
     Fingerprint,
     calibrate,
     fingerprint_arrays,
     make_plan,
     patch_for,
+    pooling_cost,
     pooling_strides,
 )
 
@@ -88,29 +90,36 @@ def test_an_anisotropic_patch_is_as_long_in_mm_on_every_axis() -> None:
 
 def test_a_coarse_slice_axis_is_pooled_only_once_the_others_reach_its_spacing() -> None:
     """nnU-Net's rule: 4 mm under 0.8 mm in plane is halved at the third level only (the others are
-    3.2 mm by then); an isotropic grid pools every axis and its network config stays as it was."""
+    3.2 mm by then). The plan uses it on a GPU, with a patch budget cut by what the unpooled levels
+    cost; on a CPU (2.4x a whole-volume pass, no gain measured) it only says what it would choose.
+    An isotropic grid pools every axis and its network config stays as it was."""
     assert pooling_strides((0.8, 0.8, 4.0), 3) == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
     assert pooling_strides((1.0, 1.0, 1.0), 3) == [[2, 2, 2]] * 3
     assert pooling_strides((3.0, 0.7, 0.7), 2) == [[1, 2, 2], [1, 2, 2]]
-    ct = make_plan(_fp((512, 512, 60), (0.8, 0.8, 4.0), "CT", pct=(-100.0, 200.0)))
-    assert ct.network["strides"] == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
-    assert size_divisor(ct.network) == (8, 8, 2)
-    assert all(p % d == 0 for p, d in zip(ct.patch_size, (8, 8, 2), strict=True)) and ct.patch_size[2] % 8 != 0
-    assert any("not pooled" in n for n in ct.notes)
-    iso = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)))
+    fp = _fp((512, 512, 60), (0.8, 0.8, 4.0), "CT", pct=(-100.0, 200.0))
+    gpu = make_plan(fp, device="cuda")
+    assert gpu.network["strides"] == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
+    assert size_divisor(gpu.network) == (8, 8, 2) and pooling_cost(gpu.network) == pytest.approx(896 / 480)
+    assert all(p % d == 0 for p, d in zip(gpu.patch_size, (8, 8, 2), strict=True)) and gpu.patch_size[2] % 8 != 0
+    assert np.prod(gpu.patch_size) <= GPU_PATCH_VOXELS * 480 / 896 and any("not pooled" in n for n in gpu.notes)
+    cpu = make_plan(fp)
+    assert "strides" not in cpu.network and size_divisor(cpu.network) == (8, 8, 8)
+    assert any("every axis is pooled on cpu" in n for n in cpu.notes)
+    iso = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)), device="cuda")
     assert "strides" not in iso.network and size_divisor(iso.network) == (8, 8, 8)
+    assert not any("pool" in n for n in iso.notes)
     # a grid the user chose: the plan's pooling and patch follow it
-    chosen = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)), spacing=(1.0, 1.0, 3.0))
+    chosen = make_plan(_fp((256, 256, 160), (1.0, 1.0, 1.0)), spacing=(1.0, 1.0, 3.0), device="cuda")
     assert chosen.spacing == (1.0, 1.0, 3.0) and chosen.network["strides"] == [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
     assert chosen.resampled_median_shape == (256, 256, 53) and any("as configured" in n for n in chosen.notes)
-    given = make_plan(_fp((512, 512, 60), (0.8, 0.8, 4.0)), network={"strides": [2, 2, 2]})
-    assert given.network["strides"] == [[2, 2, 2]] * 3  # the user's, not the rule's
+    given = make_plan(fp, network={"strides": [2, 2, [2, 2, 1]]})  # the user's, on any device
+    assert given.network["strides"] == [[2, 2, 2], [2, 2, 2], [2, 2, 1]] and size_divisor(given.network) == (8, 8, 4)
     # the network the plan describes takes the planned patch
     import torch
 
     from segloop.ml.networks import build_network
 
-    net = build_network({**ct.network, "channels": [4, 8, 8, 8], "num_res_units": 0}, 2, 2)
+    net = build_network({**gpu.network, "channels": [4, 8, 8, 8], "num_res_units": 0}, 2, 2)
     assert net(torch.zeros(1, 2, 16, 16, 6)).shape == (1, 2, 16, 16, 6)
     with pytest.raises(ValueError, match="each stride must be 1 or 2"):
         make_plan(_fp((64, 64, 64), (1.0, 1.0, 1.0)), network={"strides": [[2, 2, 3], 2, 2]})
@@ -210,8 +219,8 @@ def test_training_records_the_foreground_rate_it_used(tmp_path) -> None:  # type
 
 
 def test_a_model_of_thick_slices_keeps_its_pooling_and_blob_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Trained from scratch on 1 x 1 x 4 mm images: the version's config holds the plan's strides and
-    a per-axis click blob, a reload rebuilds the same network, and a click's pass runs on a patch
+    """Trained from scratch on 1 x 1 x 4 mm images with nnU-Net's pooling: the version's config holds
+    the strides and a per-axis click blob, a reload rebuilds the same network, and a click's pass runs on a patch
     whose slice count is not a multiple of 8."""
     from segloop.imaging.volume import Volume
     from segloop.ml.clicks import Click
@@ -232,7 +241,8 @@ def test_a_model_of_thick_slices_keeps_its_pooling_and_blob_shape(tmp_path) -> N
         img[lab == 1] += 3.0
         store.add_image(Volume(img, affine), f"i{n}", "test")
         store.save_label(f"i{n}", lab, author="t", status="final")
-    cfg = tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, patch_size=None, network={"channels": [4, 8, 8], "num_res_units": 0})
+    net = {"channels": [4, 8, 8], "num_res_units": 0, "strides": [[2, 2, 1], [2, 2, 1]]}  # as the GPU plan would
+    cfg = tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, patch_size=None, network=net)
     v = train(store, "thick", cfg, device="cpu")
     assert v.config["network"]["strides"] == [[2, 2, 1], [2, 2, 1]]
     assert v.config["guidance_sigma"] == pytest.approx([3.0, 3.0, 0.75])
