@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segloop.ml.clicks import Click, parse_clicks
-from segloop.ml.guidance import encode_boxes, encode_guidance, finest_axis_sigma, sigma_per_axis
+from segloop.ml.guidance import encode_boxes, encode_guidance, finest_axis_sigma
 from segloop.store.records import LabelClass, LabelSchema
 
 SCHEMA = LabelSchema((LabelClass(0, "background"), LabelClass(1, "Anterior"), LabelClass(2, "Posterior")))
@@ -67,11 +67,10 @@ def test_overlapping_clicks_take_max_and_crop_offset() -> None:
     assert scaled[1, 4, 4, 4] == pytest.approx(1.0)
 
 
-def test_a_blob_is_as_long_in_mm_on_every_axis_of_an_anisotropic_grid() -> None:
-    """3 voxels of 0.8 mm in plane are 0.6 of a 4 mm slice: the blob reaches 2 slices, not 9 (36 mm)."""
-    sigma = sigma_per_axis(3.0, (0.8, 0.8, 4.0))
-    assert sigma == pytest.approx((3.0, 3.0, 0.6)) and finest_axis_sigma(sigma) == pytest.approx(3.0)
-    assert sigma_per_axis(3.0, (1.0, 1.0, 1.0)) == 3.0 and sigma_per_axis(3.0, None) == 3.0
+def test_a_blob_can_have_a_width_per_axis() -> None:
+    """(3, 3, 0.6) voxels -- as long in mm on every axis of a 0.8 x 0.8 x 4 mm grid: 2 slices either side."""
+    sigma = (3.0, 3.0, 0.6)
+    assert finest_axis_sigma(sigma) == 3.0 and finest_axis_sigma(2.0) == 2.0
     g = encode_guidance([Click(1, (10, 10, 5))], (21, 21, 11), [0, 1], sigma=sigma)
     assert g[1, 10, 10, 5] == pytest.approx(1.0)
     assert g[1, 10, 10, 6] == pytest.approx(np.exp(-1 / (2 * 0.36)))  # one slice away: 4 mm
@@ -81,6 +80,12 @@ def test_a_blob_is_as_long_in_mm_on_every_axis_of_an_anisotropic_grid() -> None:
     assert g[1, 19, 10, 5] > 0 and g[1, 10, 10, 7] > 0 and g[1, 19, 10, 7] == 0.0  # cut at the ellipsoid of the radii
     with pytest.raises(ValueError, match="sigma"):
         encode_guidance([Click(1, (1, 1, 1))], (3, 3, 3), [0, 1], sigma=(1.0, 0.0, 1.0))
+    from segloop.ml.train_config import TrainConfig
+
+    assert TrainConfig.from_dict({"guidance_sigma": [3, 3, 0.6]}).guidance_sigma == [3, 3, 0.6]
+    for bad in ([3, 3], [3, 0, 3], 0):
+        with pytest.raises(ValueError, match="guidance_sigma"):
+            TrainConfig.from_dict({"guidance_sigma": bad})
 
 
 def test_unknown_values_ignored_and_outside_clipped() -> None:

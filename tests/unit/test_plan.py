@@ -219,8 +219,8 @@ def test_training_records_the_foreground_rate_it_used(tmp_path) -> None:  # type
 
 
 def test_a_model_of_thick_slices_keeps_its_pooling_and_blob_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Trained from scratch on 1 x 1 x 4 mm images with nnU-Net's pooling: the version's config holds
-    the strides and a per-axis click blob, a reload rebuilds the same network, and a click's pass runs on a patch
+    """Trained from scratch on 1 x 1 x 4 mm images with nnU-Net's pooling and a click blob per axis:
+    the version's config holds both, a reload rebuilds the same network, and a click's pass runs on a patch
     whose slice count is not a multiple of 8."""
     from segloop.imaging.volume import Volume
     from segloop.ml.clicks import Click
@@ -242,7 +242,7 @@ def test_a_model_of_thick_slices_keeps_its_pooling_and_blob_shape(tmp_path) -> N
         store.add_image(Volume(img, affine), f"i{n}", "test")
         store.save_label(f"i{n}", lab, author="t", status="final")
     net = {"channels": [4, 8, 8], "num_res_units": 0, "strides": [[2, 2, 1], [2, 2, 1]]}  # as the GPU plan would
-    cfg = tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, patch_size=None, network=net)
+    cfg = tiny_config(epochs=1, steps_per_epoch=1, val_split=0.0, patch_size=None, network=net, guidance_sigma=[3, 3, 0.75])
     v = train(store, "thick", cfg, device="cpu")
     assert v.config["network"]["strides"] == [[2, 2, 1], [2, 2, 1]]
     assert v.config["guidance_sigma"] == pytest.approx([3.0, 3.0, 0.75])

@@ -4,9 +4,10 @@ One channel per class value, background included, in the order of ``class_values
 ``[0, 1, ..., n]``). Each click adds a Gaussian blob ``exp(-d² / (2 σ²))`` (``d`` in voxels of
 the grid the channels are built on) centred on its voxel, cut to zero beyond a radius of ceil(3σ) voxels; overlapping blobs of
 the same class take the maximum, so values stay in [0, 1] and a click's voxel is exactly 1.
-σ may differ per axis: on an anisotropic grid a model's σ is as long in millimetres on every
-axis (`sigma_per_axis`) -- 3 voxels of 0.8 mm in plane, 0.6 of a 4 mm slice -- where the same
-voxel count would reach 12 mm into the neighbouring slices.
+σ may differ per axis (``guidance_sigma`` ``[x, y, z]`` in a training config). The default is 3 voxels
+on every axis, also on an anisotropic grid: blobs as long in mm on every axis (0.63 of a 4 mm slice
+under 0.83 mm in plane) gave worse clicks on a made-up CT (0.361 against 0.444 after one click per
+class; docs/emulation/README.md).
 Without clicks every channel is zero, which is also what the network sees for automatic
 segmentation.
 
@@ -26,16 +27,6 @@ from segloop.ml.clicks import Click
 DEFAULT_SIGMA = 3.0
 
 Sigma = float | tuple[float, float, float]
-
-
-def sigma_per_axis(sigma: float, spacing: Sequence[float] | None) -> Sigma:
-    """``sigma`` voxels of the finest axis of a grid of ``spacing`` (mm), as voxels of each axis --
-    a blob as long in mm on every axis; the plain number where all axes are alike (or no spacing)."""
-    if spacing is None or len({float(s) for s in spacing}) == 1:
-        return float(sigma)
-    finest = min(float(s) for s in spacing)
-    a, b, c = (float(sigma) * finest / float(s) for s in spacing)
-    return (a, b, c)
 
 
 def finest_axis_sigma(sigma: Sigma | Sequence[float]) -> float:

@@ -133,7 +133,6 @@ def simulate_clicks(
     guidance = np.zeros((b, k, *shape), dtype=np.float32)
     prev = np.zeros((b, k, *shape), dtype=np.float32)  # no previous mask yet: automatic start
     values = list(range(k))  # class indices (the network's own numbering)
-    spacing = spec.spacing or (1.0, 1.0, 1.0)  # as the virtual user measures its clicks' depth, in mm
     boxes = simulate_boxes(labs, k, cfg.box_prob, rng) if spec.box_input else None
     # with a box, the network's answer to the box alone is a case to learn too (0 clicks)
     first = 0 if boxes is not None and boxes.any() else 1
@@ -153,7 +152,7 @@ def simulate_clicks(
                 prev = np.stack([(pred == c) for c in values], axis=1).astype(np.float32)
             for i in range(b):
                 for c in values[1:]:
-                    click = next_click(pred[i], labs[i], [c], rng, spacing)
+                    click = next_click(pred[i], labs[i], [c], rng)
                     if click is not None:
                         clicks[i].append(click)
                 guidance[i] = encode_guidance(clicks[i], shape, values, spec.guidance_sigma)

@@ -35,7 +35,7 @@ class TrainConfig:
     fg_ratio: float | None = None  # share of patches centred on foreground; None: from the data's plan (2/3 or 1/3)
     click_prob: float = 0.5
     max_click_iters: int = 3
-    guidance_sigma: float = 3.0
+    guidance_sigma: float | list[float] = 3.0  # click blob width in voxels of the model grid; or one per axis (x, y, z)
     mask_input: bool = False  # also feed the previous mask (interactive refinement); not benchmarked yet
     box_input: bool = False  # also take box prompts (one channel per foreground class), simulated in training
     box_prob: float = 0.5  # box_input: each class present in an interactive batch's patch gets its box this often
@@ -88,7 +88,11 @@ class TrainConfig:
                 continue
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 bad(name, "must be in [0, 1]")
-        if not self.guidance_sigma > 0:
+        sig = self.guidance_sigma
+        if isinstance(sig, (list, tuple)):
+            if len(sig) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in sig):
+                bad("guidance_sigma", "must be > 0, one number or three (x, y, z)")
+        elif not sig > 0:
             bad("guidance_sigma", "must be > 0")
         if self.patch_size is not None and (
             len(self.patch_size) != 3 or not all(isinstance(p, int) and p > 0 for p in self.patch_size)
