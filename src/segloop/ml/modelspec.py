@@ -46,7 +46,7 @@ class ModelSpec:
     image_channels: int
     patch_size: tuple[int, int, int]
     spacing: tuple[float, float, float] | None
-    guidance_sigma: Sigma = DEFAULT_SIGMA  # voxels of the model grid; per axis (x, y, z) on an anisotropic one
+    guidance_sigma: Sigma = DEFAULT_SIGMA  # voxels of the model grid; one per axis (x, y, z) where configured
     mask_input: bool = False
     box_input: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -118,7 +118,7 @@ class ModelSpec:
                 image_channels=int(config["image_channels"]),
                 patch_size=(ps[0], ps[1], ps[2]),
                 spacing=(float(sp[0]), float(sp[1]), float(sp[2])) if sp is not None else None,
-                guidance_sigma=_sigma(config.get("guidance_sigma", DEFAULT_SIGMA)),
+                guidance_sigma=parse_sigma(config.get("guidance_sigma", DEFAULT_SIGMA)),
                 mask_input=bool(config.get("mask_input", False)),
                 box_input=bool(config.get("box_input", False)),
                 extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
@@ -138,7 +138,7 @@ class ModelSpec:
             raise ValueError(f"patch_size {list(self.patch_size)} must be positive multiples of {each} for this network")
 
 
-def _sigma(value: Any) -> Sigma:
+def parse_sigma(value: Any) -> Sigma:
     """A config's ``guidance_sigma``: one positive number, or three (x, y, z)."""
     if isinstance(value, (list, tuple)):
         if len(value) != 3 or not all(float(v) > 0 for v in value):

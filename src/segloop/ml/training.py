@@ -63,9 +63,8 @@ import torch
 from segloop.heap import release_free_heap
 from segloop.ml import case_cache
 from segloop.ml.distributed import Ranks
-from segloop.ml.guidance import Sigma
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
-from segloop.ml.modelspec import ModelSpec, load_checkpoint
+from segloop.ml.modelspec import ModelSpec, load_checkpoint, parse_sigma
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
 from segloop.ml.plan import (
     FG_RATIO_SMALL,
@@ -197,10 +196,6 @@ def _validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: 
         net.train(was_training)
     mean = np.mean(np.array(scores), axis=0)
     return {spec.class_names[c + 1]: float(mean[c]) for c in range(spec.num_classes - 1)}
-
-
-def _sigma(value: float | list[float]) -> Sigma:
-    return (float(value[0]), float(value[1]), float(value[2])) if isinstance(value, (list, tuple)) else float(value)
 
 
 def _plan_from(store: Datastore, raw: Sequence[tuple[str, int, Any, Any]], config: TrainConfig, dev: torch.device) -> Plan:
@@ -390,7 +385,7 @@ def _train(
         else:
             intensity = config.intensity if isinstance(config.intensity, dict) else None
         spec = ModelSpec(
-            net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), _sigma(config.guidance_sigma),
+            net_cfg, values, names, image_channels, patch, (sp[0], sp[1], sp[2]), parse_sigma(config.guidance_sigma),
             config.mask_input,
             intensity=intensity, box_input=config.box_input,
         )
