@@ -31,7 +31,7 @@ from torch import nn
 
 from segloop.ml import bundle_network  # noqa: F401  (registers the "monai" and "torchscript" architectures)
 from segloop.ml.guidance import DEFAULT_SIGMA, Sigma
-from segloop.ml.networks import build_network, network_config, size_divisor
+from segloop.ml.networks import build_network, describe_divisor, network_config, size_divisor
 from segloop.ml.preprocess import normalize_intensity
 
 INPUT_KINDS = ("both", "automatic")
@@ -134,17 +134,17 @@ class ModelSpec:
     def check_patch(self) -> None:
         div = size_divisor(self.network)
         if any(p % d or p <= 0 for p, d in zip(self.patch_size, div, strict=True)):
-            each = str(div[0]) if len(set(div)) == 1 else "x".join(map(str, div)) + " (x, y, z)"
-            raise ValueError(f"patch_size {list(self.patch_size)} must be positive multiples of {each} for this network")
+            raise ValueError(f"patch_size {list(self.patch_size)} must be positive multiples of {describe_divisor(div)} "
+                             "for this network")
 
 
 def parse_sigma(value: Any) -> Sigma:
     """A config's ``guidance_sigma``: one positive number, or three (x, y, z)."""
     if isinstance(value, (list, tuple)):
-        if len(value) != 3 or not all(float(v) > 0 for v in value):
+        if len(value) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
             raise ValueError(f"guidance_sigma must be one positive number or three, got {value!r}")
         return (float(value[0]), float(value[1]), float(value[2]))
-    if not float(value) > 0:
+    if not (isinstance(value, (int, float)) and value > 0):
         raise ValueError(f"guidance_sigma must be positive, got {value!r}")
     return float(value)
 

@@ -117,6 +117,11 @@ def size_divisor(config: dict[str, Any]) -> tuple[int, int, int]:
     return (div[0], div[1], div[2])
 
 
+def describe_divisor(div: tuple[int, int, int]) -> str:
+    """``8``, or ``8x8x2 (x, y, z)`` where the axes differ -- for messages about patch sizes."""
+    return str(div[0]) if len(set(div)) == 1 else "x".join(map(str, div)) + " (x, y, z)"
+
+
 def build_network(config: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
     """Instantiate the network described by ``config`` (see `network_config`)."""
     cfg = network_config(config)
@@ -152,13 +157,14 @@ def _dynunet(cfg: dict[str, Any], in_ch: int, out_ch: int) -> nn.Module:
 
     ch = cfg["channels"]
     n = len(ch)
+    downs = [list(t) for t in level_strides(cfg)]
     return DynUNet(
         spatial_dims=3,
         in_channels=in_ch,
         out_channels=out_ch,
         kernel_size=[3] * n,
-        strides=[1, *[list(t) for t in level_strides(cfg)]],
-        upsample_kernel_size=[list(t) for t in level_strides(cfg)],
+        strides=[1, *downs],
+        upsample_kernel_size=downs,
         filters=list(ch),
         dropout=cfg["dropout"] or None,
         res_block=bool(cfg["res_block"]),

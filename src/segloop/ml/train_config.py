@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from segloop.ml.distributed import batch_per_rank
-from segloop.ml.networks import network_config, size_divisor
+from segloop.ml.networks import describe_divisor, network_config, size_divisor
 
 
 class TrainingCancelled(Exception):
@@ -88,12 +88,13 @@ class TrainConfig:
                 continue
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 bad(name, "must be in [0, 1]")
-        sig = self.guidance_sigma
-        if isinstance(sig, (list, tuple)):
-            if len(sig) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in sig):
-                bad("guidance_sigma", "must be > 0, one number or three (x, y, z)")
-        elif not sig > 0:
-            bad("guidance_sigma", "must be > 0")
+        from segloop.ml.modelspec import check_intensity, parse_sigma
+
+        try:
+            parse_sigma(self.guidance_sigma)
+        except ValueError:
+            several = isinstance(self.guidance_sigma, (list, tuple))
+            bad("guidance_sigma", "must be > 0, one number or three (x, y, z)" if several else "must be > 0")
         if self.patch_size is not None and (
             len(self.patch_size) != 3 or not all(isinstance(p, int) and p > 0 for p in self.patch_size)
         ):
@@ -101,7 +102,7 @@ class TrainConfig:
         if self.patch_size is not None:
             div = size_divisor(network_config(self.network, self.arch))
             if any(p % d for p, d in zip(self.patch_size, div, strict=True)):
-                bad("patch_size", f"must be multiples of {_fmt_div(div)} for this network")
+                bad("patch_size", f"must be multiples of {describe_divisor(div)} for this network")
         if self.spacing is not None and (len(self.spacing) != 3 or not all(float(s) > 0 for s in self.spacing)):
             bad("spacing", "must be three positive numbers (mm)")
         if self.class_weights is not None and not all(float(w) >= 0 for w in self.class_weights):
@@ -113,8 +114,6 @@ class TrainConfig:
         if self.max_minutes is not None and not self.max_minutes > 0:
             bad("max_minutes", "must be > 0")
         if self.intensity != "auto":
-            from segloop.ml.modelspec import check_intensity
-
             try:
                 check_intensity(self.intensity)
             except ValueError as exc:
@@ -152,6 +151,3 @@ class TrainProgress:
 
 ProgressCallback = Callable[[TrainProgress], None]
 
-
-def _fmt_div(div: tuple[int, int, int]) -> str:
-    return str(div[0]) if len(set(div)) == 1 else "x".join(map(str, div)) + " (x, y, z)"
