@@ -16,8 +16,11 @@ def test_plan_of_an_msd_dataset(segloop: Callable[..., Any]) -> None:
     assert out["fingerprint"]["cases"] == 6 and out["fingerprint"]["modality"] == "MRI"
     assert out["plan"]["spacing"] == [1.0, 1.0, 1.0] and all(p % 8 == 0 for p in out["plan"]["patch_size"])
     assert out["plan"]["intensity"] is None  # MR: robust z-score per image
+    sizes = out["fingerprint"]["class_thickness_mm"]  # hippocampus head and body: a few mm thick
+    assert set(sizes) == {"1", "2"} and all(3.0 < v < 20.0 for v in sizes.values())
     text = segloop("plan", "--dataset", HIPPO, "--max-cases", "4")
     assert text.code == 0 and "plan: spacing 1x1x1 mm" in text.out and "fingerprint: 4 case(s)" in text.out
+    assert "median box (mm) and thickness (mm) per class 1: " in text.out
 
 
 def test_plan_errors(segloop: Callable[..., Any], tmp_path: Path) -> None:

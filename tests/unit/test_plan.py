@@ -11,13 +11,16 @@ from segloop.ml.plan import (
     FG_RATIO_LARGE,
     FG_RATIO_SMALL,
     GPU_PATCH_VOXELS,
+    MIN_VOXELS_ACROSS,
     Fingerprint,
     calibrate,
+    context_spacing,
     fingerprint_arrays,
     make_plan,
     patch_for,
     pooling_cost,
     pooling_strides,
+    structure_size,
 )
 
 
@@ -252,3 +255,67 @@ def test_a_model_of_thick_slices_keeps_its_pooling_and_blob_shape(tmp_path) -> N
     session = pred.session(store.load_image("i0"))
     after = session.add_clicks([Click(1, (16, 14, 3))])
     assert after.label.array.shape == (32, 32, 6) and after.label.array[16, 14, 3] == 1
+
+
+def test_structure_size_measures_extent_and_thickness_in_mm() -> None:
+    sheet = np.zeros((40, 40, 20), bool)
+    sheet[5:35, 10:30, 8:10] = True  # two 1.5 mm voxels thick
+    ext, th = structure_size(sheet, (1.0, 1.0, 1.5))
+    assert ext == (30.0, 20.0, 3.0) and th == pytest.approx(3.0)
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    ball = (xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 20) ** 2 <= 10 ** 2
+    ext, th = structure_size(ball, (0.5, 0.5, 0.5))
+    assert ext == (10.5, 10.5, 10.5) and th == pytest.approx(10.0, abs=0.6)  # diameter 2 x 10 x 0.5 mm
+    assert structure_size(ball, (1.0, 1.0, 1.0), thickness=False)[1] is None
+
+
+def test_fingerprint_records_each_class_extent_and_thickness() -> None:
+    items = []
+    for n in range(3):
+        lab = np.zeros((30, 30, 20), np.uint8)
+        lab[2:22 + n, 4:14, 3:13] = 1  # a slab 10 voxels thick
+        lab[25:27, 5:25, 5:15] = 2  # a sheet 2 voxels thick
+        items.append((np.zeros(lab.shape, np.float32), (1.0, 1.0, 2.0), lab))
+    fp = fingerprint_arrays(items)
+    assert fp.class_extent_mm == {1: (21.0, 10.0, 20.0), 2: (2.0, 20.0, 20.0)}
+    assert fp.class_thickness_mm[1] == pytest.approx(10.0) and fp.class_thickness_mm[2] == pytest.approx(2.0)
+    assert fp.to_dict()["class_thickness_mm"] == {"1": fp.class_thickness_mm[1], "2": 2.0}
+
+
+def _ct_like(thin_mm: float) -> Fingerprint:
+    """A 513x513x60 CT at 0.83x0.83x4 mm: an organ of ~130 mm, and a second class ``thin_mm`` thick."""
+    return Fingerprint(10, "CT", 1, ((513, 513, 60),) * 10, ((0.83, 0.83, 4.0),) * 10, (0.0, 100.0), 50.0, 20.0,
+                       {1: 237_000.0, 2: 2_400.0}, {1: (132.0, 121.0, 134.0), 2: (26.0, 27.0, 25.0)},
+                       {1: 67.0, 2: thin_mm})
+
+
+def test_a_patch_that_cannot_see_the_largest_structure_gets_a_coarser_grid() -> None:
+    """nnU-Net's low-resolution idea, decided by the structures: the in-plane spacing grows until the
+    CPU patch holds the organ, the 4 mm slice axis stays, the lesion keeps enough voxels across."""
+    fp = _ct_like(30.0)
+    p = make_plan(fp)
+    assert p.spacing[2] == 4.0 and p.spacing[0] == p.spacing[1] and 1.2 < p.spacing[0] <= 30.0 / MIN_VOXELS_ACROSS
+    fov = np.array(p.patch_size) * np.array(p.spacing)
+    assert np.all(fov >= (132.0, 121.0, 134.0))  # the organ's median box fits in one patch
+    assert np.prod(p.patch_size) <= CPU_PATCH_VOXELS
+    assert any(n.startswith("coarser grid") and "holds the largest" in n for n in p.notes)
+    assert p.train_overrides()["spacing"] == list(p.spacing)
+    same, note = context_spacing(fp, (0.83, 0.83, 4.0), 8, CPU_PATCH_VOXELS)
+    assert same == p.spacing and note is not None
+    # a 16.6 mm lesion stops the grid earlier: 12 voxels across it; the patch sees most of the organ
+    lesion = make_plan(_ct_like(16.6))
+    assert 1.0 < lesion.spacing[0] <= 16.6 / MIN_VOXELS_ACROSS < 16.6 / MIN_VOXELS_ACROSS * 1.03 < p.spacing[0]
+    assert any("as coarse as the thinnest structure (class 2, 16.6 mm thick)" in n for n in lesion.notes)
+    assert np.prod(lesion.patch_size) * np.prod(lesion.spacing) > 1.5 * 86 * 86 * 96  # was 86x86x96 mm
+
+
+def test_a_thin_structure_or_a_patch_that_already_sees_keeps_the_grid() -> None:
+    thin = make_plan(_ct_like(3.0))  # 3 mm thick: 8 voxels across need 0.375 mm, finer than the data
+    assert thin.spacing == (0.83, 0.83, 4.0) and any("the grid stays" in n for n in thin.notes)
+    # the GPU's patch holds the organ already; small images fit whole; a configured grid is used as given
+    assert make_plan(_ct_like(16.6), device="cuda").spacing == (0.83, 0.83, 4.0)
+    assert make_plan(_fp((35, 50, 36), (1.0, 1.0, 1.0))).spacing == (1.0, 1.0, 1.0)
+    assert make_plan(_ct_like(16.6), spacing=(0.83, 0.83, 4.0)).spacing == (0.83, 0.83, 4.0)
+    # no labels, no structure sizes: nothing to decide by
+    bare = Fingerprint(10, "CT", 1, ((513, 513, 60),) * 10, ((0.83, 0.83, 4.0),) * 10, None, None, None)
+    assert make_plan(bare).spacing == (0.83, 0.83, 4.0)

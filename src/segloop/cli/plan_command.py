@@ -57,6 +57,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{'x'.join(f'{s:g}' for s in fp.median_spacing)} mm")
     if fp.class_voxels:
         print("fingerprint: median voxels per class " + ", ".join(f"{k}: {v:.0f}" for k, v in fp.class_voxels.items()))
+    if fp.class_extent_mm:
+        print("fingerprint: median box (mm) and thickness (mm) per class " + ", ".join(
+            f"{k}: {'x'.join(f'{e:.0f}' for e in ext)}, {fp.class_thickness_mm.get(k, float('nan')):.1f}"
+            for k, ext in fp.class_extent_mm.items()))
     print(plan.describe())
     if args.minutes and plan.seconds_per_step:
         print(f"plan: {args.minutes:g} min of training buy about {plan.steps_for_minutes(args.minutes)} steps here")

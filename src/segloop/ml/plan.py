@@ -14,6 +14,13 @@ settings a training needs on *this* machine:
   field of view per step (the model sees less context, sliding-window inference stitches more
   windows) for steps that a 2-core CPU can afford. Foreground-centred sampling keeps small
   structures in view.
+- **a coarser grid** where the capped patch cannot see the largest structure whole (nnU-Net's
+  3d_lowres idea, `context_spacing`): the finer axes' spacing grows until the patch's field of
+  view holds the largest class's median bounding box, as long as the thinnest class keeps
+  `MIN_VOXELS_ACROSS` voxels across its median thickness (both measured by the fingerprint). On a
+  made-up 0.83x0.83x4 mm abdominal CT the CPU patch saw 87 mm of a 130 mm organ; at 1.66 mm in
+  plane it sees 133 mm. Thin structures (a 2 mm sheet, 4 mm vessels) keep the data's grid.
+  *Trade-off*: boundaries are placed on the coarser grid (the probabilities are resampled back).
 - **pooling** (on an anisotropic grid, on a GPU): the network does not halve an axis whose spacing
   is 2x or more the finest axis' at that level -- a 4 mm slice axis under 0.8 mm in plane is
   pooled only once the in-plane spacing has reached 3.2 mm (nnU-Net's rule; ``strides`` of the
@@ -62,6 +69,9 @@ SAMPLE_VOXELS = 20_000  # foreground voxels sampled per image for the intensity 
 FG_RATIO_SMALL = 0.67  # structures small against the patch: keep them in view
 FG_RATIO_LARGE = 0.33  # a structure fills much of the patch: nnU-Net's oversampling
 LARGE_STRUCTURE = 0.25  # ... "much" = this share of the patch's voxels
+MIN_VOXELS_ACROSS = 12  # a coarser grid keeps at least this many voxels across the thinnest structure
+GRID_STEP = 1.03  # how much a coarser grid's spacing grows per try (nnU-Net's factor)
+THICKNESS_CASES = 8  # cases per class whose thickness is measured (a distance transform each)
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,10 @@ class Fingerprint:
     foreground_mean: float | None
     foreground_sd: float | None
     class_voxels: dict[int, float] = field(default_factory=dict)  # median voxels per case, by class value
+    # median bounding-box length per axis (mm) per case, by class value
+    class_extent_mm: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    # median thickness (mm): the diameter of the largest ball inside the class, per case
+    class_thickness_mm: dict[int, float] = field(default_factory=dict)
 
     @property
     def median_shape(self) -> tuple[int, int, int]:
@@ -95,7 +109,29 @@ class Fingerprint:
         d.pop("shapes")
         d.pop("spacings")
         d["class_voxels"] = {str(k): v for k, v in self.class_voxels.items()}
+        d["class_extent_mm"] = {str(k): list(v) for k, v in self.class_extent_mm.items()}
+        d["class_thickness_mm"] = {str(k): v for k, v in self.class_thickness_mm.items()}
         return d
+
+
+def structure_size(mask: np.ndarray, spacing: Sequence[float], thickness: bool = True) -> tuple[tuple[float, float, float], float | None]:
+    """Bounding-box length per axis (mm) of a non-empty boolean ``mask`` (X, Y, Z) and, with
+    ``thickness``, its thickness: twice the largest distance (mm) from a voxel of the mask to the
+    nearest voxel outside it -- the diameter of the largest ball inside (2 mm for a sheet two 1 mm
+    voxels thick, 2r for a sphere of radius r). The distance transform runs on the bounding box only."""
+    from scipy import ndimage as ndi
+
+    lo, hi = [], []
+    for ax in range(3):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax)))
+        lo.append(int(hit[0]))
+        hi.append(int(hit[-1]) + 1)
+    sp = [float(x) for x in spacing]
+    extent = ((hi[0] - lo[0]) * sp[0], (hi[1] - lo[1]) * sp[1], (hi[2] - lo[2]) * sp[2])
+    if not thickness:
+        return extent, None
+    box = np.pad(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], 1)
+    return extent, 2.0 * float(ndi.distance_transform_edt(box, sampling=sp).max())
 
 
 def fingerprint_arrays(
@@ -113,6 +149,8 @@ def fingerprint_arrays(
     spacings: list[tuple[float, float, float]] = []
     samples: list[np.ndarray] = []
     voxels: dict[int, list[int]] = {}
+    extents: dict[int, list[tuple[float, float, float]]] = {}
+    thick: dict[int, list[float]] = {}
     channels: set[int] = set()
     for image, spacing, label in items:
         arr = np.asarray(image)
@@ -127,6 +165,10 @@ def fingerprint_arrays(
             for v, c in zip(values.tolist(), counts.tolist(), strict=True):
                 if v != 0:
                     voxels.setdefault(int(v), []).append(int(c))
+                    ext, th = structure_size(lab == v, spacing, thickness=len(thick.get(int(v), [])) < THICKNESS_CASES)
+                    extents.setdefault(int(v), []).append(ext)
+                    if th is not None:
+                        thick.setdefault(int(v), []).append(th)
         else:
             fg = first.ravel()
         if fg.size:
@@ -148,7 +190,14 @@ def fingerprint_arrays(
         cases=len(shapes), modality=modality.upper(), channels=channels.pop(), shapes=tuple(shapes),
         spacings=tuple(spacings), foreground_percentiles=pct, foreground_mean=mean, foreground_sd=sd,
         class_voxels={v: float(np.median(c)) for v, c in sorted(voxels.items())},
+        class_extent_mm={v: _median3(e) for v, e in sorted(extents.items())},
+        class_thickness_mm={v: float(np.median(t)) for v, t in sorted(thick.items())},
     )
+
+
+def _median3(rows: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    m = np.median(np.array(rows, dtype=float), axis=0)
+    return (float(m[0]), float(m[1]), float(m[2]))
 
 
 def fingerprint_msd(root: str | Path, names: Sequence[str] | None = None, max_cases: int | None = 50) -> Fingerprint:
@@ -338,6 +387,72 @@ def patch_for(
     return (int(patch[0]), int(patch[1]), int(patch[2])), True
 
 
+def resampled_median_shape(fp: Fingerprint, spacing: Sequence[float]) -> tuple[int, int, int]:
+    """The median image shape (voxels) once every image is resampled to ``spacing`` (mm)."""
+    shapes = []
+    for shp, sp in zip(fp.shapes, fp.spacings, strict=True):
+        f = zoom_factors(sp, spacing)
+        shapes.append(resampled_shape(shp, f) if f else tuple(shp))
+    med = np.median(np.array(shapes), axis=0)
+    return (int(med[0]), int(med[1]), int(med[2]))
+
+
+def context_spacing(
+    fp: Fingerprint, spacing: Sequence[float], divisor: int | Sequence[int], budget: int
+) -> tuple[tuple[float, float, float], str | None]:
+    """A coarser grid where the patch that ``budget`` allows does not see the largest structure
+    whole (nnU-Net's 3d_lowres idea, decided by the structures themselves).
+
+    While the patch is capped and its field of view (mm) is shorter than the median bounding box
+    of the largest class (clipped to the image) on some axis, the spacing grows by `GRID_STEP` --
+    the axes finer than half the coarsest first, as nnU-Net grows its low-resolution grid, then all
+    -- as long as the thinnest class keeps `MIN_VOXELS_ACROSS` voxels across its median thickness.
+    A model that sees only part of a large organ cannot tell it from tissue that looks alike; a
+    thin structure on a coarse grid is lost. Returns ``(spacing, note)``: ``spacing`` unchanged and
+    no note where nothing calls for it (a patch that holds the image, no labels, a thin structure)."""
+    if not fp.class_voxels or not fp.class_extent_mm or not fp.class_thickness_mm:
+        return (float(spacing[0]), float(spacing[1]), float(spacing[2])), None
+    largest = max(fp.class_voxels, key=lambda v: fp.class_voxels[v])
+    want = np.array(fp.class_extent_mm.get(largest, (0.0, 0.0, 0.0)), dtype=float)
+    thin_class = min(fp.class_thickness_mm, key=lambda v: fp.class_thickness_mm[v])
+    finest_allowed = fp.class_thickness_mm[thin_class] / MIN_VOXELS_ACROSS
+    start = np.asarray(spacing, dtype=float)
+
+    def fits(sp: np.ndarray) -> tuple[bool, tuple[int, int, int], np.ndarray]:
+        med = resampled_median_shape(fp, sp.tolist())
+        patch, capped = patch_for(med, sp.tolist(), divisor, budget)
+        need = np.minimum(want, np.asarray(med) * sp)
+        return (not capped) or bool(np.all(np.asarray(patch) * sp >= need)), patch, need
+
+    ok, patch0, need = fits(start)
+    if ok:
+        return (float(start[0]), float(start[1]), float(start[2])), None
+    sp = start.copy()
+    while True:
+        grow = sp < sp.max() / 2.0
+        nxt = sp * np.where(grow if grow.any() else np.ones(3, dtype=bool), GRID_STEP, 1.0)
+        if float(nxt.min()) > finest_allowed:
+            break
+        sp = nxt
+        ok, _, _ = fits(sp)
+        if ok:
+            break
+    thin = f"class {thin_class}, {fp.class_thickness_mm[thin_class]:.1f} mm thick"
+    big = f"class {largest}, {_fmt3(np.round(need).tolist())} mm"
+    if np.allclose(sp, start):
+        return (float(start[0]), float(start[1]), float(start[2])), (
+            f"the patch ({_fmt3((np.asarray(patch0) * start).round().tolist())} mm) does not hold the largest structure ({big}), "
+            f"but the thinnest ({thin}) needs {MIN_VOXELS_ACROSS} voxels across: the grid stays")
+    sp = np.round(sp, 3)
+    _, patch, _ = fits(sp)
+    seen = f"the patch ({_fmt3((np.asarray(patch) * sp).round().tolist())} mm) holds the largest structure ({big})"
+    why = (f"{seen}; the thinnest ({thin}) keeps {MIN_VOXELS_ACROSS}+ voxels across" if ok else
+           f"as coarse as the thinnest structure ({thin}) allows with {MIN_VOXELS_ACROSS} voxels across; "
+           f"{seen.replace('holds', 'holds most of')}")
+    return (float(sp[0]), float(sp[1]), float(sp[2])), (
+        f"coarser grid {_fmt3(sp.tolist())} mm (was {_fmt3(start.round(3).tolist())}), nnU-Net's low-resolution idea: {why}")
+
+
 def ct_intensity(fp: Fingerprint) -> dict[str, Any] | None:
     """nnU-Net's CT normalisation as a ``range`` map: clip to the foreground 0.5–99.5 percentiles,
     z-score with the foreground mean/sd (None without foreground statistics)."""
@@ -360,33 +475,26 @@ def make_plan(
 ) -> Plan:
     """The plan for ``fp`` on ``device`` (not calibrated: see `calibrate`); ``spacing`` (mm) replaces
     the data's target spacing where the user has chosen the grid -- pooling and patch follow it."""
-    net = network_config(network, arch)
+    base = network_config(network, arch)
+    given = spacing is not None
     if spacing is None:
         grid, note = target_spacing(fp)
     else:
         grid, note = (float(spacing[0]), float(spacing[1]), float(spacing[2])), f"spacing {_fmt3(spacing)} mm, as configured"
-    spacing = grid
     notes = [note] if note else []
-    pooled, pool_note = pooled_network(net, spacing, network)
-    if pool_note and device.startswith("cuda"):
-        net = pooled
-        notes.append(pool_note)
-    elif pool_note:
-        notes.append(f"anisotropic grid: every axis is pooled on {device} (nnU-Net's rule would use strides "
-                     f"{pooled['strides']}, 2.4x the time of a whole-volume pass on a CPU; set network strides to choose)")
+    full = patch_voxels or (GPU_PATCH_VOXELS if device.startswith("cuda") else CPU_PATCH_VOXELS)
+    net, budget, net_notes = _grid_network(base, grid, network, device, full)
+    if not given:  # the user's spacing is used as given
+        coarse, grid_note = context_spacing(fp, grid, size_divisor(net), budget)
+        if grid_note:
+            notes.append(grid_note)
+        if coarse != grid:
+            grid = coarse
+            net, budget, net_notes = _grid_network(base, grid, network, device, full)
+    notes += net_notes
+    spacing = grid
     div = size_divisor(net)
-    shapes = []
-    for shp, sp in zip(fp.shapes, fp.spacings, strict=True):
-        f = zoom_factors(sp, spacing)
-        shapes.append(resampled_shape(shp, f) if f else tuple(shp))
-    med = np.median(np.array(shapes), axis=0)
-    med_shape = (int(med[0]), int(med[1]), int(med[2]))
-    budget = patch_voxels or (GPU_PATCH_VOXELS if device.startswith("cuda") else CPU_PATCH_VOXELS)
-    dearer = pooling_cost(net)
-    if dearer > 1.0:  # levels that do not pool all axes hold more voxels: the same step time buys fewer
-        budget = int(budget / dearer)
-        notes.append(f"a network that pools fewer axes costs {dearer:.2f}x as much per voxel: the patch budget is "
-                     f"{budget} voxels, for the step time of a fully pooled one")
+    med_shape = resampled_median_shape(fp, spacing)
     patch, capped = patch_for(med_shape, spacing, div, budget)
     if capped:
         fov = "x".join(f"{p * s:.0f}" for p, s in zip(patch, spacing, strict=True))
@@ -416,6 +524,27 @@ def make_plan(
         notes.append(f"small structures (classes {small}: < 0.1 % of the image)"
                      + (": patches are centred on foreground 2 times in 3" if fg_ratio == FG_RATIO_SMALL else ""))
     return Plan(spacing, patch, batch_size, intensity, device, net, None, med_shape, tuple(notes), fg_ratio=fg_ratio)
+
+
+def _grid_network(
+    net: dict[str, Any], spacing: Sequence[float], given: dict[str, Any] | None, device: str, budget: int
+) -> tuple[dict[str, Any], int, list[str]]:
+    """The network for ``spacing`` on ``device`` (nnU-Net's pooling on a GPU, see `pooled_network`) and
+    the patch budget left for it, with the notes that say so."""
+    notes = []
+    pooled, pool_note = pooled_network(net, spacing, given)
+    if pool_note and device.startswith("cuda"):
+        net = pooled
+        notes.append(pool_note)
+    elif pool_note:
+        notes.append(f"anisotropic grid: every axis is pooled on {device} (nnU-Net's rule would use strides "
+                     f"{pooled['strides']}, 2.4x the time of a whole-volume pass on a CPU; set network strides to choose)")
+    dearer = pooling_cost(net)
+    if dearer > 1.0:  # levels that do not pool all axes hold more voxels: the same step time buys fewer
+        budget = int(budget / dearer)
+        notes.append(f"a network that pools fewer axes costs {dearer:.2f}x as much per voxel: the patch budget is "
+                     f"{budget} voxels, for the step time of a fully pooled one")
+    return net, budget, notes
 
 
 def calibrate(plan: Plan, image_channels: int, num_classes: int, steps: int = 3, threads: int | None = None) -> Plan:
