@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from segloop.ml.fingerprint import Fingerprint, fingerprint_arrays, structure_size
 from segloop.ml.networks import size_divisor
 from segloop.ml.plan import (
     CPU_PATCH_VOXELS,
@@ -12,15 +13,12 @@ from segloop.ml.plan import (
     FG_RATIO_SMALL,
     GPU_PATCH_VOXELS,
     MIN_VOXELS_ACROSS,
-    Fingerprint,
     calibrate,
     context_spacing,
-    fingerprint_arrays,
     make_plan,
     patch_for,
     pooling_cost,
     pooling_strides,
-    structure_size,
 )
 
 

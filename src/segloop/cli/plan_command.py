@@ -17,7 +17,7 @@ from segloop.cli.common import CommandError, add_db_arg, open_store, print_json
 def _store_fingerprint(data: Path) -> Any:
     import numpy as np
 
-    from segloop.ml.plan import fingerprint_arrays
+    from segloop.ml.fingerprint import fingerprint_arrays
 
     store = open_store(data)
     finals = store.final_labels()
@@ -34,7 +34,8 @@ def _store_fingerprint(data: Path) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from segloop.ml.plan import calibrate, fingerprint_msd, make_plan
+    from segloop.ml.fingerprint import fingerprint_msd
+    from segloop.ml.plan import calibrate, make_plan
 
     if (args.dataset is None) == (args.data is None):
         raise CommandError("give one of --dataset DIR (an MSD folder) or --data DIR (a segloop data folder)")

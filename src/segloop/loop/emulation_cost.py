@@ -112,9 +112,10 @@ def measure_unit_costs(root: Any, names: list[str], num_classes: int, device: st
     time a few steps and one whole-volume inference of the median shape."""
     import torch
 
+    from segloop.ml.fingerprint import fingerprint_msd
     from segloop.ml.inference import predict_probabilities
     from segloop.ml.networks import build_network
-    from segloop.ml.plan import calibrate, fingerprint_msd, make_plan
+    from segloop.ml.plan import calibrate, make_plan
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fp = fingerprint_msd(root, names=names, max_cases=20)

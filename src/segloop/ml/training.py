@@ -63,15 +63,11 @@ import torch
 from segloop.heap import release_free_heap
 from segloop.ml import case_cache
 from segloop.ml.distributed import Ranks
+from segloop.ml.fingerprint import fingerprint_arrays
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint, parse_sigma
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
-from segloop.ml.plan import (
-    FG_RATIO_SMALL,
-    Plan,
-    fingerprint_arrays,
-    make_plan,
-)
+from segloop.ml.plan import FG_RATIO_SMALL, Plan, make_plan
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
 from segloop.store.base import Datastore
