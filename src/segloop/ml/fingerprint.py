@@ -3,8 +3,9 @@
 
 Per dataset: image shapes (voxels) and spacings (mm), modality, channels, the foreground's
 intensity percentiles, mean and sd (CT normalisation); per class value: the median voxel count,
-the median bounding box (mm per axis) and the median thickness (mm: the diameter of the largest
-ball inside the structure) -- what the plan needs to tell a large organ from a thin sheet.
+the median bounding box (mm per axis) and the thickness (mm: the diameter of the largest ball
+inside the structure; the lower quartile over the cases) -- what the plan needs to tell a large
+organ from a thin sheet.
 Plain functions and a frozen dataclass; arrays are ``(X, Y, Z[, C])``.
 """
 
@@ -20,7 +21,8 @@ import numpy as np
 from segloop.ml.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE
 
 SAMPLE_VOXELS = 20_000  # foreground voxels sampled per image for the intensity statistics
-THICKNESS_CASES = 8  # cases per class whose thickness is measured (a distance transform each)
+THICKNESS_CASES = 20  # cases per class whose thickness is measured (a distance transform of its box each)
+THICKNESS_PERCENTILE = 25  # of the cases' thicknesses: most cases' structures are at least this thick
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Fingerprint:
     class_voxels: dict[int, float] = field(default_factory=dict)  # median voxels per case, by class value
     # median bounding-box length per axis (mm) per case, by class value
     class_extent_mm: dict[int, tuple[float, float, float]] = field(default_factory=dict)
-    # median thickness (mm): the diameter of the largest ball inside the class, per case
+    # thickness (mm): the diameter of the largest ball inside the class, lower quartile over the cases
     class_thickness_mm: dict[int, float] = field(default_factory=dict)
 
     @property
@@ -140,7 +142,7 @@ def fingerprint_arrays(
         spacings=tuple(spacings), foreground_percentiles=pct, foreground_mean=mean, foreground_sd=sd,
         class_voxels={v: float(np.median(c)) for v, c in sorted(voxels.items())},
         class_extent_mm={v: _median3(e) for v, e in sorted(extents.items())},
-        class_thickness_mm={v: float(np.median(t)) for v, t in sorted(thick.items())},
+        class_thickness_mm={v: float(np.percentile(t, THICKNESS_PERCENTILE)) for v, t in sorted(thick.items())},
     )
 
 

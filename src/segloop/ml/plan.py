@@ -17,9 +17,10 @@ labelled images (shapes, spacings, modality, foreground intensities, structure s
 - **a coarser grid** where the capped patch cannot see the largest structure whole (nnU-Net's
   3d_lowres idea, `context_spacing`): the finer axes' spacing grows until the patch's field of
   view holds the largest class's median bounding box, as long as the thinnest class keeps
-  `MIN_VOXELS_ACROSS` voxels across its median thickness (both measured by the fingerprint). On a
-  made-up 0.83x0.83x4 mm abdominal CT the CPU patch saw 87 mm of a 130 mm organ; at 1.66 mm in
-  plane it sees 133 mm. Thin structures (a 2 mm sheet, 4 mm vessels) keep the data's grid.
+  `MIN_VOXELS_ACROSS` voxels across its thickness (lower quartile over the cases; both measured by
+  the fingerprint). On a made-up 0.83x0.83x4 mm abdominal CT the CPU patch saw 87 mm of a 130 mm
+  organ, and the models took look-alike tissue for it; on a grid of about 1.3 mm in plane it sees
+  most of it. Thin structures (a 2 mm sheet, 4 mm vessels) keep the data's grid.
   *Trade-off*: boundaries are placed on the coarser grid (the probabilities are resampled back).
 - **pooling** (on an anisotropic grid, on a GPU): the network does not halve an axis whose spacing
   is 2x or more the finest axis' at that level -- a 4 mm slice axis under 0.8 mm in plane is
@@ -255,7 +256,8 @@ def context_spacing(
     While the patch is capped and its field of view (mm) is shorter than the median bounding box
     of the largest class (clipped to the image) on some axis, the spacing grows by `GRID_STEP` --
     the axes finer than half the coarsest first, as nnU-Net grows its low-resolution grid, then all
-    -- as long as the thinnest class keeps `MIN_VOXELS_ACROSS` voxels across its median thickness.
+    -- as long as the thinnest class keeps `MIN_VOXELS_ACROSS` voxels across its thickness (the
+    lower quartile over the cases).
     A model that sees only part of a large organ cannot tell it from tissue that looks alike; a
     thin structure on a coarse grid is lost. Returns ``(spacing, note)``: ``spacing`` unchanged and
     no note where nothing calls for it (a patch that holds the image, no labels, a thin structure)."""
