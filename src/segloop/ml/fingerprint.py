@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from segloop.ml.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE
 
@@ -50,8 +51,7 @@ class Fingerprint:
 
     @property
     def median_spacing(self) -> tuple[float, float, float]:
-        m = np.median(np.array(self.spacings), axis=0)
-        return (float(m[0]), float(m[1]), float(m[2]))
+        return _median3(self.spacings)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,8 +70,6 @@ def structure_size(mask: np.ndarray, spacing: Sequence[float], thickness: bool =
     ``thickness``, its thickness: twice the largest distance (mm) from a voxel of the mask to the
     nearest voxel outside it -- the diameter of the largest ball inside (2 mm for a sheet two 1 mm
     voxels thick, 2r for a sphere of radius r). The distance transform runs on the bounding box only."""
-    from scipy import ndimage as ndi
-
     lo, hi = [], []
     for ax in range(3):
         hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax)))
@@ -113,10 +111,13 @@ def fingerprint_arrays(
             lab = np.asarray(label)
             fg = first[lab > 0]
             values, counts = np.unique(lab, return_counts=True)
+            ints = lab if lab.dtype.kind in "iu" else lab.astype(np.int64)
+            boxes = ndi.find_objects(ints)  # each class's bounding box in one pass over the label
             for v, c in zip(values.tolist(), counts.tolist(), strict=True):
                 if v != 0:
                     voxels.setdefault(int(v), []).append(int(c))
-                    ext, th = structure_size(lab == v, spacing, thickness=len(thick.get(int(v), [])) < THICKNESS_CASES)
+                    inside = lab[boxes[int(v) - 1]] == v  # the class on its box: the same extent and thickness
+                    ext, th = structure_size(inside, spacing, thickness=len(thick.get(int(v), [])) < THICKNESS_CASES)
                     extents.setdefault(int(v), []).append(ext)
                     if th is not None:
                         thick.setdefault(int(v), []).append(th)
