@@ -70,6 +70,8 @@ def test_train_records_version(store_with_model) -> None:  # type: ignore[no-unt
     assert set(version.metrics["val_dice"]) == {"anterior", "posterior"}
     assert version.config["network"]["arch"] == "unet"
     assert version.config["mask_input"] is True
+    # each class and the foreground are one piece in every training label: only the largest stays
+    assert version.config["keep_largest"] == [0, 1, 2] and version.metrics["keep_largest"] == [0, 1, 2]
     assert reports and reports[-1].message == "saving"
     assert any(r.val_dice is not None for r in reports)
     assert all(r.steps == 6 for r in reports)
@@ -87,6 +89,7 @@ def test_infer_click_undo(store_with_model) -> None:  # type: ignore[no-untyped-
 
     session = pred.session(image)
     before = session.prediction.label.array.copy()
+    assert np.array_equal(before, result.label.array)  # the session starts from the automatic result
     # Click the class the current mask does *not* have at a voxel.
     point = (2, 2, 2)
     value = 2 if before[point] != 2 else 1

@@ -5,7 +5,9 @@ Per dataset: image shapes (voxels) and spacings (mm), modality, channels, the fo
 intensity percentiles, mean and sd (CT normalisation); per class value: the median voxel count,
 the median bounding box (mm per axis) and the thickness (mm: the diameter of the largest ball
 inside the structure; the lower quartile over the cases) -- what the plan needs to tell a large
-organ from a thin sheet.
+organ from a thin sheet -- and whether the structure is one piece in every label (the smallest
+share of its voxels in its largest connected component; also for the foreground as a whole),
+which decides the post-processing (`segloop.ml.postprocess`).
 Plain functions and a frozen dataclass; arrays are ``(X, Y, Z[, C])``.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from segloop.ml.postprocess import FOREGROUND, MIN_SHARE, largest_share
 from segloop.ml.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE
 
 SAMPLE_VOXELS = 20_000  # foreground voxels sampled per image for the intensity statistics
@@ -43,6 +46,14 @@ class Fingerprint:
     class_extent_mm: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     # thickness (mm): the diameter of the largest ball inside the class, lower quartile over the cases
     class_thickness_mm: dict[int, float] = field(default_factory=dict)
+    # the smallest share of a structure's voxels in its largest connected component over the cases,
+    # by class value, 0: the foreground as a whole (`segloop.ml.postprocess`)
+    largest_share: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def keep_largest(self) -> tuple[int, ...]:
+        """The structures that are one piece in every label (the rule training derives the same way)."""
+        return tuple(v for v, s in sorted(self.largest_share.items()) if s >= MIN_SHARE)
 
     @property
     def median_shape(self) -> tuple[int, int, int]:
@@ -62,6 +73,8 @@ class Fingerprint:
         d["class_voxels"] = {str(k): v for k, v in self.class_voxels.items()}
         d["class_extent_mm"] = {str(k): list(v) for k, v in self.class_extent_mm.items()}
         d["class_thickness_mm"] = {str(k): v for k, v in self.class_thickness_mm.items()}
+        d["largest_share"] = {str(k): v for k, v in self.largest_share.items()}
+        d["keep_largest"] = list(self.keep_largest)
         return d
 
 
@@ -100,6 +113,7 @@ def fingerprint_arrays(
     voxels: dict[int, list[int]] = {}
     extents: dict[int, list[tuple[float, float, float]]] = {}
     thick: dict[int, list[float]] = {}
+    shares: dict[int, list[float]] = {}
     channels: set[int] = set()
     for image, spacing, label in items:
         arr = np.asarray(image)
@@ -113,12 +127,16 @@ def fingerprint_arrays(
             values, counts = np.unique(lab, return_counts=True)
             ints = lab if lab.dtype.kind in "iu" else lab.astype(np.int64)
             boxes = ndi.find_objects(ints)  # each class's bounding box in one pass over the label
+            fg_share = largest_share(lab > 0)
+            if fg_share is not None:
+                shares.setdefault(FOREGROUND, []).append(fg_share)
             for v, c in zip(values.tolist(), counts.tolist(), strict=True):
                 if v != 0:
                     voxels.setdefault(int(v), []).append(int(c))
                     inside = lab[boxes[int(v) - 1]] == v  # the class on its box: the same extent and thickness
                     ext, th = structure_size(inside, spacing, thickness=len(thick.get(int(v), [])) < THICKNESS_CASES)
                     extents.setdefault(int(v), []).append(ext)
+                    shares.setdefault(int(v), []).append(largest_share(inside) or 0.0)
                     if th is not None:
                         thick.setdefault(int(v), []).append(th)
         else:
@@ -144,6 +162,7 @@ def fingerprint_arrays(
         class_voxels={v: float(np.median(c)) for v, c in sorted(voxels.items())},
         class_extent_mm={v: _median3(e) for v, e in sorted(extents.items())},
         class_thickness_mm={v: float(np.percentile(t, THICKNESS_PERCENTILE)) for v, t in sorted(thick.items())},
+        largest_share={v: float(min(x)) for v, x in sorted(shares.items())},
     )
 
 

@@ -17,6 +17,10 @@ Imported models (`segloop.ml.bundle`: MONAI bundles, TorchScript files) add two 
 clicks: `extra_channels` is 0) -- and ``"intensity"``, the normalisation the model was trained with
 (see `normalize_image`); without it segloop's robust z-score is used. segloop's own models are
 ``"both"`` (automatic and interactive).
+
+``"keep_largest"`` (optional): the structures whose automatic segmentation keeps only its largest
+connected component, 0 meaning the foreground as a whole (`segloop.ml.postprocess`); training
+decides it from its labels.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 from segloop.ml import bundle_network  # noqa: F401  (registers the "monai" and "torchscript" architectures)
 from segloop.ml.guidance import DEFAULT_SIGMA, Sigma
 from segloop.ml.networks import build_network, describe_divisor, network_config, size_divisor
+from segloop.ml.postprocess import check_rule
 from segloop.ml.preprocess import normalize_intensity
 
 INPUT_KINDS = ("both", "automatic")
@@ -52,6 +57,7 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     input_kind: str = "both"
     intensity: dict[str, Any] | None = None
+    keep_largest: tuple[int, ...] = ()  # post-processing of automatic results (`segloop.ml.postprocess`)
 
     @property
     def interactive(self) -> bool:
@@ -100,6 +106,7 @@ class ModelSpec:
             **({"box_input": True} if self.box_input else {}),
             "input_kind": self.input_kind,
             **({"intensity": dict(self.intensity)} if self.intensity is not None else {}),
+            **({"keep_largest": list(self.keep_largest)} if self.keep_largest else {}),
         }
 
     @classmethod
@@ -124,6 +131,7 @@ class ModelSpec:
                 extra={k: v for k, v in config.items() if k not in _OWN_KEYS},
                 input_kind=str(config.get("input_kind", "both")),
                 intensity=check_intensity(config.get("intensity")),
+                keep_largest=check_rule(config.get("keep_largest", []), [v for v in values if v != 0]),
             )
             if spec.input_kind not in INPUT_KINDS:
                 raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {spec.input_kind!r}")
@@ -151,7 +159,7 @@ def parse_sigma(value: Any) -> Sigma:
 
 _OWN_KEYS = {
     "network", "classes", "image_channels", "patch_size", "spacing", "guidance_sigma", "mask_input", "box_input",
-    "input_kind", "intensity",
+    "input_kind", "intensity", "keep_largest",
 }
 
 

@@ -23,6 +23,7 @@ from segloop.imaging.volume import Volume
 from segloop.ml.clicks import Click
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
+from segloop.ml.postprocess import keep_largest
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
@@ -163,13 +164,25 @@ class Predictor:
         lut = np.asarray(self.spec.class_values, dtype=np.uint8)
         return lut[probs.argmax(axis=0)]
 
+    def postprocess(self, probs: np.ndarray) -> np.ndarray:
+        """The automatic label of ``probs`` ``(C, X, Y, Z)``: the most probable class, then the model's
+        ``keep_largest`` rule (`segloop.ml.postprocess`). Voxels the rule sets to background become
+        certain background in ``probs`` (in place), so the label stays the probabilities' arg-max."""
+        label, dropped = keep_largest(self.labels_from(probs), self.spec.keep_largest)
+        if dropped is not None:
+            background = np.zeros(probs.shape[0], dtype=probs.dtype)
+            background[self.spec.class_values.index(0)] = 1
+            probs[:, dropped] = background[:, None]
+        return label
+
     def predict(self, image: Volume) -> Prediction:
         """Automatic (click-free) segmentation of the whole volume."""
         t0 = time.perf_counter()
         prepared = self.prepare(image)
         probs = self.to_image_grid(self._probabilities(prepared.data, None), prepared)
+        label = self.postprocess(probs)
         return Prediction(
-            Volume(self.labels_from(probs), image.affine.copy(), {"source": f"model:{self.model}@{self.version}"}),
+            Volume(label, image.affine.copy(), {"source": f"model:{self.model}@{self.version}"}),
             probs.astype(np.float32, copy=False),
             self.model,
             self.version,

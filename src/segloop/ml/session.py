@@ -158,6 +158,7 @@ class InteractiveSession:
         if initial is None:
             probs = predictor.to_image_grid(predictor._probabilities(self.prepared.data, None), self.prepared)
             self._probs = np.ascontiguousarray(probs, dtype=np.float32)
+            predictor.postprocess(self._probs)  # the session starts from the automatic result
         else:
             lab = np.asarray(initial.array)
             if lab.shape != image.shape:

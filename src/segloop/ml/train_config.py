@@ -40,6 +40,7 @@ class TrainConfig:
     box_input: bool = False  # also take box prompts (one channel per foreground class), simulated in training
     box_prob: float = 0.5  # box_input: each class present in an interactive batch's patch gets its box this often
     intensity: dict[str, Any] | str | None = "auto"  # "auto": from the data's plan; None: robust z-score; or a ModelSpec intensity
+    keep_largest: str | list[int] = "auto"  # "auto": from the training labels' topology; or class values (0: foreground)
     class_weights: list[float] | None = None  # focal-loss weight per class (background first)
     focal_weight: float = 1.0
     flip_axes: list[int] = field(default_factory=lambda: [0])
@@ -113,6 +114,11 @@ class TrainConfig:
             bad("num_threads", "must be positive")
         if self.max_minutes is not None and not self.max_minutes > 0:
             bad("max_minutes", "must be > 0")
+        if self.keep_largest != "auto" and not (
+            isinstance(self.keep_largest, list)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.keep_largest)
+        ):
+            bad("keep_largest", "must be 'auto' or a list of class values (0: the foreground as a whole)")
         if self.intensity != "auto":
             try:
                 check_intensity(self.intensity)

@@ -29,7 +29,9 @@ Recipe (see `TrainConfig` for the knobs):
    is what gets saved. Validation costs a bounded share of the run: a due validation is skipped
    while the time spent validating would exceed ``val_budget`` of the time spent so far, and the
    last epoch always validates (a run of 256x256x160 volumes once spent most of a 15-minute budget
-   validating whole volumes after every 8-step epoch).
+   validating whole volumes after every 8-step epoch). The prediction is post-processed as the
+   model's users get it: before the first step, the training labels decide which structures keep
+   only their largest connected component (``keep_largest``, `segloop.ml.postprocess`).
 8. Checkpoint: ``torch.save`` to a temporary file in ``store.staging_dir()``, then
    ``store.add_model_version`` (moves it in atomically). Any error or a cancel before that leaves
    the store untouched, so the previous version stays current.
@@ -68,6 +70,7 @@ from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint, parse_sigma
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
 from segloop.ml.plan import FG_RATIO_SMALL, Plan, make_plan
+from segloop.ml.postprocess import FOREGROUND, check_rule, decide_keep_largest, keep_largest
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
 from segloop.store.base import Datastore
@@ -181,13 +184,15 @@ def _dice_per_class(pred: np.ndarray, ref: np.ndarray, k: int) -> list[float]:
 def _validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: torch.device) -> dict[str, float]:
     was_training = net.training
     set_mc_dropout(net, False)
+    by_index = tuple(spec.class_values.index(v) for v in spec.keep_largest)  # FOREGROUND (0) is index 0
     scores = []
     try:
         for case in cases:
             probs = predict_probabilities(
                 net, case.image, None, spec.patch_size, spec.num_classes, device, extra_channels=spec.extra_channels
             )
-            scores.append(_dice_per_class(probs.argmax(axis=0), case.label, spec.num_classes))
+            pred, _ = keep_largest(probs.argmax(axis=0), by_index)  # what the model's users get
+            scores.append(_dice_per_class(pred, case.label, spec.num_classes))
     finally:
         net.train(was_training)
     mean = np.mean(np.array(scores), axis=0)
@@ -410,6 +415,13 @@ def _train(
         cases.append(case)
     del raw
     train_cases, val_cases = cases[: len(train_pairs)], cases[len(train_pairs) :]
+    # post-processing of automatic results, from this training's labels (a fine-tune decides again)
+    if config.keep_largest == "auto":
+        by_index = decide_keep_largest((c.label for c in train_cases), range(1, spec.num_classes))
+        largest: tuple[int, ...] = tuple(k if k == FOREGROUND else spec.class_values[k] for k in by_index)
+    else:
+        largest = check_rule(config.keep_largest, spec.foreground)
+    spec = replace(spec, keep_largest=largest)
 
     net = spec.build().to(dev)
     if base_state is not None:
@@ -533,6 +545,7 @@ def _train(
         "seconds": round(time.monotonic() - t0, 1),
         "stopped_at_time_budget": stopped_early,
         "plan": training_plan,
+        "keep_largest": list(spec.keep_largest),
         "train_images": len(train_cases),
         "val_images": [list(p) for p in val_pairs],
         "validated_on": [[c.image_id, c.revision] for c in val_cases],

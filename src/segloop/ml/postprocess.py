@@ -1,0 +1,119 @@
+"""Post-processing of automatic segmentations: keep the largest connected component.
+
+nnU-Net removes every connected component but the largest -- of the foreground as a whole, then
+of each class -- where its cross-validation shows that this helps. Here the decision comes from
+the training labels themselves, which every training (and fine-tune) has: a structure whose
+largest component holds at least `MIN_SHARE` of its voxels in *every* training label is one
+piece, so stray blobs of it in a prediction are false positives and go (`decide_keep_largest`).
+Structures that come in several pieces in any label -- lesions, paired organs, vessels -- are
+left alone. The rule is a list of class values; `FOREGROUND` (0) stands for the foreground as a
+whole (every class together), which is applied first.
+
+Components are 26-connected (face, edge and corner neighbours), as in nnU-Net. Only automatic
+segmentations are post-processed (`Predictor.predict`, the start of an interactive session);
+what a user's clicks add stays, even where it is a second piece.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+FOREGROUND = 0  # in a rule: the foreground as a whole
+MIN_SHARE = 0.95  # a structure is "one piece" in a label when its largest component holds this share
+_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask``'s voxels (None: empty)."""
+    found = ndimage.find_objects(mask.astype(np.uint8, copy=False))
+    return found[0] if found and found[0] is not None else None
+
+
+def largest_share(mask: np.ndarray) -> float | None:
+    """Share of ``mask``'s voxels ``(X, Y, Z)`` in its largest 26-connected component; None when empty."""
+    box = _box(mask)
+    if box is None:
+        return None
+    comps, n = ndimage.label(mask[box], structure=_FULL)
+    if n <= 1:
+        return 1.0
+    sizes = np.bincount(comps.ravel())[1:]
+    return float(sizes.max() / sizes.sum())
+
+
+def decide_keep_largest(
+    labels: Iterable[np.ndarray], values: Sequence[int], min_share: float = MIN_SHARE
+) -> tuple[int, ...]:
+    """The rule for a model: `FOREGROUND` when the foreground is one piece in every label, then each
+    class value of ``values`` that is one piece in every label holding it.
+
+    Args:
+        labels: training labels ``(X, Y, Z)`` holding values of ``values`` (0: background).
+        values: the foreground class values.
+        min_share: the largest component's share of a structure's voxels that makes it one piece.
+    """
+    fg_shares: list[float] = []
+    shares: dict[int, list[float]] = {int(v): [] for v in values}
+    for label in labels:
+        arr = np.asarray(label)
+        s = largest_share(arr != 0)
+        if s is not None:
+            fg_shares.append(s)
+        for v in shares:
+            s = largest_share(arr == v)
+            if s is not None:
+                shares[v].append(s)
+    rule = [FOREGROUND] if fg_shares and min(fg_shares) >= min_share else []
+    rule += [v for v, got in shares.items() if got and min(got) >= min_share]
+    return tuple(rule)
+
+
+def _keep_largest_in(mask: np.ndarray) -> np.ndarray | None:
+    """Voxels of ``mask`` outside its largest component (a boolean array), or None when there are none."""
+    box = _box(mask)
+    if box is None:
+        return None
+    comps, n = ndimage.label(mask[box], structure=_FULL)
+    if n <= 1:
+        return None
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    drop = np.zeros(mask.shape, dtype=bool)
+    drop[box] = (comps != 0) & (comps != int(sizes.argmax()))
+    return drop
+
+
+def keep_largest(label: np.ndarray, rule: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Apply ``rule`` (see `decide_keep_largest`) to a label map ``(X, Y, Z)``.
+
+    Returns:
+        the post-processed label (a new array where anything changed, else ``label`` itself) and the
+        boolean map of the voxels set to background (None when nothing changed).
+    """
+    if not rule:
+        return label, None
+    out = label
+    dropped: np.ndarray | None = None
+    for v in rule:
+        drop = _keep_largest_in(out != 0 if v == FOREGROUND else out == v)
+        if drop is None:
+            continue
+        if dropped is None:
+            out, dropped = label.copy(), drop
+        else:
+            dropped |= drop
+        out[drop] = 0
+    return out, dropped
+
+
+def check_rule(rule: object, values: Sequence[int]) -> tuple[int, ...]:
+    """A configured rule as a tuple; ValueError unless it lists 0 (the foreground) or class values."""
+    if not isinstance(rule, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in rule):
+        raise ValueError(f"keep_largest must be 'auto' or a list of class values (0: the foreground), got {rule!r}")
+    unknown = sorted(set(rule) - {FOREGROUND, *values})
+    if unknown:
+        raise ValueError(f"keep_largest lists {unknown}, which are not classes of the model ({sorted(values)})")
+    return tuple(dict.fromkeys(int(v) for v in rule))
