@@ -120,3 +120,31 @@ def test_fingerprint_says_what_is_one_piece() -> None:
     assert fp.largest_share[2] == pytest.approx(0.5)
     assert fp.keep_largest == (FOREGROUND, 1) == decide_keep_largest([organ, two], [1, 2])
     assert fp.to_dict()["keep_largest"] == [0, 1]
+
+
+def test_new_stray_pieces_of_an_interactive_step() -> None:
+    from segloop.ml.postprocess import new_stray_pieces
+
+    box = (20, 20, 12)
+    before = np.zeros(box, np.uint8)
+    before[_ball((10, 10, 6), 3, box)] = 1  # the structure, already there
+    after = before.copy()
+    after[_ball((10, 10, 8), 3, box)] = 1  # the step grew it: overlaps what was there
+    after[_ball((3, 3, 3), 1.5, box)] = 1  # a new blob inside the box: dropped
+    after[_ball((16, 4, 6), 1.5, box)] = 1  # a new blob with a positive click: kept
+    after[19, 10, 6] = after[18, 10, 6] = 1  # a new blob on an open face: may go on outside, kept
+    closed = [(False, False)] * 3
+    drop = new_stray_pieces(after, before, (1,), [(False, True), (False, False), (False, False)], {1: 0},
+                            {1: [(16, 4, 6)]})
+    assert drop is not None and np.array_equal(drop, _ball((3, 3, 3), 1.5, box))
+    # the same blob on a closed face (the volume's edge) is dropped too
+    drop = new_stray_pieces(after, before, (1,), closed, {1: 0}, {1: [(16, 4, 6)]})
+    assert drop is not None and drop[19, 10, 6] and drop[18, 10, 6] and not drop[16, 4, 6]
+    # a class outside the rule keeps every piece; so does the larger part of the structure
+    assert new_stray_pieces(after, before, (2,), closed, {}, {}) is None
+    empty = np.zeros(box, np.uint8)
+    lone = np.zeros(box, np.uint8)
+    lone[_ball((5, 5, 5), 2, box)] = 1
+    assert new_stray_pieces(lone, empty, (1,), closed, {1: 10}, {}) is None  # 33 voxels against 10 outside
+    dropped = new_stray_pieces(lone, empty, (FOREGROUND,), closed, {FOREGROUND: 1000}, {})
+    assert dropped is not None and dropped.sum() == (lone == 1).sum()

@@ -16,7 +16,7 @@ what a user's clicks add stays, even where it is a second piece.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -107,6 +107,63 @@ def keep_largest(label: np.ndarray, rule: Sequence[int]) -> tuple[np.ndarray, np
             dropped |= drop
         out[drop] = 0
     return out, dropped
+
+
+def new_stray_pieces(
+    label: np.ndarray,
+    before: np.ndarray,
+    rule: Sequence[int],
+    open_faces: Sequence[tuple[bool, bool]],
+    outside: Mapping[int, int],
+    keep_points: Mapping[int, Sequence[Sequence[int]]],
+) -> np.ndarray | None:
+    """The pieces an interactive step created that the rule would have removed, in the step's box.
+
+    A click's network pass re-predicts a whole patch and, with a weak model, adds blobs elsewhere
+    in it. For the structures of ``rule`` a piece is dropped when it is new (no voxel of the
+    structure there ``before``), lies wholly inside the box (it touches no face in ``open_faces``:
+    beyond those faces the volume goes on, so the piece may continue outside), holds none of
+    ``keep_points`` (positive clicks: the user asked for them) and is not the larger part of the
+    structure (``outside``: its voxels outside the box). Anything older -- the automatic result, a
+    brush edit, an earlier click's piece -- stays.
+
+    Args:
+        label: the step's new label in its box ``(x, y, z)``.
+        before: the label there before the step.
+        rule: as for `keep_largest`.
+        open_faces: per axis, whether the box's low / high face is inside the volume.
+        outside: voxels of each structure (class value, `FOREGROUND`) outside the box.
+        keep_points: positive clicks in box coordinates, by class value (`FOREGROUND`: all of them).
+    Returns:
+        a boolean map of the box (voxels to set to background), or None.
+    """
+    drop: np.ndarray | None = None
+    for v in rule:
+        mask = label != 0 if v == FOREGROUND else label == v
+        if not mask.any():
+            continue
+        comps, n = ndimage.label(mask, structure=_FULL)
+        if n == 0:
+            continue
+        total = int(mask.sum()) + int(outside.get(v, 0))
+        sizes = np.bincount(comps.ravel(), minlength=n + 1)
+        old = before != 0 if v == FOREGROUND else before == v
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[0] = True
+        keep[np.unique(comps[old])] = True  # overlaps what was there: not new
+        for ax, (lo_open, hi_open) in enumerate(open_faces):
+            if lo_open:
+                keep[np.unique(np.take(comps, 0, axis=ax))] = True
+            if hi_open:
+                keep[np.unique(np.take(comps, -1, axis=ax))] = True
+        for pt in keep_points.get(v, ()):
+            keep[comps[tuple(int(c) for c in pt)]] = True
+        keep |= 2 * sizes >= total  # the larger part of the structure
+        if keep.all():
+            continue
+        piece = ~keep[comps]
+        drop = piece if drop is None else drop | piece
+    return drop
 
 
 def check_rule(rule: object, values: Sequence[int]) -> tuple[int, ...]:

@@ -17,6 +17,10 @@
   of the session's history: `undo` and `redo` walk it; a new click or upload clears what could
   be redone.
 - Boxes, lassos and scribbles are steps too (`segloop.ml.prompt_session`).
+- The session starts from the automatic result, post-processed by the model's ``keep_largest``
+  rule (`segloop.ml.postprocess`); a step's pass drops the *new* pieces of those structures that
+  lie wholly in its region, hold no positive click and are the smaller part (blobs a click's pass
+  adds elsewhere in its patch); what was there before, brushed or clicked, stays.
 - A session's steps do not copy the probabilities (C x 4 bytes a voxel: 100 MB for three classes on
   256x256x128, ~30 ms to copy, more than the click's own compute): each step's `Prediction` gets
   them on first access, rebuilt from the session's current array and the boxes that later steps
@@ -35,6 +39,7 @@ import numpy as np
 from segloop.imaging.volume import Volume
 from segloop.ml.clicks import Click, validate_clicks
 from segloop.ml.guidance import encode_boxes, encode_guidance
+from segloop.ml.postprocess import FOREGROUND, new_stray_pieces
 from segloop.ml.predictor import Prediction
 from segloop.ml.preprocess import resample
 from segloop.ml.prompts import Constraint, apply_constraints
@@ -305,11 +310,37 @@ class InteractiveSession:
             if all(0 <= r < hi[a] - lo[a] for a, r in enumerate(rel)):
                 merged[:, rel[0], rel[1], rel[2]] = 0.0
                 merged[spec.class_values.index(c.value), rel[0], rel[1], rel[2]] = 1.0
+        if spec.keep_largest:
+            self._drop_new_strays(merged, old_l, lo, hi, all_clicks)
         self._write_probs(box, old_p, merged)
         self._label[box] = p.labels_from(merged)
         self.clicks = all_clicks
         self.prediction = self._snapshot(t0, box)
         return self.prediction
+
+    def _drop_new_strays(self, merged: np.ndarray, before: np.ndarray, lo: Sequence[int], hi: Sequence[int],
+                         clicks: Sequence[Click]) -> None:
+        """Set to background (in ``merged``, the step's probabilities in its box ``[lo, hi)``) the new
+        pieces the model's ``keep_largest`` rule would remove (`segloop.ml.postprocess.new_stray_pieces`)."""
+        spec = self.predictor.spec
+        label = self.predictor.labels_from(merged)
+        counts = np.bincount(self._label.ravel(), minlength=256)
+        counts_box = np.bincount(before.ravel(), minlength=256)
+        outside = {v: int(counts[1:].sum() - counts_box[1:].sum()) if v == FOREGROUND else int(counts[v] - counts_box[v])
+                   for v in spec.keep_largest}
+        points: dict[int, list[tuple[int, ...]]] = {}
+        for c in clicks:
+            rel = tuple(int(c.point[a]) - lo[a] for a in range(3))
+            if c.value != 0 and all(0 <= r < hi[a] - lo[a] for a, r in enumerate(rel)):
+                points.setdefault(c.value, []).append(rel)
+                points.setdefault(FOREGROUND, []).append(rel)
+        shape = self.image.shape
+        faces = [(lo[a] > 0, hi[a] < shape[a]) for a in range(3)]
+        drop = new_stray_pieces(label, before, spec.keep_largest, faces, outside, points)
+        if drop is not None:
+            background = np.zeros(merged.shape[0], dtype=merged.dtype)
+            background[spec.class_values.index(0)] = 1
+            merged[:, drop] = background[:, None]
 
     def _previous_mask(self, lo_m: Sequence[int], hi_m: Sequence[int]) -> np.ndarray:
         """One-hot current mask ``(C, ...)`` on the model-grid box ``[lo_m, hi_m)``."""
