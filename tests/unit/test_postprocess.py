@@ -134,17 +134,17 @@ def test_new_stray_pieces_of_an_interactive_step() -> None:
     after[_ball((16, 4, 6), 1.5, box)] = 1  # a new blob with a positive click: kept
     after[19, 10, 6] = after[18, 10, 6] = 1  # a new blob on an open face: may go on outside, kept
     closed = [(False, False)] * 3
-    drop = new_stray_pieces(after, before, (1,), [(False, True), (False, False), (False, False)], {1: 0},
+    drop = new_stray_pieces(after, before, (1,), [(False, True), (False, False), (False, False)], lambda v: 0,
                             {1: [(16, 4, 6)]})
     assert drop is not None and np.array_equal(drop, _ball((3, 3, 3), 1.5, box))
     # the same blob on a closed face (the volume's edge) is dropped too
-    drop = new_stray_pieces(after, before, (1,), closed, {1: 0}, {1: [(16, 4, 6)]})
+    drop = new_stray_pieces(after, before, (1,), closed, lambda v: 0, {1: [(16, 4, 6)]})
     assert drop is not None and drop[19, 10, 6] and drop[18, 10, 6] and not drop[16, 4, 6]
     # a class outside the rule keeps every piece; so does the larger part of the structure
-    assert new_stray_pieces(after, before, (2,), closed, {}, {}) is None
+    assert new_stray_pieces(after, before, (2,), closed, lambda v: 0, {}) is None
     empty = np.zeros(box, np.uint8)
     lone = np.zeros(box, np.uint8)
     lone[_ball((5, 5, 5), 2, box)] = 1
-    assert new_stray_pieces(lone, empty, (1,), closed, {1: 10}, {}) is None  # 33 voxels against 10 outside
-    dropped = new_stray_pieces(lone, empty, (FOREGROUND,), closed, {FOREGROUND: 1000}, {})
+    assert new_stray_pieces(lone, empty, (1,), closed, lambda v: 10, {}) is None  # 33 voxels against 10 outside
+    dropped = new_stray_pieces(lone, empty, (FOREGROUND,), closed, lambda v: 1000, {})
     assert dropped is not None and dropped.sum() == (lone == 1).sum()

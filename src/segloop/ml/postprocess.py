@@ -16,7 +16,7 @@ what a user's clicks add stays, even where it is a second piece.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -114,7 +114,7 @@ def new_stray_pieces(
     before: np.ndarray,
     rule: Sequence[int],
     open_faces: Sequence[tuple[bool, bool]],
-    outside: Mapping[int, int],
+    outside: Callable[[int], int],
     keep_points: Mapping[int, Sequence[Sequence[int]]],
 ) -> np.ndarray | None:
     """The pieces an interactive step created that the rule would have removed, in the step's box.
@@ -132,7 +132,8 @@ def new_stray_pieces(
         before: the label there before the step.
         rule: as for `keep_largest`.
         open_faces: per axis, whether the box's low / high face is inside the volume.
-        outside: voxels of each structure (class value, `FOREGROUND`) outside the box.
+        outside: the voxels of a structure (class value, `FOREGROUND`) outside the box; called only
+            when a candidate piece is at least half of the structure inside the box.
         keep_points: positive clicks in box coordinates, by class value (`FOREGROUND`: all of them).
     Returns:
         a boolean map of the box (voxels to set to background), or None.
@@ -145,7 +146,6 @@ def new_stray_pieces(
         comps, n = ndimage.label(mask, structure=_FULL)
         if n == 0:
             continue
-        total = int(mask.sum()) + int(outside.get(v, 0))
         sizes = np.bincount(comps.ravel(), minlength=n + 1)
         old = before != 0 if v == FOREGROUND else before == v
         keep = np.zeros(n + 1, dtype=bool)
@@ -158,7 +158,11 @@ def new_stray_pieces(
                 keep[np.unique(np.take(comps, -1, axis=ax))] = True
         for pt in keep_points.get(v, ()):
             keep[comps[tuple(int(c) for c in pt)]] = True
-        keep |= 2 * sizes >= total  # the larger part of the structure
+        if keep.all():
+            continue
+        inside = int(sizes[1:].sum())
+        if (2 * sizes[~keep] >= inside).any():  # the larger part of the structure stays
+            keep |= 2 * sizes >= inside + int(outside(v))
         if keep.all():
             continue
         piece = ~keep[comps]

@@ -310,24 +310,27 @@ class InteractiveSession:
             if all(0 <= r < hi[a] - lo[a] for a, r in enumerate(rel)):
                 merged[:, rel[0], rel[1], rel[2]] = 0.0
                 merged[spec.class_values.index(c.value), rel[0], rel[1], rel[2]] = 1.0
+        label = p.labels_from(merged)
         if spec.keep_largest:
-            self._drop_new_strays(merged, old_l, lo, hi, all_clicks)
+            self._drop_new_strays(merged, label, old_l, lo, hi, all_clicks)
         self._write_probs(box, old_p, merged)
-        self._label[box] = p.labels_from(merged)
+        self._label[box] = label
         self.clicks = all_clicks
         self.prediction = self._snapshot(t0, box)
         return self.prediction
 
-    def _drop_new_strays(self, merged: np.ndarray, before: np.ndarray, lo: Sequence[int], hi: Sequence[int],
-                         clicks: Sequence[Click]) -> None:
-        """Set to background (in ``merged``, the step's probabilities in its box ``[lo, hi)``) the new
-        pieces the model's ``keep_largest`` rule would remove (`segloop.ml.postprocess.new_stray_pieces`)."""
+    def _drop_new_strays(self, merged: np.ndarray, label: np.ndarray, before: np.ndarray, lo: Sequence[int],
+                         hi: Sequence[int], clicks: Sequence[Click]) -> None:
+        """Set to background (in ``merged`` and ``label``, the step's probabilities and labels in its box
+        ``[lo, hi)``; ``before``: the labels there before) the new pieces the model's ``keep_largest``
+        rule would remove (`segloop.ml.postprocess.new_stray_pieces`)."""
         spec = self.predictor.spec
-        label = self.predictor.labels_from(merged)
-        counts = np.bincount(self._label.ravel(), minlength=256)
-        counts_box = np.bincount(before.ravel(), minlength=256)
-        outside = {v: int(counts[1:].sum() - counts_box[1:].sum()) if v == FOREGROUND else int(counts[v] - counts_box[v])
-                   for v in spec.keep_largest}
+
+        def outside(v: int) -> int:  # the structure's voxels outside the box (the whole label counted once)
+            whole = np.count_nonzero(self._label) if v == FOREGROUND else np.count_nonzero(self._label == v)
+            there = np.count_nonzero(before) if v == FOREGROUND else np.count_nonzero(before == v)
+            return int(whole - there)
+
         points: dict[int, list[tuple[int, ...]]] = {}
         for c in clicks:
             rel = tuple(int(c.point[a]) - lo[a] for a in range(3))
@@ -341,6 +344,7 @@ class InteractiveSession:
             background = np.zeros(merged.shape[0], dtype=merged.dtype)
             background[spec.class_values.index(0)] = 1
             merged[:, drop] = background[:, None]
+            label[drop] = 0
 
     def _previous_mask(self, lo_m: Sequence[int], hi_m: Sequence[int]) -> np.ndarray:
         """One-hot current mask ``(C, ...)`` on the model-grid box ``[lo_m, hi_m)``."""
