@@ -56,7 +56,11 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     root = tmp_path_factory.mktemp("emu")
     ds = make_msd(root / "ds")
     out = root / "out"
-    report = run_emulation(config(ds, out))
+    lines: list[str] = []
+    report = run_emulation(config(ds, out), log=lines.append)
+    # the log says what the training derived from the data, post-processing included
+    model_line = next(line for line in lines if line.startswith("model: grid"))
+    assert "patch" in model_line and "keep only the largest piece of: foreground, Anterior, Posterior" in model_line
     return ds, out, report
 
 

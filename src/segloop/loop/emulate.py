@@ -187,7 +187,17 @@ class Emulation:
         write_json(done_file, done)
         open_datastore(self.out / "pretrain" / "data").close()
         self.log(f"pre-trained: test mean Dice {metrics['mean_dice']:.3f} ({done['seconds']:.0f} s)")
+        self.log(self.describe_model(version.config))
         return done
+
+    def describe_model(self, config: dict[str, Any]) -> str:
+        """One line on what the training derived from the data: grid, patch, post-processing."""
+        names = self.plan.class_names
+        kept = [("foreground" if v == 0 else names.get(int(v), str(v))) for v in config.get("keep_largest") or []]
+        spacing = config.get("spacing")
+        grid = "the images' own" if spacing is None else "x".join(f"{float(x):.3g}" for x in spacing) + " mm"
+        return (f"model: grid {grid}, patch {'x'.join(str(x) for x in config.get('patch_size', []))}; automatic results "
+                f"keep only the largest piece of: {', '.join(kept) or 'nothing (some structure comes in pieces)'}")
 
     # --- arms -------------------------------------------------------------------------------------
 
