@@ -148,3 +148,16 @@ def test_new_stray_pieces_of_an_interactive_step() -> None:
     assert new_stray_pieces(lone, empty, (1,), closed, lambda v: 10, {}) is None  # 33 voxels against 10 outside
     dropped = new_stray_pieces(lone, empty, (FOREGROUND,), closed, lambda v: 1000, {})
     assert dropped is not None and dropped.sum() == (lone == 1).sum()
+
+
+def test_label_shares_and_the_rule_from_them() -> None:
+    from segloop.ml.postprocess import decide_from_shares, label_shares
+
+    label = np.zeros(SHAPE, np.uint8)
+    label[_ball((15, 15, 10), 7)] = 1
+    label[_ball((12, 15, 10), 2)] = 2
+    label[_ball((18, 15, 10), 2)] = 2
+    assert label_shares(label, [1, 2, 3]) == {FOREGROUND: 1.0, 1: 1.0, 2: pytest.approx(0.5)}
+    assert label_shares(np.zeros(SHAPE, np.uint8), [1]) == {}
+    assert decide_from_shares([{0: 1.0, 1: 1.0, 2: 0.5}, {0: 0.96, 1: 1.0}]) == (FOREGROUND, 1)
+    assert decide_from_shares([{0: 1.0, 1: 1.0}, {0: 0.9}]) == (1,)

@@ -87,3 +87,7 @@ def _limit() -> int:
 
 
 IMAGES = ArrayCache(_limit())
+# Per label revision on a model grid: (structure, share in its largest piece) rows for the
+# post-processing decision (`segloop.ml.postprocess.label_shares`; revisions never change, and a
+# whole-brain label takes ~0.3 s to measure). A few bytes each.
+LABEL_SHARES = ArrayCache(4 * 1024 * 1024)

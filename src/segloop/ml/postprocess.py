@@ -44,6 +44,42 @@ def largest_share(mask: np.ndarray) -> float | None:
     return float(sizes.max() / sizes.sum())
 
 
+def _share_of(mask: np.ndarray) -> float:
+    comps, n = ndimage.label(mask, structure=_FULL)
+    if n <= 1:
+        return 1.0
+    sizes = np.bincount(comps.ravel())[1:]
+    return float(sizes.max() / sizes.sum())
+
+
+def label_shares(label: np.ndarray, values: Sequence[int]) -> dict[int, float]:
+    """`largest_share` of the foreground (`FOREGROUND`) and of each class value of ``values`` present in
+    ``label`` ``(X, Y, Z)``, each measured on its own bounding box (one pass finds them all)."""
+    arr = np.asarray(label)
+    ints = arr if arr.dtype.kind in "iu" else arr.astype(np.int64)
+    boxes = ndimage.find_objects(ints)
+    present = [b for b in boxes if b is not None]
+    out: dict[int, float] = {}
+    if not present:
+        return out
+    union = tuple(slice(min(b[a].start for b in present), max(b[a].stop for b in present)) for a in range(arr.ndim))
+    out[FOREGROUND] = _share_of(arr[union] != 0)
+    for v in values:
+        box = boxes[v - 1] if 0 < v <= len(boxes) else None
+        if box is not None:
+            out[int(v)] = _share_of(arr[box] == v)
+    return out
+
+
+def decide_from_shares(shares: Iterable[Mapping[int, float]], min_share: float = MIN_SHARE) -> tuple[int, ...]:
+    """The rule from each label's `label_shares`: the structures one piece in every label holding them."""
+    smallest: dict[int, float] = {}
+    for per_label in shares:
+        for v, s in per_label.items():
+            smallest[v] = min(s, smallest.get(v, 1.0))
+    return tuple(v for v in sorted(smallest) if smallest[v] >= min_share)
+
+
 def decide_keep_largest(
     labels: Iterable[np.ndarray], values: Sequence[int], min_share: float = MIN_SHARE
 ) -> tuple[int, ...]:
@@ -55,20 +91,7 @@ def decide_keep_largest(
         values: the foreground class values.
         min_share: the largest component's share of a structure's voxels that makes it one piece.
     """
-    fg_shares: list[float] = []
-    shares: dict[int, list[float]] = {int(v): [] for v in values}
-    for label in labels:
-        arr = np.asarray(label)
-        s = largest_share(arr != 0)
-        if s is not None:
-            fg_shares.append(s)
-        for v in shares:
-            s = largest_share(arr == v)
-            if s is not None:
-                shares[v].append(s)
-    rule = [FOREGROUND] if fg_shares and min(fg_shares) >= min_share else []
-    rule += [v for v, got in shares.items() if got and min(got) >= min_share]
-    return tuple(rule)
+    return decide_from_shares((label_shares(label, values) for label in labels), min_share)
 
 
 def _keep_largest_in(mask: np.ndarray) -> np.ndarray | None:

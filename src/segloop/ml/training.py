@@ -70,7 +70,7 @@ from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint, parse_sigma
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
 from segloop.ml.plan import FG_RATIO_SMALL, Plan, make_plan
-from segloop.ml.postprocess import FOREGROUND, check_rule, decide_keep_largest, keep_largest
+from segloop.ml.postprocess import FOREGROUND, check_rule, decide_from_shares, keep_largest, label_shares
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
 from segloop.store.base import Datastore
@@ -197,6 +197,18 @@ def _validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: 
         net.train(was_training)
     mean = np.mean(np.array(scores), axis=0)
     return {spec.class_names[c + 1]: float(mean[c]) for c in range(spec.num_classes - 1)}
+
+
+def _label_shares(store: Datastore, case: Case, spec: ModelSpec) -> dict[int, float]:
+    """`label_shares` of a case's label (class indices on the model grid), cached per label revision."""
+    key = (str(store.staging_dir()), case.image_id, case.revision, tuple(spec.spacing) if spec.spacing else None,
+           tuple(spec.class_values))
+    rows = case_cache.LABEL_SHARES.get(key)
+    if rows is None:
+        shares = label_shares(case.label, range(1, spec.num_classes))
+        rows = np.array(sorted(shares.items()), dtype=np.float64).reshape(-1, 2)
+        case_cache.LABEL_SHARES.put(key, rows)
+    return {int(v): float(s) for v, s in rows}
 
 
 def _plan_from(store: Datastore, raw: Sequence[tuple[str, int, Any, Any]], config: TrainConfig, dev: torch.device) -> Plan:
@@ -417,7 +429,7 @@ def _train(
     train_cases, val_cases = cases[: len(train_pairs)], cases[len(train_pairs) :]
     # post-processing of automatic results, from this training's labels (a fine-tune decides again)
     if config.keep_largest == "auto":
-        by_index = decide_keep_largest((c.label for c in train_cases), range(1, spec.num_classes))
+        by_index = decide_from_shares(_label_shares(store, c, spec) for c in train_cases)
         largest: tuple[int, ...] = tuple(k if k == FOREGROUND else spec.class_values[k] for k in by_index)
     else:
         largest = check_rule(config.keep_largest, spec.foreground)
