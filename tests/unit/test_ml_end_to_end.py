@@ -72,6 +72,7 @@ def test_train_records_version(store_with_model) -> None:  # type: ignore[no-unt
     assert version.config["mask_input"] is True
     # each class and the foreground are one piece in every training label: only the largest stays
     assert version.config["keep_largest"] == [0, 1, 2] and version.metrics["keep_largest"] == [0, 1, 2]
+    assert version.metrics["keep_largest_from_labels"] == [0, 1, 2]  # and the validation image confirmed it
     assert reports and reports[-1].message == "saving"
     assert any(r.val_dice is not None for r in reports)
     assert all(r.steps == 6 for r in reports)

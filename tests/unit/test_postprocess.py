@@ -161,3 +161,24 @@ def test_label_shares_and_the_rule_from_them() -> None:
     assert label_shares(np.zeros(SHAPE, np.uint8), [1]) == {}
     assert decide_from_shares([{0: 1.0, 1: 1.0, 2: 0.5}, {0: 0.96, 1: 1.0}]) == (FOREGROUND, 1)
     assert decide_from_shares([{0: 1.0, 1: 1.0}, {0: 0.9}]) == (1,)
+
+
+def test_validation_confirms_or_drops_each_entry() -> None:
+    from segloop.ml.postprocess import confirm_on_validation
+
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[_ball((10, 10, 10), 4)] = 1
+    stray = ref.copy()
+    stray[_ball((24, 24, 10), 2)] = 1  # a false blob, smaller than the structure: the rule helps
+    kept, dice = confirm_on_validation([stray], [ref], (FOREGROUND, 1), [1])
+    assert kept == (FOREGROUND, 1) and dice[0] == pytest.approx(1.0)
+    # the model finds the structure only in part and a larger false blob beside it: the rule would keep
+    # the wrong piece, so validation drops both entries (each alone still removes the right one)
+    wrong = np.zeros(SHAPE, np.uint8)
+    wrong[_ball((10, 10, 10), 3)] = 1
+    wrong[_ball((23, 23, 10), 5)] = 1
+    kept, dice = confirm_on_validation([wrong], [ref], (FOREGROUND, 1), [1])
+    assert kept == ()
+    assert dice[0] == pytest.approx(2 * _ball((10, 10, 10), 3).sum() / (ref.sum() + (wrong == 1).sum()))
+    # a tie keeps the entry (nothing to remove)
+    assert confirm_on_validation([ref], [ref], (1,), [1])[0] == (1,)

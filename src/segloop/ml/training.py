@@ -31,7 +31,9 @@ Recipe (see `TrainConfig` for the knobs):
    last epoch always validates (a run of 256x256x160 volumes once spent most of a 15-minute budget
    validating whole volumes after every 8-step epoch). The prediction is post-processed as the
    model's users get it: before the first step, the training labels decide which structures keep
-   only their largest connected component (``keep_largest``, `segloop.ml.postprocess`).
+   only their largest connected component (``keep_largest``, `segloop.ml.postprocess`); with
+   validation images, an entry of that rule is dropped where the validation scores higher without
+   it (nnU-Net's check), and the best state's validation decides what the version keeps.
 8. Checkpoint: ``torch.save`` to a temporary file in ``store.staging_dir()``, then
    ``store.add_model_version`` (moves it in atomically). Any error or a cancel before that leaves
    the store untouched, so the previous version stays current.
@@ -70,7 +72,14 @@ from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint, parse_sigma
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
 from segloop.ml.plan import FG_RATIO_SMALL, Plan, make_plan
-from segloop.ml.postprocess import FOREGROUND, check_rule, decide_from_shares, keep_largest, label_shares
+from segloop.ml.postprocess import (
+    FOREGROUND,
+    check_rule,
+    confirm_on_validation,
+    decide_from_shares,
+    keep_largest,
+    label_shares,
+)
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
 from segloop.store.base import Datastore
@@ -181,22 +190,31 @@ def _dice_per_class(pred: np.ndarray, ref: np.ndarray, k: int) -> list[float]:
     return out
 
 
-def _validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: torch.device) -> dict[str, float]:
+def _validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: torch.device,
+              confirm: bool = False) -> tuple[dict[str, float], tuple[int, ...]]:
+    """Dice per class name of the validation cases as the model's users get it (post-processed),
+    and the ``keep_largest`` rule it was scored with: the model's, or with ``confirm`` the part of it
+    the validation images confirm (`segloop.ml.postprocess.confirm_on_validation`)."""
     was_training = net.training
     set_mc_dropout(net, False)
     by_index = tuple(spec.class_values.index(v) for v in spec.keep_largest)  # FOREGROUND (0) is index 0
-    scores = []
+    preds = []
     try:
         for case in cases:
             probs = predict_probabilities(
                 net, case.image, None, spec.patch_size, spec.num_classes, device, extra_channels=spec.extra_channels
             )
-            pred, _ = keep_largest(probs.argmax(axis=0), by_index)  # what the model's users get
-            scores.append(_dice_per_class(pred, case.label, spec.num_classes))
+            preds.append(probs.argmax(axis=0).astype(np.uint8))
     finally:
         net.train(was_training)
-    mean = np.mean(np.array(scores), axis=0)
-    return {spec.class_names[c + 1]: float(mean[c]) for c in range(spec.num_classes - 1)}
+    classes = list(range(1, spec.num_classes))
+    if confirm and by_index:
+        by_index, mean = confirm_on_validation(preds, [c.label for c in cases], by_index, classes)
+    else:
+        scores = [_dice_per_class(keep_largest(p, by_index)[0], c.label, spec.num_classes) for p, c in zip(preds, cases, strict=True)]
+        mean = np.mean(np.array(scores), axis=0)
+    rule = tuple(spec.class_values[i] for i in by_index)
+    return {spec.class_names[c + 1]: float(mean[c]) for c in range(spec.num_classes - 1)}, rule
 
 
 def _label_shares(store: Datastore, case: Case, spec: ModelSpec) -> dict[int, float]:
@@ -452,6 +470,7 @@ def _train(
     best_state: dict[str, torch.Tensor] | None = None
     best_score = -1.0
     best_val: dict[str, float] | None = None
+    best_rule: tuple[int, ...] | None = None  # the post-processing the best state's validation kept
     best_epoch = 0
     last_val: dict[str, float] | None = None
     history: list[dict[str, Any]] = []
@@ -515,7 +534,7 @@ def _train(
             if due:
                 check_cancel()
                 tv = time.monotonic()
-                last_val = _validate(net, val_cases, spec, dev)
+                last_val, val_rule = _validate(net, val_cases, spec, dev, confirm=config.keep_largest == "auto")
                 val_seconds += time.monotonic() - tv
                 val_runs += 1
                 score = float(np.mean(list(last_val.values())))
@@ -524,7 +543,7 @@ def _train(
                     for name, d in last_val.items():
                         writer.add_scalar(f"val_dice/{name}", d, step)
                 if score > best_score:
-                    best_score, best_val, best_epoch = score, dict(last_val), epoch
+                    best_score, best_val, best_epoch, best_rule = score, dict(last_val), epoch, val_rule
                     best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 elapsed = time.monotonic() - t0
                 report(epoch=epoch, epochs=config.epochs, step=step, steps=total, loss=entry["loss"],
@@ -546,6 +565,9 @@ def _train(
             raise RuntimeError("rank 0 did not register the model version")
         return store.get_model(model).version(shared)
     state = best_state if best_state is not None else {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    from_labels = spec.keep_largest
+    if best_rule is not None:
+        spec = replace(spec, keep_largest=best_rule)
     spec.extra = {"train": config.to_dict(), "fine_tuned_from": fine_tune}
     version_config = spec.to_config()
     metrics: dict[str, Any] = {
@@ -558,6 +580,7 @@ def _train(
         "stopped_at_time_budget": stopped_early,
         "plan": training_plan,
         "keep_largest": list(spec.keep_largest),
+        "keep_largest_from_labels": list(from_labels),
         "train_images": len(train_cases),
         "val_images": [list(p) for p in val_pairs],
         "validated_on": [[c.image_id, c.revision] for c in val_cases],
