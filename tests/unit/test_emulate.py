@@ -283,8 +283,10 @@ def test_step_budgets(tmp_path: Path) -> None:
 
 
 def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
+    import dataclasses
+
     from segloop.loop.emulate import plan
-    from segloop.loop.emulation_cost import UnitCosts, advice, estimate, strategy_passes
+    from segloop.loop.emulation_cost import UnitCosts, advice, automatic_passes, estimate, strategy_passes
     from segloop.ml.prompt_eval import PROTOCOLS
 
     ds = make_msd(tmp_path / "ds")
@@ -294,12 +296,15 @@ def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
                       volume_shape=(20, 20, 20), spacing=(1.0, 1.0, 1.0))
     est = estimate(p, costs)
     ph = est["phases"]
-    assert ph["pretrain"] == {"training": 10.0, "evaluation": 3 * 2.0}  # 3 test images
+    # an automatic result is mirrored along the axis training flips: two passes (4 s)
+    assert automatic_passes(p.config) == 2
+    auto = 2 * 2.0
+    assert ph["pretrain"] == {"training": 10.0, "evaluation": 3 * auto}  # 3 test images
     # click figures: a pass + 3 click rounds for 2 classes; prompt figures: each protocol a pass
     # + up to 3 click rounds per class; on 2 images
     n_protocols = len(PROTOCOLS)
     assert ph["full"]["training"] == 20.0
-    assert ph["full"]["click figures"] == 2 * ((2.0 + 3 * 2 * 0.5) + n_protocols * (2.0 + 3 * 2 * 0.5))
+    assert ph["full"]["click figures"] == 2 * ((auto + 3 * 2 * 0.5) + n_protocols * (auto + 3 * 2 * 0.5))
     assert ph["random"]["training"] == 2 * 5.0 and ph["random"]["selection"] == 0.0
     # mc-dropout ranks the unlabelled pool (11 - 5 = 6, then 4) with 8 passes each
     assert strategy_passes("mc-dropout") == 8 and ph["mc-dropout"]["selection"] == (6 + 4) * 8 * 2.0
@@ -308,7 +313,9 @@ def test_cost_estimate_counts_the_work(tmp_path: Path) -> None:
     # the diagnostic: one shared automatic pass + mc-dropout-dice's 4, on 4 images, each round
     assert ph["random"]["diagnostic"] == 2 * 4 * (1 + 4) * 2.0
     # annotation: 2 images a round, one automatic pass + up to 2 clicks for each of 2 classes
-    assert ph["random"]["annotation"] == 2 * 2 * (2.0 + 2 * 2 * 0.5)
+    assert ph["random"]["annotation"] == 2 * 2 * (auto + 2 * 2 * 0.5)
+    # without flips in training, one pass
+    assert automatic_passes(dataclasses.replace(p.config, train={**p.config.train, "flip_axes": []})) == 1
     assert est["total_seconds"] == pytest.approx(sum(sum(v.values()) for v in ph.values()))
     assert "--pool-size" in advice(est, 0.1) or "strategy" in advice(est, 0.1)
 

@@ -254,3 +254,22 @@ def test_box_input_training_makes_a_model_that_reads_boxes(store_with_model) -> 
     session.add_box(box)
     assert session.clicks == [] and not (np.asarray(session.prediction.label.array)[prompts.box_outside(box, SHAPE)] == 1).any()
     assert "box_input" not in store.get_model("seg").version().config  # the default stays click-only
+
+
+def test_automatic_result_is_mirrored_along_the_training_flips(store_with_model) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    store, ids, _, _ = store_with_model
+    pred = Predictor.load(store, "seg", version=1, device="cpu")
+    assert pred.mirror_axes == (0,)  # the training flipped axis 0 (TrainConfig's default)
+    pred.spec = dataclasses.replace(pred.spec, keep_largest=())  # the probabilities as they come
+    image = store.load_image(ids[2])
+    data = pred.prepare(image).data
+    plain = pred._probabilities(data, None)
+    mirrored = np.flip(pred._probabilities(np.ascontiguousarray(data[:, ::-1]), None), axis=1)
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # the two passes differ, so the mean is a real test
+    result = pred.predict(image)
+    assert np.allclose(result.probabilities, (plain + mirrored) / 2, atol=1e-5)
+    assert np.array_equal(pred.session(image).prediction.label.array, result.label.array)
+    pred.mirror_axes = ()
+    assert np.allclose(pred.predict(image).probabilities, plain, atol=1e-6)

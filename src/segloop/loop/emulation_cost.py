@@ -12,6 +12,9 @@ multiplies them by the work the settings imply:
   search for it and the Dice recorded after it, on the whole volume (`_virtual_user_click`:
   0.5 s of a 256x256x160 click before the search kept to the classes' box, 0.05 s since).
 
+An automatic result (the test split's evaluation, the start of a session) costs
+`automatic_passes` whole-volume passes: the plain one and one per mirrored axis.
+
 Counted work (per active-learning arm and round): the training steps; the test split's
 evaluation; scoring the unlabelled pool with the strategy (its ``passes``: MC-dropout and TTA
 run several); the diagnostic (one automatic pass per image, shared by the deterministic scorers,
@@ -220,20 +223,30 @@ def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
             notes.append(f"diagnostic on {diag_images} pool images per round (fits {DIAGNOSTIC_SHARE:.0%} of the run's time)")
     noc_images = base.noc_images
     if cfg.noc_images is None:
-        per_image = len(cfg.arms) * click_figures_seconds(cfg.noc_clicks, len(plan.class_names), costs.inference_seconds,
-                                                          costs.click_seconds)
+        auto = automatic_passes(cfg) * costs.inference_seconds
+        per_image = len(cfg.arms) * click_figures_seconds(cfg.noc_clicks, len(plan.class_names), auto, costs.click_seconds)
         noc_images = min(base.noc_images, int(CLICK_FIGURES_SHARE * core // max(per_image, 1e-9)))
         if noc_images < base.noc_images:
             notes.append(f"click figures on {noc_images} test images (fit {CLICK_FIGURES_SHARE:.0%} of the run's time; "
                          "--noc-images N to force)")
     prompt_images: int | None = None  # --noc-images given: the prompt figures on all of them too
     if cfg.noc_images is None:
-        per_prompt = len(cfg.arms) * prompt_figures_seconds(len(plan.class_names), costs.inference_seconds, costs.click_seconds)
+        per_prompt = len(cfg.arms) * prompt_figures_seconds(len(plan.class_names), automatic_passes(cfg) * costs.inference_seconds,
+                                                            costs.click_seconds)
         prompt_images = min(noc_images, int(PROMPT_FIGURES_SHARE * core // max(per_prompt, 1e-9)))
         if prompt_images < noc_images:
             notes.append(f"prompt figures on {prompt_images} of the click figures' {noc_images} test images (fit "
                          f"{PROMPT_FIGURES_SHARE:.0%} of the run's time)")
     return Measurements(scorers, diag_images, noc_images, tuple(notes), prompt_images)
+
+
+def automatic_passes(cfg: Any) -> int:
+    """Network passes of one automatic result: the plain pass and one per axis the training flips
+    (`segloop.ml.predictor.Predictor.mirror_axes`, test-time mirroring)."""
+    from segloop.ml.train_config import TrainConfig
+
+    flips = (cfg.train or {}).get("flip_axes", TrainConfig().flip_axes)
+    return 1 + len({int(a) for a in flips} & {0, 1, 2})
 
 
 def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) -> dict[str, Any]:
@@ -244,6 +257,7 @@ def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) 
     n_classes = len(plan.class_names)
     n_test = len(plan.test)
     infer, click = costs.inference_seconds, costs.click_seconds
+    auto = automatic_passes(cfg) * infer  # an automatic result (evaluation, a session's start) is mirrored
     phases: dict[str, dict[str, float]] = {}
 
     def add(phase: str, kind: str, seconds: float) -> None:
@@ -251,18 +265,18 @@ def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) 
         phases[phase][kind] += seconds
 
     arms = cfg.arms
-    noc = (min(measure.noc_images, n_test) * click_figures_seconds(cfg.noc_clicks, n_classes, infer, click)
-           + min(measure.prompts, n_test) * prompt_figures_seconds(n_classes, infer, click))
+    noc = (min(measure.noc_images, n_test) * click_figures_seconds(cfg.noc_clicks, n_classes, auto, click)
+           + min(measure.prompts, n_test) * prompt_figures_seconds(n_classes, auto, click))
     if any(a != FULL for a in arms):
         _, steps = plan.budget("pretrain")
         add("pretrain", "training", float(steps or 0) * costs.step_seconds)
-        add("pretrain", "evaluation", n_test * infer)
+        add("pretrain", "evaluation", n_test * auto)
     diag_passes = sum(passes_of(n) for n in measure.diagnose)
     for arm in arms:
         if arm == FULL:
             _, steps = plan.budget("full")
             add(FULL, "training", float(steps or 0) * costs.step_seconds)
-            add(FULL, "evaluation", n_test * infer)
+            add(FULL, "evaluation", n_test * auto)
             add(FULL, "click figures", noc)
             continue
         sel = strategy_passes(arm)
@@ -271,11 +285,11 @@ def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) 
             unlabelled = len(plan.pool) - plan.labelled(rnd - 1)
             _, steps = plan.budget("round", rnd)
             add(arm, "training", float(steps or 0) * costs.step_seconds)
-            add(arm, "evaluation", n_test * infer)
+            add(arm, "evaluation", n_test * auto)
             add(arm, "selection", (len(plan.pool) if whole_pool else unlabelled) * sel * infer)
             if measure.diagnose and measure.diagnose_images:
                 add(arm, "diagnostic", min(measure.diagnose_images, unlabelled) * (1 + diag_passes) * infer)
-            add(arm, "annotation", plan.per_round * (infer + cfg.clicks * n_classes * click))
+            add(arm, "annotation", plan.per_round * (auto + cfg.clicks * n_classes * click))
         add(arm, "click figures", noc)
     total = float(sum(sum(p.values()) for p in phases.values()))
     kinds: dict[str, float] = {}

@@ -1,6 +1,10 @@
 """Automatic segmentation with a trained model version: `Predictor`, `Prediction`.
 
-- `Predictor.predict`: whole-volume automatic segmentation (MONAI sliding windows, zero guidance).
+- `Predictor.predict`: whole-volume automatic segmentation (MONAI sliding windows, zero guidance),
+  with nnU-Net's test-time mirroring: the mean of the plain pass and one pass per axis the model's
+  training flipped (`mirror_axes`; segloop's default flips the first axis, so two passes), then the
+  model's post-processing (`segloop.ml.postprocess`). An interactive session starts from the same
+  result; its clicks' passes are single (a click answers in well under a second on a CPU).
 - `Predictor.session` -> `segloop.ml.session.InteractiveSession`: click-by-click (and prompt)
   refinement of one image, on the same pre-processed image (`PreparedImage`).
 - Results (`Prediction`) are on the image's own grid: labels (uint8 class values) and softmax
@@ -89,6 +93,10 @@ class Predictor:
         # Interactive merge: None replaces the whole ROI (tapered at its border); a radius (mm)
         # only takes the new prediction near the new clicks, leaving the rest of the mask alone.
         self.merge_radius_mm: float | None = None
+        # Test-time mirroring of automatic results: the axes training flipped (imported models: none).
+        train = spec.extra.get("train")
+        flips = train.get("flip_axes") if isinstance(train, dict) else None
+        self.mirror_axes: tuple[int, ...] = tuple(sorted({int(a) for a in flips or ()} & {0, 1, 2}))
 
     @classmethod
     def load(
@@ -153,6 +161,17 @@ class Predictor:
             self.net, data, extra, spec.patch_size, spec.num_classes, self.device, extra_channels=spec.extra_channels
         )
 
+    def automatic_probabilities(self, data: np.ndarray) -> np.ndarray:
+        """Click-free probabilities ``(C, Xm, Ym, Zm)`` of a prepared image ``(C_img, Xm, Ym, Zm)``: the
+        mean of the plain pass and of one pass per axis of `mirror_axes` on the mirrored image."""
+        probs = self._probabilities(data, None)
+        for ax in self.mirror_axes:
+            flipped = self._probabilities(np.ascontiguousarray(np.flip(data, axis=ax + 1)), None)
+            probs += np.flip(flipped, axis=ax + 1)
+        if self.mirror_axes:
+            probs /= 1 + len(self.mirror_axes)
+        return probs
+
     def to_image_grid(self, probs: np.ndarray, prepared: PreparedImage) -> np.ndarray:
         """Model-grid probabilities ``(C, Xm, Ym, Zm)`` -> image grid ``(C, X, Y, Z)``."""
         if prepared.factors is None:
@@ -179,7 +198,7 @@ class Predictor:
         """Automatic (click-free) segmentation of the whole volume."""
         t0 = time.perf_counter()
         prepared = self.prepare(image)
-        probs = self.to_image_grid(self._probabilities(prepared.data, None), prepared)
+        probs = self.to_image_grid(self.automatic_probabilities(prepared.data), prepared)
         label = self.postprocess(probs)
         return Prediction(
             Volume(label, image.affine.copy(), {"source": f"model:{self.model}@{self.version}"}),

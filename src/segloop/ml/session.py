@@ -161,7 +161,7 @@ class InteractiveSession:
         spec = predictor.spec
         t0 = time.perf_counter()
         if initial is None:
-            probs = predictor.to_image_grid(predictor._probabilities(self.prepared.data, None), self.prepared)
+            probs = predictor.to_image_grid(predictor.automatic_probabilities(self.prepared.data), self.prepared)
             self._probs = np.ascontiguousarray(probs, dtype=np.float32)
             predictor.postprocess(self._probs)  # the session starts from the automatic result
         else:
