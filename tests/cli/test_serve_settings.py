@@ -107,3 +107,8 @@ def test_inference_pool_threads_run_at_the_configured_nice() -> None:
             assert pool.submit(nice_of_this_thread).result() == max(base, nice)
         finally:
             pool.shutdown()
+
+
+def test_no_mirror_flag(tmp_path: Path) -> None:
+    assert settings("--data", str(tmp_path)).mirror is True
+    assert settings("--data", str(tmp_path), "--no-mirror").mirror is False

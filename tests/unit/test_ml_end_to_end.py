@@ -273,3 +273,11 @@ def test_automatic_result_is_mirrored_along_the_training_flips(store_with_model)
     assert np.array_equal(pred.session(image).prediction.label.array, result.label.array)
     pred.mirror_axes = ()
     assert np.allclose(pred.predict(image).probabilities, plain, atol=1e-6)
+
+
+def test_server_predictor_cache_mirror_setting(store_with_model) -> None:  # type: ignore[no-untyped-def]
+    from segloop.server.workers import PredictorCache
+
+    store, _, _, _ = store_with_model
+    assert PredictorCache(store, "cpu").get("seg").mirror_axes == (0,)
+    assert PredictorCache(store, "cpu", mirror=False).get("seg").mirror_axes == ()

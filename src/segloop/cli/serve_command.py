@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inference-threads", type=int, metavar="N", help="torch threads of the server process")
     p.add_argument("--inference-nice", type=int, metavar="N",
                    help="nice value of the inference threads (0-19; default 5, or SEGLOOP_INFERENCE_NICE)")
+    p.add_argument("--no-mirror", dest="mirror", action="store_false",
+                   help="automatic results from one network pass instead of a plain and a mirrored one (test-time "
+                        "mirroring along the axes the model's training flipped: about half the time, a little less "
+                        "accurate; the server's infer and session starts)")
     p.add_argument("--session-idle", type=float, default=900.0, metavar="SECONDS",
                    help="close interactive sessions idle this long (default 900)")
     p.add_argument("--max-sessions", type=int, default=8, metavar="N", help="open interactive sessions (default 8)")
@@ -164,6 +168,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_running_jobs=max_running_jobs,
         job_threads=args.job_threads,
         device=args.device,
+        mirror=args.mirror,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         dicomweb_url=args.dicomweb,

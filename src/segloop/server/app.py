@@ -114,7 +114,7 @@ def _open_state(settings: ServerSettings) -> ServerState:
         hub=LiveHub(bus),
         auth=Authenticator(settings.auth),
         pool=WorkerPool(settings.inference_workers, settings.inference_queue, nice=settings.inference_nice),
-        predictors=PredictorCache(store, settings.device),
+        predictors=PredictorCache(store, settings.device, mirror=settings.mirror),
         sessions=sessions,
         cluster=cluster,
     )

@@ -97,6 +97,8 @@ class ServerSettings:
             get very little CPU; False leaves them at nice 10 (about a tenth of a contended core).
             Default on, or the ``SEGLOOP_JOB_IDLE_CLASS`` environment variable (0 = off).
         device: torch device for inference and jobs (None: CUDA when available).
+        mirror: automatic results of the inference pool (infer, session starts) with test-time
+            mirroring (`segloop.ml.predictor.Predictor.mirror_axes`); False: one network pass.
         score_sync_passes: `GET /next` scores the images that lack a cached score itself (in the
             inference pool) when that costs at most this many forward passes, and starts a
             ``score`` job otherwise (see `segloop.server.scoring`); 0: always a job. Default 16,
@@ -141,6 +143,7 @@ class ServerSettings:
     job_threads: int | None = None
     job_idle_class: bool = field(default_factory=lambda: _env_int("SEGLOOP_JOB_IDLE_CLASS", 1) != 0)
     device: str | None = None
+    mirror: bool = True
     score_sync_passes: int = field(default_factory=lambda: _env_int("SEGLOOP_SCORE_SYNC_PASSES", 16))
     volume_cache_bytes: int = 256 * 1024**2
     gil_switch_interval: float | None = 0.001

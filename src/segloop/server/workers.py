@@ -118,12 +118,14 @@ class WorkerPool:
 
 
 class PredictorCache:
-    """Loaded predictors keyed by (model, version); ``version=None`` resolves to the current one."""
+    """Loaded predictors keyed by (model, version); ``version=None`` resolves to the current one.
+    ``mirror=False``: their automatic results take one network pass (no test-time mirroring)."""
 
-    def __init__(self, store: Any, device: str | None, size: int = 3) -> None:
+    def __init__(self, store: Any, device: str | None, size: int = 3, mirror: bool = True) -> None:
         self.store = store
         self.device = device
         self.size = size
+        self.mirror = mirror
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple[str, int], Any] = OrderedDict()
 
@@ -140,6 +142,8 @@ class PredictorCache:
                     self._items.move_to_end((model, version))
                     return hit
         predictor = Predictor.load(self.store, model, version, device=self.device)
+        if not self.mirror:
+            predictor.mirror_axes = ()
         with self._lock:
             self._items[(model, predictor.version)] = predictor
             while len(self._items) > self.size:
