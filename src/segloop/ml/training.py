@@ -39,7 +39,8 @@ Recipe (see `TrainConfig` for the knobs):
    the store untouched, so the previous version stays current.
 
 The settings are `segloop.ml.train_config`; steps 3-5 (patches, augmentation, simulated clicks)
-are `segloop.ml.patches`; this module loads and prepares the cases, validates and runs the loop.
+are `segloop.ml.patches`, step 7 is `segloop.ml.validation`; this module loads and prepares the cases
+and runs the loop.
 
 ``workers > 1`` runs the same recipe as that many ranks of a torch.distributed process group,
 each calling `train` with its `segloop.ml.distributed.Ranks` (own sampling stream and shard, the
@@ -68,20 +69,13 @@ from segloop.heap import release_free_heap
 from segloop.ml import case_cache
 from segloop.ml.distributed import Ranks
 from segloop.ml.fingerprint import fingerprint_arrays
-from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint, parse_sigma
 from segloop.ml.patches import Case, sample_batch, simulate_clicks
 from segloop.ml.plan import FG_RATIO_SMALL, Plan, make_plan
-from segloop.ml.postprocess import (
-    FOREGROUND,
-    check_rule,
-    confirm_on_validation,
-    decide_from_shares,
-    keep_largest,
-    label_shares,
-)
+from segloop.ml.postprocess import FOREGROUND, check_rule, decide_from_shares, label_shares
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
 from segloop.ml.train_config import ProgressCallback, TrainConfig, TrainingCancelled, TrainProgress
+from segloop.ml.validation import validate
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 from segloop.store.records import ModelVersion
@@ -179,42 +173,6 @@ class _DiceFocal(torch.nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # train
-
-
-def _dice_per_class(pred: np.ndarray, ref: np.ndarray, k: int) -> list[float]:
-    out = []
-    for c in range(1, k):
-        p, r = pred == c, ref == c
-        tot = int(p.sum()) + int(r.sum())
-        out.append(1.0 if tot == 0 else 2.0 * int((p & r).sum()) / tot)
-    return out
-
-
-def _validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: torch.device,
-              confirm: bool = False) -> tuple[dict[str, float], tuple[int, ...]]:
-    """Dice per class name of the validation cases as the model's users get it (post-processed),
-    and the ``keep_largest`` rule it was scored with: the model's, or with ``confirm`` the part of it
-    the validation images confirm (`segloop.ml.postprocess.confirm_on_validation`)."""
-    was_training = net.training
-    set_mc_dropout(net, False)
-    by_index = tuple(spec.class_values.index(v) for v in spec.keep_largest)  # FOREGROUND (0) is index 0
-    preds = []
-    try:
-        for case in cases:
-            probs = predict_probabilities(
-                net, case.image, None, spec.patch_size, spec.num_classes, device, extra_channels=spec.extra_channels
-            )
-            preds.append(probs.argmax(axis=0).astype(np.uint8))
-    finally:
-        net.train(was_training)
-    classes = list(range(1, spec.num_classes))
-    if confirm and by_index:
-        by_index, mean = confirm_on_validation(preds, [c.label for c in cases], by_index, classes)
-    else:
-        scores = [_dice_per_class(keep_largest(p, by_index)[0], c.label, spec.num_classes) for p, c in zip(preds, cases, strict=True)]
-        mean = np.mean(np.array(scores), axis=0)
-    rule = tuple(spec.class_values[i] for i in by_index)
-    return {spec.class_names[c + 1]: float(mean[c]) for c in range(spec.num_classes - 1)}, rule
 
 
 def _label_shares(store: Datastore, case: Case, spec: ModelSpec) -> dict[int, float]:
@@ -534,7 +492,7 @@ def _train(
             if due:
                 check_cancel()
                 tv = time.monotonic()
-                last_val, val_rule = _validate(net, val_cases, spec, dev, confirm=config.keep_largest == "auto")
+                last_val, val_rule = validate(net, val_cases, spec, dev, confirm=config.keep_largest == "auto")
                 val_seconds += time.monotonic() - tv
                 val_runs += 1
                 score = float(np.mean(list(last_val.values())))
