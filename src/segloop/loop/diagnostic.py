@@ -2,7 +2,8 @@
 
 At a round, every scorer scores the same pool images with the same model, and the model's
 actual error on each (``1 -`` mean Dice of its automatic segmentation against the reference,
-over the foreground classes) is measured. The Spearman rank correlation between a scorer's
+over the foreground classes; from the scorers' one pass, post-processed as `Predictor.predict`
+does but without its test-time mirroring) is measured. The Spearman rank correlation between a scorer's
 scores and the errors says whether ranking by that score puts the images the model gets most
 wrong first: a score that does not predict error cannot select well.
 
@@ -21,6 +22,7 @@ from segloop.activelearning.strategies import STRATEGIES, ScoringContext, Strate
 from segloop.activelearning.typicality import MIN_CLUSTER
 from segloop.imaging.volume import Volume
 from segloop.loop.statistics import spearman
+from segloop.ml.postprocess import keep_largest
 
 # name -> (strategy, parameters). Passes kept small: the diagnostic runs every round.
 SCORERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -121,8 +123,10 @@ def score_error_correlation(
     seconds: dict[str, float] = {n: 0.0 for n in [*names, "error"]}
     for image_id in image_ids:
         t0 = time.perf_counter()
-        # the automatic segmentation from the pass the deterministic scorers share (ctx.automatic)
-        label = predictor.labels_from(predictor.to_image_grid(ctx.automatic(image_id), ctx.prepared(image_id)))
+        # the automatic segmentation from the pass the deterministic scorers share (ctx.automatic),
+        # post-processed as predict() does; not mirrored (that would cost one more pass per image)
+        raw = predictor.labels_from(predictor.to_image_grid(ctx.automatic(image_id), ctx.prepared(image_id)))
+        label, _ = keep_largest(raw, predictor.spec.keep_largest)
         errors[image_id] = model_error(label, reference(image_id), class_values)
         seconds["error"] += time.perf_counter() - t0
         for n, strat in strategies.items():
