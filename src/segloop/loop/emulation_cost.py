@@ -243,10 +243,9 @@ def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
 def automatic_passes(cfg: Any) -> int:
     """Network passes of one automatic result: the plain pass and one per axis the training flips
     (`segloop.ml.predictor.Predictor.mirror_axes`, test-time mirroring)."""
-    from segloop.ml.train_config import TrainConfig
+    from segloop.ml.train_config import TrainConfig, mirror_axes
 
-    flips = (cfg.train or {}).get("flip_axes", TrainConfig().flip_axes)
-    return 1 + len({int(a) for a in flips} & {0, 1, 2})
+    return 1 + len(mirror_axes((cfg.train or {}).get("flip_axes", TrainConfig().flip_axes)))
 
 
 def estimate(plan: Plan, costs: UnitCosts, measure: Measurements | None = None) -> dict[str, Any]:

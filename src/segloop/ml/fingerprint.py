@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from segloop.ml.postprocess import FOREGROUND, MIN_SHARE, largest_share
+from segloop.ml.postprocess import decide_from_shares, label_shares
 from segloop.ml.preprocess import HIGH_PERCENTILE, LOW_PERCENTILE
 
 SAMPLE_VOXELS = 20_000  # foreground voxels sampled per image for the intensity statistics
@@ -53,7 +53,7 @@ class Fingerprint:
     @property
     def keep_largest(self) -> tuple[int, ...]:
         """The structures that are one piece in every label (the rule training derives the same way)."""
-        return tuple(v for v, s in sorted(self.largest_share.items()) if s >= MIN_SHARE)
+        return decide_from_shares([self.largest_share])
 
     @property
     def median_shape(self) -> tuple[int, int, int]:
@@ -127,16 +127,14 @@ def fingerprint_arrays(
             values, counts = np.unique(lab, return_counts=True)
             ints = lab if lab.dtype.kind in "iu" else lab.astype(np.int64)
             boxes = ndi.find_objects(ints)  # each class's bounding box in one pass over the label
-            fg_share = largest_share(lab > 0)
-            if fg_share is not None:
-                shares.setdefault(FOREGROUND, []).append(fg_share)
+            for v, share in label_shares(ints, [int(x) for x in values if x != 0]).items():
+                shares.setdefault(v, []).append(share)
             for v, c in zip(values.tolist(), counts.tolist(), strict=True):
                 if v != 0:
                     voxels.setdefault(int(v), []).append(int(c))
                     inside = lab[boxes[int(v) - 1]] == v  # the class on its box: the same extent and thickness
                     ext, th = structure_size(inside, spacing, thickness=len(thick.get(int(v), [])) < THICKNESS_CASES)
                     extents.setdefault(int(v), []).append(ext)
-                    shares.setdefault(int(v), []).append(largest_share(inside) or 0.0)
                     if th is not None:
                         thick.setdefault(int(v), []).append(th)
         else:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from segloop.metrics import dice
+
 FOREGROUND = 0  # in a rule: the foreground as a whole
 MIN_SHARE = 0.95  # a structure is "one piece" in a label when its largest component holds this share
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
@@ -32,24 +34,18 @@ def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return found[0] if found and found[0] is not None else None
 
 
-def largest_share(mask: np.ndarray) -> float | None:
-    """Share of ``mask``'s voxels ``(X, Y, Z)`` in its largest 26-connected component; None when empty."""
-    box = _box(mask)
-    if box is None:
-        return None
-    comps, n = ndimage.label(mask[box], structure=_FULL)
-    if n <= 1:
-        return 1.0
-    sizes = np.bincount(comps.ravel())[1:]
-    return float(sizes.max() / sizes.sum())
-
-
 def _share_of(mask: np.ndarray) -> float:
     comps, n = ndimage.label(mask, structure=_FULL)
     if n <= 1:
         return 1.0
     sizes = np.bincount(comps.ravel())[1:]
     return float(sizes.max() / sizes.sum())
+
+
+def largest_share(mask: np.ndarray) -> float | None:
+    """Share of ``mask``'s voxels ``(X, Y, Z)`` in its largest 26-connected component; None when empty."""
+    box = _box(mask)
+    return None if box is None else _share_of(mask[box])
 
 
 def label_shares(label: np.ndarray, values: Sequence[int]) -> dict[int, float]:
@@ -153,12 +149,7 @@ def confirm_on_validation(
         per_case = []
         for pred, ref in zip(preds, refs, strict=True):
             post, _ = keep_largest(pred, r)
-            row = []
-            for c in classes:
-                a, b = post == c, ref == c
-                total = int(a.sum()) + int(b.sum())
-                row.append(1.0 if total == 0 else 2.0 * int((a & b).sum()) / total)
-            per_case.append(row)
+            per_case.append([dice(post, ref, c) for c in classes])
         return np.mean(np.array(per_case, dtype=np.float64), axis=0)
 
     kept: tuple[int, ...] = ()

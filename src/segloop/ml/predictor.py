@@ -29,6 +29,7 @@ from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec, load_checkpoint
 from segloop.ml.postprocess import keep_largest
 from segloop.ml.preprocess import resample, resampled_shape, zoom_factors
+from segloop.ml.train_config import mirror_axes
 from segloop.store.base import Datastore
 from segloop.store.errors import NotFoundError
 
@@ -95,8 +96,7 @@ class Predictor:
         self.merge_radius_mm: float | None = None
         # Test-time mirroring of automatic results: the axes training flipped (imported models: none).
         train = spec.extra.get("train")
-        flips = train.get("flip_axes") if isinstance(train, dict) else None
-        self.mirror_axes: tuple[int, ...] = tuple(sorted({int(a) for a in flips or ()} & {0, 1, 2}))
+        self.mirror_axes = mirror_axes(train.get("flip_axes") if isinstance(train, dict) else None)
 
     @classmethod
     def load(

@@ -11,6 +11,11 @@ from segloop.ml.distributed import batch_per_rank
 from segloop.ml.networks import describe_divisor, network_config, size_divisor
 
 
+def mirror_axes(flip_axes: Any) -> tuple[int, ...]:
+    """The axes an automatic result is mirrored along (test-time mirroring): those training flipped."""
+    return tuple(sorted({int(a) for a in flip_axes or ()} & {0, 1, 2}))
+
+
 class TrainingCancelled(Exception):
     """Raised by `train` when its ``cancel`` event is set; nothing was written to the store."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from segloop.metrics import dice
 from segloop.ml.inference import predict_probabilities, set_mc_dropout
 from segloop.ml.modelspec import ModelSpec
 from segloop.ml.patches import Case
@@ -18,12 +19,7 @@ from segloop.ml.postprocess import confirm_on_validation, keep_largest
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, k: int) -> list[float]:
     """Dice of classes 1..k-1 between two index maps ``(X, Y, Z)`` (1 where both lack the class)."""
-    out = []
-    for c in range(1, k):
-        p, r = pred == c, ref == c
-        tot = int(p.sum()) + int(r.sum())
-        out.append(1.0 if tot == 0 else 2.0 * int((p & r).sum()) / tot)
-    return out
+    return [dice(pred, ref, c) for c in range(1, k)]
 
 
 def validate(net: torch.nn.Module, cases: list[Case], spec: ModelSpec, device: torch.device,
