@@ -299,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     dataset: Path = args.dataset or default_demo_dataset()
     if not dataset.is_dir():
-        raise CommandError(f"{dataset}: sample dataset not found (pass --dataset PATH to an MSD-layout folder)")
+        raise CommandError(f"{dataset}: sample dataset not found (pass --dataset PATH to a folder in the MSD or nnU-Net raw layout)")
     msd = open_msd(dataset, require_labels=False)
     store = open_store(args.data, must_exist=False)
     if store.count_images() == 0:
@@ -433,7 +433,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Import the sample dataset (once), train a first model when there is none, then serve the "
         "data folder on 127.0.0.1 and print the URL.",
     )
-    p.add_argument("--dataset", type=Path, help="MSD-layout dataset folder (default: ../shared/data/Task04_Hippocampus)")
+    p.add_argument("--dataset", type=Path, help="dataset folder in the MSD or nnU-Net raw layout (default: ../shared/data/Task04_Hippocampus)")
     p.add_argument("--data", type=Path, default=Path("data/demo"), metavar="DIR", help="data folder (default: data/demo)")
     p.add_argument("--model", default="hippocampus", help="name of the model trained by the demo")
     p.add_argument("--unlabelled", type=_fraction, default=0.25, metavar="F",

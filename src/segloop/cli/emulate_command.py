@@ -1,4 +1,4 @@
-"""``segloop emulate``: measure active learning with a virtual user on a labelled MSD dataset.
+"""``segloop emulate``: measure active learning with a virtual user on a labelled dataset (MSD or nnU-Net raw layout).
 
 The defaults are the *small-start preset* (`segloop.loop.emulate.PRESET_*`): options left out
 are not passed, so `EmulationConfig`'s defaults apply; the help texts quote them (a unit test keeps
@@ -171,7 +171,7 @@ def register(subparsers: Any) -> None:
         "emulate",
         help="run the active-learning loop with a virtual user on a labelled dataset (resumable)",
         description=(
-            "SAIM protocol on an MSD-layout dataset (imagesTr/labelsTr/dataset.json): fixed test split, pre-train on "
+            "SAIM protocol on a dataset in the MSD or nnU-Net raw layout (imagesTr/labelsTr/dataset.json): fixed test split, pre-train on "
             "the initial fraction with reference labels, then each round select --per-round images with the strategy, "
             "let the virtual user annotate them (automatic prediction + up to --clicks clicks per class; the result "
             "is saved, not the reference), retrain or fine-tune, evaluate on the test split. Writes OUT/rounds.csv, "
@@ -181,7 +181,7 @@ def register(subparsers: Any) -> None:
             "only in --seed (mean, sd, min-max per round)."
         ),
     )
-    p.add_argument("--dataset", type=Path, default=None, metavar="DIR", help="MSD dataset folder (required to run)")
+    p.add_argument("--dataset", type=Path, default=None, metavar="DIR", help="dataset folder, MSD or nnU-Net raw layout (required to run)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT",
                    help="output folder (resumed if it holds a run; with --aggregate: where the summary goes)")
     p.add_argument("--aggregate", nargs="+", default=None, metavar="RUN",

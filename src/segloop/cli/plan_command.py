@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show the training plan derived from a dataset (spacing, patch, normalisation, speed)",
         description="Fingerprint a dataset and print the plan `segloop train` would use for a new model.",
     )
-    p.add_argument("--dataset", type=Path, metavar="DIR", help="an MSD dataset folder (imagesTr/, labelsTr/, dataset.json)")
+    p.add_argument("--dataset", type=Path, metavar="DIR", help="a dataset folder in the MSD or nnU-Net raw layout (imagesTr/, labelsTr/, dataset.json)")
     p.add_argument("--data", type=Path, metavar="DIR", help="a segloop data folder (its final labels)")
     add_db_arg(p)
     p.add_argument("--max-cases", type=int, default=50, help="fingerprint at most this many cases (default 50)")

@@ -48,7 +48,7 @@ from segloop.imaging.dicom_header import looks_like_dicom
 from segloop.imaging.dicom_scan import scan_dicom
 from segloop.imaging.dicom_series import DicomSeries, sanitize_name
 from segloop.imaging.errors import ImagingError
-from segloop.imaging.nifti import is_nifti_path, read_nifti
+from segloop.imaging.nifti import is_nifti_path, read_nifti, read_nifti_channels
 from segloop.imaging.nrrd import is_seg_nrrd_path, read_nrrd
 from segloop.imaging.volume import Volume
 
@@ -64,7 +64,7 @@ class ImageSource:
     Attributes:
         name: stable display name (``[A-Za-z0-9._-]``).
         kind: ``"nifti"``, ``"nrrd"`` or ``"dicom"``.
-        paths: the file(s) holding it (DICOM: in slice order).
+        paths: the file(s) holding it (DICOM: in slice order; NIfTI: one, or one per channel).
         series: the DICOM series (``None`` for NIfTI).
     """
 
@@ -79,8 +79,8 @@ class ImageSource:
         Raises:
             ImagingError: the file(s) cannot be decoded (e.g. a truncated NIfTI).
         """
-        if self.kind == "nifti":
-            volume = read_nifti(self.paths[0])
+        if self.kind == "nifti":  # several paths: one file per channel (nnU-Net's raw layout)
+            volume = read_nifti_channels(self.paths) if len(self.paths) > 1 else read_nifti(self.paths[0])
         elif self.kind == "nrrd":
             volume = read_nrrd(self.paths[0])
         else:

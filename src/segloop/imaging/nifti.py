@@ -7,6 +7,7 @@ import io
 import os
 import tempfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -57,6 +58,36 @@ def read_nifti(path: str | Path) -> Volume:
         "description": header.get("descrip", b"").tobytes().decode("latin-1").strip("\x00 ") if "descrip" in header else "",
     }
     return Volume(data, affine, meta)
+
+
+def read_nifti_channels(paths: Sequence[str | Path]) -> Volume:
+    """One image from one NIfTI file per channel, as nnU-Net's raw layout stores it
+    (``NAME_0000.nii.gz``, ``NAME_0001.nii.gz``, ...): the channels in the given order, stacked on
+    the last axis (``(X, Y, Z, C)``). A single path reads that file as it is (3-D or 4-D).
+
+    Raises:
+        ImagingError: no path; a file unreadable or not 3-D; a channel not on the first one's grid.
+    """
+    if not paths:
+        raise ImagingError(Path("."), "no channel files given")
+    if len(paths) == 1:
+        return read_nifti(paths[0])
+    volumes = []
+    for path in paths:
+        vol = read_nifti(path)
+        if vol.array.ndim != 3:
+            raise ImagingError(Path(path), f"a channel file must hold one 3-D volume, got shape {vol.array.shape}")
+        volumes.append(vol)
+    first = volumes[0]
+    arrays = [first.array]
+    for path, vol in zip(paths[1:], volumes[1:], strict=True):
+        if not first.same_grid(vol):
+            raise ImagingError(Path(path), f"channel grid {vol.shape} {np.round(vol.affine, 4).tolist()} does not match "
+                                           f"{Path(paths[0]).name}'s {first.shape} {np.round(first.affine, 4).tolist()}")
+        arrays.append(vol.array)
+    dtype = np.result_type(*arrays)
+    return first.with_array(np.stack([a.astype(dtype, copy=False) for a in arrays], axis=-1),
+                            channel_files=[Path(p).name for p in paths])
 
 
 def write_nifti(

@@ -81,7 +81,6 @@ from segloop.loop.emulation_setup import (
     Log,
     Plan,
     build_train_config,
-    case_name,
     derive_per_round,
     describe_budgets,
     parse_initial,
@@ -96,7 +95,7 @@ _write_atomic, _write_json, _read_json = write_atomic, write_json, read_json
 __all__ = [
     "FULL", "MODEL", "OPTIONAL_KEYS", "PRESET_INITIAL", "PRESET_MIN_STEPS", "PRESET_PER_ROUND", "PRESET_POOL_SIZE",
     "PRESET_PRETRAIN_FACTOR", "PRESET_STEPS_PER_IMAGE", "PRESET_TARGET_FRACTION", "STEP_KEYS", "CpuSnapshot", "Emulation",
-    "EmulationConfig", "EmulationError", "Log", "Plan", "area_under_curve", "build_train_config", "case_name", "cpu_usage",
+    "EmulationConfig", "EmulationError", "Log", "Plan", "area_under_curve", "build_train_config", "cpu_usage",
     "derive_per_round", "describe_budgets", "machine_info", "parse_initial", "plan", "plot_curves", "run_emulation",
 ]
 
@@ -132,22 +131,23 @@ class Emulation:
         return self._refs[name]
 
     def test_pairs(self) -> list[tuple[Any, np.ndarray]]:
-        from segloop.imaging.nifti import read_nifti
+        from segloop.imaging.nifti import read_nifti_channels
 
         if self._test is None:
-            self._test = [(read_nifti(self.plan.images[n]), self.reference(n)) for n in self.plan.test]
+            self._test = [(read_nifti_channels(self.plan.images[n]), self.reference(n)) for n in self.plan.test]
         return self._test
 
     def evaluate(self, predictor: Any) -> dict[str, Any]:
         return evaluate_pairs(predictor, self.test_pairs())
 
     def _fill_store(self, store: Datastore, labelled: Sequence[str], names: Sequence[str]) -> None:
-        from segloop.imaging.nifti import read_nifti
+        from segloop.imaging.nifti import read_nifti_channels
 
         store.set_schema(self.plan.schema)
         wanted = set(labelled)
         for name in names:
-            rec = store.add_image(read_nifti(self.plan.images[name]), name, f"file:{self.plan.images[name].name}")
+            files = self.plan.images[name]
+            rec = store.add_image(read_nifti_channels(files), name, f"file:{files[0].name}")
             if rec.id != name:
                 raise EmulationError(f"case name {name!r} is not usable as an image id (got {rec.id!r})")
             if name in wanted:

@@ -122,7 +122,7 @@ class Plan:
 
     config: EmulationConfig
     schema: Any
-    images: dict[str, Path]
+    images: dict[str, tuple[Path, ...]]  # a case's image file(s): one per channel in nnU-Net's layout
     labels: dict[str, Path]
     test: list[str]
     pool: list[str]
@@ -188,14 +188,6 @@ def describe_budgets(budgets: dict[str, Any]) -> str:
     rounds = ", ".join(fmt(b) for b in budgets["rounds"]) or "none"
     unit = " steps" if budgets["pretrain"]["steps"] is not None else ""
     return f"training budgets: pre-training {fmt(budgets['pretrain'])}{unit}; rounds {rounds}; full {fmt(budgets['full'])}"
-
-
-def case_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def parse_initial(text: str | float | int, pool_size: int) -> int:
@@ -301,32 +293,36 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
         ds = open_msd(root, require_labels=True)
     except ValidationError as exc:
         raise EmulationError(str(exc)) from exc
-    pairs = sorted(ds.pairs, key=lambda p: case_name(p[0]))
+    cases = sorted(ds.cases, key=lambda c: c.name)
     if config.max_cases is not None:
-        pairs = pairs[: config.max_cases]
+        cases = cases[: config.max_cases]
     if not ds.schema.foreground:
         raise EmulationError(f"{root / 'dataset.json'}: no foreground class in its labels")
     problems: list[str] = []
     allowed = ds.schema.values
-    for img, lab in pairs:
+    for case in cases:
+        lab = case.label
         assert lab is not None
         try:
-            a: Any = nib.load(str(img))
             b: Any = nib.load(str(lab))
-            sa, sb = a.shape[:3], b.shape[:3]
-            if sa != sb or not np.allclose(a.affine, b.affine, atol=1e-3):
-                problems.append(f"{lab}: label grid {sb} does not match image {img.name} grid {sa} (shape or affine)")
-                continue
-            values = {int(v) for v in np.unique(np.asarray(b.dataobj))}
-            if values - allowed:
-                problems.append(f"{lab}: label values {sorted(values - allowed)} are not in dataset.json's labels {sorted(allowed)}")
+            sb = b.shape[:3]
+            for img in case.images:
+                a: Any = nib.load(str(img))
+                sa = a.shape[:3]
+                if sa != sb or not np.allclose(a.affine, b.affine, atol=1e-3):
+                    problems.append(f"{lab}: label grid {sb} does not match image {img.name} grid {sa} (shape or affine)")
+                    break
+            else:
+                values = {int(v) for v in np.unique(np.asarray(b.dataobj))}
+                if values - allowed:
+                    problems.append(f"{lab}: label values {sorted(values - allowed)} are not in dataset.json's labels {sorted(allowed)}")
         except Exception as exc:  # unreadable file
-            problems.append(f"{img.name}: cannot read image/label ({type(exc).__name__}: {exc})")
+            problems.append(f"{case.name}: cannot read image/label ({type(exc).__name__}: {exc})")
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise EmulationError(problems[0] + more)
 
-    names = [case_name(img) for img, _ in pairs]
+    names = [c.name for c in cases]
     order = np.random.default_rng(config.seed).permutation(len(names))
     shuffled = [names[i] for i in order]
     n_test = max(1, int(round(len(names) * config.test_fraction)))
@@ -354,6 +350,6 @@ def plan(config: EmulationConfig, log: Log | None = None) -> Plan:
             f"--per-round ({rounds} x {config.per_round}) needs {needed}"
         )
     return Plan(
-        config, ds.schema, {case_name(i): i for i, _ in pairs}, {case_name(i): lab for i, lab in pairs if lab is not None},
+        config, ds.schema, {c.name: c.images for c in cases}, {c.name: c.label for c in cases if c.label is not None},
         test, pool, pool[:n_init], pool[n_init:start], rounds,
     )

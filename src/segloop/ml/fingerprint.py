@@ -170,23 +170,23 @@ def _median3(rows: Sequence[Sequence[float]]) -> tuple[float, float, float]:
 
 
 def fingerprint_msd(root: str | Path, names: Sequence[str] | None = None, max_cases: int | None = 50) -> Fingerprint:
-    """Fingerprint of an MSD dataset folder (``imagesTr``/``labelsTr``/``dataset.json``); at most
-    ``max_cases`` cases (evenly spread over the sorted list), or just ``names`` (file stems)."""
-    from segloop.imaging.nifti import read_nifti
+    """Fingerprint of a dataset folder in the MSD or nnU-Net raw layout (`segloop.store.msd`); at
+    most ``max_cases`` cases (evenly spread over the sorted list), or just ``names`` (case names)."""
+    from segloop.imaging.nifti import read_nifti, read_nifti_channels
     from segloop.store.msd import open_msd
 
     ds = open_msd(Path(root), require_labels=False)
-    pairs = sorted(ds.pairs, key=lambda p: p[0].name)
+    cases = sorted(ds.cases, key=lambda c: c.name)
     if names is not None:
         wanted = set(names)
-        pairs = [p for p in pairs if p[0].name.split(".nii")[0] in wanted]
-    if max_cases is not None and len(pairs) > max_cases:
-        idx = np.linspace(0, len(pairs) - 1, max_cases).round().astype(int)
-        pairs = [pairs[i] for i in sorted(set(idx.tolist()))]
+        cases = [c for c in cases if c.name in wanted]
+    if max_cases is not None and len(cases) > max_cases:
+        idx = np.linspace(0, len(cases) - 1, max_cases).round().astype(int)
+        cases = [cases[i] for i in sorted(set(idx.tolist()))]
 
     def items() -> Iterable[tuple[np.ndarray, Sequence[float], np.ndarray | None]]:
-        for img, lab in pairs:
-            v = read_nifti(img)
-            yield np.asarray(v.array), v.spacing, (np.asarray(read_nifti(lab).array) if lab is not None else None)
+        for case in cases:
+            v = read_nifti_channels(case.images)
+            yield np.asarray(v.array), v.spacing, (np.asarray(read_nifti(case.label).array) if case.label is not None else None)
 
     return fingerprint_arrays(items(), modality=str(ds.modality or ""))

@@ -32,13 +32,22 @@ import numpy as np
 import pydicom
 
 from segloop.imaging.deidentify import Deidentifier
+from segloop.imaging.dicom_series import sanitize_name
 from segloop.imaging.discover import ImageSource, discover
 from segloop.imaging.errors import GeometryError, ImagingError
 from segloop.imaging.nifti import read_nifti
 from segloop.imaging.volume import Volume
 from segloop.store.base import Datastore
 from segloop.store.errors import ValidationError
-from segloop.store.msd import find_dataset_json, read_dataset_json, schema_from_names
+from segloop.store.msd import (
+    find_dataset_json,
+    group_channels,
+    is_channel_layout,
+    nifti_stem,
+    read_dataset_json,
+    read_dataset_meta,
+    schema_from_names,
+)
 from segloop.store.records import ImageRecord, LabelRevision, LabelSchema, LabelStatus
 
 Progress = Callable[[str, int, int], None]
@@ -115,6 +124,29 @@ def _stage_headers(source: ImageSource, volume: Volume, folder: Path, deid: Deid
 def _deidentified_name(volume: Volume) -> str:
     key = str(volume.metadata.get("series_uid") or volume.metadata.get("sop_instance_uids") or "")
     return f"anon-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def channel_sources(sources: Sequence[ImageSource], labels_dir: Path | None) -> list[ImageSource]:
+    """Sources with nnU-Net's channel files joined: where the labels' ``dataset.json`` has
+    ``channel_names`` (or, nnU-Net v1, every NIfTI is ``NAME_dddd`` and the labels are ``NAME``),
+    ``NAME_0000.nii.gz``, ``NAME_0001.nii.gz``, ... become one image ``NAME`` with those channels.
+    Elsewhere the sources are returned as they are: file names alone never join images.
+
+    Raises:
+        ValidationError: a bad ``dataset.json``, or channel files that do not make whole cases.
+    """
+    if labels_dir is None:
+        return list(sources)
+    ds_json = find_dataset_json(Path(labels_dir))
+    meta = read_dataset_meta(ds_json) if ds_json is not None else None
+    niftis = [src for src in sources if src.kind == "nifti" and len(src.paths) == 1]
+    label_stems = [nifti_stem(p.name) for p in Path(labels_dir).iterdir() if p.is_file()]
+    if not niftis or not is_channel_layout(meta, [nifti_stem(src.paths[0].name) for src in niftis], label_stems):
+        return list(sources)
+    expected = len(meta.channel_names) if meta is not None and meta.channel_names else None
+    grouped = group_channels([src.paths[0] for src in niftis], expected)
+    joined = [ImageSource(sanitize_name(case, max_length=128), "nifti", files) for case, files in grouped.items()]
+    return [src for src in sources if src not in niftis] + joined
 
 
 def _label_candidates(labels_dir: Path, source: ImageSource) -> list[Path]:
@@ -215,12 +247,17 @@ def import_paths(
         found = discover([Path(p) for p in paths], workdir)
         problems.extend(str(e) for e in found.errors)
         report.skipped.extend(found.skipped)
-        if not found.sources and not problems:
+        sources = list(found.sources)
+        try:
+            sources = channel_sources(sources, labels_dir)
+        except ValidationError as exc:
+            problems.append(str(exc))
+        if not sources and not problems:
             problems.append(f"{', '.join(str(p) for p in paths)}: no images found")
         pending: list[_Pending] = []
         values: set[int] = set()
-        total = len(found.sources)
-        for n, source in enumerate(found.sources, 1):
+        total = len(sources)
+        for n, source in enumerate(sources, 1):
             try:
                 volume = source.read()
                 label: Volume | None = None
