@@ -92,13 +92,13 @@ def test_automatic_pass_feeds_every_extra_channel() -> None:
 
     import torch
 
-    from segloop.activelearning.passes import automatic_probabilities
+    from segloop.activelearning.passes import plain_pass_probabilities
 
     for extra in (3, 6):  # guidance only / guidance + previous mask, 3 classes
         net = torch.nn.Conv3d(1 + extra, 3, kernel_size=1)
         spec = SimpleNamespace(extra_channels=extra, num_classes=3, patch_size=(8, 8, 8))
         predictor = SimpleNamespace(net=net, spec=spec, device="cpu")
-        probs = automatic_probabilities(predictor, np.zeros((1, 8, 8, 8), np.float32))  # type: ignore[arg-type]
+        probs = plain_pass_probabilities(predictor, np.zeros((1, 8, 8, 8), np.float32))  # type: ignore[arg-type]
         assert probs.shape == (3, 8, 8, 8) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
 
 

@@ -200,13 +200,13 @@ def test_the_diagnostic_takes_one_pass_per_image_for_its_deterministic_scores(
     pool = trained["pool"]
     labels = {i: synthetic_case(np.random.default_rng(n), noise=0.0)[1] for n, i in enumerate(pool)}
     calls: list[int] = []
-    real = passes.automatic_probabilities
+    real = passes.plain_pass_probabilities
 
     def counted(p: Any, data: np.ndarray) -> np.ndarray:
         calls.append(1)
         return real(p, data)
 
-    monkeypatch.setattr(passes, "automatic_probabilities", counted)
+    monkeypatch.setattr(passes, "plain_pass_probabilities", counted)
     out = score_error_correlation(predictor, pool, store.load_image, labels.__getitem__,
                                   ["entropy", "entropy-volume", "soft-dice"])
     assert len(calls) == len(pool)

@@ -33,8 +33,9 @@ def _run(predictor: Predictor, data: np.ndarray) -> np.ndarray:
     return predict_probabilities(predictor.net, data, extra, spec.patch_size, spec.num_classes, predictor.device)
 
 
-def automatic_probabilities(predictor: Predictor, data: np.ndarray) -> np.ndarray:
-    """One deterministic click-free pass: ``(C_img, X, Y, Z)`` -> ``(C, X, Y, Z)``."""
+def plain_pass_probabilities(predictor: Predictor, data: np.ndarray) -> np.ndarray:
+    """One deterministic click-free pass, not mirrored (`Predictor.automatic_probabilities` averages
+    mirrored passes): ``(C_img, X, Y, Z)`` -> ``(C, X, Y, Z)``."""
     set_mc_dropout(predictor.net, False)
     return _run(predictor, data)
 
@@ -148,7 +149,7 @@ class _BottleneckRecorder:
 
 
 def automatic_with_features(predictor: Predictor, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The click-free pass of `automatic_probabilities`, also describing the image by the network's
+    """The click-free pass of `plain_pass_probabilities`, also describing the image by the network's
     own bottleneck features (per-channel mean and standard deviation over every window).
 
     Returns:

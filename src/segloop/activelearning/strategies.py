@@ -144,10 +144,10 @@ class ScoringContext:
         image however many deterministic scores (entropy, soft Dice, ...) or the diagnostic's
         error use them."""
         if image_id not in self._automatic:
-            from segloop.activelearning.passes import automatic_probabilities
+            from segloop.activelearning.passes import plain_pass_probabilities
 
             data = np.asarray(self.prepared(image_id).data)
-            self._automatic[image_id] = automatic_probabilities(self.predictor, data)
+            self._automatic[image_id] = plain_pass_probabilities(self.predictor, data)
         return self._automatic[image_id]
 
     def features(self, image_id: str) -> np.ndarray:

@@ -36,7 +36,7 @@ def _store_fingerprint(data: Path) -> Any:
 def cmd_plan(args: argparse.Namespace) -> int:
     from segloop.ml.fingerprint import fingerprint_msd
     from segloop.ml.plan import calibrate, make_plan
-    from segloop.ml.postprocess import FOREGROUND, MIN_SHARE
+    from segloop.ml.postprocess import MIN_SHARE, structure_name
 
     if (args.dataset is None) == (args.data is None):
         raise CommandError("give one of --dataset DIR (an MSD folder) or --data DIR (a segloop data folder)")
@@ -64,12 +64,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"{k}: {'x'.join(f'{e:.0f}' for e in ext)}, {fp.class_thickness_mm.get(k, float('nan')):.1f}"
             for k, ext in fp.class_extent_mm.items()))
     if fp.largest_share:
-        def name(v: int) -> str:
-            return "foreground" if v == FOREGROUND else f"class {v}"
-
-        kept = ", ".join(name(v) for v in fp.keep_largest) or "nothing (every structure comes in pieces in some label)"
+        kept = ", ".join(structure_name(v) for v in fp.keep_largest) or "nothing (every structure comes in pieces in some label)"
         print("fingerprint: share in the largest connected component (smallest over the cases) " + ", ".join(
-            f"{name(k)}: {v:.2f}" for k, v in fp.largest_share.items()))
+            f"{structure_name(k)}: {v:.2f}" for k, v in fp.largest_share.items()))
         print(f"post-processing: keep only the largest component of {kept} (one piece, >= {MIN_SHARE:.0%} of "
               "its voxels, in every label; each training decides again from its own labels)")
     print(plan.describe())

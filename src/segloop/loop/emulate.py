@@ -87,6 +87,7 @@ from segloop.loop.emulation_setup import (
     plan,
 )
 from segloop.loop.evaluation import evaluate_pairs, overlap_per_class
+from segloop.ml.postprocess import structure_name
 from segloop.store.base import Datastore
 
 # the old private names, kept for callers of this module
@@ -193,7 +194,7 @@ class Emulation:
     def describe_model(self, config: dict[str, Any]) -> str:
         """One line on what the training derived from the data: grid, patch, post-processing."""
         names = self.plan.class_names
-        kept = [("foreground" if v == 0 else names.get(int(v), str(v))) for v in config.get("keep_largest") or []]
+        kept = [structure_name(v, names) for v in config.get("keep_largest") or []]
         spacing = config.get("spacing")
         grid = "the images' own" if spacing is None else "x".join(f"{float(x):.3g}" for x in spacing) + " mm"
         return (f"model: grid {grid}, patch {'x'.join(str(x) for x in config.get('patch_size', []))}; automatic results "

@@ -231,3 +231,10 @@ def check_rule(rule: object, values: Sequence[int]) -> tuple[int, ...]:
     if unknown:
         raise ValueError(f"keep_largest lists {unknown}, which are not classes of the model ({sorted(values)})")
     return tuple(dict.fromkeys(int(v) for v in rule))
+
+
+def structure_name(value: int, names: Mapping[int, str] | None = None) -> str:
+    """How a rule's entry reads: ``foreground`` for 0, else the class's name (``class V`` unnamed)."""
+    if value == FOREGROUND:
+        return "foreground"
+    return (names or {}).get(int(value)) or f"class {value}"
