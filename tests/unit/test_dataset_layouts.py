@@ -155,3 +155,26 @@ def test_channel_files_on_different_grids_are_refused(tmp_path: Path) -> None:
         read_nifti_channels([tmp_path / "a_0000.nii.gz", tmp_path / "a_0001.nii.gz"])
     with pytest.raises(ImagingError, match="one 3-D volume"):
         read_nifti_channels([tmp_path / "a_0000.nii.gz", tmp_path / "b_0001.nii.gz"])
+
+
+def test_a_dataset_folder_imports_its_images_with_their_labels(tmp_path: Path) -> None:
+    """Given the dataset folder itself, import takes imagesTr (labelled), imagesTs (unlabelled),
+    and never the label maps as images."""
+    lab = np.zeros((5, 5, 4), np.uint8)
+    lab[1:3, 1:3, 1:3] = 1
+    root = _layout(tmp_path / "msd", {"labels": {"0": "background", "1": "organ"}, "modality": {"0": "CT"}},
+                   {"a.nii.gz": np.ones((5, 5, 4), np.float32), "b.nii.gz": np.ones((5, 5, 4), np.float32)},
+                   {"a.nii.gz": lab, "b.nii.gz": lab})
+    _write(root / "imagesTs" / "t.nii.gz", np.ones((5, 5, 4), np.float32))
+    store = open_datastore(tmp_path / "d")
+    report = import_paths(store, [root])
+    got = {item.record.name: item.revision for item in report.images}
+    assert sorted(got) == ["a", "b", "t"]
+    assert got["a"] is not None and got["b"] is not None and got["t"] is None
+    assert [c.name for c in store.get_schema().foreground] == ["organ"]
+    np.testing.assert_array_equal(np.asarray(store.load_label("a").array), lab)
+
+    other = _layout(tmp_path / "msd2", {"labels": {"0": "background", "1": "organ"}},
+                    {"c.nii.gz": np.ones((5, 5, 4), np.float32)}, {"c.nii.gz": lab})
+    with pytest.raises(IngestError, match="several dataset folders"):
+        import_paths(open_datastore(tmp_path / "e"), [root, other])

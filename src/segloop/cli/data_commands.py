@@ -379,7 +379,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "DICOM SEG files among the inputs then become label revisions of the series they reference "
                     "(as import-seg does); a SEG that cannot be imported is named and the exit code is 2.",
     )
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="NIfTI file, DICOM folder/file, folder or zip")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="NIfTI file, DICOM folder/file, folder or zip; a dataset folder (MSD or nnU-Net raw layout) imports imagesTr with the labels of its labelsTr, and imagesTs unlabelled")
     add_data_arg(p)
     p.add_argument("--labels", type=Path, metavar="LABEL_DIR", help="folder of label maps matched by file name")
     p.add_argument("--author", default="import", help="author recorded on imported label revisions")

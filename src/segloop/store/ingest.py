@@ -126,6 +126,32 @@ def _deidentified_name(volume: Volume) -> str:
     return f"anon-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
+def dataset_inputs(paths: Sequence[Path], labels_dir: Path | None) -> tuple[list[Path], Path | None]:
+    """A dataset folder given as an input (MSD or nnU-Net raw layout: ``dataset.json`` and
+    ``imagesTr/``) stands for its images -- ``imagesTr/`` and, unlabelled, ``imagesTs/`` -- with its
+    ``labelsTr/`` as the labels unless ``labels_dir`` names others; walked as a plain folder it
+    would import its label maps as images.
+
+    Raises:
+        IngestError: two dataset folders and no ``labels_dir`` (whose labels?).
+    """
+    out: list[Path] = []
+    roots: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and (p / "dataset.json").is_file() and (p / "imagesTr").is_dir():
+            roots.append(p)
+            out += [d for d in (p / "imagesTr", p / "imagesTs") if d.is_dir()]
+        else:
+            out.append(p)
+    if labels_dir is None and roots:
+        if len(roots) > 1:
+            raise IngestError([f"{', '.join(map(str, roots))}: several dataset folders; import one at a time "
+                               "(or name the labels folder with --labels)"])
+        if (roots[0] / "labelsTr").is_dir():
+            labels_dir = roots[0] / "labelsTr"
+    return out, labels_dir
+
+
 def channel_sources(sources: Sequence[ImageSource], labels_dir: Path | None) -> list[ImageSource]:
     """Sources with nnU-Net's channel files joined: where the labels' ``dataset.json`` has
     ``channel_names`` (or, nnU-Net v1, every NIfTI is ``NAME_dddd`` and the labels are ``NAME``),
@@ -217,7 +243,8 @@ def import_paths(
     deidentify: bool = False,
     deid_map: Path | None = None,
 ) -> ImportReport:
-    """Import images from ``paths`` (and labels from ``labels_dir``, matched by file name).
+    """Import images from ``paths`` (and labels from ``labels_dir``, matched by file name; a
+    dataset folder among ``paths`` brings its own labels, `dataset_inputs`).
 
     Labels become the first revision of their image (source ``manual``, status final unless
     ``draft``). All inputs are read and validated before anything is stored. DICOM headers
@@ -228,6 +255,7 @@ def import_paths(
     """
     report = ImportReport()
     problems: list[str] = []
+    paths, labels_dir = dataset_inputs(paths, labels_dir)
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise IngestError([f"{labels_dir}: labels folder does not exist"])
     if deid_map is not None and not deidentify:
