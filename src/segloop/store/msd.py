@@ -115,7 +115,7 @@ def read_dataset_meta(path: Path) -> DatasetMeta:
             raise TypeError(f"expected an object, got {type(meta).__name__}")
         raw_labels = meta["labels"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValidationError(f"{path}: not a valid MSD dataset.json ({type(exc).__name__}: {exc})") from exc
+        raise ValidationError(f"{path}: not a valid dataset.json (MSD or nnU-Net; {type(exc).__name__}: {exc})") from exc
     labels = _labels(path, raw_labels)
     channels = meta.get("channel_names") or {}
     modality_map = meta.get("modality") or channels
