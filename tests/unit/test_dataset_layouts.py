@@ -141,6 +141,10 @@ def test_bad_nnunet_datasets_are_refused_with_the_reason(tmp_path: Path) -> None
     png.write_text(json.dumps({"channel_names": {"0": "RGB"}, "labels": {"background": 0, "x": 1}, "file_ending": ".png"}))
     with pytest.raises(ValidationError, match="file_ending '.png' is not supported"):
         read_dataset_meta(png)
+    ignore = tmp_path / "ignore.json"
+    ignore.write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "x": 1, "ignore": 2}}))
+    with pytest.raises(ValidationError, match="'ignore' label \\(value 2\\)"):
+        read_dataset_meta(ignore)
     dup = tmp_path / "dup.json"
     dup.write_text(json.dumps({"labels": {"background": 0, "x": 1, "y": 1}}))
     with pytest.raises(ValidationError, match="same value 1"):

@@ -8,8 +8,9 @@ Both have ``imagesTr/``, ``labelsTr/`` (``NAME.nii.gz``, one class per value) an
 - **nnU-Net** (v2's raw layout; v1 named files the same way): one file per channel,
   ``imagesTr/NAME_0000.nii.gz``, ``NAME_0001.nii.gz``, ...; v2's ``dataset.json`` maps names to
   values (``"labels": {"background": 0, "liver": 1}``) and has ``"channel_names"`` and
-  ``"file_ending"``. Region-based labels (a name mapped to a list of values) are refused: here a
-  label value is one class. Only NIfTI files are read (``file_ending`` ``.nii.gz`` or ``.nii``).
+  ``"file_ending"``. Region-based labels (a name mapped to a list of values) and the ``ignore``
+  label (voxels nobody annotated) are refused: here a label value is one class, and labels are
+  dense. Only NIfTI files are read (``file_ending`` ``.nii.gz`` or ``.nii``).
 
 The layout is told by ``dataset.json`` (``channel_names`` means nnU-Net), or, for v1, by the
 names: every image is ``NAME_dddd`` and the labels are named ``NAME``.
@@ -94,6 +95,11 @@ def _labels(path: Path, raw: Any) -> dict[int, str]:
     if bad:
         raise ValidationError(f"{path}: 'labels' must map values to names (MSD) or names to integer values (nnU-Net); "
                               f"{', '.join(bad)} is neither")
+    if "ignore" in raw:
+        raise ValidationError(
+            f"{path}: nnU-Net's 'ignore' label (value {raw['ignore']}) marks voxels nobody annotated; segloop trains on "
+            "dense labels and would learn it as a class -- give those voxels a class, or drop the label"
+        )
     by_value: dict[int, str] = {}
     for name, value in raw.items():
         if value in by_value:
