@@ -48,7 +48,7 @@ from segloop.imaging.dicom_header import looks_like_dicom
 from segloop.imaging.dicom_scan import scan_dicom
 from segloop.imaging.dicom_series import DicomSeries, sanitize_name
 from segloop.imaging.errors import ImagingError
-from segloop.imaging.nifti import is_nifti_path, read_nifti, read_nifti_channels
+from segloop.imaging.nifti import is_nifti_path, read_nifti_channels
 from segloop.imaging.nrrd import is_seg_nrrd_path, read_nrrd
 from segloop.imaging.volume import Volume
 
@@ -80,7 +80,7 @@ class ImageSource:
             ImagingError: the file(s) cannot be decoded (e.g. a truncated NIfTI).
         """
         if self.kind == "nifti":  # several paths: one file per channel (nnU-Net's raw layout)
-            volume = read_nifti_channels(self.paths) if len(self.paths) > 1 else read_nifti(self.paths[0])
+            volume = read_nifti_channels(self.paths)
         elif self.kind == "nrrd":
             volume = read_nrrd(self.paths[0])
         else:

@@ -222,8 +222,8 @@ def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
         elif diag_images < DEFAULT_MEASURE_IMAGES:
             notes.append(f"diagnostic on {diag_images} pool images per round (fits {DIAGNOSTIC_SHARE:.0%} of the run's time)")
     noc_images = base.noc_images
+    auto = automatic_passes(cfg) * costs.inference_seconds  # a session's start, as in `estimate`
     if cfg.noc_images is None:
-        auto = automatic_passes(cfg) * costs.inference_seconds
         per_image = len(cfg.arms) * click_figures_seconds(cfg.noc_clicks, len(plan.class_names), auto, costs.click_seconds)
         noc_images = min(base.noc_images, int(CLICK_FIGURES_SHARE * core // max(per_image, 1e-9)))
         if noc_images < base.noc_images:
@@ -231,8 +231,7 @@ def fit_measurements(plan: Plan, costs: UnitCosts) -> Measurements:
                          "--noc-images N to force)")
     prompt_images: int | None = None  # --noc-images given: the prompt figures on all of them too
     if cfg.noc_images is None:
-        per_prompt = len(cfg.arms) * prompt_figures_seconds(len(plan.class_names), automatic_passes(cfg) * costs.inference_seconds,
-                                                            costs.click_seconds)
+        per_prompt = len(cfg.arms) * prompt_figures_seconds(len(plan.class_names), auto, costs.click_seconds)
         prompt_images = min(noc_images, int(PROMPT_FIGURES_SHARE * core // max(per_prompt, 1e-9)))
         if prompt_images < noc_images:
             notes.append(f"prompt figures on {prompt_images} of the click figures' {noc_images} test images (fit "
