@@ -60,3 +60,38 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+
+
+
+def worker_unit(nodeid: str) -> str:
+    """The unit of work of one pytest-xdist worker for a test ``nodeid``; a unit runs on one worker,
+    its tests in their order.
+
+    - A module is a unit: module-scoped servers and clusters, and the data that earlier tests of the
+      module made, are shared.
+    - ``tests/browser`` is one unit: its modules share one server and data folder for the session
+      (`server`, `browser_data`), and each expects what the modules before it left (a label still
+      final, an image's view) as in a run on one process.
+    - Every ``test_ray_*`` module is one unit: two Ray clusters never compete for a 2-core machine's
+      CPUs (their tests wait on multi-process training with deadlines).
+    """
+    module = Path(nodeid.split("::", 1)[0])
+    if module.parts[:2] == ("tests", "browser"):
+        return "tests/browser"
+    return "ray-cluster" if module.name.startswith("test_ray_") else module.as_posix()
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope`` (scripts/test.sh) with the units of `worker_unit`.
+
+    (xdist's ``xdist_group`` marks cannot do it: pytest-xdist 3.8 writes the group into the node id
+    where pytest 9 no longer reads it.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_unit(nodeid)
+
+    return ModuleScheduling(config, log)

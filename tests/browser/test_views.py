@@ -80,7 +80,7 @@ def test_brush_in_four_views_reuses_the_3d_tile_then_catches_up(app: AppPage) ->
     assert during["fullUploads"] == before["fullUploads"], "no whole-volume upload for a stroke"
     assert during["reused3D"] > before["reused3D"], "the 3-D tile came from its cache while painting"
     assert during["full3D"] - before["full3D"] <= 1
-    app.page.wait_for_function("n => window.segloopDebug.viewer.frames.full3D > n", arg=during["full3D"], timeout=10_000)
+    app.page.wait_for_function("n => window.segloopDebug.viewer.frames.full3D > n", arg=during["full3D"], timeout=30_000)
     assert_every_tile_changed_and_nothing_stale(app, picture)
 
 

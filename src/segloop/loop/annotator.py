@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from segloop.imaging.volume import Volume
+from segloop.metrics.overlap import dice
 from segloop.store.records import LabelStatus
 
 
@@ -114,12 +115,6 @@ class Annotator(Protocol):
     def annotate(self, task: AnnotationTask) -> Annotation: ...
 
 
-def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
-    pa, pb = a == value, b == value
-    tot = int(pa.sum()) + int(pb.sum())
-    return 1.0 if tot == 0 else 2.0 * int((pa & pb).sum()) / tot
-
-
 class VirtualAnnotator:
     """A simulated user: automatic prediction + up to ``clicks_per_class`` clicks per class, then
     (``finish="brush"``) brush strokes for what is left.
@@ -185,7 +180,7 @@ class VirtualAnnotator:
             label = np.asarray(session.prediction.label.array)
             clicks = []
             for c in classes:
-                if self.satisfied_dice is not None and _dice(label, ref, c) >= self.satisfied_dice:
+                if self.satisfied_dice is not None and dice(label, ref, c) >= self.satisfied_dice:
                     continue
                 click = next_click(label, ref, [c], rng, spacing)
                 if click is not None:
@@ -205,7 +200,7 @@ class VirtualAnnotator:
             clicks=sum(spent.values()),
             clicks_per_class=spent,
             strokes=strokes,
-            clicked_dice={c: _dice(clicked, ref, c) for c in classes},
+            clicked_dice={c: dice(clicked, ref, c) for c in classes},
             status="final",
             source="interactive",
             author=self.author,
