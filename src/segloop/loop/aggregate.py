@@ -29,7 +29,7 @@ import numpy as np
 
 from segloop.loop.emulation_files import write_atomic as _write_atomic
 from segloop.loop.emulation_files import write_json as _write_json
-from segloop.loop.emulation_report import area_under_curve
+from segloop.loop.emulation_report import area_under_curve, dice_figure, draw_full
 from segloop.loop.emulation_setup import FULL, EmulationError
 from segloop.loop.statistics import bootstrap_mean_ci, labels_to_target, paired_differences
 
@@ -343,37 +343,19 @@ def write_aggregate(agg: dict[str, Any], out: str | Path) -> None:
 
 def plot_aggregate(agg: dict[str, Any], path: Path) -> None:
     """Mean test Dice vs. labelled fraction per arm with a min-max band; ``full`` as a line and band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    try:
+    cfg = agg["config"]
+    title = (f"{Path(str(cfg.get('dataset', ''))).name}: seeds {agg['seeds']}, {cfg.get('per_round')}/round, "
+             f"{cfg.get('clicks')} clicks/class")
+    with dice_figure(path, title, "test mean Dice (band: min-max over seeds)") as ax:
         for arm, rows in agg["arms"].items():
             if not rows:
                 continue
             if arm == FULL:
                 d = rows[0]["test_mean_dice"]
-                ax.axhline(d["mean"], color="black", linestyle="--", linewidth=1, label=f"full ({d['mean']:.3f})")
-                ax.axhspan(d["min"], d["max"], color="black", alpha=0.08)
-                ax.axhline(0.95 * d["mean"], color="grey", linestyle=":", linewidth=1, label="95% of full")
+                draw_full(ax, d["mean"], (d["min"], d["max"]))
                 continue
             x = [r["labelled_fraction"]["mean"] for r in rows]
             y = [r["test_mean_dice"]["mean"] for r in rows]
             (line,) = ax.plot(x, y, marker="o", label=f"{arm} (mean of {rows[0]['test_mean_dice']['n']})")
             ax.fill_between(x, [r["test_mean_dice"]["min"] for r in rows], [r["test_mean_dice"]["max"] for r in rows],
                             color=line.get_color(), alpha=0.15)
-        cfg = agg["config"]
-        ax.set_xlabel("labelled fraction of the pool")
-        ax.set_ylabel("test mean Dice (band: min-max over seeds)")
-        ax.set_title(f"{Path(str(cfg.get('dataset', ''))).name}: seeds {agg['seeds']}, {cfg.get('per_round')}/round, "
-                     f"{cfg.get('clicks')} clicks/class", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    _write_atomic(path, buf.getvalue())

@@ -5,9 +5,10 @@ every round.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,10 @@ def area_under_curve(fractions: Sequence[float], dice: Sequence[float]) -> float
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / span)
 
 
-def plot_curves(report: dict[str, Any], path: Path) -> None:
-    """Test mean Dice vs. labelled fraction, one line per arm; ``full`` as a horizontal line."""
+@contextlib.contextmanager
+def dice_figure(path: Path, title: str, ylabel: str = "test mean Dice") -> Iterator[Any]:
+    """A test-Dice-vs-labelled-fraction figure: yields its axes to draw on, then labels it and writes
+    it to ``path`` as PNG, atomically (nothing is written when drawing fails)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,20 +162,10 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     try:
-        for arm, rounds in report["arms"].items():
-            if not rounds:
-                continue
-            if arm == FULL:
-                d = rounds[0]["test_mean_dice"]
-                ax.axhline(d, color="black", linestyle="--", linewidth=1, label=f"full ({d:.3f})")
-                ax.axhline(0.95 * d, color="grey", linestyle=":", linewidth=1, label="95% of full")
-                continue
-            ax.plot([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds], marker="o", label=arm)
-        cfg = report["config"]
+        yield ax
         ax.set_xlabel("labelled fraction of the pool")
-        ax.set_ylabel("test mean Dice")
-        ax.set_title(f"{Path(cfg['dataset']).name}: {cfg['per_round']}/round, {cfg['clicks']} clicks/class, seed {cfg['seed']}",
-                     fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
@@ -181,3 +174,25 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     finally:
         plt.close(fig)
     write_atomic(path, buf.getvalue())
+
+
+def draw_full(ax: Any, dice: float, band: tuple[float, float] | None = None) -> None:
+    """The ``full`` arm's Dice as a dashed line (with its band), and 95 % of it dotted."""
+    ax.axhline(dice, color="black", linestyle="--", linewidth=1, label=f"full ({dice:.3f})")
+    if band is not None:
+        ax.axhspan(band[0], band[1], color="black", alpha=0.08)
+    ax.axhline(0.95 * dice, color="grey", linestyle=":", linewidth=1, label="95% of full")
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    """Test mean Dice vs. labelled fraction, one line per arm; ``full`` as a horizontal line."""
+    cfg = report["config"]
+    title = f"{Path(cfg['dataset']).name}: {cfg['per_round']}/round, {cfg['clicks']} clicks/class, seed {cfg['seed']}"
+    with dice_figure(path, title) as ax:
+        for arm, rounds in report["arms"].items():
+            if not rounds:
+                continue
+            if arm == FULL:
+                draw_full(ax, rounds[0]["test_mean_dice"])
+                continue
+            ax.plot([r["labelled_fraction"] for r in rounds], [r["test_mean_dice"] for r in rounds], marker="o", label=arm)
