@@ -62,7 +62,6 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-
 def worker_unit(nodeid: str) -> str:
     """The unit of work of one pytest-xdist worker for a test ``nodeid``; a unit runs on one worker,
     its tests in their order.
