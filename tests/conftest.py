@@ -62,21 +62,26 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+# test folders whose modules share session-scoped servers and build on each other's state
+SHARED_SESSION_FOLDERS = ("browser", "pacs")
+
+
 def worker_unit(nodeid: str) -> str:
     """The unit of work of one pytest-xdist worker for a test ``nodeid``; a unit runs on one worker,
     its tests in their order.
 
     - A module is a unit: module-scoped servers and clusters, and the data that earlier tests of the
       module made, are shared.
-    - ``tests/browser`` is one unit: its modules share one server and data folder for the session
-      (`server`, `browser_data`), and each expects what the modules before it left (a label still
-      final, an image's view) as in a run on one process.
+    - ``tests/browser`` and ``tests/pacs`` are one unit each (`SHARED_SESSION_FOLDERS`): their modules
+      share one server for the session (the web server and its data folder; one Orthanc), and each
+      expects what the modules before it left (a label still final, the series stored so far) as in
+      a run on one process.
     - Every ``test_ray_*`` module is one unit: two Ray clusters never compete for a 2-core machine's
       CPUs (their tests wait on multi-process training with deadlines).
     """
     module = Path(nodeid.split("::", 1)[0])
-    if module.parts[:2] == ("tests", "browser"):
-        return "tests/browser"
+    if module.parts[0] == "tests" and len(module.parts) > 2 and module.parts[1] in SHARED_SESSION_FOLDERS:
+        return f"tests/{module.parts[1]}"
     return "ray-cluster" if module.name.startswith("test_ray_") else module.as_posix()
 
 
