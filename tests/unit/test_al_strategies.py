@@ -223,3 +223,28 @@ def test_the_diagnostic_takes_one_pass_per_image_for_its_deterministic_scores(
         for item in alone.items:
             if item.image_id in out["scores"][name]:
                 assert out["scores"][name][item.image_id] == pytest.approx(item.score, rel=1e-6)
+
+
+def test_the_error_oracle_ranks_the_pool_by_the_models_actual_error(trained: dict[str, Any]) -> None:
+    """`oracle-error` (emulation only) scores each image with the error the diagnostic measures, so
+    the pool comes worst-first; without references it refuses, and it is no user strategy."""
+    from segloop.activelearning.strategies import STRATEGIES
+    from segloop.loop.diagnostic import ORACLE, ErrorOracle, arm_strategy, score_error_correlation
+
+    store, predictor, pool = trained["store"], trained["predictor"], trained["pool"]
+    labels = {i: synthetic_case(np.random.default_rng(n), noise=0.0)[1] for n, i in enumerate(pool)}
+    # spoil two references so that the model is plainly worst on them
+    worst = pool[:2]
+    for i in worst:
+        labels[i] = np.zeros_like(labels[i])
+    oracle = arm_strategy(ORACLE, seed=4, reference=labels.__getitem__)
+    assert isinstance(oracle, ErrorOracle) and ORACLE not in STRATEGIES
+    ranking = rank_pool(store, oracle, predictor=predictor, pool=pool, cache=False)
+    errors = score_error_correlation(predictor, pool, store.load_image, labels.__getitem__, ["entropy"])["errors"]
+    ranked = [item.image_id for item in ranking.items]
+    assert set(ranked[:2]) == set(worst)
+    for item in ranking.items:
+        assert item.score == pytest.approx(errors[item.image_id])
+    assert [item.score for item in ranking.items] == sorted((item.score for item in ranking.items), reverse=True)
+    with pytest.raises(ValueError, match="only the emulation can run it"):
+        rank_pool(store, arm_strategy(ORACLE), predictor=predictor, pool=pool, cache=False)

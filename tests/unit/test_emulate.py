@@ -389,3 +389,23 @@ def test_a_typiclust_arm_selects_unlabelled_pool_images(finished: tuple[Path, Pa
     assert len(picked) == 2 and len(set(picked)) == 2
     assert set(picked) <= set(splits["pool"]) and not set(picked) & set(splits["initial"])
     assert rounds[1]["labelled"] == 7 and 0.0 <= rounds[1]["test_mean_dice"] <= 1.0
+
+
+def test_the_error_oracle_arm_picks_the_images_the_model_gets_most_wrong(
+    finished: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``oracle-error`` ranks by the round's model's actual error against the references: its picks
+    are the worst of the pool by the same round's diagnostic, which measures that error on every
+    pool image with the same model."""
+    from segloop.loop.diagnostic import ORACLE, arm_strategy
+
+    assert ORACLE in str(pytest.raises(ValueError, arm_strategy, "bald").value)  # listed among the arms
+    ds, _, _ = finished
+    out = tmp_path / "oracle"
+    report = run_emulation(config(ds, out, strategy=ORACLE, compare=[ORACLE], rounds=1, diagnose=["entropy"],
+                                  diagnose_images=50, noc_images=0))
+    picked = report["arms"][ORACLE][1]["selected"]
+    errors = json.loads((out / "arms" / ORACLE / "diagnostic-01.json").read_text())["errors"]
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(picked) == 2 and set(errors) == set(splits["pool"]) - set(splits["initial"])
+    assert min(errors[i] for i in picked) >= max(e for i, e in errors.items() if i not in picked)

@@ -8,13 +8,18 @@ scores and the errors says whether ranking by that score puts the images the mod
 wrong first: a score that does not predict error cannot select well.
 
 Scorers are strategy names (default parameters) or the named variants in `SCORERS`.
+
+`ErrorOracle` (the emulation arm ``oracle-error``) ranks the pool by that error itself: the score a
+perfect error predictor would give. It reads the reference labels, so only the emulation can run
+it, and it is the ceiling of selection by uncertainty: where it does not beat random, no score
+that predicts the model's error can.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,6 +41,8 @@ SCORERS: dict[str, tuple[str, dict[str, Any]]] = {
     "tta": ("tta", {"passes": 4}),
     "tta-dice": ("tta", {"passes": 4, "metric": "dice"}),
 }
+# the emulation arm that ranks by the model's actual error (`ErrorOracle`)
+ORACLE = "oracle-error"
 DEFAULT_DIAGNOSTIC = ("entropy", "entropy-volume", "soft-dice", "mc-dropout-class", "tta-dice")
 # Emulation arms that are a strategy with other parameters but no per-image score (batch mode):
 # name -> (strategy, parameters).
@@ -63,21 +70,51 @@ def scorer(name: str) -> Strategy:
     return found
 
 
-def arm_strategy(name: str, seed: int | None = None) -> Strategy:
-    """The strategy of an emulation arm: a strategy name with that strategy's own defaults, or a
+class ErrorOracle(Strategy):
+    """Emulation only: an image's score is the current model's actual error on it (`automatic_error`
+    against the reference label), so the pool is ranked worst-first. Not in `STRATEGIES`: a user has
+    no reference to rank by.
+
+    Args:
+        reference: image id -> reference label map ``(X, Y, Z)``; None makes `score` refuse (the
+            emulation's checks build the arm without one).
+    """
+
+    name = ORACLE
+    needs_model = True
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, reference: Callable[[str], np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.reference = reference
+
+    def score(self, image_id: str, ctx: ScoringContext) -> float:
+        if self.reference is None:
+            raise ValueError(f"{self.name!r} ranks by the reference labels: only the emulation can run it")
+        if ctx.predictor is None:
+            raise ValueError(f"strategy {self.name!r} needs a trained model")
+        return automatic_error(ctx, image_id, self.reference)
+
+
+def arm_strategy(name: str, seed: int | None = None,
+                 reference: Callable[[str], np.ndarray] | None = None) -> Strategy:
+    """The strategy of an emulation arm: a strategy name with that strategy's own defaults, a
     named variant of `SCORERS` that is not a strategy name (``tta-dice``, ``mc-dropout-class``,
-    ...) or of `ARM_VARIANTS` (``typiclust-entropy``); ``seed`` sets the strategy's seed where it has one.
+    ...) or of `ARM_VARIANTS` (``typiclust-entropy``), or `ORACLE` (`ErrorOracle` on ``reference``);
+    ``seed`` sets the strategy's seed where it has one.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
+    if name == ORACLE:
+        return ErrorOracle(reference)
     params: dict[str, Any] = {}
     if name in STRATEGIES:
         strategy = name
     elif name in SCORERS or name in ARM_VARIANTS:
         strategy, params = SCORERS.get(name) or ARM_VARIANTS[name]
     else:
-        variants = ", ".join([*(n for n in SCORERS if n not in STRATEGIES), *ARM_VARIANTS])
+        variants = ", ".join([*(n for n in SCORERS if n not in STRATEGIES), *ARM_VARIANTS, ORACLE])
         raise ValueError(f"unknown active-learning strategy {name!r} (known: {', '.join(STRATEGIES)}; variants: {variants})")
     s = get_strategy(strategy, **params)
     if seed is not None and "seed" in s.params:
@@ -102,6 +139,18 @@ def model_error(prediction: np.ndarray, reference: np.ndarray, class_values: Seq
     return float(1.0 - np.mean([float(dice(p, r, int(v))) for v in class_values]))
 
 
+def automatic_error(ctx: ScoringContext, image_id: str, reference: Callable[[str], np.ndarray]) -> float:
+    """`model_error` of the model's automatic segmentation of ``image_id`` against its reference.
+
+    The segmentation comes from the pass the deterministic scorers share (``ctx.automatic``),
+    post-processed as `Predictor.predict` does but not mirrored (one pass per image, not two).
+    """
+    predictor = ctx.predictor
+    raw = predictor.labels_from(predictor.to_image_grid(ctx.automatic(image_id), ctx.prepared(image_id)))
+    label, _ = keep_largest(raw, predictor.spec.keep_largest)
+    return model_error(label, reference(image_id), [int(v) for v in predictor.spec.foreground])
+
+
 def score_error_correlation(
     predictor: Any,
     image_ids: Sequence[str],
@@ -116,18 +165,13 @@ def score_error_correlation(
         "errors": {id: error}, "seconds": {name: s, "error": s}}``.
     """
     strategies = {n: scorer(n) for n in names}
-    class_values = [int(v) for v in predictor.spec.foreground]
     ctx = ScoringContext(load=load, predictor=predictor)
     scores: dict[str, dict[str, float]] = {n: {} for n in names}
     errors: dict[str, float] = {}
     seconds: dict[str, float] = {n: 0.0 for n in [*names, "error"]}
     for image_id in image_ids:
         t0 = time.perf_counter()
-        # the automatic segmentation from the pass the deterministic scorers share (ctx.automatic),
-        # post-processed as predict() does; not mirrored (that would cost one more pass per image)
-        raw = predictor.labels_from(predictor.to_image_grid(ctx.automatic(image_id), ctx.prepared(image_id)))
-        label, _ = keep_largest(raw, predictor.spec.keep_largest)
-        errors[image_id] = model_error(label, reference(image_id), class_values)
+        errors[image_id] = automatic_error(ctx, image_id, reference)
         seconds["error"] += time.perf_counter() - t0
         for n, strat in strategies.items():
             t0 = time.perf_counter()

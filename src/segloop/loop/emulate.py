@@ -280,7 +280,8 @@ class Emulation:
         store = self._open_arm(arm, pre)
         write_json(folder / "rounds.json", rounds)
         self.write_outputs()
-        strategy = arm_strategy(arm, seed=cfg.seed)  # a strategy name or a named variant (e.g. tta-dice)
+        # a strategy name, a named variant (e.g. tta-dice) or the error oracle, which reads the references
+        strategy = arm_strategy(arm, seed=cfg.seed, reference=self.reference)
         user = VirtualAnnotator(self.reference, cfg.clicks, cfg.satisfied_dice, seed=cfg.seed, finish=cfg.finish,
                                 stroke_tolerance=cfg.stroke_tolerance)
         names = self.plan.class_names
