@@ -3,8 +3,8 @@
 # the linters and the whole test suite (unit, integration, browser, scale-out on PostgreSQL). `.ci/run` calls this.
 # Extra arguments are passed to pytest. The tests run on SEGLOOP_TEST_WORKERS pytest-xdist workers
 # (default 2, the CI machine's cores; 0 runs them in this process, one after another). Most tests wait
-# on a server, a browser or a PACS, so two workers take about three quarters of the time of one
-# (on 2 cores: 14.6 min instead of 19.6).
+# on a server, a browser or a PACS, so two workers take about two thirds to three quarters of the
+# time of one (on 2 cores, pytest alone: 12.9-14.6 min in fresh-clone CI runs, against 19.6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
