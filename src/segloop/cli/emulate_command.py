@@ -195,7 +195,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--strategy", default="typiclust",
                    help="strategy (random, sequential, entropy, soft-dice, mc-dropout, tta, typiclust; default typiclust)")
     p.add_argument("--compare", default=None, metavar="A,B,...",
-                   help="several arms on one plot, e.g. random,entropy,full (full: all reference labels)")
+                   help="several arms on one plot, e.g. random,entropy,full (full: all reference labels; "
+                        "oracle-error: ranks by the model's actual error, the ceiling of uncertainty sampling)")
     p.add_argument("--initial", default="2", help="initially labelled part of the pool: 10%%, 0.1 or a count (default 2)")
     p.add_argument("--validation", type=int, default=None, metavar="N",
                    help="N more pool images labelled and held out of training for the version gate (default 0)")
